@@ -1,0 +1,166 @@
+"""The `ddpm` command line: one thin command per pipeline stage.
+
+Every command reads params.yaml (or --config), applies `--set section.key=value` and its named
+options on top, validates the result, and calls one library function.
+"""
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from ddpm.errors import UserError
+
+app = typer.Typer(
+    help="Denoising diffusion (DDPM) on flowers: train, sample, compare beta schedules.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="Params file [default: params.yaml, or built-in defaults if absent].")
+]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", metavar="SECTION.KEY=VALUE", help="Override any param; repeatable.")
+]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+DEFAULT_DATA = Path("data/prepared/images.npy")
+RUNS = Path("runs")  # one folder per beta schedule
+
+
+def _param(key: str, metavar: str) -> Any:
+    """A named option that overrides param `key`; its value is validated with the config."""
+    return typer.Option(metavar=metavar, help=f"Overrides {key}.", show_default=False)
+
+
+def user_errors(command: F) -> F:
+    """Report a UserError as `ddpm: error: ...` on stderr with exit status 2, without a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UserError as e:
+            typer.echo(f"ddpm: error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# Named options of each command → the param each one overrides.
+TRAIN_PARAMS = {
+    "beta_schedule": "diffusion.schedule",
+    "steps": "train.steps",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "image_size": "data.image_size",
+    "model": "model.preset",
+    "timesteps": "diffusion.timesteps",
+    "seed": "train.seed",
+}
+SAMPLE_PARAMS = {
+    "beta_schedule": "diffusion.schedule",
+    "num_samples": "sample.num_samples",
+    "batch_size": "sample.batch_size",
+    "sampler": "sample.sampler",
+    "ddim_steps": "sample.ddim_steps",
+    "eta": "sample.eta",
+    "seed": "sample.seed",
+}
+
+
+def _load(config: Path | None, sets: list[str] | None, params: dict[str, str], values: dict[str, Any]):  # noqa: ANN202
+    """The config with the --set pairs, then the named options given (`values` by name), applied."""
+    from ddpm.config import load_config, parse_value
+
+    overrides = []
+    for pair in sets or []:
+        key, eq, value = pair.partition("=")
+        if not eq:
+            raise UserError(f"--set: expected SECTION.KEY=VALUE, got {pair!r}")
+        overrides.append((f"--set {key}", key, parse_value(value)))
+    for name, key in params.items():
+        if values[name] is not None:
+            overrides.append(("--" + name.replace("_", "-"), key, parse_value(values[name])))
+    return load_config(config, overrides)
+
+
+@app.command()
+@user_errors
+def train(
+    beta_schedule: Annotated[str | None, _param(TRAIN_PARAMS["beta_schedule"], "NAME")] = None,
+    steps: Annotated[str | None, _param(TRAIN_PARAMS["steps"], "INT")] = None,
+    batch_size: Annotated[str | None, _param(TRAIN_PARAMS["batch_size"], "INT")] = None,
+    lr: Annotated[str | None, _param(TRAIN_PARAMS["lr"], "FLOAT")] = None,
+    image_size: Annotated[str | None, _param(TRAIN_PARAMS["image_size"], "INT")] = None,
+    model: Annotated[str | None, _param(TRAIN_PARAMS["model"], "PRESET")] = None,
+    timesteps: Annotated[str | None, _param(TRAIN_PARAMS["timesteps"], "INT")] = None,
+    seed: Annotated[str | None, _param(TRAIN_PARAMS["seed"], "INT")] = None,
+    data: Annotated[Path, typer.Option(help="Prepared images: uint8 .npy, (N, 3, H, W).")] = DEFAULT_DATA,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder [default: runs/<schedule>].", show_default=False)
+    ] = None,
+    device: DeviceOption = "auto",
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Train the UNet (Algorithm 1); write a checkpoint."""
+    cfg = _load(config, set_, TRAIN_PARAMS, locals())
+    from ddpm.train import train as run_training
+
+    result = run_training(cfg, data, out or RUNS / cfg.diffusion.schedule, resolve_device(device))
+    typer.echo(
+        f"trained {cfg.train.steps} steps in {result.seconds:.0f} s ({result.images_per_second:.0f} img/s), "
+        f"final loss {result.losses[-1][1]:.4f}: {result.checkpoint}"
+    )
+
+
+@app.command()
+@user_errors
+def sample(
+    beta_schedule: Annotated[str | None, _param(SAMPLE_PARAMS["beta_schedule"], "NAME")] = None,
+    num_samples: Annotated[str | None, _param(SAMPLE_PARAMS["num_samples"], "INT")] = None,
+    batch_size: Annotated[str | None, _param(SAMPLE_PARAMS["batch_size"], "INT")] = None,
+    sampler: Annotated[str | None, _param(SAMPLE_PARAMS["sampler"], "ddpm|ddim")] = None,
+    ddim_steps: Annotated[str | None, _param(SAMPLE_PARAMS["ddim_steps"], "INT")] = None,
+    eta: Annotated[str | None, _param(SAMPLE_PARAMS["eta"], "FLOAT")] = None,
+    seed: Annotated[str | None, _param(SAMPLE_PARAMS["seed"], "INT")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Trained model [default: runs/<schedule>/model.pt].")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder [default: runs/<schedule>/samples].")] = None,
+    device: DeviceOption = "auto",
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Draw samples (DDPM or DDIM); write them + a grid."""
+    cfg = _load(config, set_, SAMPLE_PARAMS, locals())
+    from ddpm.sample import sample as run_sampling
+
+    run_dir = RUNS / cfg.diffusion.schedule
+    out = out or run_dir / "samples"
+    images = run_sampling(cfg.sample, checkpoint or run_dir / "model.pt", out, resolve_device(device))
+    typer.echo(f"wrote {len(images)} samples: {out / 'samples.npy'}, {out / 'grid.png'}")
+
+
+def resolve_device(name: str):  # noqa: ANN201 (torch is imported only when a command runs)
+    """ "auto" → the first CUDA device if there is one, else the CPU; otherwise a torch device name."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device: {name} requested, but PyTorch sees no CUDA device")
+    return device
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,256 @@
+"""The experiment's configuration: pydantic models of params.yaml, loading, overrides and validation.
+
+The defaults here are the real experiment and equal params.yaml (a test keeps them in step), so
+`ddpm train` run where there is no params.yaml trains the same thing. Errors name their source
+and key path, e.g. `params.yaml: train.batch_size: expected a positive integer, got "abc"`.
+"""
+
+import json
+import types
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import annotated_types
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
+from pydantic.fields import FieldInfo
+
+from ddpm.errors import UserError
+from ddpm.schedules import SCHEDULES
+from ddpm.unet import PRESETS, check_architecture, preset_architecture
+
+DEFAULT_CONFIG = Path("params.yaml")
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value
+
+
+# Integers must be integers (strict: no "3", no true); numbers also accept strings such as "1e-4",
+# which is how YAML 1.1 reads an exponent without a decimal point.
+Int = Annotated[int, Strict()]
+PositiveInt = Annotated[int, Strict(), Field(gt=0)]
+Number = Annotated[float, Strict(False), BeforeValidator(_not_bool)]
+ScheduleName = Literal[tuple(SCHEDULES)]  # type: ignore[valid-type]
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class DataConfig(Section):
+    image_size: PositiveInt = 64
+
+
+class ModelConfig(Section):
+    """A named UNet preset; any key set here (not null) overrides the preset's value."""
+
+    preset: PresetName = "learnopencv"
+    channels: PositiveInt | None = None
+    channel_mult: list[PositiveInt] | None = Field(default=None, min_length=1)
+    num_res_blocks: PositiveInt | None = None
+    attention_resolutions: list[PositiveInt] | None = None
+    dropout: Annotated[Number, Field(ge=0, lt=1)] | None = None
+
+    def architecture(self, image_size: int) -> dict[str, Any]:
+        """The UNet keyword arguments: the preset's, with the keys set here replacing them."""
+        overrides = self.model_dump(exclude={"preset"}, exclude_none=True)
+        return {**preset_architecture(self.preset, image_size), **overrides}
+
+
+class DiffusionConfig(Section):
+    schedule: ScheduleName = "linear"
+    timesteps: PositiveInt = 1000
+    prediction: Literal["eps", "x0", "v"] = "eps"
+
+
+class TrainConfig(Section):
+    steps: PositiveInt = 80_000
+    batch_size: PositiveInt = 128
+    lr: Annotated[Number, Field(gt=0)] = 2e-4
+    weight_decay: Annotated[Number, Field(ge=0)] = 0.0
+    seed: Int = 0
+    log_every: PositiveInt = 100
+
+
+class SampleConfig(Section):
+    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    ddim_steps: PositiveInt = 50
+    eta: Annotated[Number, Field(ge=0)] = 0.0
+    variance: Literal["fixed_large", "fixed_small"] = "fixed_large"
+    clip_denoised: bool = True
+    num_samples: PositiveInt = 10_000
+    batch_size: PositiveInt = 256
+    seed: Int = 0
+
+
+class Config(Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+
+
+# An override of one param: (where it came from, e.g. "--batch-size"; dotted key; value).
+Override = tuple[str, str, Any]
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value read as YAML, as it would be in params.yaml ("64" → 64, "true" → True)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def load_config(path: Path | None = None, overrides: Sequence[Override] = ()) -> Config:
+    """The validated config from `path` (default: ./params.yaml, or the built-in defaults where
+    there is none) with `overrides` applied. Raises UserError naming the source and key of each problem."""
+    if path is None and not DEFAULT_CONFIG.exists():
+        raw, label = {}, "defaults"
+    else:
+        path = path or DEFAULT_CONFIG
+        raw, label = _read_yaml(path), str(path)
+    for source, key, value in overrides:
+        section, dot, name = key.partition(".")
+        if not dot or not section or not name:
+            raise UserError(f"{source}: expected section.key=value, got {key!r}")
+        if not isinstance(raw.setdefault(section, {}), dict):
+            raise UserError(f"{source}: {label} has no mapping at {section!r} to set {key} in")
+        raw[section][name] = value
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as e:
+        raise UserError("\n".join(_describe_error(err, label, overrides) for err in e.errors())) from None
+    try:
+        check_architecture(config.data.image_size, **_arch_subset(config))
+    except ValueError as e:
+        raise UserError(f"{label}: model (at data.image_size {config.data.image_size}): {e}") from None
+    return config
+
+
+def _arch_subset(config: Config) -> dict[str, Any]:
+    arch = config.model.architecture(config.data.image_size)
+    return {k: arch[k] for k in ("channels", "channel_mult", "attention_resolutions")}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the config file ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise UserError(f"{path}: invalid YAML{line}: {getattr(e, 'problem', e)}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}")
+    return raw
+
+
+def _describe_error(err: dict[str, Any], label: str, overrides: Sequence[Override]) -> str:
+    """One line for one pydantic error: source, dotted key path, what was expected, what was given."""
+    loc = [str(part) for part in err["loc"]]
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+    source = next((s for s, key, _ in overrides if path == key or path.startswith((key + ".", key + "["))), None)
+    if source is None:
+        prefix = f"{label}: {path}"
+    else:  # "--set train.lr" names its key already; "--lr" gets it in brackets
+        prefix = source if path in source else f"{source} ({path})"
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        valid = ", ".join(parent.model_fields) if parent else ""
+        return f"{prefix}: unknown key; expected one of: {valid}"
+    field = _field_at(loc)
+    expected = _expected(field.annotation, field.metadata) if field else "a valid value"
+    return f"{prefix}: expected {expected}, got {_show(err['input'])}"
+
+
+def _model_at(loc: Sequence[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _field_at(loc: Sequence[str]) -> FieldInfo | None:
+    """The field a pydantic error location points to (list indices and type tags are skipped)."""
+    parent = _model_at(loc[:-1]) if loc else None
+    if parent is None:  # an item inside a list, or a type tag: walk up to the named field
+        for i in range(len(loc) - 1, 0, -1):
+            parent = _model_at(loc[: i - 1])
+            if parent and loc[i - 1] in parent.model_fields:
+                return parent.model_fields[loc[i - 1]]
+        return None
+    return parent.model_fields.get(loc[-1])
+
+
+def _expected(annotation: Any, metadata: Sequence[Any] = ()) -> str:
+    """A few words for what a field accepts, e.g. "a positive integer" or "one of ddpm, ddim"."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        inner, *extra = get_args(annotation)
+        return _expected(inner, [*metadata, *extra])
+    if origin in (Union, types.UnionType):
+        options = [a for a in get_args(annotation) if a is not type(None)]
+        return " or ".join(_expected(a, metadata) for a in options) + " or null"
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in get_args(annotation))
+    if origin is list:
+        return f"a list of {_plural(_expected(get_args(annotation)[0]))}"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "a mapping with keys " + ", ".join(annotation.model_fields)
+    if annotation is bool:
+        return "true or false"
+    if annotation in (int, float):
+        return _number(annotation is int, metadata)
+    return "a string"
+
+
+def _number(integer: bool, metadata: Sequence[Any]) -> str:
+    noun = "integer" if integer else "number"
+    bounds = {name: getattr(m, name) for m in _flat(metadata) for name in [type(m).__name__.lower()]}
+    if bounds == {"gt": 0}:
+        return f"a positive {noun}"
+    if bounds == {"ge": 0}:
+        return f"a non-negative {noun}"
+    if {"ge", "lt"} <= bounds.keys():
+        return f"a {noun} in [{bounds['ge']}, {bounds['lt']})"
+    return f"an {noun}" if integer else f"a {noun}"
+
+
+def _flat(metadata: Sequence[Any]) -> list[Any]:
+    """The numeric bounds (Gt, Ge, Lt, Le) among a field's metadata, unpacking pydantic's FieldInfo."""
+    out = []
+    for m in metadata:
+        if isinstance(m, FieldInfo):
+            out += _flat(m.metadata)
+        elif isinstance(m, annotated_types.Gt | annotated_types.Ge | annotated_types.Lt | annotated_types.Le):
+            out.append(m)
+    return out
+
+
+def _plural(phrase: str) -> str:
+    words = phrase.removeprefix("a ").removeprefix("an ").split(" ")
+    return " ".join(words[:-1] + [words[-1] + "s"]) if words else phrase
+
+
+def _show(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)

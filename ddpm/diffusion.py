@@ -1,0 +1,238 @@
+"""Gaussian diffusion (Ho et al. 2020): the forward process, the training loss and two samplers.
+
+Equation numbers refer to Ho et al. 2020 (DDPM) unless another paper is named. Every
+constant is computed once in float64 and stored as a buffer, so it follows `.to(device)`;
+`extract` gathers the value for each sample's timestep and casts it to the data's dtype.
+"""
+
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+import torch
+from torch import nn
+
+Prediction = Literal["eps", "x0", "v"]
+Variance = Literal["fixed_large", "fixed_small"]
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def extract(a: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """a[t] for each sample, cast to x's dtype and shaped (B, 1, ..., 1) to broadcast against x."""
+    return a.gather(0, t).to(x.dtype).reshape(t.shape[0], *((1,) * (x.dim() - 1)))
+
+
+class GaussianDiffusion(nn.Module):
+    """The diffusion process defined by `betas` (float64, shape (T,)), for a model predicting `prediction`.
+
+    Timesteps are 0-based: t = 0 is the paper's t = 1, the first noising step.
+    """
+
+    def __init__(self, betas: torch.Tensor, prediction: Prediction = "eps") -> None:
+        super().__init__()
+        if prediction not in ("eps", "x0", "v"):
+            raise ValueError(f"unknown prediction target {prediction!r}; expected one of: eps, x0, v")
+        self.prediction = prediction
+        self.num_timesteps = betas.shape[0]
+        betas = betas.to(torch.float64)
+        alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+        alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+        register = self.register_buffer
+        register("betas", betas)
+        register("alphas_cumprod", alphas_cumprod)
+        register("alphas_cumprod_prev", alphas_cumprod_prev)
+        # forward process q(x_t | x_0), eq. 4
+        register("sqrt_alphas_cumprod", alphas_cumprod.sqrt())
+        register("sqrt_one_minus_alphas_cumprod", (1 - alphas_cumprod).sqrt())
+        # x_0 from x_t and eps, inverting eq. 4
+        register("sqrt_recip_alphas_cumprod", (1 / alphas_cumprod).sqrt())
+        register("sqrt_recipm1_alphas_cumprod", (1 / alphas_cumprod - 1).sqrt())
+        # posterior q(x_{t-1} | x_t, x_0), eqs. 6-7
+        posterior_variance = betas * (1 - alphas_cumprod_prev) / (1 - alphas_cumprod)
+        register("posterior_variance", posterior_variance)
+        register("posterior_mean_coef1", betas * alphas_cumprod_prev.sqrt() / (1 - alphas_cumprod))
+        register("posterior_mean_coef2", (1 - alphas_cumprod_prev) * (1 - betas).sqrt() / (1 - alphas_cumprod))
+
+    # --- forward process ---------------------------------------------------------------------
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t ~ q(x_t | x_0) = N(√alphā_t·x_0, (1 − alphā_t)·I), eq. 4. Shapes: (B, ...), (B,), like x0."""
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x0) * x0 + extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        )
+
+    def q_posterior_mean_variance(
+        self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of the posterior q(x_{t-1} | x_t, x_0), eqs. 6-7."""
+        mean = extract(self.posterior_mean_coef1, t, x_t) * x0 + extract(self.posterior_mean_coef2, t, x_t) * x_t
+        return mean, extract(self.posterior_variance, t, x_t)
+
+    # --- conversions between the model's target, x_0 and eps ----------------------------------
+
+    def predict_x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x_0 = (x_t − √(1 − alphā_t)·eps) / √alphā_t, eq. 4 solved for x_0."""
+        return (
+            extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+            - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        )
+
+    def predict_eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """eps = (x_t/√alphā_t − x_0) / √(1/alphā_t − 1), eq. 4 solved for eps."""
+        return (extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / extract(
+            self.sqrt_recipm1_alphas_cumprod, t, x_t
+        )
+
+    def training_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the model learns to predict: eps, x_0, or v = √alphā_t·eps − √(1 − alphā_t)·x_0 (Salimans & Ho 2022)."""
+        if self.prediction == "eps":
+            return noise
+        if self.prediction == "x0":
+            return x0
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x0) * noise - extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+        )
+
+    def predict_x0(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_0 implied by the model's output at (x_t, t)."""
+        if self.prediction == "eps":
+            return self.predict_x0_from_eps(x_t, t, model_output)
+        if self.prediction == "x0":
+            return model_output
+        # v-prediction: x_0 = √alphā_t·x_t − √(1 − alphā_t)·v
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x_t) * x_t
+            - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * model_output
+        )
+
+    # --- training ------------------------------------------------------------------------------
+
+    def training_loss(
+        self,
+        model: Model,
+        x0: torch.Tensor,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """L_simple, eq. 14 (Algorithm 1): the mean squared error of the model's prediction at a
+        uniformly drawn t in [0, T) (every step, t = 0 included), for the configured target."""
+        if t is None:
+            t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
+        if noise is None:
+            noise = torch.randn_like(x0)
+        x_t = self.q_sample(x0, t, noise)
+        prediction = model(x_t, t).float()
+        return nn.functional.mse_loss(prediction, self.training_target(x0, t, noise).float())
+
+    # --- ancestral sampling, Algorithm 2 -------------------------------------------------------
+
+    def p_mean_variance(
+        self, model: Model, x_t: torch.Tensor, t: torch.Tensor, variance: Variance, clip: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean and variance of p(x_{t-1} | x_t), and the x_0 the model predicts.
+
+        The variance is fixed (section 3.2): sigma_t^2 = beta_t ("fixed_large") or beta~_t ("fixed_small").
+        The mean is the posterior mean (eq. 7) at the predicted x_0, which for eps-prediction
+        equals eq. 11; with `clip` the predicted x_0 is clipped to the data range [-1, 1] first.
+        """
+        x0 = self.predict_x0(model(x_t, t).to(x_t.dtype), x_t, t)
+        if clip:
+            x0 = x0.clamp(-1, 1)
+        mean, _ = self.q_posterior_mean_variance(x0, x_t, t)
+        table = self.betas if variance == "fixed_large" else self.posterior_variance
+        return mean, extract(table, t, x_t), x0
+
+    def p_sample(
+        self,
+        model: Model,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        variance: Variance = "fixed_large",
+        clip: bool = True,
+    ) -> torch.Tensor:
+        """One step x_t → x_{t-1} ~ p(x_{t-1} | x_t), Algorithm 2 line 4; no noise is added at t = 0."""
+        mean, var, _ = self.p_mean_variance(model, x_t, t, variance, clip)
+        nonzero = (t > 0).to(x_t.dtype).reshape(-1, *((1,) * (x_t.dim() - 1)))
+        return mean + nonzero * var.sqrt() * noise
+
+    def p_sample_loop_progressive(
+        self,
+        model: Model,
+        noise: torch.Tensor,
+        generator: torch.Generator | None = None,
+        variance: Variance = "fixed_large",
+        clip: bool = True,
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Algorithm 2 from x_T = `noise`: yields (t, x_{t-1}) for t = T−1, ..., 0 (0-based)."""
+        x = noise
+        for step in reversed(range(self.num_timesteps)):
+            t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
+            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = self.p_sample(model, x, t, z, variance, clip)
+            yield step, x
+
+    # --- DDIM, Song et al. 2021 ----------------------------------------------------------------
+
+    def ddim_timesteps(self, steps: int) -> torch.Tensor:
+        """`steps` timesteps spread evenly over [0, T−1], both ends included, ascending."""
+        if not 1 <= steps <= self.num_timesteps:
+            raise ValueError(f"DDIM steps must be between 1 and {self.num_timesteps}, got {steps}")
+        return torch.linspace(0, self.num_timesteps - 1, steps, dtype=torch.float64).round().long()
+
+    def ddim_sigma(self, t: torch.Tensor, t_prev: torch.Tensor, eta: float, x: torch.Tensor) -> torch.Tensor:
+        """sigma_t(eta) = eta·√((1 − alphā_prev)/(1 − alphā_t))·√(1 − alphā_t/alphā_prev), Song et al. eq. 16.
+
+        t_prev = −1 stands for the end of the chain, where alphā = 1. With eta = 1 and t_prev = t − 1
+        this is the DDPM posterior standard deviation √beta~_t.
+        """
+        a_t = extract(self.alphas_cumprod, t, x)
+        a_prev = self._alphas_cumprod_at(t_prev, x)
+        return eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+
+    def _alphas_cumprod_at(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """alphā_t with alphā_{-1} = 1."""
+        return extract(self.alphas_cumprod_prev, t + 1, x)
+
+    def ddim_step(
+        self,
+        model: Model,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        t_prev: torch.Tensor,
+        noise: torch.Tensor,
+        eta: float = 0.0,
+        clip: bool = True,
+    ) -> torch.Tensor:
+        """x_t → x_{t_prev}, Song et al. eq. 12:
+        x_prev = √alphā_prev·x̂_0 + √(1 − alphā_prev − sigma²)·epŝ + sigma·z."""
+        x0 = self.predict_x0(model(x_t, t).to(x_t.dtype), x_t, t)
+        if clip:
+            x0 = x0.clamp(-1, 1)
+        eps = self.predict_eps_from_x0(x_t, t, x0)  # consistent with the (clipped) x_0
+        a_prev = self._alphas_cumprod_at(t_prev, x_t)
+        sigma = self.ddim_sigma(t, t_prev, eta, x_t)
+        return a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps + sigma * noise
+
+    def ddim_sample_loop_progressive(
+        self,
+        model: Model,
+        noise: torch.Tensor,
+        steps: int,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        clip: bool = True,
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """DDIM from x_T = `noise` over `steps` timesteps: yields (t, x_{t_prev}) from the noisiest t down."""
+        x = noise
+        timesteps = self.ddim_timesteps(steps).tolist()
+        previous = [-1, *timesteps[:-1]]
+        for step, step_prev in zip(reversed(timesteps), reversed(previous), strict=True):
+            t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
+            t_prev = torch.full_like(t, step_prev)
+            z = (
+                torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                if eta > 0
+                else torch.zeros_like(x)
+            )
+            x = self.ddim_step(model, x, t, t_prev, z, eta, clip)
+            yield step, x

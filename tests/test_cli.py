@@ -1,0 +1,122 @@
+"""The `ddpm` command as a user runs it: a real subprocess of the installed console script."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ddpm.cli import app
+
+DDPM = str(Path(sys.executable).parent / "ddpm")
+TINY = ["--model", "tiny", "--image-size", "16", "--timesteps", "50", "--batch-size", "4", "--set", "train.log_every=5"]
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([DDPM, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_every_command_with_a_description() -> None:
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert "train   Train the UNet (Algorithm 1); write a checkpoint." in result.output
+    assert "sample  Draw samples (DDPM or DDIM); write them + a grid." in result.output
+
+
+def test_every_command_takes_config_and_set() -> None:
+    for command in ("train", "sample"):
+        output = CliRunner().invoke(app, [command, "--help"]).output
+        assert "--config" in output and "--set SECTION.KEY=VALUE" in output
+
+
+@pytest.mark.slow
+def test_train_then_sample_from_the_shell(flowers16: Path, tmp_path: Path) -> None:
+    trained = run("train", "--beta-schedule", "cosine", "--steps", "10", "--data", str(flowers16), *TINY, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    checkpoint = tmp_path / "runs" / "cosine" / "model.pt"
+    assert "trained 10 steps" in trained.stdout and str(Path("runs/cosine/model.pt")) in trained.stdout
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["config"]["diffusion"] == {"schedule": "cosine", "timesteps": 50, "prediction": "eps"}
+    assert saved["config"]["train"]["batch_size"] == 4 and saved["config"]["model"]["preset"] == "tiny"
+
+    sampled = run(
+        "sample",
+        "--beta-schedule",
+        "cosine",
+        "--num-samples",
+        "3",
+        "--sampler",
+        "ddim",
+        "--ddim-steps",
+        "5",
+        cwd=tmp_path,
+    )
+    assert sampled.returncode == 0, sampled.stderr
+    samples = np.load(tmp_path / "runs" / "cosine" / "samples" / "samples.npy")
+    assert samples.shape == (3, 3, 16, 16) and samples.dtype == np.uint8
+    assert (tmp_path / "runs" / "cosine" / "samples" / "grid.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--batch-size", "abc"],
+            'ddpm: error: --batch-size (train.batch_size): expected a positive integer, got "abc"',
+        ),
+        (
+            ["--beta-schedule", "cosin"],
+            "ddpm: error: --beta-schedule (diffusion.schedule): expected one of linear, cosine, "
+            'quadratic, sigmoid, got "cosin"',
+        ),
+        (
+            ["--set", "train.bach_size=4"],
+            "ddpm: error: --set train.bach_size: unknown key; expected one of: steps, batch_size, lr, "
+            "weight_decay, seed, log_every",
+        ),
+        (["--set", "train.steps"], "ddpm: error: --set: expected SECTION.KEY=VALUE, got 'train.steps'"),
+        (["--device", "tpu"], "ddpm: error: --device: expected auto, cpu, cuda or cuda:N, got 'tpu'"),
+        (["--config", "missing.yaml"], "ddpm: error: missing.yaml: config file not found"),
+    ],
+)
+def test_bad_values_give_one_clear_line_and_write_nothing(
+    flowers16: Path, tmp_path: Path, args: list, message: str
+) -> None:
+    result = run("train", "--data", str(flowers16), *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == message
+    assert "Traceback" not in result.stderr + result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_params_file_names_file_and_key(flowers16: Path, tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("train:\n  batch_size: abc\n")
+    result = run("train", "--data", str(flowers16), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == 'ddpm: error: params.yaml: train.batch_size: expected a positive integer, got "abc"'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_missing_data_and_checkpoint_are_clear_errors(tmp_path: Path) -> None:
+    result = run("train", "--model", "tiny", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "data/prepared/images.npy: not found; expected a .npy file of uint8 images" in result.stderr
+    result = run("sample", "--beta-schedule", "cosine", cwd=tmp_path)
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == "ddpm: error: runs/cosine/model.pt: checkpoint not found; train first with `ddpm train`"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_named_option_overrides_a_real_param() -> None:
+    from ddpm.cli import SAMPLE_PARAMS, TRAIN_PARAMS
+    from ddpm.config import Config
+
+    for key in [*TRAIN_PARAMS.values(), *SAMPLE_PARAMS.values()]:
+        section, name = key.split(".")
+        assert name in Config.model_fields[section].annotation.model_fields, key

@@ -1,0 +1,81 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm.checkpoint import build_diffusion, load_checkpoint
+from ddpm.errors import UserError
+from ddpm.sample import generate, sample
+from ddpm.train import train
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.slow
+def test_training_the_tiny_model_lowers_the_loss(flowers16: Path, tmp_path: Path, tiny_config) -> None:
+    config = tiny_config(train={"steps": 300, "log_every": 50, "lr": 2e-3})
+    result = train(config, flowers16, tmp_path, CPU, progress=False)
+    first, last = result.losses[0][1], result.losses[-1][1]
+    assert [step for step, _ in result.losses] == [50, 100, 150, 200, 250, 300]
+    assert last < 0.5 * first, result.losses
+    model, saved, step = load_checkpoint(result.checkpoint, CPU)
+    assert saved == config and step == 300
+
+
+def test_training_is_deterministic_for_a_seed(flowers16: Path, tmp_path: Path, tiny_config) -> None:
+    runs = [train(tiny_config(), flowers16, tmp_path / str(i), CPU, progress=False).losses for i in range(2)]
+    other = train(tiny_config(train={"seed": 1}), flowers16, tmp_path / "other", CPU, progress=False).losses
+    assert runs[0] == runs[1] and runs[0] != other
+
+
+def test_image_size_mismatch_is_a_clear_error(flowers16: Path, tmp_path: Path, tiny_config) -> None:
+    with pytest.raises(UserError, match="images are 16×16, but data.image_size is 32"):
+        train(tiny_config(data={"image_size": 32}), flowers16, tmp_path, CPU, progress=False)
+    assert not (tmp_path / "model.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(flowers16: Path, tmp_path_factory: pytest.TempPathFactory, tiny_config) -> Path:
+    return train(tiny_config(), flowers16, tmp_path_factory.mktemp("run"), CPU, progress=False).checkpoint
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_samples_have_the_right_shape_and_repeat_for_a_seed(checkpoint: Path, sampler: str, tiny_config) -> None:
+    model, config, _ = load_checkpoint(checkpoint, CPU)
+    diffusion = build_diffusion(config)
+    cfg = tiny_config(sample={"sampler": sampler, "ddim_steps": 10, "num_samples": 5, "batch_size": 2}).sample
+    images = generate(model, diffusion, cfg, 16, CPU, progress=False)
+    assert images.dtype == torch.uint8 and images.shape == (5, 3, 16, 16)
+    assert torch.equal(images, generate(model, diffusion, cfg, 16, CPU, progress=False))
+    other = generate(model, diffusion, cfg.model_copy(update={"seed": 1}), 16, CPU, progress=False)
+    assert not torch.equal(images, other)
+
+
+def test_sample_writes_the_array_and_a_grid(checkpoint: Path, tmp_path: Path, tiny_config) -> None:
+    cfg = tiny_config(sample={"sampler": "ddim", "ddim_steps": 5, "num_samples": 6}).sample
+    images = sample(cfg, checkpoint, tmp_path, CPU, progress=False)
+    assert np.array_equal(np.load(tmp_path / "samples.npy"), images.numpy())
+    from PIL import Image
+
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.size == (2 + 3 * 18, 2 + 2 * 18)  # 3 columns × 2 rows of 16 px, 2 px padding
+
+
+def test_tampered_or_missing_checkpoints_are_refused(checkpoint: Path, tmp_path: Path) -> None:
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(checkpoint.read_bytes()[:1000])
+    with pytest.raises(UserError, match="truncated.pt: not a valid ddpm checkpoint"):
+        load_checkpoint(truncated, CPU)
+    with pytest.raises(UserError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "none.pt", CPU)
+
+    class Payload:
+        def __reduce__(self):  # noqa: ANN204
+            return (Path.touch, (tmp_path / "pwned",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {}, "config": {}, "step": 0, "x": Payload()}, evil)
+    with pytest.raises(UserError, match="evil.pt: not a valid ddpm checkpoint"):
+        load_checkpoint(evil, CPU)
+    assert not (tmp_path / "pwned").exists()

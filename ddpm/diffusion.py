@@ -104,6 +104,11 @@ class GaussianDiffusion(nn.Module):
             - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * model_output
         )
 
+    def predict_x0_clipped(self, model: Model, x_t: torch.Tensor, t: torch.Tensor, clip: bool) -> torch.Tensor:
+        """The model's x_0 at (x_t, t), clipped to the data range [-1, 1] when `clip`."""
+        x0 = self.predict_x0(model(x_t, t).to(x_t.dtype), x_t, t)
+        return x0.clamp(-1, 1) if clip else x0
+
     # --- training ------------------------------------------------------------------------------
 
     def training_loss(
@@ -127,19 +132,16 @@ class GaussianDiffusion(nn.Module):
 
     def p_mean_variance(
         self, model: Model, x_t: torch.Tensor, t: torch.Tensor, variance: Variance, clip: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mean and variance of p(x_{t-1} | x_t), and the x_0 the model predicts.
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of p(x_{t-1} | x_t).
 
         The variance is fixed (section 3.2): sigma_t^2 = beta_t ("fixed_large") or beta~_t ("fixed_small").
         The mean is the posterior mean (eq. 7) at the predicted x_0, which for eps-prediction
         equals eq. 11; with `clip` the predicted x_0 is clipped to the data range [-1, 1] first.
         """
-        x0 = self.predict_x0(model(x_t, t).to(x_t.dtype), x_t, t)
-        if clip:
-            x0 = x0.clamp(-1, 1)
-        mean, _ = self.q_posterior_mean_variance(x0, x_t, t)
+        mean, _ = self.q_posterior_mean_variance(self.predict_x0_clipped(model, x_t, t, clip), x_t, t)
         table = self.betas if variance == "fixed_large" else self.posterior_variance
-        return mean, extract(table, t, x_t), x0
+        return mean, extract(table, t, x_t)
 
     def p_sample(
         self,
@@ -151,7 +153,7 @@ class GaussianDiffusion(nn.Module):
         clip: bool = True,
     ) -> torch.Tensor:
         """One step x_t → x_{t-1} ~ p(x_{t-1} | x_t), Algorithm 2 line 4; no noise is added at t = 0."""
-        mean, var, _ = self.p_mean_variance(model, x_t, t, variance, clip)
+        mean, var = self.p_mean_variance(model, x_t, t, variance, clip)
         nonzero = (t > 0).to(x_t.dtype).reshape(-1, *((1,) * (x_t.dim() - 1)))
         return mean + nonzero * var.sqrt() * noise
 
@@ -205,9 +207,7 @@ class GaussianDiffusion(nn.Module):
     ) -> torch.Tensor:
         """x_t → x_{t_prev}, Song et al. eq. 12:
         x_prev = √alphā_prev·x̂_0 + √(1 − alphā_prev − sigma²)·epŝ + sigma·z."""
-        x0 = self.predict_x0(model(x_t, t).to(x_t.dtype), x_t, t)
-        if clip:
-            x0 = x0.clamp(-1, 1)
+        x0 = self.predict_x0_clipped(model, x_t, t, clip)
         eps = self.predict_eps_from_x0(x_t, t, x0)  # consistent with the (clipped) x_0
         a_prev = self._alphas_cumprod_at(t_prev, x_t)
         sigma = self.ddim_sigma(t, t_prev, eta, x_t)

@@ -79,3 +79,10 @@ def test_tampered_or_missing_checkpoints_are_refused(checkpoint: Path, tmp_path:
     with pytest.raises(UserError, match="evil.pt: not a valid ddpm checkpoint"):
         load_checkpoint(evil, CPU)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_more_ddim_steps_than_timesteps_is_a_clear_error(checkpoint: Path, tmp_path: Path, tiny_config) -> None:
+    cfg = tiny_config(sample={"sampler": "ddim", "ddim_steps": 101}).sample
+    with pytest.raises(UserError, match="sample.ddim_steps: expected at most diffusion.timesteps = 100, got 101"):
+        sample(cfg, checkpoint, tmp_path, CPU, progress=False)
+    assert list(tmp_path.iterdir()) == []

@@ -30,6 +30,7 @@ SetOption = Annotated[
     list[str] | None, typer.Option("--set", metavar="SECTION.KEY=VALUE", help="Override any param; repeatable.")
 ]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+DEFAULT_RAW = Path("data/raw")
 DEFAULT_DATA = Path("data/prepared/images.npy")
 RUNS = Path("runs")  # one folder per beta schedule
 
@@ -54,6 +55,8 @@ def user_errors(command: F) -> F:
 
 
 # Named options of each command → the param each one overrides.
+DOWNLOAD_PARAMS = {"source": "data.source"}
+PREPARE_PARAMS = {"source": "data.source", "image_size": "data.image_size"}
 TRAIN_PARAMS = {
     "beta_schedule": "diffusion.schedule",
     "steps": "train.steps",
@@ -89,6 +92,47 @@ def _load(config: Path | None, sets: list[str] | None, params: dict[str, str], v
         if values[name] is not None:
             overrides.append(("--" + name.replace("_", "-"), key, parse_value(values[name])))
     return load_config(config, overrides)
+
+
+@app.command()
+@user_errors
+def download(
+    source: Annotated[str | None, _param(DOWNLOAD_PARAMS["source"], "flowers102|folder|synthetic")] = None,
+    out: Annotated[Path, typer.Option(help="Download folder.")] = DEFAULT_RAW,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Fetch and verify the source images (Flowers-102)."""
+    cfg = _load(config, set_, DOWNLOAD_PARAMS, locals())
+    from ddpm.data import download as run_download
+
+    folder = run_download(cfg.data, out)
+    out.mkdir(parents=True, exist_ok=True)  # the stage's output exists for every source
+    typer.echo(f"images in {folder}" if folder else f"data.source {cfg.data.source}: nothing to download")
+
+
+@app.command()
+@user_errors
+def prepare(
+    source: Annotated[str | None, _param(PREPARE_PARAMS["source"], "flowers102|folder|synthetic")] = None,
+    image_size: Annotated[str | None, _param(PREPARE_PARAMS["image_size"], "INT")] = None,
+    raw: Annotated[Path, typer.Option(help="The download folder (source flowers102).")] = DEFAULT_RAW,
+    out: Annotated[Path, typer.Option(help="Output folder: images.npy and manifest.json.")] = DEFAULT_DATA.parent,
+    workers: Annotated[int, typer.Option(help="Worker processes; 0 = one per core.", min=0)] = 0,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Decode, crop and resize the images into one uint8 array."""
+    cfg = _load(config, set_, PREPARE_PARAMS, locals())
+    from ddpm.data import prepare as run_prepare
+
+    manifest = run_prepare(cfg.data, raw, out, workers)
+    for entry in manifest["skipped"]:
+        typer.echo(f"skipped {entry['file']}: {entry['reason']}", err=True)
+    typer.echo(
+        f"prepared {manifest['count']} images of {cfg.data.image_size}×{cfg.data.image_size} "
+        f"({len(manifest['skipped'])} skipped): {out / 'images.npy'}"
+    )
 
 
 @app.command()

@@ -5,6 +5,7 @@ The defaults here are the real experiment and equal params.yaml (a test keeps th
 and key path, e.g. `params.yaml: train.batch_size: expected a positive integer, got "abc"`.
 """
 
+import hashlib
 import json
 import types
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
 from pydantic.fields import FieldInfo
 
 from ddpm.errors import UserError
@@ -42,7 +43,27 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def _checksum(value: str) -> str:
+    algorithm, _, digest = value.partition(":")
+    if algorithm not in hashlib.algorithms_guaranteed or not digest:
+        raise ValueError("unknown algorithm")
+    if len(digest) != 2 * hashlib.new(algorithm).digest_size or set(digest) - set("0123456789abcdef"):
+        raise ValueError("wrong digest")
+    return value
+
+
+Checksum = Annotated[
+    str, AfterValidator(_checksum), Field(description='"algorithm:hex" with a hashlib algorithm, e.g. "md5:5280…"')
+]
+
+
 class DataConfig(Section):
+    source: Literal["flowers102", "folder", "synthetic"] = "flowers102"
+    url: str = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"  # where 102flowers.tgz is
+    checksum: Checksum = "md5:52808999861908f626f3c1f4e79d11fa"  # of 102flowers.tgz, as torchvision checks it
+    folder: str | None = None  # source folder: a folder of images, searched recursively
+    synthetic_count: PositiveInt = 8189  # source synthetic: as many images as Flowers-102 has
+    synthetic_seed: Int = 0
     image_size: PositiveInt = 64
 
 
@@ -127,11 +148,18 @@ def load_config(path: Path | None = None, overrides: Sequence[Override] = ()) ->
         config = Config.model_validate(raw)
     except ValidationError as e:
         raise UserError("\n".join(_describe_error(err, label, overrides) for err in e.errors())) from None
+    _check_combinations(config, label)
+    return config
+
+
+def _check_combinations(config: Config, label: str) -> None:
+    """The checks that involve more than one key."""
     try:
         check_architecture(config.data.image_size, **_arch_subset(config))
     except ValueError as e:
         raise UserError(f"{label}: model (at data.image_size {config.data.image_size}): {e}") from None
-    return config
+    if config.data.source == "folder" and not config.data.folder:
+        raise UserError(f"{label}: data.folder: expected a folder of images when data.source is folder, got null")
 
 
 def _arch_subset(config: Config) -> dict[str, Any]:
@@ -173,7 +201,7 @@ def _describe_error(err: dict[str, Any], label: str, overrides: Sequence[Overrid
         valid = ", ".join(parent.model_fields) if parent else ""
         return f"{prefix}: unknown key; expected one of: {valid}"
     field = _field_at(loc)
-    expected = _expected(field.annotation, field.metadata) if field else "a valid value"
+    expected = (field.description or _expected(field.annotation, field.metadata)) if field else "a valid value"
     return f"{prefix}: expected {expected}, got {_show(err['input'])}"
 
 

@@ -1,18 +1,39 @@
-"""Images for training: the uint8 array format, synthetic flowers, and the in-memory batch source.
+"""Images: download and safe extraction of Flowers-102, `prepare` (decode, crop, resize), synthetic
+flowers, the uint8 array format and the in-memory batch source for training.
 
-Images are stored as one .npy array of uint8, shape (N, 3, H, W): what `prepare` writes and
-`train` reads. Training batches are floats in [-1, 1].
+Prepared images are one .npy array of uint8, shape (N, 3, H, W), beside a manifest.json:
+what `prepare` writes and `train` reads. Training batches are floats in [-1, 1].
 """
 
+import hashlib
+import http.client
+import json
 import math
-from pathlib import Path
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
 
+from ddpm.config import DataConfig
 from ddpm.errors import UserError
 from ddpm.files import atomic_output
+
+FLOWERS102_ARCHIVE = "102flowers.tgz"
+FLOWERS102_FOLDER = "flowers102"  # where the archive is extracted, inside the download folder
+MAX_ATTEMPTS = 20  # requests per download while each one makes progress
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
@@ -106,3 +127,221 @@ def _petal(cx: float, cy: float, length: float, width: float, angle: float) -> l
         u, v = length / 2 * (1 + math.cos(s)), width / 2 * math.sin(s)
         points.append((cx + u * math.cos(angle) - v * math.sin(angle), cy + u * math.sin(angle) + v * math.cos(angle)))
     return points
+
+
+# --- download ------------------------------------------------------------------------------------
+
+
+def download(cfg: DataConfig, out_dir: Path, progress: bool = True) -> Path | None:
+    """Fetch, verify and extract the Flowers-102 archive into `out_dir`; return the image folder.
+    Sources `folder` and `synthetic` have nothing to fetch (None). A second run does nothing."""
+    if cfg.source != "flowers102":
+        return None
+    archive, images = out_dir / FLOWERS102_ARCHIVE, out_dir / FLOWERS102_FOLDER
+    if not (archive.exists() and file_digest(archive, cfg.checksum) == cfg.checksum):
+        fetch(cfg.url.rstrip("/") + "/" + FLOWERS102_ARCHIVE, archive, cfg.checksum, progress)
+    if not images.exists():
+        extract_tar_safely(archive, images)
+    return images
+
+
+def file_digest(path: Path, checksum: str) -> str:
+    """The digest of `path` as "algorithm:hex", with the algorithm of `checksum` (e.g. md5:...)."""
+    algorithm = checksum.partition(":")[0]
+    with open(path, "rb") as f:
+        return f"{algorithm}:{hashlib.file_digest(f, algorithm).hexdigest()}"
+
+
+def fetch(url: str, dest: Path, checksum: str, progress: bool = True, timeout: float = 60) -> None:
+    """Stream `url` to `dest`.part, resuming with an HTTP Range request where a previous attempt
+    stopped; verify the checksum, then move the file to `dest`. A mismatch deletes the file."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    for _ in range(MAX_ATTEMPTS):
+        offset = part.stat().st_size if part.exists() else 0
+        try:
+            _fetch_from(url, part, offset, timeout, progress)
+            break
+        except urllib.error.HTTPError as e:
+            if e.code == 416 and offset:  # nothing left after `offset`: the part file is whole
+                break
+            raise UserError(f"{url}: HTTP {e.code} {e.reason}") from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            if not getattr(e, "received", 0):  # no progress at all: offline, refused or unknown host
+                reason = getattr(e, "reason", e)
+                raise UserError(
+                    f"cannot download {url} ({reason}); offline? set data.source: folder (your own images) "
+                    f"or data.source: synthetic"
+                ) from None
+            time.sleep(0.2)  # the connection dropped mid-file: resume from what has arrived
+    else:
+        raise UserError(
+            f"{url}: the connection kept dropping; gave up after {MAX_ATTEMPTS} attempts (run again to resume)"
+        )
+    actual = file_digest(part, checksum)
+    if actual != checksum:
+        part.unlink()
+        raise UserError(f"{url}: checksum mismatch, expected {checksum}, got {actual}; deleted the download")
+    os.replace(part, dest)
+
+
+def _fetch_from(url: str, part: Path, offset: int, timeout: float, progress: bool) -> None:
+    """One request for `url` from byte `offset` on, appended to `part`. An error raised mid-file
+    carries the number of bytes received before it as `.received`."""
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    received = 0
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
+            if offset and response.status != 206:  # the server ignored the range: start over
+                offset = 0
+            length = response.headers.get("Content-Length")
+            total = offset + int(length) if length is not None else None
+            with (
+                open(part, "ab" if offset else "wb") as f,
+                tqdm(
+                    total=total, initial=offset, unit="B", unit_scale=True, disable=not progress, desc="download"
+                ) as bar,
+            ):
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+            if total is not None and offset + received < total:  # the server hung up early
+                raise http.client.IncompleteRead(b"", total - offset - received)
+    except Exception as e:
+        e.received = received  # type: ignore[attr-defined]
+        raise
+
+
+def extract_tar_safely(archive: Path, target: Path) -> None:
+    """Extract `archive` into `target`, all or nothing. Members with absolute paths, "..", links
+    that point outside, or device files are refused before anything is written."""
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            for member in members:
+                reason = _unsafe_member(member)
+                if reason:
+                    raise UserError(f"{archive}: refusing to extract {member.name!r}: {reason}; nothing was extracted")
+            tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+            try:
+                tar.extractall(tmp, members=members, filter="data")
+                os.replace(tmp, target)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise UserError(f"{archive}: cannot extract ({e})") from None
+
+
+def _unsafe_member(member: tarfile.TarInfo) -> str | None:
+    """Why `member` must not be extracted, or None."""
+    if member.name.startswith("/") or PurePosixPath(member.name).is_absolute():
+        return "absolute path"
+    if ".." in PurePosixPath(member.name).parts:
+        return "path with '..'"
+    if member.isdev():
+        return "device file or FIFO"
+    if member.issym() or member.islnk():
+        # symbolic links are relative to the member's folder, hard links to the archive root
+        base = PurePosixPath(member.name).parent if member.issym() else PurePosixPath()
+        target = os.path.normpath(base / member.linkname)
+        if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
+            return f"link pointing outside the archive ({member.linkname})"
+    return None
+
+
+# --- prepare -------------------------------------------------------------------------------------
+
+
+def prepare(cfg: DataConfig, raw_dir: Path, out_dir: Path, workers: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Decode, convert to RGB, crop and resize every image of the source to `cfg.image_size`; write
+    `out_dir`/images.npy and `out_dir`/manifest.json atomically, and return the manifest.
+
+    The same inputs and params give byte-identical files. Unreadable files are skipped and listed."""
+    skipped: list[dict[str, str]] = []
+    if cfg.source == "synthetic":
+        images = synthetic_flowers(cfg.synthetic_count, cfg.image_size, cfg.synthetic_seed)
+        origin: dict[str, Any] = {"seed": cfg.synthetic_seed}
+    else:
+        root = raw_dir / FLOWERS102_FOLDER if cfg.source == "flowers102" else Path(cfg.folder or "")
+        files = image_files(root, cfg.source)
+        arrays, skipped = _load_all(root, files, cfg.image_size, workers, progress)
+        if not arrays:
+            first = f"{skipped[0]['file']}: {skipped[0]['reason']}"
+            raise UserError(f"{root}: none of the {len(files)} image files could be read (first: {first})")
+        images = np.stack(arrays)
+        origin = {"root": str(root), "files": len(files)}
+    manifest = {
+        "source": cfg.source,
+        **origin,
+        "count": len(images),
+        "image_size": cfg.image_size,
+        "sha256": hashlib.sha256(images.tobytes()).hexdigest(),
+        "skipped": skipped,
+    }
+    save_images(out_dir / "images.npy", images)
+    with atomic_output(out_dir / "manifest.json") as tmp:  # last, so a manifest always describes its images
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def _load_all(
+    root: Path, files: list[str], image_size: int, workers: int, progress: bool
+) -> tuple[list[np.ndarray], list[dict[str, str]]]:
+    """`load_image` over `files` in worker processes, in order: the images and the skipped files."""
+    arrays, skipped = [], []
+    load = partial(load_image, root=root, image_size=image_size)
+    with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        results = tqdm(pool.map(load, files, chunksize=16), total=len(files), disable=not progress, desc="prepare")
+        for name, (array, reason) in zip(files, results, strict=True):
+            if array is None:
+                skipped.append({"file": name, "reason": reason})
+            else:
+                arrays.append(array)
+    return arrays, skipped
+
+
+def image_files(root: Path, source: str) -> list[str]:
+    """The image files under `root`, recursively, as sorted POSIX paths relative to it."""
+    if not root.is_dir():
+        hint = "run `ddpm download` first" if source == "flowers102" else "set data.folder to a folder of images"
+        raise UserError(f"{root}: no such folder; {hint}")
+    files = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
+    )
+    if not files:
+        raise UserError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
+    return files
+
+
+def load_image(name: str, root: Path, image_size: int) -> tuple[np.ndarray | None, str]:
+    """One file as uint8 (3, image_size, image_size): the centred square of its short side, resized
+    with antialiasing (the aspect ratio is kept, never squashed); or (None, why it was skipped)."""
+    try:
+        with Image.open(root / name) as image:
+            # JPEG: let the decoder downscale by 1/2, 1/4 or 1/8 (in the DCT domain, an area average)
+            # while the short side stays at least image_size; Lanczos does the rest.
+            scale = image_size / min(image.size)
+            image.draft("RGB", (math.ceil(image.size[0] * scale), math.ceil(image.size[1] * scale)))
+            image = _to_rgb(ImageOps.exif_transpose(image))
+            w, h = image.size
+            side = min(w, h)
+            box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+            square = image.resize((image_size, image_size), Image.Resampling.LANCZOS, box=box)
+            return np.asarray(square).transpose(2, 0, 1).copy(), ""
+    except UnidentifiedImageError:
+        return None, "not an image"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return None, f"unreadable ({e})"
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB from any mode; transparent pixels become white rather than whatever colour they hide."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")

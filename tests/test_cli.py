@@ -27,7 +27,7 @@ def test_help_lists_every_command_with_a_description() -> None:
 
 
 def test_every_command_takes_config_and_set() -> None:
-    for command in ("train", "sample"):
+    for command in ("download", "prepare", "train", "sample"):
         output = CliRunner().invoke(app, [command, "--help"]).output
         assert "--config" in output and "--set SECTION.KEY=VALUE" in output
 
@@ -114,9 +114,9 @@ def test_missing_data_and_checkpoint_are_clear_errors(tmp_path: Path) -> None:
 
 
 def test_every_named_option_overrides_a_real_param() -> None:
-    from ddpm.cli import SAMPLE_PARAMS, TRAIN_PARAMS
+    from ddpm.cli import DOWNLOAD_PARAMS, PREPARE_PARAMS, SAMPLE_PARAMS, TRAIN_PARAMS
     from ddpm.config import Config
 
-    for key in [*TRAIN_PARAMS.values(), *SAMPLE_PARAMS.values()]:
+    for key in [*DOWNLOAD_PARAMS.values(), *PREPARE_PARAMS.values(), *TRAIN_PARAMS.values(), *SAMPLE_PARAMS.values()]:
         section, name = key.split(".")
         assert name in Config.model_fields[section].annotation.model_fields, key

@@ -1,0 +1,289 @@
+"""`download` and `prepare` through the real code: a loopback HTTP server, real archives, real image files."""
+
+import hashlib
+import io
+import json
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddpm.config import DataConfig
+from ddpm.data import FLOWERS102_ARCHIVE, download, extract_tar_safely, prepare, synthetic_flowers
+from ddpm.errors import UserError
+
+DDPM = str(Path(sys.executable).parent / "ddpm")
+
+
+class FileServer:
+    """Serves `files` on 127.0.0.1 with HTTP Range support; can drop one response mid-body."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+        self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
+        self.bytes_sent = 0
+        self.drop_after: int | None = None
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                server.requests.append((self.path, self.headers.get("Range")))
+                data = server.files.get(self.path)
+                if data is None:
+                    self.send_error(404)
+                    return
+                start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if self.headers["Range"] else 0
+                if start >= len(data):
+                    self.send_error(416)
+                    return
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                body = data[start:]
+                if server.drop_after is not None:  # send part of the body, then hang up
+                    body, server.drop_after = body[: server.drop_after], None
+                    self.close_connection = True
+                self.wfile.write(body)
+                server.bytes_sent += len(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/flowers/"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+
+
+def jpeg_bytes(image: Image.Image, **kwargs: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90, **kwargs)
+    return buffer.getvalue()
+
+
+def flowers_archive(count: int = 12) -> bytes:
+    """A .tgz in the Flowers-102 layout: jpg/image_00001.jpg, ... (non-square, like the real ones)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for i, array in enumerate(synthetic_flowers(count, 48, seed=7), start=1):
+            data = jpeg_bytes(Image.fromarray(array.transpose(1, 2, 0)).resize((60, 45)))
+            info = tarfile.TarInfo(f"jpg/image_{i:05d}.jpg")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def archive() -> bytes:
+    return flowers_archive()
+
+
+@pytest.fixture
+def server(archive: bytes) -> FileServer:
+    server = FileServer({"/flowers/" + FLOWERS102_ARCHIVE: archive})
+    yield server
+    server.httpd.shutdown()
+
+
+def flowers_config(server: FileServer, archive: bytes, **values: object) -> DataConfig:
+    checksum = "md5:" + hashlib.md5(archive).hexdigest()
+    return DataConfig(source="flowers102", url=server.url, checksum=checksum, image_size=16, **values)
+
+
+def test_download_verify_extract_prepare_end_to_end(server: FileServer, archive: bytes, tmp_path: Path) -> None:
+    cfg = flowers_config(server, archive)
+    folder = download(cfg, tmp_path / "raw", progress=False)
+    assert sorted(p.name for p in (folder / "jpg").iterdir())[:2] == ["image_00001.jpg", "image_00002.jpg"]
+    assert (tmp_path / "raw" / FLOWERS102_ARCHIVE).read_bytes() == archive
+    manifest = prepare(cfg, tmp_path / "raw", tmp_path / "prepared", workers=2, progress=False)
+    images = np.load(tmp_path / "prepared" / "images.npy")
+    assert images.shape == (12, 3, 16, 16) and images.dtype == np.uint8
+    assert manifest["count"] == 12 and manifest["skipped"] == [] and manifest["source"] == "flowers102"
+    assert manifest["sha256"] == hashlib.sha256(images.tobytes()).hexdigest()
+    assert json.loads((tmp_path / "prepared" / "manifest.json").read_text()) == manifest
+
+    requests = len(server.requests)
+    assert download(cfg, tmp_path / "raw", progress=False) == folder  # everything present: nothing to do
+    assert len(server.requests) == requests
+
+
+def test_a_dropped_connection_is_resumed_not_restarted(server: FileServer, archive: bytes, tmp_path: Path) -> None:
+    half = len(archive) // 2
+    server.drop_after = half
+    download(flowers_config(server, archive), tmp_path, progress=False)
+    assert server.requests == [("/flowers/102flowers.tgz", None), ("/flowers/102flowers.tgz", f"bytes={half}-")]
+    assert server.bytes_sent == len(archive)  # not one byte sent twice
+    assert (tmp_path / FLOWERS102_ARCHIVE).read_bytes() == archive
+
+
+def test_an_interrupted_download_resumes_in_the_next_run(server: FileServer, archive: bytes, tmp_path: Path) -> None:
+    (tmp_path / (FLOWERS102_ARCHIVE + ".part")).write_bytes(archive[:1000])
+    download(flowers_config(server, archive), tmp_path, progress=False)
+    assert server.requests == [("/flowers/102flowers.tgz", "bytes=1000-")]
+    assert server.bytes_sent == len(archive) - 1000
+    assert not (tmp_path / (FLOWERS102_ARCHIVE + ".part")).exists()
+
+
+def test_a_wrong_checksum_fails_cleanly_and_leaves_nothing(server: FileServer, archive: bytes, tmp_path: Path) -> None:
+    cfg = flowers_config(server, archive).model_copy(update={"checksum": "md5:" + "0" * 32})
+    with pytest.raises(UserError, match=r"checksum mismatch, expected md5:0{32}, got md5:[0-9a-f]{32}; deleted"):
+        download(cfg, tmp_path / "raw", progress=False)
+    assert list((tmp_path / "raw").iterdir()) == []
+
+
+def test_offline_or_missing_files_are_one_clear_error(server: FileServer, archive: bytes, tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/"
+    with pytest.raises(UserError, match=rf"cannot download {closed}102flowers.tgz .*data.source: folder .*synthetic"):
+        download(flowers_config(server, archive).model_copy(update={"url": closed}), tmp_path, progress=False)
+    with pytest.raises(UserError, match="nope/102flowers.tgz: HTTP 404"):
+        download(
+            flowers_config(server, archive).model_copy(update={"url": server.url + "nope"}), tmp_path, progress=False
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def evil_archive(kind: str) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        ok = tarfile.TarInfo("jpg/fine.txt")
+        ok.size = 2
+        tar.addfile(ok, io.BytesIO(b"ok"))
+        member = tarfile.TarInfo({"dotdot": "../evil.txt", "absolute": "/tmp/evil.txt"}.get(kind, "jpg/x"))
+        if kind == "symlink":
+            member.type, member.linkname = tarfile.SYMTYPE, "../../outside.txt"
+        elif kind == "hardlink":
+            member.type, member.linkname = tarfile.LNKTYPE, "../outside.txt"
+        elif kind == "device":
+            member.type = tarfile.CHRTYPE
+        else:
+            member.size = 4
+        tar.addfile(member, io.BytesIO(b"evil") if member.isfile() else None)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("dotdot", "path with '..'"),
+        ("absolute", "absolute path"),
+        ("symlink", "link pointing outside the archive"),
+        ("hardlink", "link pointing outside the archive"),
+        ("device", "device file"),
+    ],
+)
+def test_unsafe_archive_members_are_refused_and_nothing_is_written(tmp_path: Path, kind: str, reason: str) -> None:
+    (tmp_path / "raw").mkdir()
+    archive = tmp_path / "raw" / "evil.tar"
+    archive.write_bytes(evil_archive(kind))
+    with pytest.raises(UserError, match=f"refusing to extract .*{reason}.*nothing was extracted"):
+        extract_tar_safely(archive, tmp_path / "raw" / "out")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["evil.tar", "raw"]
+
+
+def make_folder(root: Path) -> None:
+    """Good images in five modes and three bad files, in nested folders."""
+    flower = Image.fromarray(synthetic_flowers(1, 40)[0].transpose(1, 2, 0))
+    (root / "a").mkdir(parents=True)
+    (root / "b" / "c").mkdir(parents=True)
+    (root / "a" / "rgb.jpg").write_bytes(jpeg_bytes(flower))
+    (root / "a" / "cmyk.jpg").write_bytes(jpeg_bytes(flower.convert("CMYK")))
+    flower.convert("L").save(root / "b" / "gray.png")
+    transparent = Image.new("RGBA", (40, 30), (255, 0, 0, 0))  # red, but fully transparent
+    transparent.save(root / "b" / "rgba.png")
+    flower.convert("P").save(root / "b" / "c" / "palette.gif")
+    png = io.BytesIO()
+    flower.save(png, format="PNG")
+    (root / "b" / "truncated.png").write_bytes(png.getvalue()[: len(png.getvalue()) // 2])
+    good = jpeg_bytes(flower)
+    (root / "corrupt.jpg").write_bytes(good[:200] + bytes(range(256)) * 4)
+    (root / "text.jpg").write_text("this is not a picture\n")
+    (root / "notes.txt").write_text("ignored: not an image suffix\n")
+
+
+def test_prepare_a_folder_keeps_the_good_and_lists_the_bad(tmp_path: Path) -> None:
+    make_folder(tmp_path / "images")
+    cfg = DataConfig(source="folder", folder=str(tmp_path / "images"), image_size=32)
+    manifest = prepare(cfg, tmp_path / "unused", tmp_path / "out", workers=2, progress=False)
+    images = np.load(tmp_path / "out" / "images.npy")
+    assert images.shape == (5, 3, 32, 32) and images.dtype == np.uint8
+    skipped = {entry["file"]: entry["reason"] for entry in manifest["skipped"]}
+    assert set(skipped) == {"b/truncated.png", "corrupt.jpg", "text.jpg"}
+    assert skipped["text.jpg"] == "not an image"
+    assert skipped["b/truncated.png"].startswith("unreadable")
+    # sorted order: a/cmyk.jpg, a/rgb.jpg, b/c/palette.gif, b/gray.png, b/rgba.png
+    gray, rgba = images[3], images[4]
+    assert np.array_equal(gray[0], gray[1]) and np.array_equal(gray[1], gray[2])
+    assert (rgba == 255).all()  # transparent pixels become white, not the red they hide
+    assert np.abs(images[0].astype(int) - images[1].astype(int)).mean() < 20  # CMYK comes out as the RGB image
+
+
+def test_prepare_keeps_the_aspect_ratio(tmp_path: Path) -> None:
+    wide = np.zeros((30, 90, 3), np.uint8)
+    wide[:, :30, 0] = wide[:, 60:, 2] = 255  # red | green | blue thirds
+    wide[:, 30:60, 1] = 255
+    (tmp_path / "images").mkdir()
+    Image.fromarray(wide).save(tmp_path / "images" / "wide.png")
+    cfg = DataConfig(source="folder", folder=str(tmp_path / "images"), image_size=16)
+    prepare(cfg, tmp_path, tmp_path / "out", workers=1, progress=False)
+    image = np.load(tmp_path / "out" / "images.npy")[0]
+    # the centre third, not squashed (Lanczos lets a little of the neighbours into the edge columns)
+    assert (image[1] > 230).all() and (image[[0, 2]] < 30).all()
+
+
+def test_prepare_twice_gives_byte_identical_output(tmp_path: Path) -> None:
+    make_folder(tmp_path / "images")
+    cfg = DataConfig(source="folder", folder=str(tmp_path / "images"), image_size=16)
+    for out in ("one", "two"):
+        prepare(cfg, tmp_path, tmp_path / out, workers=2, progress=False)
+    for name in ("images.npy", "manifest.json"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+def test_prepare_errors(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match="empty: no image files"):
+        prepare(DataConfig(source="folder", folder=str(tmp_path / "empty")), tmp_path, tmp_path / "out", progress=False)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.jpg").write_text("x")
+    with pytest.raises(UserError, match="bad: none of the 1 image files could be read .first: x.jpg: not an image"):
+        prepare(DataConfig(source="folder", folder=str(tmp_path / "bad")), tmp_path, tmp_path / "out", progress=False)
+    with pytest.raises(UserError, match="raw/flowers102: no such folder; run `ddpm download` first"):
+        prepare(DataConfig(), tmp_path / "raw", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_synthetic_source_is_prepared_without_downloading(tmp_path: Path) -> None:
+    cfg = DataConfig(source="synthetic", synthetic_count=6, synthetic_seed=2, image_size=16)
+    assert download(cfg, tmp_path / "raw") is None and not (tmp_path / "raw").exists()
+    manifest = prepare(cfg, tmp_path / "raw", tmp_path / "out", progress=False)
+    assert manifest["count"] == 6 and manifest["seed"] == 2
+    assert np.array_equal(np.load(tmp_path / "out" / "images.npy"), synthetic_flowers(6, 16, seed=2))
+
+
+def test_download_and_prepare_commands(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/"
+    result = subprocess.run(
+        [DDPM, "download", "--set", f"data.url={closed}"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"ddpm: error: cannot download {closed}102flowers.tgz (")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+    args = ["prepare", "--source", "synthetic", "--image-size", "16", "--set", "data.synthetic_count=5"]
+    result = subprocess.run([DDPM, *args], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "prepared 5 images of 16×16 (0 skipped): data/prepared/images.npy" in result.stdout
+    assert np.load(tmp_path / "data" / "prepared" / "images.npy").shape == (5, 3, 16, 16)

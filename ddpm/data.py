@@ -293,7 +293,7 @@ def _load_all(
     arrays, skipped = [], []
     load = partial(load_image, root=root, image_size=image_size)
     with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        results = tqdm(pool.map(load, files, chunksize=16), total=len(files), disable=not progress, desc="prepare")
+        results = tqdm(pool.map(load, files, chunksize=64), total=len(files), disable=not progress, desc="prepare")
         for name, (array, reason) in zip(files, results, strict=True):
             if array is None:
                 skipped.append({"file": name, "reason": reason})

@@ -1,5 +1,6 @@
 """The `ddpm` command as a user runs it: a real subprocess of the installed console script."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +23,14 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_help_lists_every_command_with_a_description() -> None:
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    assert "train   Train the UNet (Algorithm 1); write a checkpoint." in result.output
-    assert "sample  Draw samples (DDPM or DDIM); write them + a grid." in result.output
+    descriptions = {
+        "download": "Fetch and verify the source images (Flowers-102).",
+        "prepare": "Decode, crop and resize the images into one uint8 array.",
+        "train": "Train the UNet (Algorithm 1); write a checkpoint.",
+        "sample": "Draw samples (DDPM or DDIM); write them + a grid.",
+    }
+    for command, description in descriptions.items():
+        assert re.search(rf"^  {command} +{re.escape(description)}$", result.output, re.MULTILINE), command
 
 
 def test_every_command_takes_config_and_set() -> None:

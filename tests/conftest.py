@@ -8,7 +8,7 @@ from ddpm.data import save_images, synthetic_flowers
 
 
 @pytest.fixture(autouse=True)
-def _single_thread_friendly() -> None:
+def _seeded() -> None:
     torch.manual_seed(0)
 
 

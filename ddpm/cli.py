@@ -150,18 +150,26 @@ def train(
     out: Annotated[
         Path | None, typer.Option(help="Output folder [default: runs/<schedule>].", show_default=False)
     ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint in the output folder.")] = True,
     device: DeviceOption = "auto",
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
     """Train the UNet (Algorithm 1); write a checkpoint."""
     cfg = _load(config, set_, TRAIN_PARAMS, locals())
+    from ddpm.train import Interrupted
     from ddpm.train import train as run_training
 
-    result = run_training(cfg, data, out or RUNS / cfg.diffusion.schedule, resolve_device(device))
+    try:
+        result = run_training(cfg, data, out or RUNS / cfg.diffusion.schedule, resolve_device(device), resume)
+    except Interrupted as e:
+        typer.echo(f"ddpm: stopped by {e}", err=True)
+        raise typer.Exit(128 + e.signum) from None
+    resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
+    skipped = f", {result.nonfinite} non-finite steps skipped" if result.nonfinite else ""
     typer.echo(
-        f"trained {cfg.train.steps} steps in {result.seconds:.0f} s ({result.images_per_second:.0f} img/s), "
-        f"final loss {result.losses[-1][1]:.4f}: {result.checkpoint}"
+        f"trained {cfg.train.steps} steps{resumed} in {result.seconds:.0f} s ({result.images_per_second:.0f} img/s)"
+        f"{skipped}, final loss {result.losses[-1][1]:.4f}: {result.checkpoint}"
     )
 
 

@@ -93,7 +93,16 @@ class TrainConfig(Section):
     steps: PositiveInt = 80_000
     batch_size: PositiveInt = 128
     lr: Annotated[Number, Field(gt=0)] = 2e-4
+    warmup_steps: Annotated[Int, Field(ge=0)] = 5000  # linear learning-rate warm-up, as in Ho et al.
+    grad_clip: Annotated[Number, Field(gt=0)] = 1.0  # max gradient norm
+    adam_betas: Annotated[list[Annotated[Number, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)] = [0.9, 0.999]
+    adam_eps: Annotated[Number, Field(gt=0)] = 1e-8
     weight_decay: Annotated[Number, Field(ge=0)] = 0.0
+    ema_decay: Annotated[Number, Field(ge=0, lt=1)] = 0.9999
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + n)/(10 + n)) after n updates, so early EMA weights are usable
+    checkpoint_every: PositiveInt = 5000
+    keep_checkpoints: PositiveInt = 3
+    max_nonfinite: PositiveInt = 20  # stop after this many non-finite losses in a row
     seed: Int = 0
     log_every: PositiveInt = 100
 

@@ -28,3 +28,9 @@ def atomic_output(path: Path) -> Iterator[Path]:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def remove_partial_outputs(folder: Path) -> None:
+    """Delete the temporary files `atomic_output` leaves behind when its process is killed."""
+    for tmp in folder.glob(".*.tmp*") if folder.is_dir() else []:
+        tmp.unlink(missing_ok=True)

@@ -1,34 +1,106 @@
-"""The training loop: Algorithm 1 of Ho et al. 2020 with AdamW, read top to bottom.
+"""The training loop: Algorithm 1 of Ho et al. 2020, read top to bottom.
 
-    ddpm train --beta-schedule cosine --model tiny --image-size 32 --steps 500 --data images.npy
+    ddpm train --beta-schedule cosine --model tiny --image-size 32 --steps 500
 
-The loss is read back from the device only every `train.log_every` steps, so the loop does
-not wait on the GPU between steps.
+AdamW with a linear learning-rate warm-up and gradient clipping, and an EMA of the weights for
+sampling. Every `train.checkpoint_every` steps a checkpoint saves everything needed to go on bit
+for bit: weights, EMA, optimizer, RNG states and the loss record. `train` resumes from the latest
+one unless told not to. A step whose loss is not finite is skipped and counted, and
+`train.max_nonfinite` of them in a row stop the run. SIGINT and SIGTERM write a checkpoint and stop.
+The mean loss is read back for the log every `train.log_every` steps.
 """
 
+import copy
+import signal
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
-from ddpm.checkpoint import build_diffusion, build_model, save_checkpoint
+from ddpm.checkpoint import (
+    build_diffusion,
+    build_model,
+    checkpoint_path,
+    read_checkpoint,
+    save_checkpoint,
+    step_checkpoints,
+)
 from ddpm.config import Config
 from ddpm.data import InMemoryImages, load_images
 from ddpm.errors import UserError
+from ddpm.files import remove_partial_outputs
+
+CHECKPOINT_KEYS = {"model", "ema", "ema_updates", "optimizer", "step", "config", "rng", "record"}
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGINT or SIGTERM after writing a checkpoint."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
+        super().__init__(
+            f"{signal.Signals(signum).name} at step {step}; saved {checkpoint}; run the same command to resume"
+        )
+        self.signum = signum
 
 
 @dataclass
 class TrainResult:
     checkpoint: Path
-    losses: list[tuple[int, float]]  # (step, mean loss over the steps since the previous entry)
-    images_per_second: float
+    losses: list[tuple[int, float]]  # (step, mean finite loss over the steps since the previous entry)
+    images_per_second: float  # over the steps this call ran
     seconds: float
+    nonfinite: int  # steps skipped for a non-finite loss, over the whole run
+    resumed_from: int  # the step of the checkpoint this call started from (0: a fresh start)
 
 
-def train(config: Config, data_path: Path, out_dir: Path, device: torch.device, progress: bool = True) -> TrainResult:
-    """Train the model `config` describes on the images at `data_path`; write `out_dir`/model.pt."""
+@dataclass
+class Record:
+    """What the loop accumulates between checkpoints, saved with them."""
+
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    loss_sum: float = 0.0  # finite losses since the last log entry
+    loss_count: int = 0
+    nonfinite: int = 0
+    nonfinite_in_a_row: int = 0
+
+
+class EMA:
+    """Exponential moving average of a model's parameters, theta_ema ← d·theta_ema + (1 − d)·theta.
+
+    With `warmup`, d = min(decay, (1 + n)/(10 + n)) after n updates, so the average forgets the
+    random initialisation early instead of dragging it along for ~1/(1 − decay) steps."""
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool) -> None:
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.warmup, self.updates = decay, warmup, 0
+
+    def current_decay(self) -> float:
+        n = self.updates
+        return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = self.current_decay()
+        ema_params = list(self.model.parameters())
+        torch._foreach_mul_(ema_params, d)
+        torch._foreach_add_(ema_params, list(model.parameters()), alpha=1 - d)
+        for ema_buffer, buffer in zip(self.model.buffers(), model.buffers(), strict=True):
+            ema_buffer.copy_(buffer)
+        self.updates += 1
+
+
+def train(
+    config: Config, data_path: Path, out_dir: Path, device: torch.device, resume: bool = True, progress: bool = True
+) -> TrainResult:
+    """Train the model `config` describes on the images at `data_path`. Checkpoints go to
+    `out_dir`/checkpoints, the final weights (raw and EMA) to `out_dir`/model.pt."""
     cfg = config.train
     images = load_images(data_path)
     if images.shape[2:] != (config.data.image_size,) * 2:
@@ -36,38 +108,154 @@ def train(config: Config, data_path: Path, out_dir: Path, device: torch.device, 
             f"{data_path}: images are {images.shape[3]}×{images.shape[2]}, but data.image_size is "
             f"{config.data.image_size}; prepare the data at that size or set --image-size {images.shape[2]}"
         )
+    checkpoints = out_dir / "checkpoints"
+    latest = step_checkpoints(checkpoints)[-1:] if resume else []
+    saved = read_checkpoint(latest[0], device, CHECKPOINT_KEYS) if latest else None
+    if saved:
+        _check_resumable(latest[0], saved, config)
     dataset = InMemoryImages(images, device)
 
+    # model, EMA, diffusion process, optimizer: fresh from the seed, then overwritten by a checkpoint
     torch.manual_seed(cfg.seed)
     model = build_model(config).to(device).train()
+    ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
     diffusion = build_diffusion(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay
+    )
+    record, start_step = Record(), 0
+    if saved:
+        model.load_state_dict(saved["model"])
+        ema.model.load_state_dict(saved["ema"])
+        ema.updates = saved["ema_updates"]
+        optimizer.load_state_dict(saved["optimizer"])
+        _set_rng_state(saved["rng"])
+        record, start_step = Record(**saved["record"]), saved["step"]
+    else:  # a fresh start: earlier checkpoints here belong to another run
+        for old in step_checkpoints(checkpoints):
+            old.unlink()
+    remove_partial_outputs(checkpoints)
+    remove_partial_outputs(out_dir)
 
-    losses: list[tuple[int, float]] = []
-    loss_sum = torch.zeros((), device=device)  # accumulated on the device between read-backs
+    def save(step: int) -> Path:
+        path = checkpoint_path(checkpoints, step)
+        save_checkpoint(path, {
+            "model": model.state_dict(), "ema": ema.model.state_dict(), "ema_updates": ema.updates,
+            "optimizer": optimizer.state_dict(), "step": step, "config": config.model_dump(mode="json"),
+            "rng": _rng_state(), "record": vars(record),
+        })  # fmt: skip
+        for old in step_checkpoints(checkpoints)[: -cfg.keep_checkpoints]:
+            old.unlink()
+        return path
+
+    loss_sum = torch.tensor(record.loss_sum, device=device)  # on the device between log entries
     start = last_log = time.perf_counter()
-    bar = tqdm(total=cfg.steps, desc=f"train {config.diffusion.schedule}", disable=not progress, unit="step")
-    for step in range(1, cfg.steps + 1):
-        x0 = dataset.batch(cfg.batch_size)
-        loss = diffusion.training_loss(model, x0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach()
+    last_log_step = start_step
+    bar = tqdm(total=cfg.steps, initial=start_step, desc=f"train {config.diffusion.schedule}", disable=not progress)
+    with _stop_requests() as stop:
+        for step in range(start_step + 1, cfg.steps + 1):
+            # learning rate: linear warm-up from 0 (Ho et al., appendix B)
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
 
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            window = step - (losses[-1][0] if losses else 0)
-            mean_loss = loss_sum.item() / window  # the one host-device sync
-            loss_sum.zero_()
-            now = time.perf_counter()
-            images_per_second = window * cfg.batch_size / (now - last_log)
-            last_log = now
-            losses.append((step, mean_loss))
-            bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images_per_second:.0f}")
-        bar.update(1)
+            # one step of Algorithm 1, skipped if the loss is not finite
+            loss = diffusion.training_loss(model, dataset.batch(cfg.batch_size))
+            if torch.isfinite(loss):
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                ema.update(model)
+                loss_sum += loss.detach()
+                record.loss_count += 1
+                record.nonfinite_in_a_row = 0
+            else:
+                record.nonfinite += 1
+                record.nonfinite_in_a_row += 1
+                if record.nonfinite_in_a_row >= cfg.max_nonfinite:
+                    good = step_checkpoints(checkpoints)
+                    raise UserError(
+                        f"the loss was not finite for {cfg.max_nonfinite} steps in a row "
+                        f"(steps {step - cfg.max_nonfinite + 1}-{step}); stopped. Last good checkpoint: "
+                        f"{good[-1] if good else 'none'}. Try a lower train.lr or train.grad_clip"
+                    )
+
+            # log, checkpoint, stop on a signal
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.perf_counter()
+                mean_loss = loss_sum.item() / max(record.loss_count, 1)  # the read-back
+                images_per_second = (step - last_log_step) * cfg.batch_size / (now - last_log)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images_per_second:.0f}")
+                record.losses.append((step, mean_loss))
+                loss_sum.zero_()
+                record.loss_count, last_log, last_log_step = 0, now, step
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
+                record.loss_sum = loss_sum.item()
+                path = save(step)
+            bar.update(1)
+            if stop:
+                bar.close()
+                raise Interrupted(stop[0], step, path)
     bar.close()
     seconds = time.perf_counter() - start
 
-    checkpoint = out_dir / "model.pt"
-    save_checkpoint(checkpoint, model, config, cfg.steps)
-    return TrainResult(checkpoint, losses, cfg.steps * cfg.batch_size / seconds, seconds)
+    final = out_dir / "model.pt"
+    save_checkpoint(final, {
+        "model": model.state_dict(), "ema": ema.model.state_dict(), "config": config.model_dump(mode="json"),
+        "step": cfg.steps,
+    })  # fmt: skip
+    ran = cfg.steps - start_step
+    return TrainResult(final, record.losses, ran * cfg.batch_size / seconds, seconds, record.nonfinite, start_step)
+
+
+def _check_resumable(path: Path, saved: dict[str, Any], config: Config) -> None:
+    """Refuse to resume a checkpoint into another model or diffusion process, or past its end."""
+    try:
+        before = _identity(Config.model_validate(saved["config"]))
+    except ValueError as e:
+        raise UserError(f"{path}: its config does not fit this version of ddpm ({str(e).splitlines()[0]})") from None
+    now = _identity(config)
+    changed = [f"{key} ({before[key]} → {now[key]})" for key in now if before[key] != now[key]]
+    if changed:
+        raise UserError(
+            f"{path}: cannot resume, the model or diffusion process differs from the checkpoint's in "
+            f"{', '.join(changed)}; use --no-resume to start over, or --out for another folder"
+        )
+    if saved["step"] > config.train.steps:
+        raise UserError(f"{path}: the checkpoint is at step {saved['step']}, past train.steps = {config.train.steps}")
+
+
+def _identity(config: Config) -> dict[str, Any]:
+    """The settings a checkpoint's weights belong to: the UNet's shape and the diffusion process."""
+    arch = config.model.architecture(config.data.image_size)
+    shape = {f"model.{k}": list(v) if isinstance(v, tuple) else v for k, v in arch.items() if k != "dropout"}
+    return {"data.image_size": config.data.image_size, **shape, **{f"diffusion.{k}": v for k, v in config.diffusion}}
+
+
+def _rng_state() -> dict[str, Any]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"].cpu())
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+@contextmanager
+def _stop_requests() -> Iterator[list[int]]:
+    """Inside the block, SIGINT and SIGTERM are appended to the yielded list instead of stopping
+    the process, so the loop can finish its step and save. (Only the main thread gets signals.)"""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {
+        s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -26,7 +26,7 @@ def make_tiny_config(**sections: dict) -> Config:
         "data": {"image_size": 16},
         "model": {"preset": "tiny"},
         "diffusion": {"timesteps": 100},
-        "train": {"steps": 20, "batch_size": 8, "lr": 1e-3, "log_every": 10},
+        "train": {"steps": 20, "batch_size": 8, "lr": 1e-3, "warmup_steps": 10, "log_every": 10},
         "sample": {"num_samples": 4, "batch_size": 4},
     }
     for name, values in sections.items():

@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from ddpm.cli import app
+from ddpm.config import TrainConfig
 
 DDPM = str(Path(sys.executable).parent / "ddpm")
 TINY = ["--model", "tiny", "--image-size", "16", "--timesteps", "50", "--batch-size", "4", "--set", "train.log_every=5"]
@@ -81,8 +82,7 @@ def test_train_then_sample_from_the_shell(flowers16: Path, tmp_path: Path) -> No
         ),
         (
             ["--set", "train.bach_size=4"],
-            "ddpm: error: --set train.bach_size: unknown key; expected one of: steps, batch_size, lr, "
-            "weight_decay, seed, log_every",
+            "ddpm: error: --set train.bach_size: unknown key; expected one of: " + ", ".join(TrainConfig.model_fields),
         ),
         (["--set", "train.steps"], "ddpm: error: --set: expected SECTION.KEY=VALUE, got 'train.steps'"),
         (["--device", "tpu"], "ddpm: error: --device: expected auto, cpu, cuda or cuda:N, got 'tpu'"),

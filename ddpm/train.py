@@ -189,11 +189,12 @@ def train(
                 record.losses.append((step, mean_loss))
                 loss_sum.zero_()
                 record.loss_count, last_log, last_log_step = 0, now, step
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
+            stopping = bool(stop)  # read once: a signal may land at any line
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
                 record.loss_sum = loss_sum.item()
                 path = save(step)
             bar.update(1)
-            if stop:
+            if stopping:
                 bar.close()
                 raise Interrupted(stop[0], step, path)
     bar.close()

@@ -14,7 +14,7 @@ import typer
 from ddpm.errors import UserError
 
 app = typer.Typer(
-    help="Denoising diffusion (DDPM) on flowers: train, sample, compare beta schedules.",
+    help="Denoising diffusion (DDPM) on flowers, one command per pipeline stage.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -129,6 +129,8 @@ def train(
         ema.model.load_state_dict(saved["ema"])
         ema.updates = saved["ema_updates"]
         optimizer.load_state_dict(saved["optimizer"])
+        for group in optimizer.param_groups:  # the settings in force are today's, the moments are saved
+            group.update(betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
         _set_rng_state(saved["rng"])
         record, start_step = Record(**saved["record"]), saved["step"]
     else:  # a fresh start: earlier checkpoints here belong to another run

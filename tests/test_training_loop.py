@@ -256,3 +256,11 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(flowers16: Path, tmp_path
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert f"trained {step + 5} steps (resumed at step {step})" in resumed.stdout
+
+
+def test_a_resumed_run_uses_todays_optimizer_settings(flowers16: Path, tmp_path: Path, tiny_config) -> None:
+    train(tiny_config(train={"steps": 10}), flowers16, tmp_path, CPU, progress=False)
+    changed = tiny_config(train={"steps": 12, "weight_decay": 0.05, "adam_betas": [0.8, 0.99], "lr": 5e-4})
+    train(changed, flowers16, tmp_path, CPU, progress=False)
+    group = torch.load(tmp_path / "checkpoints" / "step-00000012.pt", weights_only=True)["optimizer"]["param_groups"][0]
+    assert group["weight_decay"] == 0.05 and group["betas"] == (0.8, 0.99) and group["lr"] == 5e-4

@@ -225,7 +225,9 @@ def extract_tar_safely(archive: Path, target: Path) -> None:
                     raise UserError(f"{archive}: refusing to extract {member.name!r}: {reason}; nothing was extracted")
             tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
             try:
-                tar.extractall(tmp, members=members, filter="data")
+                # the "data" filter (Python ≥ 3.11.4) is a second guard behind the checks above
+                extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                tar.extractall(tmp, members=members, **extra)
                 os.replace(tmp, target)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -52,8 +52,8 @@ class FileServer:
                 if server.drop_after is not None:  # send part of the body, then hang up
                     body, server.drop_after = body[: server.drop_after], None
                     self.close_connection = True
+                server.bytes_sent += len(body)  # counted before the client can have it: no race with the test
                 self.wfile.write(body)
-                server.bytes_sent += len(body)
 
             def log_message(self, *args: object) -> None:
                 pass

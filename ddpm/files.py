@@ -19,6 +19,7 @@ def atomic_output(path: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it what open() would have
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -28,6 +29,12 @@ def atomic_output(path: Path) -> Iterator[Path]:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def remove_partial_outputs(folder: Path) -> None:

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +63,10 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path: Path) -> None:
     with atomic_output(target) as tmp:
         tmp.write_text("new")
     assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+    umask = os.umask(0o022)
+    try:
+        with atomic_output(tmp_path / "new.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o644  # as open() would make it, not mkstemp's 0600

@@ -199,6 +199,38 @@ def sample(
     typer.echo(f"wrote {len(images)} samples: {out / 'samples.npy'}, {out / 'grid.png'}")
 
 
+@app.command()
+@user_errors
+def schedules(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Schedules to draw [default: all].", show_default=False)
+    ] = None,
+    timesteps: Annotated[str | None, _param("diffusion.timesteps", "INT")] = None,
+    data: Annotated[
+        Path, typer.Option(help="Prepared images; the first one is noised (a synthetic flower if absent).")
+    ] = DEFAULT_DATA,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("reports/schedules"),
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Draw alphā(t), log-SNR(t) and the forward process per schedule."""
+    cfg = _load(config, set_, {"timesteps": "diffusion.timesteps"}, locals())
+    from ddpm.data import load_images, synthetic_flowers
+    from ddpm.report import forward_strip, plot_schedules
+    from ddpm.schedules import SCHEDULES, beta_schedule
+
+    names = names or list(SCHEDULES)
+    for name in names:
+        try:
+            beta_schedule(name, cfg.diffusion.timesteps)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    image = load_images(data)[0] if data.exists() else synthetic_flowers(1, cfg.data.image_size)[0]
+    plot_schedules(names, cfg.diffusion.timesteps, out / "schedules.png")
+    forward_strip(names, cfg.diffusion.timesteps, image, out / "forward.png")
+    typer.echo(f"wrote {out / 'schedules.png'} and {out / 'forward.png'}")
+
+
 def resolve_device(name: str):  # noqa: ANN201 (torch is imported only when a command runs)
     """ "auto" → the first CUDA device if there is one, else the CPU; otherwise a torch device name."""
     import torch

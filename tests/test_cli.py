@@ -29,13 +29,14 @@ def test_help_lists_every_command_with_a_description() -> None:
         "prepare": "Decode, crop and resize the images into one uint8 array.",
         "train": "Train the UNet (Algorithm 1); write a checkpoint.",
         "sample": "Draw samples (DDPM or DDIM); write them + a grid.",
+        "schedules": "Draw alphā(t), log-SNR(t) and the forward process per schedule.",
     }
     for command, description in descriptions.items():
         assert re.search(rf"^  {command} +{re.escape(description)}$", result.output, re.MULTILINE), command
 
 
 def test_every_command_takes_config_and_set() -> None:
-    for command in ("download", "prepare", "train", "sample"):
+    for command in ("download", "prepare", "train", "sample", "schedules"):
         output = CliRunner().invoke(app, [command, "--help"]).output
         assert "--config" in output and "--set SECTION.KEY=VALUE" in output
 

@@ -189,14 +189,14 @@ def sample(
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Draw samples (DDPM or DDIM); write them + a grid."""
+    """Draw samples (DDPM or DDIM); write them + pictures."""
     cfg = _load(config, set_, SAMPLE_PARAMS, locals())
     from ddpm.sample import sample as run_sampling
 
     run_dir = RUNS / cfg.diffusion.schedule
     out = out or run_dir / "samples"
     images = run_sampling(cfg.sample, checkpoint or run_dir / "model.pt", out, resolve_device(device))
-    typer.echo(f"wrote {len(images)} samples: {out / 'samples.npy'}, {out / 'grid.png'}")
+    typer.echo(f"wrote {len(images)} samples to {out}: samples.npy, grid.png, progression.png, progression.gif")
 
 
 @app.command()

@@ -28,7 +28,7 @@ def test_help_lists_every_command_with_a_description() -> None:
         "download": "Fetch and verify the source images (Flowers-102).",
         "prepare": "Decode, crop and resize the images into one uint8 array.",
         "train": "Train the UNet (Algorithm 1); write a checkpoint.",
-        "sample": "Draw samples (DDPM or DDIM); write them + a grid.",
+        "sample": "Draw samples (DDPM or DDIM); write them + pictures.",
         "schedules": "Draw alphā(t), log-SNR(t) and the forward process per schedule.",
     }
     for command, description in descriptions.items():

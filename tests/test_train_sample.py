@@ -45,11 +45,14 @@ def test_samples_have_the_right_shape_and_repeat_for_a_seed(checkpoint: Path, sa
     model, config, _ = load_checkpoint(checkpoint, CPU)
     diffusion = build_diffusion(config)
     cfg = tiny_config(sample={"sampler": sampler, "ddim_steps": 10, "num_samples": 5, "batch_size": 2}).sample
-    images = generate(model, diffusion, cfg, 16, CPU, progress=False)
+    images, frames = generate(model, diffusion, cfg, 16, CPU, progress=False)
     assert images.dtype == torch.uint8 and images.shape == (5, 3, 16, 16)
-    assert torch.equal(images, generate(model, diffusion, cfg, 16, CPU, progress=False))
-    other = generate(model, diffusion, cfg.model_copy(update={"seed": 1}), 16, CPU, progress=False)
+    assert torch.equal(images, generate(model, diffusion, cfg, 16, CPU, progress=False)[0])
+    other, _ = generate(model, diffusion, cfg.model_copy(update={"seed": 1}), 16, CPU, progress=False)
     assert not torch.equal(images, other)
+    # the progression follows the first batch's samples from x_T to x_0, which is the final sample
+    assert len(frames) == (40 if sampler == "ddpm" else 11) and frames[0].shape == (2, 3, 16, 16)
+    assert torch.equal(frames[-1], images[:2])
 
 
 def test_sample_writes_the_array_and_a_grid(checkpoint: Path, tmp_path: Path, tiny_config) -> None:
@@ -60,6 +63,11 @@ def test_sample_writes_the_array_and_a_grid(checkpoint: Path, tmp_path: Path, ti
 
     with Image.open(tmp_path / "grid.png") as grid:
         assert grid.size == (2 + 3 * 18, 2 + 2 * 18)  # 3 columns × 2 rows of 16 px, 2 px padding
+    # x_T ... x_0 (5 DDIM steps: 6 columns), a row for each of the first batch's 4 samples
+    with Image.open(tmp_path / "progression.png") as picture:
+        assert picture.size == (2 + 6 * 18, 2 + 4 * 18)
+    with Image.open(tmp_path / "progression.gif") as gif:
+        assert gif.n_frames == 6 and gif.size == (2 + 4 * 18, 2 + 18)
 
 
 def test_tampered_or_missing_checkpoints_are_refused(checkpoint: Path, tmp_path: Path) -> None:

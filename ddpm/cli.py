@@ -67,6 +67,7 @@ TRAIN_PARAMS = {
     "timesteps": "diffusion.timesteps",
     "seed": "train.seed",
 }
+SCHEDULES_PARAMS = {"timesteps": "diffusion.timesteps"}
 SAMPLE_PARAMS = {
     "beta_schedule": "diffusion.schedule",
     "num_samples": "sample.num_samples",
@@ -205,7 +206,7 @@ def schedules(
     names: Annotated[
         list[str] | None, typer.Argument(help="Schedules to draw [default: all].", show_default=False)
     ] = None,
-    timesteps: Annotated[str | None, _param("diffusion.timesteps", "INT")] = None,
+    timesteps: Annotated[str | None, _param(SCHEDULES_PARAMS["timesteps"], "INT")] = None,
     data: Annotated[
         Path, typer.Option(help="Prepared images; the first one is noised (a synthetic flower if absent).")
     ] = DEFAULT_DATA,
@@ -214,7 +215,7 @@ def schedules(
     set_: SetOption = None,
 ) -> None:
     """Draw alphā(t), log-SNR(t) and the forward process per schedule."""
-    cfg = _load(config, set_, {"timesteps": "diffusion.timesteps"}, locals())
+    cfg = _load(config, set_, SCHEDULES_PARAMS, locals())
     from ddpm.data import load_images, synthetic_flowers
     from ddpm.report import forward_strip, plot_schedules
     from ddpm.schedules import SCHEDULES, beta_schedule

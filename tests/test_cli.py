@@ -122,9 +122,10 @@ def test_missing_data_and_checkpoint_are_clear_errors(tmp_path: Path) -> None:
 
 
 def test_every_named_option_overrides_a_real_param() -> None:
-    from ddpm.cli import DOWNLOAD_PARAMS, PREPARE_PARAMS, SAMPLE_PARAMS, TRAIN_PARAMS
+    from ddpm.cli import DOWNLOAD_PARAMS, PREPARE_PARAMS, SAMPLE_PARAMS, SCHEDULES_PARAMS, TRAIN_PARAMS
     from ddpm.config import Config
 
-    for key in [*DOWNLOAD_PARAMS.values(), *PREPARE_PARAMS.values(), *TRAIN_PARAMS.values(), *SAMPLE_PARAMS.values()]:
+    tables = [DOWNLOAD_PARAMS, PREPARE_PARAMS, TRAIN_PARAMS, SAMPLE_PARAMS, SCHEDULES_PARAMS]
+    for key in [key for table in tables for key in table.values()]:
         section, name = key.split(".")
         assert name in Config.model_fields[section].annotation.model_fields, key

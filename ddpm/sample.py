@@ -4,6 +4,7 @@ Besides the samples, the first few of the first batch are recorded along the way
 x_0, for a picture of the denoising and an animated GIF of it.
 """
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -41,20 +42,18 @@ def generate(
     bar = tqdm(total=cfg.num_samples, desc=f"sample {cfg.sampler}", disable=not progress, unit="img")
     for start in range(0, cfg.num_samples, cfg.batch_size):
         n = min(cfg.batch_size, cfg.num_samples - start)
-        x = torch.randn((n, 3, image_size, image_size), generator=generator, device=device)
+        noise = torch.randn((n, 3, image_size, image_size), generator=generator, device=device)  # x_T
         if cfg.sampler == "ddpm":
-            chain = diffusion.p_sample_loop_progressive(model, x, generator, cfg.variance, cfg.clip_denoised)
+            chain = diffusion.p_sample_loop_progressive(model, noise, generator, cfg.variance, cfg.clip_denoised)
             length = diffusion.num_timesteps
         else:
             chain = diffusion.ddim_sample_loop_progressive(
-                model, x, cfg.ddim_steps, cfg.eta, generator, cfg.clip_denoised
+                model, noise, cfg.ddim_steps, cfg.eta, generator, cfg.clip_denoised
             )
             length = cfg.ddim_steps
         # chain positions 0 (x_T, before the first step) to `length` (x_0) to keep for the progression
         keep = set(np.linspace(0, length, PROGRESSION_FRAMES).round().astype(int)) if start == 0 else set()
-        if 0 in keep:
-            frames.append(to_uint8(x[:PROGRESSION_SAMPLES]).cpu())
-        for position, (_, x) in enumerate(chain, start=1):
+        for position, (_, x) in enumerate(itertools.chain([(None, noise)], chain)):  # x_T, then each step
             if position in keep:
                 frames.append(to_uint8(x[:PROGRESSION_SAMPLES]).cpu())
         batches.append(to_uint8(x).cpu())

@@ -63,6 +63,13 @@ class FileServer:
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
 
 
+def closed_port_url() -> str:
+    """A loopback URL on a port nobody listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/"
+
+
 def jpeg_bytes(image: Image.Image, **kwargs: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=90, **kwargs)
@@ -140,9 +147,7 @@ def test_a_wrong_checksum_fails_cleanly_and_leaves_nothing(server: FileServer, a
 
 
 def test_offline_or_missing_files_are_one_clear_error(server: FileServer, archive: bytes, tmp_path: Path) -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}/"
+    closed = closed_port_url()
     with pytest.raises(UserError, match=rf"cannot download {closed}102flowers.tgz .*data.source: folder .*synthetic"):
         download(flowers_config(server, archive).model_copy(update={"url": closed}), tmp_path, progress=False)
     with pytest.raises(UserError, match="nope/102flowers.tgz: HTTP 404"):
@@ -272,9 +277,7 @@ def test_synthetic_source_is_prepared_without_downloading(tmp_path: Path) -> Non
 
 
 def test_download_and_prepare_commands(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}/"
+    closed = closed_port_url()
     result = subprocess.run(
         [DDPM, "download", "--set", f"data.url={closed}"], cwd=tmp_path, capture_output=True, text=True
     )

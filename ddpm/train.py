@@ -11,6 +11,7 @@ The mean loss is read back for the log every `train.log_every` steps.
 """
 
 import copy
+import json
 import signal
 import threading
 import time
@@ -35,7 +36,7 @@ from ddpm.checkpoint import (
 from ddpm.config import Config
 from ddpm.data import InMemoryImages, load_images
 from ddpm.errors import UserError
-from ddpm.files import remove_partial_outputs
+from ddpm.files import atomic_output, remove_partial_outputs
 
 CHECKPOINT_KEYS = {"model", "ema", "ema_updates", "optimizer", "step", "config", "rng", "record"}
 
@@ -58,6 +59,18 @@ class TrainResult:
     seconds: float
     nonfinite: int  # steps skipped for a non-finite loss, over the whole run
     resumed_from: int  # the step of the checkpoint this call started from (0: a fresh start)
+    total_seconds: float  # training time over every call of the run, resumes included
+    steps: int
+
+    def metrics(self) -> dict[str, float | int]:
+        """What train.json holds and MLflow gets: the same numbers in both."""
+        return {
+            "final_loss": self.losses[-1][1],
+            "steps": self.steps,
+            "train_seconds": round(self.total_seconds, 1),
+            "images_per_second": round(self.images_per_second, 1),
+            "nonfinite_steps": self.nonfinite,
+        }
 
 
 @dataclass
@@ -69,6 +82,7 @@ class Record:
     loss_count: int = 0
     nonfinite: int = 0
     nonfinite_in_a_row: int = 0
+    seconds: float = 0.0  # training time before the current call, resumes included
 
 
 class EMA:
@@ -152,6 +166,7 @@ def train(
 
     loss_sum = torch.tensor(record.loss_sum, device=device)  # on the device between log entries
     start = last_log = time.perf_counter()
+    seconds_before = record.seconds
     last_log_step = start_step
     bar = tqdm(total=cfg.steps, initial=start_step, desc=f"train {config.diffusion.schedule}", disable=not progress)
     with _stop_requests() as stop:
@@ -194,6 +209,7 @@ def train(
             stopping = bool(stop)  # read once: a signal may land at any line
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
                 record.loss_sum = loss_sum.item()
+                record.seconds = seconds_before + time.perf_counter() - start
                 path = save(step)
             bar.update(1)
             if stopping:
@@ -208,7 +224,20 @@ def train(
         "step": cfg.steps,
     })  # fmt: skip
     ran = cfg.steps - start_step
-    return TrainResult(final, record.losses, ran * cfg.batch_size / seconds, seconds, record.nonfinite, start_step)
+    result = TrainResult(
+        final, record.losses, ran * cfg.batch_size / seconds, seconds, record.nonfinite, start_step,
+        seconds_before + seconds, cfg.steps,
+    )  # fmt: skip
+    write_record(out_dir, result)
+    return result
+
+
+def write_record(out_dir: Path, result: TrainResult) -> None:
+    """train.json (the run's numbers) and losses.csv (the loss curve, x = step) for DVC and the comparison."""
+    with atomic_output(out_dir / "train.json") as tmp:
+        tmp.write_text(json.dumps(result.metrics(), indent=2) + "\n")
+    with atomic_output(out_dir / "losses.csv") as tmp:
+        tmp.write_text("step,loss\n" + "".join(f"{step},{loss:.6f}\n" for step, loss in result.losses))
 
 
 def _check_resumable(path: Path, saved: dict[str, Any], config: Config) -> None:

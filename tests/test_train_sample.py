@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,23 @@ def test_training_is_deterministic_for_a_seed(flowers16: Path, tmp_path: Path, t
     runs = [train(tiny_config(), flowers16, tmp_path / str(i), CPU, progress=False).losses for i in range(2)]
     other = train(tiny_config(train={"seed": 1}), flowers16, tmp_path / "other", CPU, progress=False).losses
     assert runs[0] == runs[1] and runs[0] != other
+
+
+def test_training_writes_its_numbers_and_loss_curve_and_counts_time_across_resumes(
+    flowers16: Path, tmp_path: Path, tiny_config
+) -> None:
+    first = train(tiny_config(train={"steps": 10, "checkpoint_every": 10}), flowers16, tmp_path, CPU, progress=False)
+    result = train(tiny_config(), flowers16, tmp_path, CPU, progress=False)  # resumes at 10, goes on to 20
+    assert result.resumed_from == 10
+    assert result.seconds < result.total_seconds <= first.total_seconds + result.seconds  # 10 steps' time carried over
+    assert json.loads((tmp_path / "train.json").read_text()) == result.metrics()
+    assert result.metrics()["steps"] == 20 and result.metrics()["final_loss"] == result.losses[-1][1]
+    lines = (tmp_path / "losses.csv").read_text().splitlines()
+    assert lines[0] == "step,loss"
+    assert [(int(s), round(float(v), 6)) for s, v in (line.split(",") for line in lines[1:])] == [
+        (step, round(loss, 6)) for step, loss in result.losses
+    ]
+    assert [step for step, _ in result.losses] == [10, 20]
 
 
 def test_image_size_mismatch_is_a_clear_error(flowers16: Path, tmp_path: Path, tiny_config) -> None:

@@ -118,13 +118,46 @@ class SampleConfig(Section):
     seed: Int = 0
 
 
+class EvaluateConfig(Section):
+    # inception: the standard FID network (pt_inception-2015-12-05, 2048-d pool features);
+    # randconv: a small fixed random network for offline smoke runs, its metrics named fid_randconv etc.
+    feature_extractor: Literal["inception", "randconv"] = "inception"
+    inception_weights: str | None = None  # a local copy of the weights file, for machines without internet
+    inception_checksum: Checksum = "sha256:6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+    batch_size: PositiveInt = 200  # images per forward pass of the extractor
+    kid_subsets: PositiveInt = 100
+    kid_subset_size: PositiveInt = 1000
+
+
+class TrackingConfig(Section):
+    uri: str | None = None  # MLflow tracking URI; null: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db
+    experiment: str = "ddpm-flowers"
+
+
+DISTINCT_SCHEDULES = "a list of distinct schedule names (" + ", ".join(SCHEDULES) + ")"
+
+
+def _unique(names: list[str]) -> list[str]:
+    if len(set(names)) != len(names):
+        raise ValueError("duplicate names")
+    return names
+
+
 class Config(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    # the beta schedules the pipeline trains and compares, one run each
+    schedules: Annotated[
+        list[ScheduleName], AfterValidator(_unique), Field(min_length=1, description=DISTINCT_SCHEDULES)
+    ] = ["linear", "cosine"]
 
+
+TOP_LEVEL_KEYS = {"schedules"}  # params outside any section
 
 # An override of one param: (where it came from, e.g. "--batch-size"; dotted key; value).
 Override = tuple[str, str, Any]
@@ -148,6 +181,9 @@ def load_config(path: Path | None = None, overrides: Sequence[Override] = ()) ->
         raw, label = _read_yaml(path), str(path)
     for source, key, value in overrides:
         section, dot, name = key.partition(".")
+        if key in TOP_LEVEL_KEYS:
+            raw[key] = value
+            continue
         if not dot or not section or not name:
             raise UserError(f"{source}: expected section.key=value, got {key!r}")
         if not isinstance(raw.setdefault(section, {}), dict):

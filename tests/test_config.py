@@ -104,3 +104,16 @@ def test_yaml_exponents_without_a_dot_are_numbers(tmp_path: Path) -> None:
 def test_config_round_trips_through_json() -> None:
     config = Config.model_validate({"model": {"preset": "tiny", "channel_mult": [1, 2]}})
     assert Config.model_validate(config.model_dump(mode="json")) == config
+
+
+def test_schedules_is_a_list_of_distinct_known_names(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "schedules: [cosine, sigmoid]\n")).schedules == ["cosine", "sigmoid"]
+    for text, shown in (("[linear, linear]", '["linear", "linear"]'), ("[linear, cosin]", '"cosin"'), ("[]", "[]")):
+        with pytest.raises(UserError) as error:
+            load_config(write(tmp_path, f"schedules: {text}\n"))
+        assert str(error.value).startswith(f"{tmp_path / 'params.yaml'}: schedules")
+        assert f"expected a list of distinct schedule names (linear, cosine, quadratic, sigmoid), got {shown}" in str(
+            error.value
+        )
+    overridden = load_config(write(tmp_path, ""), [("--set schedules", "schedules", ["quadratic"])])
+    assert overridden.schedules == ["quadratic"]

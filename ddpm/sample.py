@@ -5,6 +5,7 @@ x_0, for a picture of the denoising and an animated GIF of it.
 """
 
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -62,17 +63,40 @@ def generate(
     return torch.cat(batches), frames
 
 
+PREVIEW_IMAGES, PREVIEW_STEPS = 16, 50
+
+
+@torch.inference_mode()
+def preview(model: Model, diffusion: GaussianDiffusion, image_size: int, device: torch.device, seed: int) -> np.ndarray:
+    """A 4×4 grid of DDIM samples (50 steps, η = 0) as uint8 (H, W, 3), always from the same x_T
+    for a seed, so that grids taken along a training run differ by the model alone. It draws on
+    its own generator, so the training run's random stream is untouched."""
+    generator = torch.Generator(device).manual_seed(seed)
+    noise = torch.randn((PREVIEW_IMAGES, 3, image_size, image_size), generator=generator, device=device)
+    steps = min(PREVIEW_STEPS, diffusion.num_timesteps)
+    *_, (_, x0) = diffusion.ddim_sample_loop_progressive(model, noise, steps, 0.0, generator)
+    return make_grid(to_uint8(x0).cpu(), nrow=4).permute(1, 2, 0).numpy()
+
+
 def sample(
-    cfg: SampleConfig, checkpoint: Path, out_dir: Path, device: torch.device, progress: bool = True
+    cfg: SampleConfig,
+    checkpoint: Path,
+    out_dir: Path,
+    device: torch.device,
+    progress: bool = True,
+    ready: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Sample from the model at `checkpoint` (its EMA weights); write `out_dir`/samples.npy, grid.png,
-    progression.png (the denoising of a few samples, x_T on the left) and progression.gif."""
+    progression.png (the denoising of a few samples, x_T on the left) and progression.gif.
+    `ready` is called once the inputs are checked, before the sampling (the CLI opens MLflow there)."""
     model, config, _ = load_checkpoint(checkpoint, device)
     diffusion = build_diffusion(config).to(device)
     if cfg.sampler == "ddim" and cfg.ddim_steps > diffusion.num_timesteps:
         raise UserError(
             f"sample.ddim_steps: expected at most diffusion.timesteps = {diffusion.num_timesteps}, got {cfg.ddim_steps}"
         )
+    if ready:
+        ready()
     images, frames = generate(model, diffusion, cfg, config.data.image_size, device, progress)
     save_images(out_dir / "samples.npy", images.numpy())
     with atomic_output(out_dir / "grid.png") as tmp:

@@ -13,14 +13,16 @@ The mean loss is read back for the log every `train.log_every` steps.
 import copy
 import json
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -34,9 +36,10 @@ from ddpm.checkpoint import (
     step_checkpoints,
 )
 from ddpm.config import Config
-from ddpm.data import InMemoryImages, load_images
+from ddpm.data import InMemoryImages, file_digest, load_images
 from ddpm.errors import UserError
 from ddpm.files import atomic_output, remove_partial_outputs
+from ddpm.sample import preview
 
 CHECKPOINT_KEYS = {"model", "ema", "ema_updates", "optimizer", "step", "config", "rng", "record"}
 
@@ -61,6 +64,7 @@ class TrainResult:
     resumed_from: int  # the step of the checkpoint this call started from (0: a fresh start)
     total_seconds: float  # training time over every call of the run, resumes included
     steps: int
+    batch_size: int
 
     def metrics(self) -> dict[str, float | int]:
         """What train.json holds and MLflow gets: the same numbers in both."""
@@ -68,7 +72,7 @@ class TrainResult:
             "final_loss": self.losses[-1][1],
             "steps": self.steps,
             "train_seconds": round(self.total_seconds, 1),
-            "images_per_second": round(self.images_per_second, 1),
+            "images_per_second": round(self.steps * self.batch_size / self.total_seconds, 1),  # over the whole run
             "nonfinite_steps": self.nonfinite,
         }
 
@@ -110,11 +114,32 @@ class EMA:
         self.updates += 1
 
 
+class Tracker(Protocol):
+    """Where the loop reports besides its files: an MLflow run when the CLI trains (ddpm.tracking)."""
+
+    def start(self, run_id: str | None) -> str:
+        """Open the run `run_id` (the resumed checkpoint's), or a new one if None; return its id."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> None: ...
+
+    def log_images(self, step: int, grid: np.ndarray) -> None:
+        """A uint8 (H, W, 3) picture of samples at `step`."""
+
+
 def train(
-    config: Config, data_path: Path, out_dir: Path, device: torch.device, resume: bool = True, progress: bool = True
+    config: Config,
+    data_path: Path,
+    out_dir: Path,
+    device: torch.device,
+    resume: bool = True,
+    progress: bool = True,
+    tracker: Tracker | None = None,
+    restart_if_changed: bool = False,
 ) -> TrainResult:
     """Train the model `config` describes on the images at `data_path`. Checkpoints go to
-    `out_dir`/checkpoints, the final weights (raw and EMA) to `out_dir`/model.pt."""
+    `out_dir`/checkpoints, the final weights (raw and EMA) to `out_dir`/model.pt. With
+    `restart_if_changed` (the pipeline's way), checkpoints made with other settings or other data
+    are set aside and training starts over, instead of resuming or refusing."""
     cfg = config.train
     images = load_images(data_path)
     if images.shape[2:] != (config.data.image_size,) * 2:
@@ -122,11 +147,20 @@ def train(
             f"{data_path}: images are {images.shape[3]}×{images.shape[2]}, but data.image_size is "
             f"{config.data.image_size}; prepare the data at that size or set --image-size {images.shape[2]}"
         )
+    data_sha256 = file_digest(data_path, "sha256:")
     checkpoints = out_dir / "checkpoints"
     latest = step_checkpoints(checkpoints)[-1:] if resume else []
     saved = read_checkpoint(latest[0], device, CHECKPOINT_KEYS) if latest else None
+    if saved and restart_if_changed:
+        changed = _changes(saved, config, data_sha256)
+        if changed:
+            tqdm.write(
+                f"ddpm: {latest[0]} was made with other settings ({', '.join(changed)}); starting over", file=sys.stderr
+            )
+            saved = None
     if saved:
         _check_resumable(latest[0], saved, config)
+    run_id = tracker.start(saved.get("run_id") if saved else None) if tracker else None
     dataset = InMemoryImages(images, device)
 
     # model, EMA, diffusion process, optimizer: fresh from the seed, then overwritten by a checkpoint
@@ -158,7 +192,7 @@ def train(
         save_checkpoint(path, {
             "model": model.state_dict(), "ema": ema.model.state_dict(), "ema_updates": ema.updates,
             "optimizer": optimizer.state_dict(), "step": step, "config": config.model_dump(mode="json"),
-            "rng": _rng_state(), "record": vars(record),
+            "rng": _rng_state(), "record": vars(record), "data_sha256": data_sha256, "run_id": run_id,
         })  # fmt: skip
         for old in step_checkpoints(checkpoints)[: -cfg.keep_checkpoints]:
             old.unlink()
@@ -204,8 +238,15 @@ def train(
                 images_per_second = (step - last_log_step) * cfg.batch_size / (now - last_log)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images_per_second:.0f}")
                 record.losses.append((step, mean_loss))
+                if tracker:
+                    lr = optimizer.param_groups[0]["lr"]
+                    tracker.log(
+                        step, {"train/loss": mean_loss, "train/lr": lr, "train/images_per_second": images_per_second}
+                    )
                 loss_sum.zero_()
                 record.loss_count, last_log, last_log_step = 0, now, step
+            if tracker and (step % cfg.sample_every == 0 or step == cfg.steps):
+                tracker.log_images(step, preview(ema.model, diffusion, config.data.image_size, device, cfg.seed))
             stopping = bool(stop)  # read once: a signal may land at any line
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
                 record.loss_sum = loss_sum.item()
@@ -226,7 +267,7 @@ def train(
     ran = cfg.steps - start_step
     result = TrainResult(
         final, record.losses, ran * cfg.batch_size / seconds, seconds, record.nonfinite, start_step,
-        seconds_before + seconds, cfg.steps,
+        seconds_before + seconds, cfg.steps, cfg.batch_size,
     )  # fmt: skip
     write_record(out_dir, result)
     return result
@@ -255,6 +296,31 @@ def _check_resumable(path: Path, saved: dict[str, Any], config: Config) -> None:
         )
     if saved["step"] > config.train.steps:
         raise UserError(f"{path}: the checkpoint is at step {saved['step']}, past train.steps = {config.train.steps}")
+
+
+# Keys that change how a run is watched or stored, not the weights it ends with.
+BOOKKEEPING = {"steps", "log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite", "sample_every"}
+
+
+def _changes(saved: dict[str, Any], config: Config, data_sha256: str) -> list[str]:
+    """What differs between a checkpoint's run and the run `config` asks for, in a few words each:
+    the data, any model, diffusion or train setting but the bookkeeping ones, or fewer steps."""
+    try:
+        before = Config.model_validate(saved["config"])
+    except ValueError:
+        return ["a config this version of ddpm cannot read"]
+    changed = [] if saved.get("data_sha256") == data_sha256 else ["the prepared images"]
+    old, new = _identity(before), _identity(config)
+    changed += [f"{k} ({old[k]} → {new[k]})" for k in new if old[k] != new[k]]
+    old_train, new_train = before.train.model_dump(), config.train.model_dump()
+    changed += [
+        f"train.{k} ({old_train[k]} → {new_train[k]})"
+        for k in new_train
+        if k not in BOOKKEEPING and old_train[k] != new_train[k]
+    ]
+    if saved["step"] > config.train.steps:
+        changed.append(f"train.steps ({saved['step']} done, {config.train.steps} asked for)")
+    return changed
 
 
 def _identity(config: Config) -> dict[str, Any]:

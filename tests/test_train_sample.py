@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ddpm.checkpoint import build_diffusion, load_checkpoint
+from ddpm.data import save_images, synthetic_flowers
 from ddpm.errors import UserError
 from ddpm.sample import generate, sample
 from ddpm.train import train
@@ -112,3 +113,61 @@ def test_more_ddim_steps_than_timesteps_is_a_clear_error(checkpoint: Path, tmp_p
     with pytest.raises(UserError, match="sample.ddim_steps: expected at most diffusion.timesteps = 100, got 101"):
         sample(cfg, checkpoint, tmp_path, CPU, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+class FakeTracker:
+    """Records what the loop tells its tracker."""
+
+    def __init__(self) -> None:
+        self.started: list[str | None] = []
+        self.logs: list[tuple[int, list[str]]] = []
+        self.images: list[tuple[int, tuple, np.dtype]] = []
+
+    def start(self, run_id: str | None) -> str:
+        self.started.append(run_id)
+        return run_id or "run-1"
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.logs.append((step, sorted(metrics)))
+
+    def log_images(self, step: int, grid: np.ndarray) -> None:
+        self.images.append((step, grid.shape, grid.dtype))
+
+
+def test_the_tracker_hears_the_log_and_sample_grids_and_the_run_is_unchanged(
+    flowers16: Path, tmp_path: Path, tiny_config
+) -> None:
+    plain = train(tiny_config(), flowers16, tmp_path / "plain", CPU, progress=False)
+    tracker = FakeTracker()
+    config = tiny_config(train={"sample_every": 10, "checkpoint_every": 10})
+    tracked = train(config, flowers16, tmp_path / "tracked", CPU, progress=False, tracker=tracker)
+    assert tracked.losses == plain.losses  # the previews draw on their own generator
+    assert tracker.started == [None]
+    keys = ["train/images_per_second", "train/loss", "train/lr"]
+    assert tracker.logs == [(10, keys), (20, keys)]
+    assert tracker.images == [(10, (74, 74, 3), np.uint8), (20, (74, 74, 3), np.uint8)]  # 4×4 grids of 16×16
+
+    resumed = FakeTracker()  # the checkpoint hands its run back, so a resumed run logs to the same one
+    longer = tiny_config(train={"steps": 30, "sample_every": 10})
+    train(longer, flowers16, tmp_path / "tracked", CPU, progress=False, tracker=resumed)
+    assert resumed.started == ["run-1"] and [s for s, _ in resumed.logs] == [30]
+
+
+def test_restart_if_changed_starts_over_only_when_the_run_would_differ(
+    flowers16: Path, tmp_path: Path, tiny_config, capsys
+) -> None:
+    def run(config, data=flowers16):  # noqa: ANN001, ANN202
+        return train(config, data, tmp_path, CPU, progress=False, restart_if_changed=True)
+
+    train(tiny_config(train={"steps": 10}), flowers16, tmp_path, CPU, progress=False)
+    assert run(tiny_config(train={"log_every": 5})).resumed_from == 10  # more steps, other bookkeeping: resume
+    assert run(tiny_config(train={"lr": 5e-4})).resumed_from == 0
+    assert "was made with other settings (train.lr (0.001 → 0.0005)); starting over" in capsys.readouterr().err
+    other = tmp_path / "other.npy"
+    save_images(other, synthetic_flowers(8, 16, seed=5))
+    assert run(tiny_config(train={"lr": 5e-4}), other).resumed_from == 0
+    assert "(the prepared images)" in capsys.readouterr().err
+    assert run(tiny_config(train={"steps": 10, "lr": 5e-4}), other).resumed_from == 0  # fewer steps than done
+    assert "train.steps (20 done, 10 asked for)" in capsys.readouterr().err
+    with pytest.raises(UserError, match="cannot resume"):  # without the flag, another schedule is refused
+        train(tiny_config(train={"steps": 20, "lr": 5e-4}, diffusion={"schedule": "cosine"}), other, tmp_path, CPU)

@@ -159,17 +159,27 @@ def train(
         Path | None, typer.Option(help="Output folder [default: runs/<schedule>].", show_default=False)
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint in the output folder.")] = True,
+    restart_if_changed: Annotated[
+        bool, typer.Option(help="Start over, not resume, if the checkpoints were made with other settings or data.")
+    ] = False,
     device: DeviceOption = "auto",
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
     """Train the UNet (Algorithm 1); write a checkpoint."""
     cfg = _load(config, set_, TRAIN_PARAMS, locals())
+    from ddpm.tracking import MlflowTracker, log_artifacts, log_metrics
     from ddpm.train import Interrupted
     from ddpm.train import train as run_training
 
+    out = out or RUNS / cfg.diffusion.schedule
     try:
-        result = run_training(cfg, data, out or RUNS / cfg.diffusion.schedule, resolve_device(device), resume)
+        with MlflowTracker(cfg, out) as tracker:  # the run opens, or fails, before the first step
+            result = run_training(
+                cfg, data, out, resolve_device(device), resume, tracker=tracker, restart_if_changed=restart_if_changed
+            )
+            log_metrics(result.metrics())
+            log_artifacts([result.checkpoint, out / "train.json", out / "losses.csv"], "train")
     except Interrupted as e:
         typer.echo(f"ddpm: stopped by {e}", err=True)
         raise typer.Exit(128 + e.signum) from None
@@ -200,10 +210,16 @@ def sample(
     """Draw samples (DDPM or DDIM); write them + pictures."""
     cfg = _load(config, set_, SAMPLE_PARAMS, locals())
     from ddpm.sample import sample as run_sampling
+    from ddpm.tracking import flat_params, log_artifacts, log_params, schedule_run
 
     run_dir = RUNS / cfg.diffusion.schedule
     out = out or run_dir / "samples"
-    images = run_sampling(cfg.sample, checkpoint or run_dir / "model.pt", out, resolve_device(device))
+    images = run_sampling(  # a store that cannot be opened fails once the inputs are checked, before the work
+        cfg.sample, checkpoint or run_dir / "model.pt", out, resolve_device(device), ready=_store_check(cfg)
+    )
+    with schedule_run(cfg.tracking, cfg.diffusion.schedule, run_dir, "sample"):
+        _notes(log_params(flat_params(cfg, ["sample"])))
+        log_artifacts([out / name for name in ("grid.png", "progression.png", "progression.gif")], "samples")
     typer.echo(f"wrote {len(images)} samples to {out}: samples.npy, grid.png, progression.png, progression.gif")
 
 
@@ -228,16 +244,17 @@ def evaluate(
     """FID and KID of the samples against the real images."""
     cfg = _load(config, set_, EVALUATE_PARAMS, locals())
     from ddpm.evaluate import evaluate as run_evaluation
-    from ddpm.tracking import log_artifacts, log_metrics, open_experiment, schedule_run
+    from ddpm.tracking import flat_params, log_artifacts, log_metrics, log_params, schedule_run
 
     run_dir = RUNS / cfg.diffusion.schedule
     out = out or run_dir / "eval.json"
-    open_experiment(cfg.tracking)  # a store that cannot be opened fails now, not after the work
+    samples = samples or run_dir / "samples" / "samples.npy"
     metrics, cached = run_evaluation(
-        cfg.evaluate, samples or run_dir / "samples" / "samples.npy", data, cache, resolve_device(device)
+        cfg.evaluate, samples, data, cache, resolve_device(device), ready=_store_check(cfg)
     )
     write_json(out, metrics)
     with schedule_run(cfg.tracking, cfg.diffusion.schedule, run_dir, "evaluate"):
+        _notes(log_params(flat_params(cfg, ["evaluate"])))
         log_metrics(metrics)
         log_artifacts([out])
     scores = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith(("fid", "kid")))
@@ -265,11 +282,11 @@ def compare(
     """Compare trained schedules: table, curves, samples."""
     cfg = _load(config, set_, COMPARE_PARAMS, locals())
     from ddpm.report import compare as run_comparison
-    from ddpm.tracking import log_artifacts, log_metrics, open_experiment, stage_run
+    from ddpm.tracking import log_artifacts, log_metrics, stage_run
 
     names = _schedule_names(names or cfg.schedules, cfg.diffusion.timesteps)
-    open_experiment(cfg.tracking)
-    rows, files = run_comparison(names, runs, cfg.diffusion.timesteps, _first_image(data, cfg.data.image_size), out)
+    image = _first_image(data, cfg.data.image_size)
+    rows, files = run_comparison(names, runs, cfg.diffusion.timesteps, image, out, ready=_store_check(cfg))
     with stage_run(cfg.tracking, "compare", out, "compare", {"report": "compare", "schedules": ",".join(names)}):
         log_metrics({f"{key}.{row['schedule']}": v for row in rows for key, v in row.items() if key != "schedule"})
         log_artifacts(files, "report")
@@ -300,6 +317,21 @@ def schedules(
     plot_schedules(names, cfg.diffusion.timesteps, out / "schedules.png")
     forward_strip(names, cfg.diffusion.timesteps, image, out / "forward.png")
     typer.echo(f"wrote {out / 'schedules.png'} and {out / 'forward.png'}")
+
+
+def _store_check(cfg: Any) -> Callable[[], None]:
+    """Opens the MLflow store: called by a stage once its inputs are checked, before its work."""
+    from ddpm.tracking import open_experiment
+
+    def check() -> None:
+        open_experiment(cfg.tracking)
+
+    return check
+
+
+def _notes(lines: list[str]) -> None:
+    for line in lines:
+        typer.echo(f"ddpm: note: {line}", err=True)
 
 
 def _schedule_names(names: list[str], timesteps: int) -> list[str]:

@@ -18,6 +18,7 @@ give the same numbers.
 
 import importlib.util
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,9 +237,11 @@ def evaluate(
     cache_dir: Path,
     device: torch.device,
     progress: bool = True,
+    ready: Callable[[], None] | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """FID and KID of the samples at `samples_path` against the prepared images at `real_path`;
-    the metrics (numbers and what they were measured with) and whether the real features were cached."""
+    the metrics (numbers and what they were measured with) and whether the real features were cached.
+    `ready` is called once the inputs are checked, before the work (the CLI opens MLflow there)."""
     fake, real = load_images(samples_path), load_images(real_path)
     if fake.shape[1:] != real.shape[1:]:
         raise UserError(
@@ -252,6 +255,8 @@ def evaluate(
                 "(and FID needs at least 2); draw more samples (sample.num_samples) or lower evaluate.kid_subset_size"
             )
     extractor = load_extractor(cfg, device)
+    if ready:
+        ready()
     real_f, cached = real_features(extractor, real_path, cfg.batch_size, cache_dir, device, progress)
     fake_f = extract_features(extractor, fake, cfg.batch_size, device, "features samples", progress)
     kid_mean, kid_std = kernel_distance(real_f, fake_f, cfg.kid_subsets, cfg.kid_subset_size)

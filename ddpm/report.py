@@ -6,6 +6,7 @@ never needs it.
 """
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,12 +140,20 @@ def table_rows(results: list[ScheduleResult]) -> list[dict[str, Any]]:
 
 
 def compare(
-    names: list[str], runs_dir: Path, timesteps: int, image: np.ndarray, out_dir: Path
+    names: list[str],
+    runs_dir: Path,
+    timesteps: int,
+    image: np.ndarray,
+    out_dir: Path,
+    ready: Callable[[], None] | None = None,
 ) -> tuple[list[dict[str, Any]], list[Path]]:
-    """The comparison report in `out_dir`: report.md with the table and every picture, comparison.csv
-    and .json (the table), schedules.png (alphā, log-SNR), losses.png, forward.png (`image` noised by
-    each schedule) and samples.png (the sample grids side by side). Returns the rows and the files."""
+    """The comparison report in `out_dir`: report.md with the table and every picture; the table as
+    comparison.csv and .json; scores.csv (FID per schedule); schedules.png (alphā, log-SNR);
+    losses.png; forward.png (`image` noised by each schedule); samples.png (the sample grids side
+    by side). Returns the rows and the files. `ready` is called once every input is read."""
     results = read_results(names, runs_dir)
+    if ready:
+        ready()
     rows = table_rows(results)
     files = {name: out_dir / name for name in ("schedules.png", "losses.png", "forward.png", "samples.png")}
     plot_schedules(names, timesteps, files["schedules.png"])
@@ -155,9 +164,13 @@ def compare(
         tmp.write_text(json.dumps(rows, indent=2) + "\n")
     with atomic_output(out_dir / "comparison.csv") as tmp:
         tmp.write_text(",".join(rows[0]) + "\n" + "".join(",".join(map(str, row.values())) + "\n" for row in rows))
+    fid = next(k for k in rows[0] if k.startswith("fid"))
+    with atomic_output(out_dir / "scores.csv") as tmp:  # long form, for DVC's bar plot
+        tmp.write_text("schedule,metric,score\n" + "".join(f"{row['schedule']},{fid},{row[fid]}\n" for row in rows))
     with atomic_output(out_dir / "report.md") as tmp:
         tmp.write_text(markdown_report(rows, results, timesteps, results[0].evaluation))
-    return rows, [out_dir / "report.md", out_dir / "comparison.json", out_dir / "comparison.csv", *files.values()]
+    tables = [out_dir / name for name in ("report.md", "comparison.json", "comparison.csv", "scores.csv")]
+    return rows, [*tables, *files.values()]
 
 
 def plot_losses(results: list[ScheduleResult], path: Path) -> None:
@@ -177,7 +190,7 @@ def plot_sample_grids(results: list[ScheduleResult], rows: list[dict[str, Any]],
     for ax, r, row in zip(axes[0], results, rows, strict=True):
         fid = next(k for k in row if k.startswith("fid"))
         ax.imshow(np.asarray(Image.open(r.grid).convert("RGB")), interpolation="nearest")
-        ax.set_title(f"{r.name}\n{fid} {row[fid]:.2f}")
+        ax.set_title(f"{r.name}: {fid} {row[fid]:.2f}")
         ax.axis("off")
     fig.tight_layout()
     _save(fig, path)

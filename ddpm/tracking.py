@@ -13,12 +13,15 @@ Only this module imports mlflow, and only the stage commands call it.
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ddpm.config import TrackingConfig
+import numpy as np
+
+from ddpm.config import Config, TrackingConfig
 from ddpm.errors import UserError
 from ddpm.files import atomic_output
 
@@ -68,32 +71,39 @@ def recorded_run(run_dir: Path) -> str | None:
 
 
 def record_run(run_dir: Path, run_id: str, experiment_id: str) -> None:
+    """Write the run's id into `run_dir`, unless it is there already: a later stage that reopens
+    the run must leave an earlier stage's output untouched."""
+    if recorded_run(run_dir) == run_id:
+        return
     with atomic_output(run_dir / RUN_FILE) as tmp:
         tmp.write_text(json.dumps({"run_id": run_id, "experiment_id": experiment_id}, indent=2) + "\n")
 
 
-@contextmanager
-def stage_run(
-    cfg: TrackingConfig, run_name: str, run_dir: Path, stage: str, tags: dict[str, str], run_id: str | None = None
-) -> Iterator[str]:
-    """Inside the block, `run_dir`'s MLflow run is the active one: `run_id` if given, else the one
-    recorded in `run_dir`, else a new run called `run_name` (then recorded in `run_dir`). Tagged with
-    `tags`, the stage and where the numbers come from. Yields the run's id."""
+def _start_run(cfg: TrackingConfig, run_name: str, run_dir: Path, stage: str, tags: dict[str, str], run_id: str | None):  # noqa: ANN202
+    """Make the run `run_id` the active one, or a new run called `run_name` if None (or if this
+    store does not hold it); tag it and record its id in `run_dir`. Returns mlflow's ActiveRun."""
     import mlflow
 
     experiment_id = open_experiment(cfg)
-    run_id = run_id or recorded_run(run_dir)
     if run_id is not None and _run_missing(run_id):
         run_id = None  # recorded against another store: start a fresh run here
-    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else run_name) as run:
-        mlflow.set_tags({**tags, **_context_tags(stage)})
-        record_run(run_dir, run.info.run_id, experiment_id)
+    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else run_name)
+    mlflow.set_tags({**tags, **_context_tags(stage)})
+    record_run(run_dir, run.info.run_id, experiment_id)
+    return run
+
+
+@contextmanager
+def stage_run(cfg: TrackingConfig, run_name: str, run_dir: Path, stage: str, tags: dict[str, str]) -> Iterator[str]:
+    """Inside the block, `run_dir`'s MLflow run is the active one: the one recorded in `run_dir`,
+    else a new run called `run_name`. Yields the run's id; the run ends with the block."""
+    with _start_run(cfg, run_name, run_dir, stage, tags, recorded_run(run_dir)) as run:
         yield run.info.run_id
 
 
-def schedule_run(cfg: TrackingConfig, schedule: str, run_dir: Path, stage: str, run_id: str | None = None):  # noqa: ANN201
+def schedule_run(cfg: TrackingConfig, schedule: str, run_dir: Path, stage: str):  # noqa: ANN201
     """`stage_run` for a schedule's stages: one run per schedule, named after it."""
-    return stage_run(cfg, schedule, run_dir, stage, {"beta_schedule": schedule}, run_id)
+    return stage_run(cfg, schedule, run_dir, stage, {"beta_schedule": schedule})
 
 
 def _run_missing(run_id: str) -> bool:
@@ -109,7 +119,7 @@ def _run_missing(run_id: str) -> bool:
 
 def _context_tags(stage: str) -> dict[str, str]:
     """Where the numbers came from: the git commit, and the DVC stage and experiment when DVC runs us."""
-    tags = {f"stage.{stage}": "done"}
+    tags = {f"stage.{stage}": os.environ.get("DVC_STAGE") or "ddpm " + stage}  # which stages wrote to the run
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=repository_root()
@@ -143,3 +153,77 @@ def log_artifacts(paths: list[Path], folder: str | None = None) -> None:
             mlflow.log_artifacts(str(path), folder)
         else:
             mlflow.log_artifact(str(path), folder)
+
+
+def flat_params(config: Config, sections: list[str]) -> dict[str, str]:
+    """`section.key` → value for the named sections of `config`; the model's keys are resolved
+    from its preset, so the run shows the architecture that was trained, not nulls."""
+    params = {}
+    for section in sections:
+        values = getattr(config, section).model_dump(mode="json")
+        if section == "model":
+            values |= config.model.architecture(config.data.image_size)
+        params |= {f"{section}.{key}": _show(value) for key, value in values.items()}
+    return params
+
+
+def _show(value: Any) -> str:
+    return json.dumps(list(value) if isinstance(value, tuple) else value) if not isinstance(value, str) else value
+
+
+def log_params(params: dict[str, str]) -> list[str]:
+    """Log `params` to the active run. MLflow params cannot change, so one that the run already
+    holds with another value (a stage rerun with new settings) is recorded as the tag
+    `changed.<key>` instead; returns a line for each of those."""
+    import mlflow
+
+    run = mlflow.active_run()
+    existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in existing})
+    changed = {k: v for k, v in params.items() if k in existing and existing[k] != v}
+    mlflow.set_tags({f"changed.{k}": v for k, v in changed.items()})
+    return [
+        f"{k} is {v} now, {existing[k]} when MLflow run {run.info.run_id} logged it; the new value is in "
+        f"the tag changed.{k}"
+        for k, v in changed.items()
+    ]
+
+
+class MlflowTracker:
+    """The training loop's Tracker (ddpm.train): one MLflow run per schedule, resumed with the
+    checkpoint that recorded it. The loop calls `start` once its inputs are checked, before the
+    first step, so a store that cannot be opened fails then. The run ends with the `with` block."""
+
+    def __init__(self, config: Config, run_dir: Path) -> None:
+        self.config, self.run_dir = config, run_dir
+        self._run: Any = None
+
+    def __enter__(self) -> "MlflowTracker":
+        return self
+
+    def start(self, run_id: str | None) -> str:
+        schedule = self.config.diffusion.schedule
+        tags = {"beta_schedule": schedule}
+        self._run = _start_run(self.config.tracking, schedule, self.run_dir, "train", tags, run_id)
+        for line in log_params(flat_params(self.config, ["data", "model", "diffusion", "train"])):
+            print(f"ddpm: note: {line}", file=sys.stderr)  # the tracker has no other way to the user
+        return self._run.info.run_id
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        import mlflow
+
+        mlflow.log_metrics(metrics, step=step)
+
+    def log_images(self, step: int, grid: np.ndarray) -> None:
+        import mlflow
+
+        mlflow.log_image(grid, key="samples", step=step)
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
+        import mlflow
+
+        from ddpm.train import Interrupted
+
+        if self._run is not None:
+            stopped = kind is not None and issubclass(kind, Interrupted)
+            mlflow.end_run("FINISHED" if kind is None else "KILLED" if stopped else "FAILED")

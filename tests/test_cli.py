@@ -1,5 +1,7 @@
 """The `ddpm` command as a user runs it: a real subprocess of the installed console script."""
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -18,7 +20,9 @@ TINY = ["--model", "tiny", "--image-size", "16", "--timesteps", "50", "--batch-s
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([DDPM, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    """`ddpm *args` in `cwd`, with MLflow's store at its default: cwd/mlflow.db."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
+    return subprocess.run([DDPM, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_help_lists_every_command_with_a_description() -> None:
@@ -69,6 +73,34 @@ def test_train_then_sample_from_the_shell(flowers16: Path, tmp_path: Path) -> No
     samples = np.load(tmp_path / "runs" / "cosine" / "samples" / "samples.npy")
     assert samples.shape == (3, 3, 16, 16) and samples.dtype == np.uint8
     assert (tmp_path / "runs" / "cosine" / "samples" / "grid.png").stat().st_size > 0
+
+    # both commands logged to one MLflow run, in ./mlflow.db
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [logged] = client.search_runs([client.get_experiment_by_name("ddpm-flowers").experiment_id])
+    recorded = json.loads((tmp_path / "runs" / "cosine" / "mlflow_run.json").read_text())
+    assert logged.info.run_id == recorded["run_id"] and logged.info.run_name == "cosine"
+    assert logged.info.status == "FINISHED" and logged.data.tags["beta_schedule"] == "cosine"
+    params = logged.data.params
+    assert (params["train.steps"], params["diffusion.schedule"], params["sample.sampler"]) == ("10", "cosine", "ddim")
+    assert params["model.channels"] == "32"  # resolved from the preset, not null
+    assert [m.step for m in client.get_metric_history(logged.info.run_id, "train/loss")] == [5, 10]
+    final_loss = json.loads((tmp_path / "runs" / "cosine" / "train.json").read_text())["final_loss"]
+    assert logged.data.metrics["final_loss"] == final_loss
+    artifacts = {a.path for folder in ("train", "samples") for a in client.list_artifacts(logged.info.run_id, folder)}
+    assert {"train/model.pt", "train/train.json", "train/losses.csv", "samples/grid.png"} <= artifacts
+    assert any(a.path.endswith(".png") for a in client.list_artifacts(logged.info.run_id, "images"))  # log_image
+
+
+def test_a_tracking_store_that_cannot_be_opened_stops_training_before_it_starts(
+    flowers16: Path, tmp_path: Path
+) -> None:
+    result = run("train", "--data", str(flowers16), *TINY, "--set", "tracking.uri=bogus://nowhere", cwd=tmp_path)
+    assert result.returncode == 2
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("ddpm: error: cannot open the MLflow tracking store bogus://nowhere (")
+    assert not list((tmp_path / "runs" / "linear").glob("**/*.pt"))
 
 
 @pytest.mark.parametrize(

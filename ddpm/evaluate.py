@@ -103,7 +103,7 @@ class TorchScriptInception(nn.Module):
 def load_extractor(cfg: EvaluateConfig, device: torch.device) -> Extractor:
     """The extractor `cfg.feature_extractor` names, on `device`, in eval mode."""
     if cfg.feature_extractor == "randconv":
-        return Extractor("randconv", RandConv().to(device), "fixed random weights (numpy seed 0)", None, "none")
+        return Extractor("randconv", RandConv().to(device), "fixed random, numpy seed 0", None, "none")
     extractor = _inception(cfg)
     extractor.network.to(device).eval()
     return extractor

@@ -204,8 +204,8 @@ def markdown_report(rows: list[dict[str, Any]], results: list[ScheduleResult], t
         "# Beta schedules compared",
         "",
         f"{evaluation['num_samples']} samples per schedule against {evaluation['num_real']} real images; "
-        f"features: {evaluation['feature_extractor']} ({evaluation['feature_dim']}-d, weights {evaluation['weights']}, "
-        f"resize {evaluation['resize']}).",
+        f"features: {evaluation['feature_extractor']} ({evaluation['feature_dim']}-d; "
+        f"weights: {evaluation['weights']}; resize: {evaluation['resize']}).",
         "",
         f"| schedule | {fid} | {kid} (± std) | final loss | steps | training time | img/s |",
         "|---|---:|---:|---:|---:|---:|---:|",

@@ -106,6 +106,10 @@ class TrainConfig(Section):
     seed: Int = 0
     log_every: PositiveInt = 100
     sample_every: PositiveInt = 5000  # a grid of EMA samples (DDIM) to MLflow every N steps and at the end
+    # the fast path; "auto": on for a GPU, off for the CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16: autocast the UNet to bfloat16
+    channels_last: Literal["auto"] | bool = "auto"  # NHWC memory format
+    compile: Literal["auto"] | bool = "auto"  # torch.compile the UNet
 
 
 class SampleConfig(Section):
@@ -117,6 +121,8 @@ class SampleConfig(Section):
     num_samples: PositiveInt = 10_000
     batch_size: PositiveInt = 256
     seed: Int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16: autocast the UNet; auto: bf16 on a GPU
+    compile: Literal["auto"] | bool = "auto"  # torch.compile the UNet (CUDA graphs on a GPU); auto: on a GPU
 
 
 class EvaluateConfig(Section):
@@ -193,7 +199,8 @@ def load_config(path: Path | None = None, overrides: Sequence[Override] = ()) ->
     try:
         config = Config.model_validate(raw)
     except ValidationError as e:
-        raise UserError("\n".join(_describe_error(err, label, overrides) for err in e.errors())) from None
+        lines = [_describe_error(err, label, overrides) for err in e.errors()]
+        raise UserError("\n".join(dict.fromkeys(lines))) from None  # a union's branches give the same line
     _check_combinations(config, label)
     return config
 
@@ -235,8 +242,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def _describe_error(err: dict[str, Any], label: str, overrides: Sequence[Override]) -> str:
     """One line for one pydantic error: source, dotted key path, what was expected, what was given."""
-    loc = [str(part) for part in err["loc"]]
-    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+    parts = [p for p in err["loc"] if isinstance(p, int) or not _is_union_tag(p)]
+    loc = [str(part) for part in parts]
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
     source = next((s for s, key, _ in overrides if path == key or path.startswith((key + ".", key + "["))), None)
     if source is None:
         prefix = f"{label}: {path}"
@@ -249,6 +257,11 @@ def _describe_error(err: dict[str, Any], label: str, overrides: Sequence[Overrid
     field = _field_at(loc)
     expected = (field.description or _expected(field.annotation, field.metadata)) if field else "a valid value"
     return f"{prefix}: expected {expected}, got {_show(err['input'])}"
+
+
+def _is_union_tag(part: str) -> bool:
+    """pydantic names the branch of a union in an error's location ("bool", "literal['auto']")."""
+    return part in ("bool", "int", "float", "str", "list[...]") or part.startswith(("literal[", "constrained-"))
 
 
 def _model_at(loc: Sequence[str]) -> type[BaseModel] | None:
@@ -281,7 +294,8 @@ def _expected(annotation: Any, metadata: Sequence[Any] = ()) -> str:
         return _expected(inner, [*metadata, *extra])
     if origin in (Union, types.UnionType):
         options = [a for a in get_args(annotation) if a is not type(None)]
-        return " or ".join(_expected(a, metadata) for a in options) + " or null"
+        null = " or null" if type(None) in get_args(annotation) else ""
+        return " or ".join(_expected(a, metadata) for a in options) + null
     if origin is Literal:
         return "one of " + ", ".join(str(a) for a in get_args(annotation))
     if origin is list:

@@ -4,7 +4,11 @@ Every command reads params.yaml (or --config), applies `--set section.key=value`
 options on top, validates the result, and calls one library function.
 """
 
+import contextlib
 import functools
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -162,22 +166,28 @@ def train(
     restart_if_changed: Annotated[
         bool, typer.Option(help="Start over, not resume, if the checkpoints were made with other settings or data.")
     ] = False,
+    nproc: Annotated[int, typer.Option(help="Processes (one per GPU) through torchrun; 1: this one.", min=1)] = 1,
     device: DeviceOption = "auto",
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
     """Train the UNet (Algorithm 1); write a checkpoint."""
     cfg = _load(config, set_, TRAIN_PARAMS, locals())
+    if nproc > 1 and "RANK" not in os.environ:
+        raise typer.Exit(_torchrun(nproc))
     from ddpm.tracking import MlflowTracker, log_artifacts, log_metrics
     from ddpm.train import Interrupted
     from ddpm.train import train as run_training
 
     out = out or RUNS / cfg.diffusion.schedule
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone logs and reports
     try:
-        with MlflowTracker(cfg, out) as tracker:  # the run opens, or fails, before the first step
+        with MlflowTracker(cfg, out) if main_rank else contextlib.nullcontext() as tracker:
             result = run_training(
                 cfg, data, out, resolve_device(device), resume, tracker=tracker, restart_if_changed=restart_if_changed
             )
+            if not main_rank:
+                return
             log_metrics(result.metrics())
             log_artifacts([result.checkpoint, out / "train.json", out / "losses.csv"], "train")
     except Interrupted as e:
@@ -327,6 +337,19 @@ def _store_check(cfg: Any) -> Callable[[], None]:
         open_experiment(cfg.tracking)
 
     return check
+
+
+def _torchrun(nproc: int) -> int:
+    """Run this same `ddpm train` command as `nproc` ranks of a single-node torchrun job."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip or arg.startswith("--nproc="):
+            skip = False
+            continue
+        skip = arg == "--nproc"
+        args += [] if skip else [arg]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.call([*launcher, "-m", "ddpm", *args])
 
 
 def _notes(lines: list[str]) -> None:

@@ -111,12 +111,15 @@ def train_figures(
     return batch / seconds, counter.get_total_flops() / batch, peak
 
 
-def sample_seconds_ours(network: nn.Module, args: argparse.Namespace, bf16: bool, device: torch.device) -> float:
+def sample_seconds_ours(
+    network: nn.Module, args: argparse.Namespace, bf16: bool, device: torch.device, ddim_steps: int = 0
+) -> float:
+    """`ddpm sample`'s loop: DDPM over all --sample-steps, or DDIM in `ddim_steps` of them."""
     model = copy.deepcopy(network).to(device).eval()
     diffusion = GaussianDiffusion(beta_schedule("linear", args.sample_steps)).to(device)
-    cfg = SampleConfig(
-        num_samples=args.sample_batch, batch_size=args.sample_batch, precision="bf16" if bf16 else "fp32"
-    )
+    sampler = {"sampler": "ddim", "ddim_steps": ddim_steps} if ddim_steps else {}
+    precision = "bf16" if bf16 else "fp32"
+    cfg = SampleConfig(num_samples=args.sample_batch, batch_size=args.sample_batch, precision=precision, **sampler)
     return timed(lambda: generate(model, diffusion, cfg, args.image_size, device, progress=False),
                  device, 1, args.sample_repeats, 1)  # fmt: skip
 
@@ -155,6 +158,7 @@ def main() -> None:
     parser.add_argument("--sample-steps", type=int, default=1000, help="DDPM steps; 0: no sampling")
     parser.add_argument("--sample-batch", type=int, default=256)
     parser.add_argument("--sample-repeats", type=int, default=3)
+    parser.add_argument("--ddim-steps", type=int, default=50, help="ours with DDIM too; 0: not")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -194,6 +198,10 @@ def main() -> None:
             theirs_s = sample_seconds_diffusers(networks["diffusers"].unet, args, bf16, device)
             task = f"sample {args.sample_batch} images, {args.sample_steps} DDPM steps, s"
             print(f"| {task} | {precision} | {ours_s:.2f} | {theirs_s:.2f} | {theirs_s / ours_s:.2f}× faster |")
+        if args.sample_steps and args.ddim_steps:
+            ddim_s = sample_seconds_ours(networks["ddpm"], args, precision == "bf16", device, args.ddim_steps)
+            task = f"sample {args.sample_batch} images, DDIM {args.ddim_steps} steps, s"
+            print(f"| {task} | {precision} | {ddim_s:.2f} | | |")
 
 
 if __name__ == "__main__":

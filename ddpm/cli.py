@@ -254,6 +254,7 @@ def evaluate(
     """FID and KID of the samples against the real images."""
     cfg = _load(config, set_, EVALUATE_PARAMS, locals())
     from ddpm.evaluate import evaluate as run_evaluation
+    from ddpm.files import write_json
     from ddpm.tracking import flat_params, log_artifacts, log_metrics, log_params, schedule_run
 
     run_dir = RUNS / cfg.diffusion.schedule
@@ -374,15 +375,6 @@ def _first_image(data: Path, image_size: int):  # noqa: ANN202 (numpy is importe
     from ddpm.data import load_images, synthetic_flowers
 
     return load_images(data)[0] if data.exists() else synthetic_flowers(1, image_size)[0]
-
-
-def write_json(path: Path, values: dict[str, Any]) -> None:
-    import json
-
-    from ddpm.files import atomic_output
-
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(values, indent=2) + "\n")
 
 
 def resolve_device(name: str):  # noqa: ANN201 (torch is imported only when a command runs)

@@ -7,7 +7,6 @@ what `prepare` writes and `train` reads. Training batches are floats in [-1, 1].
 
 import hashlib
 import http.client
-import json
 import math
 import os
 import shutil
@@ -28,7 +27,7 @@ from tqdm import tqdm
 
 from ddpm.config import DataConfig
 from ddpm.errors import UserError
-from ddpm.files import atomic_output
+from ddpm.files import atomic_output, write_json
 
 FLOWERS102_ARCHIVE = "102flowers.tgz"
 FLOWERS102_FOLDER = "flowers102"  # where the archive is extracted, inside the download folder
@@ -288,8 +287,7 @@ def prepare(cfg: DataConfig, raw_dir: Path, out_dir: Path, workers: int = 0, pro
         "skipped": skipped,
     }
     save_images(out_dir / "images.npy", images)
-    with atomic_output(out_dir / "manifest.json") as tmp:  # last, so a manifest always describes its images
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_json(out_dir / "manifest.json", manifest, sort_keys=True)  # last, so a manifest describes its images
     return manifest
 
 

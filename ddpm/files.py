@@ -1,5 +1,6 @@
 """Atomic file output: a reader sees the old file or the complete new one, never half of one."""
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -29,6 +30,12 @@ def atomic_output(path: Path) -> Iterator[Path]:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def write_json(path: Path, value: object, sort_keys: bool = False) -> None:
+    """`value` as indented JSON with a final newline, written atomically."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def _umask() -> int:

@@ -18,7 +18,7 @@ from PIL import Image
 from ddpm.data import to_uint8, to_unit_range
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import UserError
-from ddpm.files import atomic_output
+from ddpm.files import atomic_output, write_json
 from ddpm.schedules import beta_schedule
 
 STRIP_STEPS = 10  # columns of the forward-process strip
@@ -160,8 +160,7 @@ def compare(
     plot_losses(results, files["losses.png"])
     forward_strip(names, timesteps, image, files["forward.png"])
     plot_sample_grids(results, rows, files["samples.png"])
-    with atomic_output(out_dir / "comparison.json") as tmp:
-        tmp.write_text(json.dumps(rows, indent=2) + "\n")
+    write_json(out_dir / "comparison.json", rows)
     with atomic_output(out_dir / "comparison.csv") as tmp:
         tmp.write_text(",".join(rows[0]) + "\n" + "".join(",".join(map(str, row.values())) + "\n" for row in rows))
     fid = next(k for k in rows[0] if k.startswith("fid"))

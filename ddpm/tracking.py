@@ -23,7 +23,7 @@ import numpy as np
 
 from ddpm.config import Config, TrackingConfig
 from ddpm.errors import UserError
-from ddpm.files import atomic_output
+from ddpm.files import write_json
 
 RUN_FILE = "mlflow_run.json"
 
@@ -75,8 +75,7 @@ def record_run(run_dir: Path, run_id: str, experiment_id: str) -> None:
     the run must leave an earlier stage's output untouched."""
     if recorded_run(run_dir) == run_id:
         return
-    with atomic_output(run_dir / RUN_FILE) as tmp:
-        tmp.write_text(json.dumps({"run_id": run_id, "experiment_id": experiment_id}, indent=2) + "\n")
+    write_json(run_dir / RUN_FILE, {"run_id": run_id, "experiment_id": experiment_id})
 
 
 def _start_run(cfg: TrackingConfig, run_name: str, run_dir: Path, stage: str, tags: dict[str, str], run_id: str | None):  # noqa: ANN202

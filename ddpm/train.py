@@ -16,7 +16,6 @@ share of every global batch; rank 0 alone writes, logs and keeps the EMA.
 """
 
 import copy
-import json
 import os
 import signal
 import sys
@@ -46,7 +45,7 @@ from ddpm.config import Config, TrainConfig
 from ddpm.data import InMemoryImages, file_digest, load_images
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import UserError
-from ddpm.files import atomic_output, remove_partial_outputs
+from ddpm.files import atomic_output, remove_partial_outputs, write_json
 from ddpm.sample import preview
 
 CHECKPOINT_KEYS = {"model", "ema", "ema_updates", "optimizer", "step", "config", "rng", "record"}
@@ -430,8 +429,7 @@ def _device_of_group() -> torch.device:
 
 def write_record(out_dir: Path, result: TrainResult) -> None:
     """train.json (the run's numbers) and losses.csv (the loss curve, x = step) for DVC and the comparison."""
-    with atomic_output(out_dir / "train.json") as tmp:
-        tmp.write_text(json.dumps(result.metrics(), indent=2) + "\n")
+    write_json(out_dir / "train.json", result.metrics())
     with atomic_output(out_dir / "losses.csv") as tmp:
         tmp.write_text("step,loss\n" + "".join(f"{step},{loss:.6f}\n" for step, loss in result.losses))
 

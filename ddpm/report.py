@@ -6,7 +6,7 @@ never needs it.
 """
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,13 +124,19 @@ def read_results(names: list[str], runs_dir: Path) -> list[ScheduleResult]:
     return results
 
 
+def metric_names(keys: Iterable[str]) -> tuple[str, str, str]:
+    """The FID, KID mean and KID std names among `keys`: fid, kid_mean, kid_std for the Inception
+    network, fid_<extractor> and so on for a stand-in, so no proxy is ever shown as FID."""
+    fid = next(k for k in keys if k.startswith("fid"))
+    kid = fid.replace("fid", "kid", 1) + "_mean"
+    return fid, kid, kid.removesuffix("_mean") + "_std"
+
+
 def table_rows(results: list[ScheduleResult]) -> list[dict[str, Any]]:
     """One row per schedule; the FID and KID columns keep the metric's own name (fid, or fid_<extractor>)."""
     rows = []
     for r in results:
-        fid = next(k for k in r.evaluation if k.startswith("fid"))
-        kid = next(k for k in r.evaluation if k.startswith("kid") and k.endswith("_mean"))
-        kid_std = kid.removesuffix("_mean") + "_std"
+        fid, kid, kid_std = metric_names(r.evaluation)
         rows.append({
             "schedule": r.name, fid: r.evaluation[fid], kid: r.evaluation[kid], kid_std: r.evaluation[kid_std],
             "final_loss": r.train["final_loss"], "steps": r.train["steps"],
@@ -163,11 +169,11 @@ def compare(
     write_json(out_dir / "comparison.json", rows)
     with atomic_output(out_dir / "comparison.csv") as tmp:
         tmp.write_text(",".join(rows[0]) + "\n" + "".join(",".join(map(str, row.values())) + "\n" for row in rows))
-    fid = next(k for k in rows[0] if k.startswith("fid"))
+    fid = metric_names(rows[0])[0]
     with atomic_output(out_dir / "scores.csv") as tmp:  # long form, for DVC's bar plot
         tmp.write_text("schedule,metric,score\n" + "".join(f"{row['schedule']},{fid},{row[fid]}\n" for row in rows))
     with atomic_output(out_dir / "report.md") as tmp:
-        tmp.write_text(markdown_report(rows, results, timesteps, results[0].evaluation))
+        tmp.write_text(markdown_report(rows, timesteps, results[0].evaluation))
     tables = [out_dir / name for name in ("report.md", "comparison.json", "comparison.csv", "scores.csv")]
     return rows, [*tables, *files.values()]
 
@@ -187,7 +193,7 @@ def plot_sample_grids(results: list[ScheduleResult], rows: list[dict[str, Any]],
     """The sample grids side by side, each titled with its schedule and FID."""
     fig, axes = _pyplot().subplots(1, len(results), figsize=(4.5 * len(results), 5), squeeze=False)
     for ax, r, row in zip(axes[0], results, rows, strict=True):
-        fid = next(k for k in row if k.startswith("fid"))
+        fid = metric_names(row)[0]
         ax.imshow(np.asarray(Image.open(r.grid).convert("RGB")), interpolation="nearest")
         ax.set_title(f"{r.name}: {fid} {row[fid]:.2f}")
         ax.axis("off")
@@ -195,10 +201,8 @@ def plot_sample_grids(results: list[ScheduleResult], rows: list[dict[str, Any]],
     _save(fig, path)
 
 
-def markdown_report(rows: list[dict[str, Any]], results: list[ScheduleResult], timesteps: int, evaluation: dict) -> str:
-    fid = next(k for k in rows[0] if k.startswith("fid"))
-    kid = next(k for k in rows[0] if k.startswith("kid") and k.endswith("_mean"))
-    kid_std = kid.removesuffix("_mean") + "_std"
+def markdown_report(rows: list[dict[str, Any]], timesteps: int, evaluation: dict[str, Any]) -> str:
+    fid, kid, kid_std = metric_names(rows[0])
     lines = [
         "# Beta schedules compared",
         "",

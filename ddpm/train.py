@@ -440,8 +440,7 @@ def _check_resumable(path: Path, saved: dict[str, Any], config: Config) -> None:
         before = _identity(Config.model_validate(saved["config"]))
     except ValueError as e:
         raise UserError(f"{path}: its config does not fit this version of ddpm ({str(e).splitlines()[0]})") from None
-    now = _identity(config)
-    changed = [f"{key} ({before[key]} → {now[key]})" for key in now if before[key] != now[key]]
+    changed = _differences(before, _identity(config))
     if changed:
         raise UserError(
             f"{path}: cannot resume, the model or diffusion process differs from the checkpoint's in "
@@ -464,17 +463,21 @@ def _changes(saved: dict[str, Any], config: Config, data_sha256: str) -> list[st
     except ValueError:
         return ["a config this version of ddpm cannot read"]
     changed = [] if saved.get("data_sha256") == data_sha256 else ["the prepared images"]
-    old, new = _identity(before), _identity(config)
-    changed += [f"{k} ({old[k]} → {new[k]})" for k in new if old[k] != new[k]]
-    old_train, new_train = before.train.model_dump(), config.train.model_dump()
-    changed += [
-        f"train.{k} ({old_train[k]} → {new_train[k]})"
-        for k in new_train
-        if k not in BOOKKEEPING and old_train[k] != new_train[k]
-    ]
+    changed += _differences(_identity(before), _identity(config))
+    changed += _differences(_training(before), _training(config))
     if saved["step"] > config.train.steps:
         changed.append(f"train.steps ({saved['step']} done, {config.train.steps} asked for)")
     return changed
+
+
+def _differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """ "key (old → new)" for each key whose value changed."""
+    return [f"{key} ({before[key]} → {now[key]})" for key in now if before[key] != now[key]]
+
+
+def _training(config: Config) -> dict[str, Any]:
+    """The train settings the weights depend on: all but the BOOKKEEPING ones."""
+    return {f"train.{k}": v for k, v in config.train.model_dump().items() if k not in BOOKKEEPING}
 
 
 def _identity(config: Config) -> dict[str, Any]:

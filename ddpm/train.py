@@ -345,6 +345,8 @@ def train(
             tally[1] += 1 - skipped
             tally[2] += skipped
             tally[3] = (tally[3] + 1) * skipped
+            if tracker and (step % cfg.sample_every == 0 or step == cfg.steps):  # only rank 0 has a tracker
+                tracker.log_images(step, preview(ema.model, diffusion, config.data.image_size, device, cfg.seed))
 
             # read back (log, checkpoint, stop on a signal), only every so often
             at_log = step % cfg.log_every == 0 or step == cfg.steps
@@ -381,8 +383,6 @@ def train(
                     )
                 tally[:2] = 0
                 loss_sum, record.loss_count, last_log, last_log_step = 0.0, 0, now, step
-            if tracker and (step % cfg.sample_every == 0 or step == cfg.steps):
-                tracker.log_images(step, preview(ema.model, diffusion, config.data.image_size, device, cfg.seed))
             if at_checkpoint or stopping:
                 record.loss_sum = loss_sum
                 record.seconds = seconds_before + time.perf_counter() - start

@@ -139,13 +139,13 @@ def test_the_tracker_hears_the_log_and_sample_grids_and_the_run_is_unchanged(
 ) -> None:
     plain = train(tiny_config(), flowers16, tmp_path / "plain", CPU, progress=False)
     tracker = FakeTracker()
-    config = tiny_config(train={"sample_every": 10, "checkpoint_every": 10})
+    config = tiny_config(train={"sample_every": 7, "checkpoint_every": 10})  # grids between read-backs too
     tracked = train(config, flowers16, tmp_path / "tracked", CPU, progress=False, tracker=tracker)
     assert tracked.losses == plain.losses  # the previews draw on their own generator
     assert tracker.started == [None]
     keys = ["train/images_per_second", "train/loss", "train/lr"]
     assert tracker.logs == [(10, keys), (20, keys)]
-    assert tracker.images == [(10, (74, 74, 3), np.uint8), (20, (74, 74, 3), np.uint8)]  # 4×4 grids of 16×16
+    assert tracker.images == [(step, (74, 74, 3), np.uint8) for step in (7, 14, 20)]  # 4×4 grids of 16×16
 
     resumed = FakeTracker()  # the checkpoint hands its run back, so a resumed run logs to the same one
     longer = tiny_config(train={"steps": 30, "sample_every": 10})

@@ -28,9 +28,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm.config import SampleConfig, TrainConfig
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.fastpath import FastPath
 from ddpm.sample import generate
 from ddpm.schedules import beta_schedule
-from ddpm.train import FastPath, make_optimizer, training_step
+from ddpm.state import make_optimizer
+from ddpm.train import training_step
 from ddpm.unet import UNet
 
 

@@ -78,7 +78,6 @@ EVALUATE_PARAMS = {
     "feature_extractor": "evaluate.feature_extractor",
     "inception_weights": "evaluate.inception_weights",
 }
-COMPARE_PARAMS = {"timesteps": "diffusion.timesteps"}
 SAMPLE_PARAMS = {
     "beta_schedule": "diffusion.schedule",
     "num_samples": "sample.num_samples",
@@ -116,10 +115,12 @@ def download(
 ) -> None:
     """Fetch and verify the source images (Flowers-102)."""
     cfg = _load(config, set_, DOWNLOAD_PARAMS, locals())
-    from ddpm.data import download as run_download
+    from ddpm.download import download as run_download
+    from ddpm.files import write_json
 
     folder = run_download(cfg.data, out)
-    out.mkdir(parents=True, exist_ok=True)  # the stage's output exists for every source
+    # the stage's output holds a file for every source, so that DVC has something to hash and cache
+    write_json(out / "source.json", {"source": cfg.data.source})
     typer.echo(f"images in {folder}" if folder else f"data.source {cfg.data.source}: nothing to download")
 
 
@@ -175,30 +176,41 @@ def train(
     cfg = _load(config, set_, TRAIN_PARAMS, locals())
     if nproc > 1 and "RANK" not in os.environ:
         raise typer.Exit(_torchrun(nproc))
-    from ddpm.tracking import MlflowTracker, log_artifacts, log_metrics
-    from ddpm.train import Interrupted
+    from ddpm.errors import Interrupted
+    from ddpm.files import folder_lock
     from ddpm.train import train as run_training
 
     out = out or RUNS / cfg.diffusion.schedule
-    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone logs and reports
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone writes, logs and reports
     try:
-        with MlflowTracker(cfg, out) if main_rank else contextlib.nullcontext() as tracker:
+        with (
+            folder_lock(out) if main_rank else contextlib.nullcontext(),
+            _model_tracker(cfg, out, main_rank) as tracker,
+        ):
             result = run_training(
                 cfg, data, out, resolve_device(device), resume, tracker=tracker, restart_if_changed=restart_if_changed
             )
-            if not main_rank:
-                return
-            log_metrics(result.metrics())
-            log_artifacts([result.checkpoint, out / "train.json", out / "losses.csv"], "train")
     except Interrupted as e:
         typer.echo(f"ddpm: stopped by {e}", err=True)
         raise typer.Exit(128 + e.signum) from None
+    if not main_rank:
+        return
     resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
     skipped = f", {result.nonfinite} non-finite steps skipped" if result.nonfinite else ""
+    loss = f"final loss {result.losses[-1][1]:.4f}" if result.losses else "no finite loss"
     typer.echo(
         f"trained {cfg.train.steps} steps{resumed} in {result.seconds:.0f} s ({result.images_per_second:.0f} img/s)"
-        f"{skipped}, final loss {result.losses[-1][1]:.4f}: {result.checkpoint}"
+        f"{skipped}, {loss}: {result.checkpoint}"
     )
+
+
+def _model_tracker(cfg: Any, out: Path, main_rank: bool):  # noqa: ANN202
+    """The training run's MLflow tracker (the model's parent run), or nothing when tracking is off."""
+    if not (cfg.tracking.enabled and main_rank):
+        return contextlib.nullcontext()
+    from ddpm.tracking import ModelTracker
+
+    return ModelTracker(cfg, out)
 
 
 @app.command()
@@ -211,25 +223,41 @@ def sample(
     ddim_steps: Annotated[str | None, _param(SAMPLE_PARAMS["ddim_steps"], "INT")] = None,
     eta: Annotated[str | None, _param(SAMPLE_PARAMS["eta"], "FLOAT")] = None,
     seed: Annotated[str | None, _param(SAMPLE_PARAMS["seed"], "INT")] = None,
-    checkpoint: Annotated[Path | None, typer.Option(help="Trained model [default: runs/<schedule>/model.pt].")] = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder [default: runs/<schedule>/samples].")] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Trained model [default: runs/<schedule>/model.pt].", show_default=False)
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder [default: samples/ beside the checkpoint].", show_default=False)
+    ] = None,
     device: DeviceOption = "auto",
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
     """Draw samples (DDPM or DDIM); write them + pictures."""
     cfg = _load(config, set_, SAMPLE_PARAMS, locals())
+    from ddpm.files import folder_lock
+    from ddpm.sample import origin
     from ddpm.sample import sample as run_sampling
-    from ddpm.tracking import flat_params, log_artifacts, log_params, schedule_run
 
-    run_dir = RUNS / cfg.diffusion.schedule
-    out = out or run_dir / "samples"
-    images = run_sampling(  # a store that cannot be opened fails once the inputs are checked, before the work
-        cfg.sample, checkpoint or run_dir / "model.pt", out, resolve_device(device), ready=_store_check(cfg)
-    )
-    with schedule_run(cfg.tracking, cfg.diffusion.schedule, run_dir, "sample"):
-        _notes(log_params(flat_params(cfg, ["sample"])))
-        log_artifacts([out / name for name in ("grid.png", "progression.png", "progression.gif")], "samples")
+    checkpoint = checkpoint or RUNS / cfg.diffusion.schedule / "model.pt"  # the schedule, T, size: the checkpoint's
+    out = out or checkpoint.parent / "samples"
+    store = None
+
+    def ready(trained: Any) -> None:  # the inputs are checked: open the store before the work
+        nonlocal store
+        store = _open_store(cfg, trained.path.parent)
+
+    where = resolve_device(device)
+    with folder_lock(out):
+        images, trained = run_sampling(cfg.sample, checkpoint, out, where, ready=ready)
+        if store:
+            from ddpm.tracking import evaluation_run
+
+            evaluation = cfg.evaluate.model_dump(mode="json")
+            run, _ = evaluation_run(store, origin(trained, cfg.sample), evaluation, "sample")
+            run.log_artifacts([out / name for name in ("grid.png", "progression.png", "progression.gif")], "samples")
+            run.end()
+            _close_store(store, trained.path.parent)
     typer.echo(f"wrote {len(images)} samples to {out}: samples.npy, grid.png, progression.png, progression.gif")
 
 
@@ -244,7 +272,8 @@ def evaluate(
     ] = None,
     data: Annotated[Path, typer.Option(help="The prepared real images.")] = DEFAULT_DATA,
     out: Annotated[
-        Path | None, typer.Option(help="Metrics file [default: runs/<schedule>/eval.json].", show_default=False)
+        Path | None,
+        typer.Option(help="Metrics file [default: eval.json in the samples' run folder].", show_default=False),
     ] = None,
     cache: Annotated[Path, typer.Option(help="Cache of the real images' features.")] = FEATURE_CACHE,
     device: DeviceOption = "auto",
@@ -254,25 +283,53 @@ def evaluate(
     """FID and KID of the samples against the real images."""
     cfg = _load(config, set_, EVALUATE_PARAMS, locals())
     from ddpm.evaluate import evaluate as run_evaluation
-    from ddpm.files import write_json
-    from ddpm.tracking import flat_params, log_artifacts, log_metrics, log_params, schedule_run
+    from ddpm.files import folder_lock, write_json
+    from ddpm.sample import read_origin
 
-    run_dir = RUNS / cfg.diffusion.schedule
+    samples = samples or RUNS / cfg.diffusion.schedule / "samples" / "samples.npy"
+    drawn = read_origin(samples)  # the model and settings that drew them, where `ddpm sample` did
+    run_dir = Path(drawn["run_dir"]) if drawn else samples.parent
     out = out or run_dir / "eval.json"
-    samples = samples or run_dir / "samples" / "samples.npy"
-    metrics, cached = run_evaluation(
-        cfg.evaluate, samples, data, cache, resolve_device(device), ready=_store_check(cfg)
-    )
-    write_json(out, metrics)
-    with schedule_run(cfg.tracking, cfg.diffusion.schedule, run_dir, "evaluate"):
-        _notes(log_params(flat_params(cfg, ["evaluate"])))
-        log_metrics(metrics)
-        log_artifacts([out])
+    store = None
+
+    def ready() -> None:
+        nonlocal store
+        store = _open_store(cfg, run_dir)
+
+    where = resolve_device(device)
+    with folder_lock(out.parent):
+        metrics, cached = run_evaluation(cfg.evaluate, samples, data, cache, where, ready=ready)
+        write_json(out, metrics)
+        if store and drawn:
+            _log_evaluation(store, drawn, cfg, metrics, samples.parent, out)
+        elif store:
+            _notes([f"{samples} has no {samples.parent / 'samples.json'} (`ddpm sample` did not draw them here), "
+                    f"so its scores go to {out} only, not to MLflow"])  # fmt: skip
+        if store:
+            _close_store(store, run_dir)
     scores = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith(("fid", "kid")))
     typer.echo(
         f"{scores} ({metrics['num_samples']} samples, {metrics['feature_extractor']} features; real features "
         f"{'from the cache' if cached else 'computed and cached'}): {out}"
     )
+
+
+def _log_evaluation(store: Any, drawn: dict, cfg: Any, metrics: dict, samples_dir: Path, out: Path) -> None:
+    """The scores into the child run of this sampling + evaluation configuration (a new child gets
+    the samples' pictures too), and its id beside the scores for `ddpm compare`."""
+    from ddpm.files import write_json
+    from ddpm.tracking import EVAL_RUN_FILE, evaluation_run
+
+    run, new = evaluation_run(store, drawn, cfg.evaluate.model_dump(mode="json"), "evaluate")
+    if new:
+        pictures = [samples_dir / name for name in ("grid.png", "progression.png", "progression.gif")]
+        run.log_artifacts([p for p in pictures if p.is_file()], "samples")
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, float)}
+    run.log_metrics(numbers)
+    run.set_tags({k: v for k, v in metrics.items() if k not in numbers})  # counts and names: not metrics
+    run.log_artifacts([out])
+    run.end()
+    write_json(out.parent / EVAL_RUN_FILE, {"run_id": run.id})
 
 
 @app.command()
@@ -281,7 +338,6 @@ def compare(
     names: Annotated[
         list[str] | None, typer.Argument(help="Schedules [default: the schedules param].", show_default=False)
     ] = None,
-    timesteps: Annotated[str | None, _param(COMPARE_PARAMS["timesteps"], "INT")] = None,
     runs: Annotated[Path, typer.Option(help="The folder holding a folder per schedule.")] = RUNS,
     data: Annotated[
         Path, typer.Option(help="Prepared images; the first one is noised (a synthetic flower if absent).")
@@ -291,16 +347,24 @@ def compare(
     set_: SetOption = None,
 ) -> None:
     """Compare trained schedules: table, curves, samples."""
-    cfg = _load(config, set_, COMPARE_PARAMS, locals())
+    cfg = _load(config, set_, {}, locals())
+    from ddpm.files import folder_lock
     from ddpm.report import compare as run_comparison
-    from ddpm.tracking import log_artifacts, log_metrics, stage_run
 
-    names = _schedule_names(names or cfg.schedules, cfg.diffusion.timesteps)
-    image = _first_image(data, cfg.data.image_size)
-    rows, files = run_comparison(names, runs, cfg.diffusion.timesteps, image, out, ready=_store_check(cfg))
-    with stage_run(cfg.tracking, "compare", out, "compare", {"report": "compare", "schedules": ",".join(names)}):
-        log_metrics({f"{key}.{row['schedule']}": v for row in rows for key, v in row.items() if key != "schedule"})
-        log_artifacts(files, "report")
+    names = _schedule_names(names or cfg.schedules)
+    store = None
+
+    def ready() -> None:
+        nonlocal store
+        store = _open_store(cfg, None)
+
+    with folder_lock(out):
+        rows, files, linked = run_comparison(names, runs, data, out, ready=ready)
+        if store:
+            from ddpm.tracking import compare_run
+
+            compare_run(store, names, rows, files, linked)
+            _close_store(store, None)
     typer.echo(f"compared {', '.join(names)}: {out / 'report.md'}")
 
 
@@ -330,14 +394,19 @@ def schedules(
     typer.echo(f"wrote {out / 'schedules.png'} and {out / 'forward.png'}")
 
 
-def _store_check(cfg: Any) -> Callable[[], None]:
-    """Opens the MLflow store: called by a stage once its inputs are checked, before its work."""
-    from ddpm.tracking import open_experiment
+def _open_store(cfg: Any, folder: Path | None):  # noqa: ANN202
+    """The MLflow store, checked before the work (None when tracking is off)."""
+    if not cfg.tracking.enabled:
+        return None
+    from ddpm.tracking import open_store
 
-    def check() -> None:
-        open_experiment(cfg.tracking)
+    return open_store(cfg.tracking, folder)
 
-    return check
+
+def _close_store(store: Any, folder: Path | None) -> None:
+    outcome = store.close(folder)
+    if outcome:
+        _notes([outcome])
 
 
 def _torchrun(nproc: int) -> int:
@@ -358,8 +427,8 @@ def _notes(lines: list[str]) -> None:
         typer.echo(f"ddpm: note: {line}", err=True)
 
 
-def _schedule_names(names: list[str], timesteps: int) -> list[str]:
-    """`names`, each checked to be a known schedule."""
+def _schedule_names(names: list[str], timesteps: int = 1000) -> list[str]:
+    """`names`, each checked to be a known schedule (that works with `timesteps` steps)."""
     from ddpm.schedules import beta_schedule
 
     for name in names:

@@ -57,6 +57,10 @@ Checksum = Annotated[
 ]
 
 
+# Where `ddpm download` puts each source inside the download folder, and `ddpm prepare` reads it.
+RAW_FOLDERS = {"flowers102": "flowers102"}
+
+
 class DataConfig(Section):
     source: Literal["flowers102", "folder", "synthetic"] = "flowers102"
     url: str = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"  # where 102flowers.tgz is
@@ -112,6 +116,12 @@ class TrainConfig(Section):
     compile: Literal["auto"] | bool = "auto"  # torch.compile the UNet
 
 
+# The train keys that change how a run is watched or stored, not the weights it ends with; a resume
+# may change them. channels_last and compile lay out and schedule the same arithmetic.
+BOOKKEEPING = {"steps", "log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite", "sample_every"}
+BOOKKEEPING |= {"channels_last", "compile"}
+
+
 class SampleConfig(Section):
     sampler: Literal["ddpm", "ddim"] = "ddpm"
     ddim_steps: PositiveInt = 50
@@ -121,8 +131,10 @@ class SampleConfig(Section):
     num_samples: PositiveInt = 10_000
     batch_size: PositiveInt = 256
     seed: Int = 0
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16: autocast the UNet; auto: bf16 on a GPU
-    compile: Literal["auto"] | bool = "auto"  # torch.compile the UNet (CUDA graphs on a GPU); auto: on a GPU
+    # the fast path, as in train; "auto": on for a GPU, off for the CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16: autocast the UNet to bfloat16
+    channels_last: Literal["auto"] | bool = "auto"  # NHWC memory format
+    compile: Literal["auto"] | bool = "auto"  # torch.compile the UNet, with CUDA graphs on a GPU
 
 
 class EvaluateConfig(Section):
@@ -137,6 +149,7 @@ class EvaluateConfig(Section):
 
 
 class TrackingConfig(Section):
+    enabled: bool = True  # false: no MLflow at all (it need not even be installed)
     uri: str | None = None  # MLflow tracking URI; null: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db
     experiment: str = "ddpm-flowers"
 
@@ -162,6 +175,12 @@ class Config(Section):
     schedules: Annotated[
         list[ScheduleName], AfterValidator(_unique), Field(min_length=1, description=DISTINCT_SCHEDULES)
     ] = ["linear", "cosine"]
+
+    def arch(self) -> dict[str, Any]:
+        """The UNet's keyword arguments, image size included: `UNet(**config.arch())`."""
+        size = self.data.image_size
+        arch = self.model.architecture(size)
+        return {"image_size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}}
 
 
 TOP_LEVEL_KEYS = {"schedules"}  # params outside any section

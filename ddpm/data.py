@@ -1,23 +1,16 @@
-"""Images: download and safe extraction of Flowers-102, `prepare` (decode, crop, resize), synthetic
-flowers, the uint8 array format and the in-memory batch source for training.
+"""Images: `prepare` (decode, crop, resize what `ddpm.download` fetched), synthetic flowers, the
+uint8 array format and the in-memory batch source for training.
 
 Prepared images are one .npy array of uint8, shape (N, 3, H, W), beside a manifest.json:
 what `prepare` writes and `train` reads. Training batches are floats in [-1, 1].
 """
 
 import hashlib
-import http.client
 import math
 import os
-import shutil
-import tarfile
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,13 +18,10 @@ import torch
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from ddpm.config import DataConfig
+from ddpm.config import RAW_FOLDERS, DataConfig
 from ddpm.errors import UserError
 from ddpm.files import atomic_output, write_json
 
-FLOWERS102_ARCHIVE = "102flowers.tgz"
-FLOWERS102_FOLDER = "flowers102"  # where the archive is extracted, inside the download folder
-MAX_ATTEMPTS = 20  # requests per download while each one makes progress
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
 
@@ -130,133 +120,6 @@ def _petal(cx: float, cy: float, length: float, width: float, angle: float) -> l
     return points
 
 
-# --- download ------------------------------------------------------------------------------------
-
-
-def download(cfg: DataConfig, out_dir: Path, progress: bool = True) -> Path | None:
-    """Fetch, verify and extract the Flowers-102 archive into `out_dir`; return the image folder.
-    Sources `folder` and `synthetic` have nothing to fetch (None). A second run does nothing."""
-    if cfg.source != "flowers102":
-        return None
-    archive, images = out_dir / FLOWERS102_ARCHIVE, out_dir / FLOWERS102_FOLDER
-    if not (archive.exists() and file_digest(archive, cfg.checksum) == cfg.checksum):
-        fetch(cfg.url.rstrip("/") + "/" + FLOWERS102_ARCHIVE, archive, cfg.checksum, progress)
-    if not images.exists():
-        extract_tar_safely(archive, images)
-    return images
-
-
-def file_digest(path: Path, checksum: str) -> str:
-    """The digest of `path` as "algorithm:hex", with the algorithm of `checksum` (e.g. md5:...)."""
-    algorithm = checksum.partition(":")[0]
-    with open(path, "rb") as f:
-        return f"{algorithm}:{hashlib.file_digest(f, algorithm).hexdigest()}"
-
-
-OFFLINE_DATA = "offline? set data.source: folder (your own images) or data.source: synthetic"
-
-
-def fetch(
-    url: str, dest: Path, checksum: str, progress: bool = True, timeout: float = 60, offline_hint: str = OFFLINE_DATA
-) -> None:
-    """Stream `url` to `dest`.part, resuming with an HTTP Range request where a previous attempt
-    stopped; verify the checksum, then move the file to `dest`. A mismatch deletes the file.
-    Where nothing can be fetched at all, the error ends with `offline_hint`."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    for _ in range(MAX_ATTEMPTS):
-        offset = part.stat().st_size if part.exists() else 0
-        try:
-            _fetch_from(url, part, offset, timeout, progress)
-            break
-        except urllib.error.HTTPError as e:
-            if e.code == 416 and offset:  # nothing left after `offset`: the part file is whole
-                break
-            raise UserError(f"{url}: HTTP {e.code} {e.reason}") from None
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-            if not getattr(e, "received", 0):  # no progress at all: offline, refused or unknown host
-                reason = getattr(e, "reason", e)
-                raise UserError(f"cannot download {url} ({reason}); {offline_hint}") from None
-            time.sleep(0.2)  # the connection dropped mid-file: resume from what has arrived
-    else:
-        raise UserError(
-            f"{url}: the connection kept dropping; gave up after {MAX_ATTEMPTS} attempts (run again to resume)"
-        )
-    actual = file_digest(part, checksum)
-    if actual != checksum:
-        part.unlink()
-        raise UserError(f"{url}: checksum mismatch, expected {checksum}, got {actual}; deleted the download")
-    os.replace(part, dest)
-
-
-def _fetch_from(url: str, part: Path, offset: int, timeout: float, progress: bool) -> None:
-    """One request for `url` from byte `offset` on, appended to `part`. An error raised mid-file
-    carries the number of bytes received before it as `.received`."""
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
-    received = 0
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
-            if offset and response.status != 206:  # the server ignored the range: start over
-                offset = 0
-            length = response.headers.get("Content-Length")
-            total = offset + int(length) if length is not None else None
-            with (
-                open(part, "ab" if offset else "wb") as f,
-                tqdm(
-                    total=total, initial=offset, unit="B", unit_scale=True, disable=not progress, desc="download"
-                ) as bar,
-            ):
-                while chunk := response.read(1 << 20):
-                    f.write(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-            if total is not None and offset + received < total:  # the server hung up early
-                raise http.client.IncompleteRead(b"", total - offset - received)
-    except Exception as e:
-        e.received = received  # type: ignore[attr-defined]
-        raise
-
-
-def extract_tar_safely(archive: Path, target: Path) -> None:
-    """Extract `archive` into `target`, all or nothing. Members with absolute paths, "..", links
-    that point outside, or device files are refused before anything is written."""
-    try:
-        with tarfile.open(archive) as tar:
-            members = tar.getmembers()
-            for member in members:
-                reason = _unsafe_member(member)
-                if reason:
-                    raise UserError(f"{archive}: refusing to extract {member.name!r}: {reason}; nothing was extracted")
-            tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-            try:
-                # the "data" filter (Python ≥ 3.11.4) is a second guard behind the checks above
-                extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-                tar.extractall(tmp, members=members, **extra)
-                os.replace(tmp, target)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise UserError(f"{archive}: cannot extract ({e})") from None
-
-
-def _unsafe_member(member: tarfile.TarInfo) -> str | None:
-    """Why `member` must not be extracted, or None."""
-    if member.name.startswith("/") or PurePosixPath(member.name).is_absolute():
-        return "absolute path"
-    if ".." in PurePosixPath(member.name).parts:
-        return "path with '..'"
-    if member.isdev():
-        return "device file or FIFO"
-    if member.issym() or member.islnk():
-        # symbolic links are relative to the member's folder, hard links to the archive root
-        base = PurePosixPath(member.name).parent if member.issym() else PurePosixPath()
-        target = os.path.normpath(base / member.linkname)
-        if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
-            return f"link pointing outside the archive ({member.linkname})"
-    return None
-
-
 # --- prepare -------------------------------------------------------------------------------------
 
 
@@ -270,7 +133,7 @@ def prepare(cfg: DataConfig, raw_dir: Path, out_dir: Path, workers: int = 0, pro
         images = synthetic_flowers(cfg.synthetic_count, cfg.image_size, cfg.synthetic_seed)
         origin: dict[str, Any] = {"seed": cfg.synthetic_seed}
     else:
-        root = raw_dir / FLOWERS102_FOLDER if cfg.source == "flowers102" else Path(cfg.folder or "")
+        root = raw_dir / RAW_FOLDERS[cfg.source] if cfg.source == "flowers102" else Path(cfg.folder or "")
         files = image_files(root, cfg.source)
         arrays, skipped = _load_all(root, files, cfg.image_size, workers, progress)
         if not arrays:

@@ -176,10 +176,11 @@ class GaussianDiffusion(nn.Module):
     # --- DDIM, Song et al. 2021 ----------------------------------------------------------------
 
     def ddim_timesteps(self, steps: int) -> torch.Tensor:
-        """`steps` timesteps spread evenly over [0, T−1], both ends included, ascending."""
+        """`steps` timesteps spread evenly over [0, T−1], ascending, always ending at T − 1 (the chain
+        starts from pure noise) and, for two or more, starting at 0."""
         if not 1 <= steps <= self.num_timesteps:
             raise ValueError(f"DDIM steps must be between 1 and {self.num_timesteps}, got {steps}")
-        return torch.linspace(0, self.num_timesteps - 1, steps, dtype=torch.float64).round().long()
+        return torch.linspace(self.num_timesteps - 1, 0, steps, dtype=torch.float64).round().long().flip(0)
 
     def ddim_sigma(self, t: torch.Tensor, t_prev: torch.Tensor, eta: float, x: torch.Tensor) -> torch.Tensor:
         """sigma_t(eta) = eta·√((1 − alphā_prev)/(1 − alphā_t))·√(1 − alphā_t/alphā_prev), Song et al. eq. 16.

@@ -30,9 +30,10 @@ from torch import nn
 from tqdm import tqdm
 
 from ddpm.config import EvaluateConfig
-from ddpm.data import fetch, file_digest, load_images
+from ddpm.data import load_images
+from ddpm.download import fetch
 from ddpm.errors import UserError
-from ddpm.files import atomic_output
+from ddpm.files import atomic_output, file_digest
 
 INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -200,41 +201,38 @@ def real_features(
     return features, False
 
 
-class Precomputed(nn.Module):
-    """Hands features through unchanged. torchmetrics' metrics run their network on what update()
-    is given, so with this as the network they do only the statistics, on features we cached."""
-
-    def __init__(self, num_features: int) -> None:
-        super().__init__()
-        self.num_features = num_features
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features
+def gaussian(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) covariance of features (N, D), in float64."""
+    x = features.double()
+    return x.mean(0), torch.cov(x.T)
 
 
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
-    """FID: ||mu_r − mu_f||² + Tr(S_r + S_f − 2 (S_r S_f)^½) of the features' Gaussians, in float64."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    metric = FrechetInceptionDistance(feature=Precomputed(real.shape[1])).double()
-    metric.update(real.double(), real=True)
-    metric.update(fake.double(), real=False)
-    return float(metric.compute())
+    """FID: ||mu_r − mu_f||² + Tr(S_r + S_f − 2 (S_r S_f)^½) of the features' Gaussians, in float64, with
+    Tr (S_r S_f)^½ the sum of the square roots of the eigenvalues of S_r S_f, as torchmetrics and
+    torch-fidelity compute it (so that rank-deficient covariances give their numbers to the last digits)."""
+    mu_r, sigma_r = gaussian(real)
+    mu_f, sigma_f = gaussian(fake)
+    cross = torch.linalg.eigvals(sigma_r @ sigma_f).sqrt().real.sum()
+    return float((mu_r - mu_f).square().sum() + sigma_r.trace() + sigma_f.trace() - 2 * cross)
 
 
 def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int, subset_size: int) -> tuple[float, float]:
-    """KID: the unbiased MMD² with the kernel (x·y/D + 1)³, mean and std over random subsets (seed 0)."""
-    from torchmetrics.image.kid import KernelInceptionDistance
-
-    with warnings.catch_warnings():  # that it keeps every feature in memory: they are in memory already
-        warnings.filterwarnings("ignore", message=".*will save all extracted features")
-        metric = KernelInceptionDistance(feature=Precomputed(real.shape[1]), subsets=subsets, subset_size=subset_size)
-    metric.update(real.double(), real=True)
-    metric.update(fake.double(), real=False)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        mean, std = metric.compute()
-    return float(mean), float(std)
+    """KID (Bińkowski et al. 2018): the unbiased MMD² with the kernel (x·y/D + 1)³, mean and (population)
+    std over `subsets` random subsets of `subset_size` of each set, drawn from a generator seeded 0."""
+    generator = torch.Generator().manual_seed(0)
+    real, fake = real.double(), fake.double()
+    scores = []
+    for _ in range(subsets):
+        x = real[torch.randperm(len(real), generator=generator)[:subset_size]]
+        y = fake[torch.randperm(len(fake), generator=generator)[:subset_size]]
+        kernel = lambda a, b: (a @ b.T / a.shape[1] + 1) ** 3  # noqa: E731
+        k_xx, k_yy, k_xy = kernel(x, x), kernel(y, y), kernel(x, y)
+        m = subset_size
+        within = (k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1))
+        scores.append(within - 2 * k_xy.sum() / m**2)
+    stacked = torch.stack(scores)
+    return float(stacked.mean()), float(stacked.std(unbiased=False))
 
 
 def evaluate(

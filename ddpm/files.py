@@ -1,11 +1,16 @@
-"""Atomic file output: a reader sees the old file or the complete new one, never half of one."""
+"""Files: atomic output (a reader sees the old file or the complete new one, never half of one),
+digests, and the lock that keeps two processes out of one output folder."""
 
+import fcntl
+import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from ddpm.errors import UserError
 
 
 @contextmanager
@@ -48,3 +53,42 @@ def remove_partial_outputs(folder: Path) -> None:
     """Delete the temporary files `atomic_output` leaves behind when its process is killed."""
     for tmp in folder.glob(".*.tmp*") if folder.is_dir() else []:
         tmp.unlink(missing_ok=True)
+
+
+def file_digest(path: Path, checksum: str) -> str:
+    """The digest of `path` as "algorithm:hex", with the algorithm of `checksum` (e.g. md5:...)."""
+    algorithm = checksum.partition(":")[0]
+    with open(path, "rb") as f:
+        return f"{algorithm}:{hashlib.file_digest(f, algorithm).hexdigest()}"
+
+
+LOCK_FILE = ".ddpm.lock"
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (an OS lock on its LOCK_FILE, which a killed process
+    releases) for the block; a second process stops at once, naming the holder's PID. A folder
+    made for the block is removed again if the block leaves nothing in it."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # from the folder up
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_FILE
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise UserError(
+                f"{folder} is in use by another ddpm process (PID {holder}); wait for it to end, or use --out "
+                "for another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        if made and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+            lock.unlink()
+            for empty in made:
+                empty.rmdir()
+        os.close(fd)  # releases the lock

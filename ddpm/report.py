@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ddpm.data import to_uint8, to_unit_range
+from ddpm.checkpoint import describe
+from ddpm.data import load_images, synthetic_flowers, to_uint8, to_unit_range
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import UserError
 from ddpm.files import atomic_output, write_json
@@ -89,20 +90,24 @@ def forward_strip(names: list[str], timesteps: int, image: np.ndarray, path: Pat
 
 # The comparison of trained schedules: what each schedule's stages wrote, in its folder runs/<schedule>.
 TRAIN_METRICS, LOSSES, EVAL_METRICS, SAMPLE_GRID = "train.json", "losses.csv", "eval.json", "samples/grid.png"
+EVAL_RUN = "mlflow_eval_run.json"  # ddpm.tracking.EVAL_RUN_FILE, read here without importing MLflow
 
 
 @dataclass
 class ScheduleResult:
     name: str
+    model: dict[str, Any]  # model.pt's description: arch, diffusion (schedule, T), step
     train: dict[str, Any]  # train.json
     evaluation: dict[str, Any]  # eval.json
     losses: np.ndarray  # (k, 2): step, loss
     grid: Path
+    run_id: str | None  # the MLflow child run holding the scores, where tracking was on
 
 
 def read_results(names: list[str], runs_dir: Path) -> list[ScheduleResult]:
     """Every schedule's results; a clear error naming the first file missing and the stage that writes it."""
-    makers = {TRAIN_METRICS: "train", LOSSES: "train", EVAL_METRICS: "evaluate", SAMPLE_GRID: "sample"}
+    makers = {"model.pt": "train", TRAIN_METRICS: "train", LOSSES: "train", EVAL_METRICS: "evaluate",
+              SAMPLE_GRID: "sample"}  # fmt: skip
     results = []
     for name in names:
         folder = runs_dir / name
@@ -112,15 +117,19 @@ def read_results(names: list[str], runs_dir: Path) -> list[ScheduleResult]:
         try:
             train, evaluation = (json.loads((folder / f).read_text()) for f in (TRAIN_METRICS, EVAL_METRICS))
             losses = np.loadtxt(folder / LOSSES, delimiter=",", skiprows=1, ndmin=2)
-        except ValueError as e:
+            run_id = json.loads((folder / EVAL_RUN).read_text())["run_id"] if (folder / EVAL_RUN).is_file() else None
+        except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"{folder}: unreadable results ({e}); run its stages again") from None
-        results.append(ScheduleResult(name, train, evaluation, losses, folder / SAMPLE_GRID))
-    extractors = sorted({str(r.evaluation.get("feature_extractor")) for r in results})
-    if len(extractors) > 1:
-        raise UserError(
-            f"the schedules were evaluated with different feature extractors ({', '.join(extractors)}); "
-            "evaluate them all with the same evaluate.feature_extractor"
-        )
+        model = describe(folder / "model.pt")
+        results.append(ScheduleResult(name, model, train, evaluation, losses, folder / SAMPLE_GRID, run_id))
+    for what, values in (
+        ("feature extractors (evaluate.feature_extractor)", [r.evaluation.get("feature_extractor") for r in results]),
+        ("numbers of timesteps T", [r.model["diffusion"]["timesteps"] for r in results]),
+        ("image sizes", [r.model["arch"]["image_size"] for r in results]),
+    ):
+        if len(set(map(str, values))) > 1:
+            shown = ", ".join(f"{r.name}: {v}" for r, v in zip(results, values, strict=True))
+            raise UserError(f"the schedules were run with different {what} ({shown}); compare like with like")
     return results
 
 
@@ -148,18 +157,21 @@ def table_rows(results: list[ScheduleResult]) -> list[dict[str, Any]]:
 def compare(
     names: list[str],
     runs_dir: Path,
-    timesteps: int,
-    image: np.ndarray,
+    data: Path,
     out_dir: Path,
     ready: Callable[[], None] | None = None,
-) -> tuple[list[dict[str, Any]], list[Path]]:
+) -> tuple[list[dict[str, Any]], list[Path], dict[str, str]]:
     """The comparison report in `out_dir`: report.md with the table and every picture; the table as
     comparison.csv and .json; scores.csv (FID per schedule); schedules.png (alphā, log-SNR);
-    losses.png; forward.png (`image` noised by each schedule); samples.png (the sample grids side
-    by side). Returns the rows and the files. `ready` is called once every input is read."""
+    losses.png; forward.png (the first image of `data`, or a synthetic flower, noised by each
+    schedule); samples.png (the sample grids side by side). T and the image size are the
+    checkpoints'. Returns the rows, the files and each schedule's MLflow child run (where tracked).
+    `ready` is called once every input is read."""
     results = read_results(names, runs_dir)
     if ready:
         ready()
+    timesteps, image_size = results[0].model["diffusion"]["timesteps"], results[0].model["arch"]["image_size"]
+    image = load_images(data)[0] if data.exists() else synthetic_flowers(1, image_size)[0]
     rows = table_rows(results)
     files = {name: out_dir / name for name in ("schedules.png", "losses.png", "forward.png", "samples.png")}
     plot_schedules(names, timesteps, files["schedules.png"])
@@ -175,7 +187,8 @@ def compare(
     with atomic_output(out_dir / "report.md") as tmp:
         tmp.write_text(markdown_report(rows, timesteps, results[0].evaluation))
     tables = [out_dir / name for name in ("report.md", "comparison.json", "comparison.csv", "scores.csv")]
-    return rows, [*tables, *files.values()]
+    linked = {r.name: r.run_id for r in results if r.run_id}
+    return rows, [*tables, *files.values()], linked
 
 
 def plot_losses(results: list[ScheduleResult], path: Path) -> None:

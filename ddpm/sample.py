@@ -5,31 +5,38 @@ x_0, for a picture of the denoising and an animated GIF of it.
 """
 
 import itertools
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
-from ddpm.checkpoint import build_diffusion, load_checkpoint
+from ddpm.checkpoint import Trained, load_trained
 from ddpm.config import SampleConfig
 from ddpm.data import save_images, to_uint8
 from ddpm.diffusion import GaussianDiffusion, Model
 from ddpm.errors import UserError
-from ddpm.files import atomic_output
+from ddpm.fastpath import FastPath
+from ddpm.files import atomic_output, write_json
 
 GRID_IMAGES = 64
+GRID_MIN_WIDTH = 512  # pixels: small images are enlarged (nearest neighbour) so a grid is legible
 PROGRESSION_SAMPLES = 8  # samples followed through the chain
 PROGRESSION_FRAMES = 40  # frames of the GIF, evenly spaced from x_T to x_0
 PROGRESSION_COLUMNS = 12  # of those, the columns of the progression picture
 
 
+def chain_length(diffusion: GaussianDiffusion, cfg: SampleConfig) -> int:
+    """The number of denoising steps from x_T to x_0 with the configured sampler."""
+    return diffusion.num_timesteps if cfg.sampler == "ddpm" else cfg.ddim_steps
+
+
 @torch.inference_mode()
 def generate(
-    model: Model,
+    model: torch.nn.Module,
     diffusion: GaussianDiffusion,
     cfg: SampleConfig,
     image_size: int,
@@ -37,36 +44,41 @@ def generate(
     progress: bool = True,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """`cfg.num_samples` images, uint8 (N, 3, H, W) on the CPU, and the progression of the first
-    PROGRESSION_SAMPLES: uint8 frames (k, 3, H, W) from x_T to x_0. The same seed gives the same images."""
+    PROGRESSION_SAMPLES: uint8 frames (k, 3, H, W) from x_T to x_0. The same seed gives the same
+    images. Raises NonFiniteSamples if the chain leaves the finite numbers."""
     generator = torch.Generator(device).manual_seed(cfg.seed)
-    gpu = device.type == "cuda"
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and gpu)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # the UNet only; x_t stays fp32
-    if cfg.compile is True or (cfg.compile == "auto" and gpu):  # the chain calls it with one shape: CUDA graphs pay
-        model = torch.compile(model, mode="reduce-overhead" if gpu else "default")
+    fast = FastPath.resolve(cfg, device)  # the chain calls the UNet with one shape: CUDA graphs pay on a GPU
+    network = fast.compiled(fast.place(model), cuda_graphs=device.type == "cuda")
+    length = chain_length(diffusion, cfg)
     batches, frames = [], []
-    bar = tqdm(total=cfg.num_samples, desc=f"sample {cfg.sampler}", disable=not progress, unit="img")
+    bar = tqdm(total=length * -(-cfg.num_samples // cfg.batch_size), desc=f"sample {cfg.sampler}", unit="step",
+               disable=not progress)  # fmt: skip
     for start in range(0, cfg.num_samples, cfg.batch_size):
         n = min(cfg.batch_size, cfg.num_samples - start)
-        noise = torch.randn((n, 3, image_size, image_size), generator=generator, device=device)  # x_T
+        noise = fast.memory_format(torch.randn((n, 3, image_size, image_size), generator=generator, device=device))
         if cfg.sampler == "ddpm":
-            chain = diffusion.p_sample_loop_progressive(model, noise, generator, cfg.variance, cfg.clip_denoised)
-            length = diffusion.num_timesteps
+            chain = diffusion.p_sample_loop_progressive(network, noise, generator, cfg.variance, cfg.clip_denoised)
         else:
             chain = diffusion.ddim_sample_loop_progressive(
-                model, noise, cfg.ddim_steps, cfg.eta, generator, cfg.clip_denoised
+                network, noise, cfg.ddim_steps, cfg.eta, generator, cfg.clip_denoised
             )
-            length = cfg.ddim_steps
         # chain positions 0 (x_T, before the first step) to `length` (x_0) to keep for the progression
         keep = set(np.linspace(0, length, PROGRESSION_FRAMES).round().astype(int)) if start == 0 else set()
-        with autocast:
+        with fast.autocast(device):  # the UNet only: x_t stays float32
             for position, (_, x) in enumerate(itertools.chain([(None, noise)], chain)):  # x_T, then each step
                 if position in keep:
                     frames.append(to_uint8(x[:PROGRESSION_SAMPLES]).cpu())
+                bar.update(position > 0)
+        if not torch.isfinite(x).all():
+            raise NonFiniteSamples(f"the samples of batch {start // cfg.batch_size + 1} are not finite")
         batches.append(to_uint8(x).cpu())
-        bar.update(n)
+        bar.set_postfix(images=f"{start + n}/{cfg.num_samples}")
     bar.close()
     return torch.cat(batches), frames
+
+
+class NonFiniteSamples(UserError):
+    """The sampling chain produced NaN or infinity: the model or the sampler's settings are broken."""
 
 
 PREVIEW_IMAGES, PREVIEW_STEPS = 16, 50
@@ -81,7 +93,20 @@ def preview(model: Model, diffusion: GaussianDiffusion, image_size: int, device:
     noise = torch.randn((PREVIEW_IMAGES, 3, image_size, image_size), generator=generator, device=device)
     steps = min(PREVIEW_STEPS, diffusion.num_timesteps)
     *_, (_, x0) = diffusion.ddim_sample_loop_progressive(model, noise, steps, 0.0, generator)
-    return make_grid(to_uint8(x0).cpu(), nrow=4).permute(1, 2, 0).numpy()
+    return grid_picture(to_uint8(x0).cpu(), 4)
+
+
+def grid_picture(images: torch.Tensor, columns: int, gap: int = 2) -> np.ndarray:
+    """uint8 images (N, 3, H, W) in rows of `columns` with `gap`-pixel black borders, as uint8
+    (H', W', 3), enlarged by a whole factor (nearest neighbour) to be at least GRID_MIN_WIDTH wide."""
+    n, _, h, w = images.shape
+    rows = -(-n // columns)
+    grid = np.zeros((gap + rows * (h + gap), gap + columns * (w + gap), 3), np.uint8)
+    for i, image in enumerate(images.numpy()):
+        top, left = gap + (i // columns) * (h + gap), gap + (i % columns) * (w + gap)
+        grid[top : top + h, left : left + w] = image.transpose(1, 2, 0)
+    factor = max(1, -(-GRID_MIN_WIDTH // grid.shape[1]))
+    return grid.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
 def sample(
@@ -90,25 +115,54 @@ def sample(
     out_dir: Path,
     device: torch.device,
     progress: bool = True,
-    ready: Callable[[], None] | None = None,
-) -> torch.Tensor:
+    ready: Callable[[Trained], None] | None = None,
+) -> tuple[torch.Tensor, Trained]:
     """Sample from the model at `checkpoint` (its EMA weights); write `out_dir`/samples.npy, grid.png,
-    progression.png (the denoising of a few samples, x_T on the left) and progression.gif.
-    `ready` is called once the inputs are checked, before the sampling (the CLI opens MLflow there)."""
-    model, config, _ = load_checkpoint(checkpoint, device)
-    diffusion = build_diffusion(config).to(device)
-    if cfg.sampler == "ddim" and cfg.ddim_steps > diffusion.num_timesteps:
+    progression.png (the denoising of a few samples, x_T on the left) and progression.gif. Returns
+    the samples and the model's description. `ready` is called once the inputs are checked, before
+    the sampling (the CLI opens MLflow there). Nothing is written if the samples are not finite."""
+    trained = load_trained(checkpoint, device)
+    if cfg.sampler == "ddim" and cfg.ddim_steps > trained.diffusion.num_timesteps:
         raise UserError(
-            f"sample.ddim_steps: expected at most diffusion.timesteps = {diffusion.num_timesteps}, got {cfg.ddim_steps}"
+            f"sample.ddim_steps: expected at most the model's {trained.diffusion.num_timesteps} timesteps "
+            f"({checkpoint}), got {cfg.ddim_steps}"
         )
     if ready:
-        ready()
-    images, frames = generate(model, diffusion, cfg, config.data.image_size, device, progress)
+        ready(trained)
+    try:
+        images, frames = generate(trained.model, trained.diffusion, cfg, trained.image_size, device, progress)
+    except NonFiniteSamples as e:
+        raise NonFiniteSamples(f"{checkpoint}: {e}; its weights or the sample settings are broken") from None
     save_images(out_dir / "samples.npy", images.numpy())
-    with atomic_output(out_dir / "grid.png") as tmp:
-        save_image(images[:GRID_IMAGES].float() / 255, tmp, nrow=int(np.ceil(np.sqrt(min(len(images), GRID_IMAGES)))))
+    write_json(out_dir / ORIGIN_FILE, origin(trained, cfg))
+    write_png(grid_picture(images[:GRID_IMAGES], int(np.ceil(np.sqrt(min(len(images), GRID_IMAGES))))),
+              out_dir / "grid.png")  # fmt: skip
     write_progression(frames, out_dir / "progression.png", out_dir / "progression.gif")
-    return images
+    return images, trained
+
+
+ORIGIN_FILE = "samples.json"  # beside samples.npy: the model and settings that drew them
+
+
+def origin(trained: Trained, cfg: SampleConfig) -> dict:
+    """What samples.json holds: the checkpoint, its run folder and MLflow run, the process, the settings."""
+    return {
+        "checkpoint": str(trained.path), "run_dir": str(trained.path.parent), "model_run_id": trained.run_id,
+        "step": trained.step, "image_size": trained.image_size, **trained.spec, "sample": cfg.model_dump(mode="json"),
+    }  # fmt: skip
+
+
+def read_origin(samples: Path) -> dict | None:
+    """The samples.json beside `samples`, if `ddpm sample` wrote them."""
+    try:
+        return json.loads((samples.parent / ORIGIN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_png(picture: np.ndarray, path: Path) -> None:
+    with atomic_output(path) as tmp:
+        Image.fromarray(picture).save(tmp)
 
 
 def write_progression(frames: list[torch.Tensor], picture: Path, gif: Path) -> None:
@@ -118,9 +172,8 @@ def write_progression(frames: list[torch.Tensor], picture: Path, gif: Path) -> N
         frames[i] for i in np.linspace(0, len(frames) - 1, min(PROGRESSION_COLUMNS, len(frames))).round().astype(int)
     ]
     stacked = torch.stack(columns, dim=1).flatten(0, 1)  # (k · columns, 3, H, W), row by row
-    with atomic_output(picture) as tmp:
-        save_image(stacked.float() / 255, tmp, nrow=len(columns))
-    pictures = [Image.fromarray(make_grid(frame, nrow=len(frame)).permute(1, 2, 0).numpy()) for frame in frames]
+    write_png(grid_picture(stacked, len(columns)), picture)
+    pictures = [Image.fromarray(grid_picture(frame, len(frame))) for frame in frames]
     with atomic_output(gif) as tmp:
         durations = [80] * (len(pictures) - 1) + [2000]
         pictures[0].save(tmp, save_all=True, append_images=pictures[1:], duration=durations, loop=0)

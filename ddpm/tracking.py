@@ -1,19 +1,32 @@
-"""Everything MLflow: where the store is, one run per beta schedule, and what goes into it.
+"""Everything MLflow: where the store is, the runs, and what goes into them.
 
-Every stage of a schedule (train, sample, evaluate) logs to the same MLflow run, so one row of the
-MLflow UI holds that schedule's params, loss curve, FID/KID and sample grids. The run's id is kept
-in the schedule's folder (`RUN_FILE`), written by the stage that opened the run, and read by the
-stages after it. The store defaults to a SQLite file at the repository root, `DVC_ROOT` when DVC
-runs the stage (so that queued experiments, which run in temporary copies, share it), else the
-working directory; `tracking.uri` or $MLFLOW_TRACKING_URI override it.
+The runs follow MLflow's own structure:
+- A parent run per trained model, opened by `train`: the data, model, diffusion and train params,
+  the loss curve, sample grids along the way, train.json and the checkpoint. Its id is kept in
+  the checkpoints (a resumed run continues it) and in runs/<schedule>/mlflow_run.json.
+- A nested child run per sampling + evaluation configuration of that model (`sample`, `evaluate`,
+  `sweep`): its sample.* and evaluate.* params, the samples' pictures, FID/KID. Rerunning the same
+  configuration reuses its child; another configuration gets a new one. So two experiments'
+  evaluations of one model are two rows whose params match their metrics.
+- A `compare` run per comparison, linking the child runs it compared.
 
-Only this module imports mlflow, and only the stage commands call it.
+Tracking never kills a stage once its work has begun: each write is retried briefly, then kept
+and sent later; what still cannot be sent is written to the run folder, and the next `ddpm`
+command there replays it. Before the work, the store is opened and proved writable, in seconds.
+The default store is a SQLite file at the repository root: DVC's root when DVC runs the stage (so
+queued experiments, which run in temporary copies, share it), else the working directory.
+
+Only this module imports mlflow, and only when tracking is on (`tracking.enabled`).
 """
 
+import fcntl
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,11 +34,22 @@ from typing import Any
 
 import numpy as np
 
-from ddpm.config import Config, TrackingConfig
+from ddpm.config import BOOKKEEPING, Config, TrackingConfig
 from ddpm.errors import UserError
 from ddpm.files import write_json
 
-RUN_FILE = "mlflow_run.json"
+RUN_FILE = "mlflow_run.json"  # in a model's folder: its parent run
+EVAL_RUN_FILE = "mlflow_eval_run.json"  # beside eval.json: the child run that holds those scores
+PENDING_FILE = "mlflow-pending.jsonl"  # in a run folder: writes that could not be sent, for the next command
+KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens a model-training experiment on its runs table
+MODEL_TRAINING = "custom_model_development"
+CHECK_TIMEOUT = 5  # seconds per HTTP request while the store is checked, with one retry
+WRITE_ATTEMPTS, WRITE_BACKOFF = 3, 1.0  # a write is tried this many times, waiting 1 s, 2 s in between
+RETRY_KEPT_AFTER = 60.0  # seconds between tries of the kept writes
+# MLflow's own HTTP settings while a stage writes (unless the user set them): its defaults retry a
+# dead server for 4 minutes per request; a write here fails in under a minute and is kept instead
+HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "15", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}  # fmt: skip
 
 
 def repository_root() -> Path:
@@ -39,86 +63,356 @@ def tracking_uri(cfg: TrackingConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repository_root() / 'mlflow.db'}"
 
 
-def open_experiment(cfg: TrackingConfig) -> str:
-    """Connect to the store and return the experiment's id, creating it (artifacts beside a SQLite
-    store) if needed. Fails with a clear message, before any work is done, if the store cannot be opened."""
-    import mlflow
+def note(line: str) -> None:
+    print(f"ddpm: note: {line}", file=sys.stderr)
 
-    uri = tracking_uri(cfg)
-    mlflow.set_tracking_uri(uri)
-    try:
-        client = mlflow.MlflowClient()
-        experiment = client.get_experiment_by_name(cfg.experiment)
+
+class Store:
+    """An MLflow store opened and proved writable, with the experiment `tracking.experiment` in it.
+    Every write goes through `send`, which never raises."""
+
+    def __init__(self, cfg: TrackingConfig) -> None:
+        import mlflow
+
+        self.uri = tracking_uri(cfg)
+        http = self.uri.startswith(("http://", "https://"))
+        if http:
+            note(f"checking the MLflow server at {self.uri} (up to {3 * CHECK_TIMEOUT} s)")
+        try:
+            with _short_http_requests(http), _store_creation(self.uri):
+                self.client = mlflow.MlflowClient(self.uri)
+                self.experiment_id = self._experiment(cfg.experiment)
+                # a write, the kind every stage makes, so that a read-only store fails now, not after the work
+                self.client.set_experiment_tag(self.experiment_id, KIND_TAG, MODEL_TRAINING)
+            self._check_artifacts()
+        except UserError:
+            raise
+        except Exception as e:  # mlflow raises many kinds: bad scheme, no server, locked or read-only database ...
+            raise UserError(
+                f"cannot use the MLflow tracking store {self.uri} ({_first_line(e)}); set tracking.uri or "
+                "MLFLOW_TRACKING_URI, or tracking.enabled: false to run without MLflow"
+            ) from None
+        self.kept: list[tuple[str, tuple]] = []  # writes that failed, in order, to send again
+        self.retry_at = 0.0  # when to try the kept writes again
+        self.dropped = 0  # writes the store refused
+        self.warned = False
+
+    def _experiment(self, name: str) -> str:
+        experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
         artifacts = None
-        if uri.startswith("sqlite:///"):
-            artifacts = Path(uri.removeprefix("sqlite:///")).parent.joinpath("mlartifacts").resolve().as_uri()
-        return client.create_experiment(cfg.experiment, artifact_location=artifacts)
-    except Exception as e:  # mlflow raises many kinds: bad scheme, unreachable server, locked database ...
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"cannot open the MLflow tracking store {uri} ({reason}); set tracking.uri or MLFLOW_TRACKING_URI"
-        ) from None
+        if self.uri.startswith("sqlite:///"):  # artifacts beside the database, not in the working directory
+            artifacts = Path(self.uri.removeprefix("sqlite:///")).parent.joinpath("mlartifacts").resolve().as_uri()
+        return self.client.create_experiment(name, artifact_location=artifacts)
+
+    def _check_artifacts(self) -> None:
+        location = self.client.get_experiment(self.experiment_id).artifact_location
+        if not location.startswith("file:"):
+            return  # a server's artifact store: the server writes it
+        folder = Path(location.removeprefix("file://"))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as e:
+            raise UserError(f"cannot write MLflow artifacts into {folder} ({e.strerror})") from None
+
+    # --- writes that never stop the work ---------------------------------------------------------
+
+    def send(self, operation: str, *args: Any) -> None:
+        """Call client.`operation`(*args), retrying briefly. A write that still fails for a passing
+        reason (no server, a locked database) is kept to send later, and later writes queue behind it
+        so that the order is kept; one the store refuses outright is dropped, with a warning."""
+        if self.kept and not self.flush():
+            self.kept.append((operation, args))
+            return
+        try:
+            self._call(operation, args)
+        except Exception as e:
+            if not _passing(e):
+                self.dropped += 1
+                self._warn(f"MLflow refused a write ({_first_line(e)}); it is lost, the work goes on")
+                return
+            self.kept.append((operation, args))
+            self.retry_at = time.monotonic() + RETRY_KEPT_AFTER
+            self._warn(f"MLflow write failed ({_first_line(e)}); the work goes on, and what cannot be logged "
+                       "is kept and sent later")  # fmt: skip
+
+    def _call(self, operation: str, args: tuple) -> None:
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                getattr(self.client, operation)(*args)
+                return
+            except Exception as e:
+                if attempt == WRITE_ATTEMPTS - 1 or not _passing(e):
+                    raise
+                time.sleep(WRITE_BACKOFF * 2**attempt)
+
+    def _warn(self, line: str) -> None:
+        if not self.warned:
+            self.warned = True
+            print(f"ddpm: warning: {line}", file=sys.stderr)
+
+    def flush(self, now: bool = False) -> bool:
+        """Send the kept writes, in order (not more often than every RETRY_KEPT_AFTER seconds, so
+        that an absent server does not slow the work down); whether none is left."""
+        if self.kept and not now and time.monotonic() < self.retry_at:
+            return False
+        while self.kept:
+            operation, args = self.kept[0]
+            try:
+                getattr(self.client, operation)(*args)
+            except Exception as e:
+                if _passing(e):
+                    self.retry_at = time.monotonic() + RETRY_KEPT_AFTER
+                    return False
+                self.dropped += 1
+            self.kept.pop(0)
+        return True
+
+    def close(self, folder: Path | None) -> str:
+        """Send what was kept; what still cannot be sent goes to `folder`/PENDING_FILE for the next
+        command there (or is lost without a folder). Returns a sentence on what happened, or ""."""
+        lost = f"; {self.dropped} refused by the store were lost" if self.dropped else ""
+        if self.flush(now=True):
+            return f"all MLflow writes made it after a retry{lost}" if self.warned else ""
+        if folder is None:
+            return f"{len(self.kept)} MLflow writes could not be made and are lost{lost}"
+        with open(folder / PENDING_FILE, "a") as f:
+            for operation, args in self.kept:
+                f.write(json.dumps({"operation": operation, "args": _portable(args, folder)}) + "\n")
+        pending = folder / PENDING_FILE
+        return (
+            f"{len(self.kept)} MLflow writes could not be made; kept in {pending} for the next ddpm command there{lost}"
+        )
+
+    def replay(self, folder: Path) -> None:
+        """Send what an earlier command kept in `folder`/PENDING_FILE, and remove the file if all went."""
+        pending = folder / PENDING_FILE
+        if not pending.is_file():
+            return
+        entries = [json.loads(line) for line in pending.read_text().splitlines() if line.strip()]
+        self.kept = [(e["operation"], _restored(e["args"])) for e in entries] + self.kept
+        if self.flush(now=True):
+            pending.unlink()
+            note(f"sent {len(entries)} MLflow writes an earlier command had kept in {pending}")
+
+    # --- runs --------------------------------------------------------------------------------------
+
+    def exists(self, run_id: str | None) -> bool:
+        if not run_id:
+            return False
+        try:
+            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+        except Exception:
+            return False
+
+    def new_run(self, name: str, tags: dict[str, str], parent: str | None = None) -> "Run":
+        tags = {**tags, **({"mlflow.parentRunId": parent} if parent else {})}
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
+        return Run(self, run.info.run_id)
+
+    def find_run(self, tags: dict[str, str]) -> "Run | None":
+        """The newest run of the experiment with all of `tags`."""
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        found = self.client.search_runs([self.experiment_id], query, max_results=1, order_by=["start_time DESC"])
+        return Run(self, found[0].info.run_id) if found else None
+
+
+class Run:
+    """One MLflow run; every write goes through the store's `send`."""
+
+    def __init__(self, store: Store, run_id: str) -> None:
+        self.store, self.id = store, run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Params that the run does not hold yet (MLflow params never change)."""
+        from mlflow.entities import Param
+
+        held = self.store.client.get_run(self.id).data.params
+        new = [Param(k, _show(v)) for k, v in params.items() if k not in held]
+        if new:
+            self.store.send("log_batch", self.id, [], new, [])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        entries = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        if entries:
+            self.store.send("log_batch", self.id, entries, [], [])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.store.send("log_batch", self.id, [], [], [RunTag(k, _show(v)) for k, v in tags.items() if v is not None])
+
+    def log_artifacts(self, paths: list[Path], folder: str | None = None) -> None:
+        for path in paths:
+            self.store.send("log_artifacts" if path.is_dir() else "log_artifact", self.id, str(path), folder)
+
+    def log_image(self, picture: np.ndarray, key: str, step: int) -> None:
+        self.store.send("log_image", self.id, picture, None, key, step)
+
+    def reopen(self) -> None:
+        self.store.send("update_run", self.id, "RUNNING")
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.store.send("set_terminated", self.id, status)
+
+
+def open_store(cfg: TrackingConfig, folder: Path | None = None) -> Store | None:
+    """The store, checked (None when tracking is off); with `folder`, after replaying what an
+    earlier command kept there."""
+    if not cfg.enabled:
+        return None
+    store = Store(cfg)
+    if folder is not None:
+        store.replay(folder)
+    return store
+
+
+# --- the runs of a model ---------------------------------------------------------------------------
+
+
+def model_run(store: Store, name: str, run_dir: Path, run_id: str | None, tags: dict[str, str]) -> Run:
+    """The parent run of the model trained in `run_dir`: `run_id` (a resumed checkpoint's) where this
+    store holds it, else a new run called `name`. Its id is recorded in `run_dir`/RUN_FILE."""
+    if store.exists(run_id):
+        run = Run(store, run_id)
+        run.reopen()
+    else:
+        run = store.new_run(name, {**tags, "ddpm.kind": "model", **context_tags("train")})
+    write_json(run_dir / RUN_FILE, {"run_id": run.id, "experiment_id": store.experiment_id})
+    return run
+
+
+def parent_of(store: Store, checkpoint: Path, run_id: str | None, schedule: str) -> Run:
+    """The parent run for samples of `checkpoint`: the run that trained it where this store holds
+    it; else one run per checkpoint file (by its sha256), named after it, never another model's."""
+    if store.exists(run_id):
+        return Run(store, run_id)
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    found = store.find_run({"ddpm.checkpoint_sha256": digest})
+    if found:
+        return found
+    note(f"{checkpoint} was not trained into this MLflow store; its evaluations go under a run of its own")
+    tags = {"ddpm.kind": "model", "ddpm.checkpoint": str(checkpoint.resolve()), "ddpm.checkpoint_sha256": digest}
+    run = store.new_run(f"{checkpoint.parent.name}/{checkpoint.name}", {**tags, "beta_schedule": schedule})
+    run.end()
+    return run
+
+
+def child_run(store: Store, parent: Run, params: dict[str, str], name: str, stage: str) -> tuple[Run, bool]:
+    """The nested run under `parent` for one configuration, defined by its `params` (which it holds):
+    the same configuration reuses it, another gets a new one. Returns the run and whether it is new."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    found = store.find_run({"mlflow.parentRunId": parent.id, "ddpm.config": digest})
+    if found:
+        found.reopen()
+        found.set_tags(context_tags(stage))
+        return found, False
+    tags = {"ddpm.config": digest, "ddpm.kind": "evaluation", **context_tags(stage)}
+    run = store.new_run(name, tags, parent=parent.id)
+    run.log_params(params)
+    return run, True
+
+
+def evaluation_run(store: Store, origin: dict[str, Any], evaluate: dict[str, Any], stage: str) -> tuple[Run, bool]:
+    """The child run of one sampling (`origin`: samples.json) and evaluation configuration, under the
+    run of the model that drew the samples. Returns the run and whether it is new."""
+    checkpoint = Path(origin["checkpoint"])
+    parent = parent_of(store, checkpoint, origin["model_run_id"], origin["schedule"])
+    sample = origin["sample"]
+    chain = "DDPM" if sample["sampler"] == "ddpm" else f"DDIM {sample['ddim_steps']} steps"
+    name = f"{origin['schedule']}: {chain}, {sample['num_samples']} samples, {evaluate['feature_extractor']}"
+    params = {**flat_params(sample, "sample"), **flat_params(evaluate, "evaluate")}
+    return child_run(store, parent, params, name, stage)
+
+
+class ModelTracker:
+    """The training loop's Tracker (ddpm.train): the model's parent run. The loop calls `start` once
+    its inputs and checkpoint are checked, so a store that cannot be used fails then, before the
+    first step; the run ends with the `with` block: FINISHED, KILLED (a signal) or FAILED."""
+
+    def __init__(self, config: Config, run_dir: Path) -> None:
+        self.config, self.run_dir = config, run_dir
+        self.store: Store | None = None
+        self.run: Run | None = None
+
+    def __enter__(self) -> "ModelTracker":
+        return self
+
+    def start(self, run_id: str | None) -> str:
+        self.store = open_store(self.config.tracking, self.run_dir)
+        schedule = self.config.diffusion.schedule
+        self.run = model_run(self.store, schedule, self.run_dir, run_id, {"beta_schedule": schedule})
+        train = self.config.train.model_dump(mode="json")
+        settings = {
+            **flat_params(self.config.data.model_dump(mode="json"), "data"),
+            **flat_params({k: v for k, v in self.config.arch().items() if k != "image_size"}, "model"),
+            "model.preset": self.config.model.preset,
+            **flat_params(self.config.diffusion.model_dump(), "diffusion"),
+            **flat_params({k: v for k, v in train.items() if k not in BOOKKEEPING}, "train"),
+        }
+        self.run.log_params(settings)  # the same on every resume: a change of them starts another run
+        self.run.set_tags(flat_params({k: v for k, v in train.items() if k in BOOKKEEPING}, "train"))
+        return self.run.id
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.run.log_metrics(metrics, step)
+
+    def log_images(self, step: int, grid: np.ndarray) -> None:
+        self.run.log_image(grid, "samples", step)
+
+    def finish(self, result: Any, files: list[Path]) -> None:
+        metrics = result.metrics()
+        counts = {key: metrics.pop(key) for key in ("steps", "nonfinite_steps")}
+        self.run.log_metrics(metrics, result.steps)
+        self.run.set_tags(counts)
+        self.run.log_artifacts(files, "train")
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
+        if self.run is None:
+            return
+        from ddpm.errors import Interrupted
+
+        self.run.end("FINISHED" if kind is None else "KILLED" if issubclass(kind, Interrupted) else "FAILED")
+        outcome = self.store.close(self.run_dir)
+        if outcome:
+            note(outcome)
+
+
+def compare_run(
+    store: Store, names: list[str], rows: list[dict[str, Any]], files: list[Path], linked: dict[str, str]
+) -> Run:
+    """A `compare` run for this comparison: the table as metrics (`fid.linear`, ...), the report,
+    and a tag per schedule naming the child run whose scores it compared."""
+    experiment = os.environ.get("DVC_EXP_NAME")
+    name = f"compare ({experiment})" if experiment else "compare"
+    run = store.new_run(name, {"ddpm.kind": "compare", "schedules": ",".join(names), **context_tags("compare")})
+    run.set_tags({f"compared.{schedule}": run_id for schedule, run_id in linked.items()})
+    numbers = {
+        f"{key}.{row['schedule']}": value for row in rows for key, value in row.items()
+        if isinstance(value, float) and key != "schedule"
+    }  # fmt: skip
+    run.log_metrics(numbers)
+    run.log_artifacts(files, "report")
+    run.end()
+    return run
 
 
 def recorded_run(run_dir: Path) -> str | None:
-    """The id of the MLflow run recorded in `run_dir`, if any."""
+    """The id of the parent run recorded in `run_dir`, if any."""
     try:
         return json.loads((run_dir / RUN_FILE).read_text())["run_id"]
     except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
         return None
 
 
-def record_run(run_dir: Path, run_id: str, experiment_id: str) -> None:
-    """Write the run's id into `run_dir`, unless it is there already: a later stage that reopens
-    the run must leave an earlier stage's output untouched."""
-    if recorded_run(run_dir) == run_id:
-        return
-    write_json(run_dir / RUN_FILE, {"run_id": run_id, "experiment_id": experiment_id})
-
-
-def _start_run(cfg: TrackingConfig, run_name: str, run_dir: Path, stage: str, tags: dict[str, str], run_id: str | None):  # noqa: ANN202
-    """Make the run `run_id` the active one, or a new run called `run_name` if None (or if this
-    store does not hold it); tag it and record its id in `run_dir`. Returns mlflow's ActiveRun."""
-    import mlflow
-
-    experiment_id = open_experiment(cfg)
-    if run_id is not None and _run_missing(run_id):
-        run_id = None  # recorded against another store: start a fresh run here
-    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else run_name)
-    mlflow.set_tags({**tags, **_context_tags(stage)})
-    record_run(run_dir, run.info.run_id, experiment_id)
-    return run
-
-
-@contextmanager
-def stage_run(cfg: TrackingConfig, run_name: str, run_dir: Path, stage: str, tags: dict[str, str]) -> Iterator[str]:
-    """Inside the block, `run_dir`'s MLflow run is the active one: the one recorded in `run_dir`,
-    else a new run called `run_name`. Yields the run's id; the run ends with the block."""
-    with _start_run(cfg, run_name, run_dir, stage, tags, recorded_run(run_dir)) as run:
-        yield run.info.run_id
-
-
-def schedule_run(cfg: TrackingConfig, schedule: str, run_dir: Path, stage: str):  # noqa: ANN201
-    """`stage_run` for a schedule's stages: one run per schedule, named after it."""
-    return stage_run(cfg, schedule, run_dir, stage, {"beta_schedule": schedule})
-
-
-def _run_missing(run_id: str) -> bool:
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mlflow.MlflowClient().get_run(run_id)
-    except MlflowException:
-        return True
-    return False
-
-
-def _context_tags(stage: str) -> dict[str, str]:
+def context_tags(stage: str) -> dict[str, str]:
     """Where the numbers came from: the git commit, and the DVC stage and experiment when DVC runs us."""
-    tags = {f"stage.{stage}": os.environ.get("DVC_STAGE") or "ddpm " + stage}  # which stages wrote to the run
+    tags = {f"stage.{stage}": os.environ.get("DVC_STAGE") or "ddpm " + stage}
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=repository_root()
@@ -134,95 +428,90 @@ def _context_tags(stage: str) -> dict[str, str]:
     return tags
 
 
-def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
-    """The numeric entries of `metrics` to the active run (strings go in as tags)."""
-    import mlflow
-
-    numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    mlflow.log_metrics(numbers, step=step)
-    mlflow.set_tags({k: str(v) for k, v in metrics.items() if k not in numbers and v is not None})
-
-
-def log_artifacts(paths: list[Path], folder: str | None = None) -> None:
-    """Files (or folders) to the active run's artifacts, under `folder`."""
-    import mlflow
-
-    for path in paths:
-        if path.is_dir():
-            mlflow.log_artifacts(str(path), folder)
-        else:
-            mlflow.log_artifact(str(path), folder)
-
-
-def flat_params(config: Config, sections: list[str]) -> dict[str, str]:
-    """`section.key` → value for the named sections of `config`; the model's keys are resolved
-    from its preset, so the run shows the architecture that was trained, not nulls."""
-    params = {}
-    for section in sections:
-        values = getattr(config, section).model_dump(mode="json")
-        if section == "model":
-            values |= config.model.architecture(config.data.image_size)
-        params |= {f"{section}.{key}": _show(value) for key, value in values.items()}
-    return params
+def flat_params(values: dict[str, Any], section: str) -> dict[str, str]:
+    """`section.key` → value, as MLflow shows it."""
+    return {f"{section}.{key}": _show(value) for key, value in values.items()}
 
 
 def _show(value: Any) -> str:
-    return json.dumps(list(value) if isinstance(value, tuple) else value) if not isinstance(value, str) else value
+    return value if isinstance(value, str) else json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
-def log_params(params: dict[str, str]) -> list[str]:
-    """Log `params` to the active run. MLflow params cannot change, so one that the run already
-    holds with another value (a stage rerun with new settings) is recorded as the tag
-    `changed.<key>` instead; returns a line for each of those."""
-    import mlflow
-
-    run = mlflow.active_run()
-    existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params
-    mlflow.log_params({k: v for k, v in params.items() if k not in existing})
-    changed = {k: v for k, v in params.items() if k in existing and existing[k] != v}
-    mlflow.set_tags({f"changed.{k}": v for k, v in changed.items()})
-    return [
-        f"{k} is {v} now, {existing[k]} when MLflow run {run.info.run_id} logged it; the new value is in "
-        f"the tag changed.{k}"
-        for k, v in changed.items()
-    ]
+def _passing(error: Exception) -> bool:
+    """Whether a failed write may succeed later: the store was away or busy, not refusing it."""
+    code = getattr(error, "error_code", None)
+    return code is None or code in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED")
 
 
-class MlflowTracker:
-    """The training loop's Tracker (ddpm.train): one MLflow run per schedule, resumed with the
-    checkpoint that recorded it. The loop calls `start` once its inputs are checked, before the
-    first step, so a store that cannot be opened fails then. The run ends with the `with` block."""
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
 
-    def __init__(self, config: Config, run_dir: Path) -> None:
-        self.config, self.run_dir = config, run_dir
-        self._run: Any = None
 
-    def __enter__(self) -> "MlflowTracker":
-        return self
+@contextmanager
+def _short_http_requests(http: bool) -> Iterator[None]:
+    """While the store is checked, HTTP requests time out after CHECK_TIMEOUT s with one retry and no
+    backoff; after it, HTTP_SETTINGS hold. The user's own settings of these variables win."""
+    if not http:
+        yield
+        return
+    for key, value in HTTP_SETTINGS.items():
+        os.environ.setdefault(key, value)
+    check = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(CHECK_TIMEOUT), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}  # fmt: skip
+    ours = {k: v for k, v in check.items() if os.environ[k] == HTTP_SETTINGS[k]}
+    saved = {k: os.environ[k] for k in ours}
+    os.environ.update(ours)
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
-    def start(self, run_id: str | None) -> str:
-        schedule = self.config.diffusion.schedule
-        tags = {"beta_schedule": schedule}
-        self._run = _start_run(self.config.tracking, schedule, self.run_dir, "train", tags, run_id)
-        for line in log_params(flat_params(self.config, ["data", "model", "diffusion", "train"])):
-            print(f"ddpm: note: {line}", file=sys.stderr)  # the tracker has no other way to the user
-        return self._run.info.run_id
 
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        import mlflow
+@contextmanager
+def _store_creation(uri: str) -> Iterator[None]:
+    """Serialise opening a SQLite store, so that two processes never create (migrate) the same new
+    database at once; and say where a new one is."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(database.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)  # released when this process ends, however it ends
+        new = not database.exists()
+        yield
+        if new:
+            note(f"created the MLflow store {database} (artifacts beside it); `mlflow ui` there shows it")
+    finally:
+        os.close(folder)
 
-        mlflow.log_metrics(metrics, step=step)
 
-    def log_images(self, step: int, grid: np.ndarray) -> None:
-        import mlflow
+def _portable(args: tuple, folder: Path) -> list:
+    """Arguments as JSON: MLflow entities as dicts, pictures saved as .npy files beside the pending file."""
+    out = []
+    for arg in args:
+        if isinstance(arg, np.ndarray):
+            path = folder / f".mlflow-pending-{hashlib.sha256(arg.tobytes()).hexdigest()[:12]}.npy"
+            np.save(path, arg)
+            out.append({"array": str(path)})
+        elif isinstance(arg, list):
+            out.append([{"entity": type(e).__name__, **e.to_dictionary()} for e in arg])
+        else:
+            out.append(arg)
+    return out
 
-        mlflow.log_image(grid, key="samples", step=step)
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
-        import mlflow
+def _restored(args: list) -> tuple:
+    from mlflow import entities
 
-        from ddpm.train import Interrupted
-
-        if self._run is not None:
-            stopped = kind is not None and issubclass(kind, Interrupted)
-            mlflow.end_run("FINISHED" if kind is None else "KILLED" if stopped else "FAILED")
+    restored = []
+    for arg in args:
+        if isinstance(arg, dict) and "array" in arg:
+            restored.append(np.load(arg["array"]))
+        elif isinstance(arg, list):
+            restored.append([getattr(entities, e.pop("entity")).from_dictionary(e) for e in arg])
+        else:
+            restored.append(arg)
+    return tuple(restored)

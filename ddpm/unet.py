@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 GROUPS = 32  # GroupNorm groups, as in the paper
+# Checkpoints record this; a change that makes old weights compute another function raises it.
+ARCH_VERSION = 1
 
 # Named architectures. Attention is given by level (0 = full resolution), so a preset keeps its
 # shape at any image size; `UNet.from_preset` turns levels into resolutions.

@@ -1,15 +1,93 @@
+"""What the tests share: one tiny config, one model trained once per test session, and `run`, the
+`ddpm` command as a real subprocess in a folder of the test's own, with an MLflow store of its own."""
+
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-import pytest
-import torch
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each, before torch starts its pool
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from ddpm.config import Config
-from ddpm.data import save_images, synthetic_flowers
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import yaml
+
+from ddpm.config import Config  # noqa: E402
+from ddpm.data import save_images, synthetic_flowers  # noqa: E402
+
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+
+CPU = torch.device("cpu")
+DDPM = str(Path(sys.executable).parent / "ddpm")
+
+# The tiny model on 16×16 images, T = 50; training, sampling and evaluation that take seconds.
+TINY = {
+    "data": {"image_size": 16},
+    "model": {"preset": "tiny"},
+    "diffusion": {"timesteps": 50},
+    "train": {"steps": 20, "batch_size": 8, "lr": 1e-3, "warmup_steps": 10, "log_every": 10, "checkpoint_every": 10},
+    "sample": {"num_samples": 4, "batch_size": 4, "sampler": "ddim", "ddim_steps": 5},
+    "evaluate": {"feature_extractor": "randconv", "kid_subsets": 10, "kid_subset_size": 4},
+}
+
+
+def tiny_params(**sections: dict) -> dict:
+    """TINY with `sections` updating its sections (or adding keys such as `schedules`)."""
+    raw = {name: dict(values) for name, values in TINY.items()}
+    for name, values in sections.items():
+        raw[name] = {**raw.get(name, {}), **values} if isinstance(values, dict) else values
+    return raw
+
+
+def tiny_config(**sections: dict) -> Config:
+    return Config.model_validate(tiny_params(**sections))
+
+
+def write_params(folder: Path, **sections: dict) -> Path:
+    """params.yaml of the tiny config in `folder`."""
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(tiny_params(**sections)))
+    return path
+
+
+def clean_environment(**extra: str) -> dict[str, str]:
+    """The environment without the caller's MLflow and DVC settings, so that nothing a test runs
+    logs into the caller's store or believes DVC runs it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    return env | extra
+
+
+def run(*args: str, cwd: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    """`ddpm *args` in `cwd` (its MLflow store: cwd/mlflow.db, the default), with `env` added."""
+    return subprocess.run(
+        [DDPM, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=clean_environment(**env)
+    )
+
+
+def invoke(*args: str, cwd: Path):  # noqa: ANN201
+    """`ddpm *args` run in this process (typer's CliRunner) with `cwd` as the working directory: the
+    same command without the seconds a new process spends importing torch and MLflow."""
+    from typer.testing import CliRunner
+
+    from ddpm.cli import app
+
+    previous = Path.cwd()
+    os.chdir(cwd)
+    try:
+        return CliRunner().invoke(app, list(args))
+    finally:
+        os.chdir(previous)
 
 
 @pytest.fixture(autouse=True)
-def _seeded() -> None:
+def _seeded_and_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts from the same global seed, and without the caller's MLflow and DVC settings,
+    so that nothing it runs in this process logs into the caller's store either."""
     torch.manual_seed(0)
+    for name in list(os.environ):
+        if name.startswith(("MLFLOW_", "DVC_")):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="session")
@@ -20,21 +98,12 @@ def flowers16(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def make_tiny_config(**sections: dict) -> Config:
-    """The tiny model on 16×16 images with a short schedule; `sections` update the defaults."""
-    raw = {
-        "data": {"image_size": 16},
-        "model": {"preset": "tiny"},
-        "diffusion": {"timesteps": 100},
-        "train": {"steps": 20, "batch_size": 8, "lr": 1e-3, "warmup_steps": 10, "log_every": 10},
-        "sample": {"num_samples": 4, "batch_size": 4},
-    }
-    for name, values in sections.items():
-        raw[name] = {**raw.get(name, {}), **values}
-    return Config.model_validate(raw)
-
-
 @pytest.fixture(scope="session")
-def tiny_config():
-    """A factory: tiny_config(train={"steps": 5}) → Config."""
-    return make_tiny_config
+def trained(flowers16: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model trained once for the session (20 steps, no tracking): its run folder, holding
+    model.pt, checkpoints/, train.json and losses.csv. Tests read it; none may write into it."""
+    from ddpm.train import train
+
+    folder = tmp_path_factory.mktemp("trained") / "linear"
+    train(tiny_config(), flowers16, folder, CPU, progress=False)
+    return folder

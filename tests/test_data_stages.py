@@ -14,7 +14,8 @@ from http_server import FileServer, closed_port_url
 from PIL import Image
 
 from ddpm.config import DataConfig
-from ddpm.data import FLOWERS102_ARCHIVE, download, extract_tar_safely, prepare, synthetic_flowers
+from ddpm.data import prepare, synthetic_flowers
+from ddpm.download import FLOWERS102_ARCHIVE, download, extract_tar_safely
 from ddpm.errors import UserError
 
 DDPM = str(Path(sys.executable).parent / "ddpm")

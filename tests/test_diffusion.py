@@ -1,8 +1,14 @@
+"""The diffusion math against closed forms, hand-written formulas and pinned full chains
+(tests/test_reference.py checks it against diffusers)."""
+
+import numpy as np
 import pytest
 import torch
 
+from ddpm.data import InMemoryImages
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.schedules import beta_schedule
+from ddpm.train import draw_batch
 
 
 @pytest.fixture
@@ -60,6 +66,19 @@ def test_posterior_at_the_first_step_is_x0(diffusion: GaussianDiffusion) -> None
     assert torch.allclose(mean, x0) and (var == 0).all()
 
 
+@pytest.mark.parametrize("t", [1, 2, 500, 999])
+def test_the_reverse_mean_is_eq_11(diffusion: GaussianDiffusion, t: int) -> None:
+    # mu_theta(x_t, t) = (x_t − beta_t/√(1 − alphā_t)·eps_theta) / √alpha_t, Ho et al. eq. 11 (no clipping)
+    x_t = torch.randn(3, 2, dtype=torch.float64)
+    model = lambda x, t_: 0.4 * x - 0.2
+    beta, ab = diffusion.betas[t].item(), diffusion.alphas_cumprod[t].item()
+    expected = (x_t - beta / (1 - ab) ** 0.5 * model(x_t, None)) / (1 - beta) ** 0.5
+    for variance, table in (("fixed_large", diffusion.betas), ("fixed_small", diffusion.posterior_variance)):
+        mean, var = diffusion.p_mean_variance(model, x_t, full(t, 3), variance, clip=False)
+        assert torch.allclose(mean, expected, rtol=1e-10, atol=1e-12)
+        assert torch.allclose(var, table[t].expand_as(var), rtol=1e-12)
+
+
 def test_fixed_posterior_variance(diffusion: GaussianDiffusion) -> None:
     # Pinned: beta~_t = beta_t (1 − alphā_{t-1}) / (1 − alphā_t) for the linear schedule.
     assert diffusion.posterior_variance[1].item() == pytest.approx(5.4531876613021935e-05, rel=1e-12)
@@ -77,17 +96,25 @@ def test_target_round_trips_to_x0_and_eps(prediction: str) -> None:
     assert torch.allclose(d.predict_eps_from_x0(x_t, t, x0), noise, atol=1e-6)
 
 
-def test_training_draws_every_timestep_including_zero() -> None:
-    d = GaussianDiffusion(beta_schedule("linear", 25))
-    seen = []
+def test_the_training_draw_covers_every_timestep_both_ends_included() -> None:
+    dataset = InMemoryImages(np.zeros((2, 3, 4, 4), np.uint8), torch.device("cpu"))
+    _, t, noise = draw_batch(dataset, 25, 5000, torch.Generator().manual_seed(0))
+    assert set(t.tolist()) == set(range(25))
+    assert abs(noise.mean().item()) < 0.02 and noise.std().item() == pytest.approx(1.0, abs=0.02)
 
-    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        seen.append(t)
-        return torch.zeros_like(x)
 
-    loss = d.training_loss(model, torch.zeros(5000, 1))
-    assert set(torch.cat(seen).tolist()) == set(range(25))
-    assert loss.item() == pytest.approx(1.0, rel=0.05)  # E[eps²] with a zero prediction
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_the_loss_is_the_mse_against_the_target_written_out(prediction: str) -> None:
+    betas = beta_schedule("linear", 100)
+    d = GaussianDiffusion(betas, prediction)
+    x0, noise = torch.rand(6, 3, 4, 4, dtype=torch.float64) * 2 - 1, torch.randn(6, 3, 4, 4, dtype=torch.float64)
+    t = torch.tensor([0, 1, 30, 50, 98, 99])
+    model = lambda x, t_: 0.3 * x + 0.01 * t_.double().reshape(-1, 1, 1, 1)
+    ab = torch.cumprod(1 - betas, 0)[t].reshape(-1, 1, 1, 1)  # alphā_t, written out here, not taken from d
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    target = {"eps": noise, "x0": x0, "v": ab.sqrt() * noise - (1 - ab).sqrt() * x0}[prediction]
+    expected = ((model(x_t, t) - target) ** 2).mean()
+    assert d.training_loss(model, x0, t, noise).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_loss_is_zero_for_a_perfect_model() -> None:
@@ -111,16 +138,6 @@ def test_one_ddim_step_with_eta_1_is_one_ddpm_step(diffusion: GaussianDiffusion)
     ddim = diffusion.ddim_step(model, x_t, t, t - 1, z, eta=1.0, clip=False)
     ddpm = diffusion.p_sample(model, x_t, t, z, variance="fixed_small", clip=False)
     assert torch.allclose(ddim, ddpm, atol=1e-9)
-
-
-def test_ddim_with_eta_0_is_deterministic_given_the_noise(diffusion: GaussianDiffusion) -> None:
-    model = lambda x, t: 0.5 * x
-    noise = torch.randn(2, 3, 4, 4)
-    runs = [
-        list(diffusion.ddim_sample_loop_progressive(model, noise, 20, 0.0, torch.Generator().manual_seed(seed)))[-1][1]
-        for seed in (1, 2)
-    ]
-    assert torch.equal(runs[0], runs[1])
 
 
 def test_ddpm_sampling_ends_in_the_data_range_and_visits_every_step() -> None:
@@ -147,7 +164,49 @@ def test_ddim_timesteps_span_the_chain(diffusion: GaussianDiffusion) -> None:
         diffusion.ddim_timesteps(1001)
 
 
-def test_buffers_follow_the_module_and_stay_float64(diffusion: GaussianDiffusion) -> None:
-    names = {name for name, _ in diffusion.named_buffers()}
-    assert {"betas", "alphas_cumprod", "posterior_variance", "posterior_mean_coef1"} <= names
-    assert all(b.dtype == torch.float64 for b in diffusion.buffers())
+def test_one_ddim_step_starts_from_pure_noise_and_lands_on_the_predicted_x0(diffusion: GaussianDiffusion) -> None:
+    assert diffusion.ddim_timesteps(1).tolist() == [999]  # not t = 0, where the "sample" would be the noise
+    model = lambda x, t: 0.5 * x + 0.1
+    x_T = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    [(t, x0)] = list(diffusion.ddim_sample_loop_progressive(model, x_T, 1))
+    expected = diffusion.predict_x0_clipped(model, x_T, full(999, 2), clip=True)
+    assert t == 999 and torch.allclose(x0, expected, atol=1e-12)
+
+
+def stand_in(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A deterministic "model" for the pinned chains: it depends on x_t and t, and its x_0 leaves [-1, 1]."""
+    return torch.tanh(0.8 * x) * (0.5 + t.to(x.dtype).reshape(-1, 1, 1, 1) / 100) + 0.05
+
+
+# (prediction, sampler): (sum, mean) of |x_0| after the whole chain: cosine, T = 100, DDIM in 10 steps,
+# x_0 clipped, x_T and every z from one CPU generator seeded 0. Any change to the sampling math
+# changes these; re-pin them only on purpose.
+PINNED_CHAINS = {
+    ("eps", "ddpm/fixed_large"): (423.80138518949514, 0.5518247202988218),
+    ("eps", "ddpm/fixed_small"): (420.8843069470494, 0.5480264413373039),
+    ("eps", "ddim/0"): (413.1824194508398, 0.537997941993281),
+    ("eps", "ddim/1"): (411.04726031391897, 0.535217786867082),
+    ("x0", "ddpm/fixed_large"): (64.35846090816857, 0.08380007930751115),
+    ("x0", "ddpm/fixed_small"): (64.4642619595065, 0.08393784109310742),
+    ("x0", "ddim/0"): (101.60101271499542, 0.13229298530598363),
+    ("x0", "ddim/1"): (71.27721969924863, 0.09280887981672999),
+    ("v", "ddpm/fixed_large"): (313.990517963919, 0.4088418202655195),
+    ("v", "ddpm/fixed_small"): (303.82639582719537, 0.3956072862333273),
+    ("v", "ddim/0"): (167.5148742670993, 0.21811832586861887),
+    ("v", "ddim/1"): (261.3458746113321, 0.34029410756683864),
+}
+
+
+@pytest.mark.parametrize(("prediction", "sampler"), PINNED_CHAINS)
+def test_pinned_full_chains(prediction: str, sampler: str) -> None:
+    d = GaussianDiffusion(beta_schedule("cosine", 100), prediction)
+    g = torch.Generator().manual_seed(0)
+    x_T = torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64)
+    kind, setting = sampler.split("/")
+    if kind == "ddpm":
+        *_, (_, x0) = d.p_sample_loop_progressive(stand_in, x_T, g, setting, True)
+    else:
+        *_, (_, x0) = d.ddim_sample_loop_progressive(stand_in, x_T, 10, float(setting), g, True)
+    total, mean = PINNED_CHAINS[(prediction, sampler)]
+    assert x0.abs().sum().item() == pytest.approx(total, rel=1e-6)
+    assert x0.abs().mean().item() == pytest.approx(mean, rel=1e-6)

@@ -1,6 +1,6 @@
-"""The whole pipeline through real DVC, as the README runs it: the offline preset in a fresh copy
-of the repository, then MLflow read back through a real `mlflow server`, a params change that must
-not retrain, and a queued experiment that must land in the same store."""
+"""The whole pipeline through real DVC, as the README runs it: the offline preset (shortened to tens
+of steps) in a fresh copy of the repository, then MLflow read back through a real `mlflow server`,
+and a second experiment, run in a temporary copy, that differs only in sampling and lands in the same store."""
 
 import json
 import os
@@ -14,21 +14,28 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import clean_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SCHEDULES = ["linear", "cosine"]
+SCHEDULES = ["cosine"]  # one schedule: each costs a train, sample and evaluate stage, ~40 s on 2 cores
 STAGES = ["download", "prepare", *(f"{s}@{x}" for s in ("train", "sample", "evaluate") for x in SCHEDULES), "compare"]
+# The README's offline preset, shortened: the same stages and settings but for the lengths and one schedule.
+SHORT = " ".join(
+    [
+        "-S 'schedules=[cosine]' -S train.steps=20 -S train.log_every=10 -S train.checkpoint_every=20",
+        "-S train.sample_every=20 -S data.synthetic_count=200 -S sample.num_samples=40 -S sample.sampler=ddim",
+        "-S sample.ddim_steps=10 -S evaluate.kid_subset_size=20",
+    ]
+)
 
 pytestmark = pytest.mark.slow
 
 
 def environment(root: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     identity = {"GIT_AUTHOR_NAME": "ddpm tests", "GIT_AUTHOR_EMAIL": "tests@ddpm.invalid"}
     identity |= {"GIT_COMMITTER_NAME": "ddpm tests", "GIT_COMMITTER_EMAIL": "tests@ddpm.invalid"}
-    return env | identity | {"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "HOME": str(root.parent / "home")}
+    return clean_environment(**identity, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", HOME=str(root.parent / "home"))
 
 
 def sh(command: str, root: Path, timeout: float = 900) -> str:
@@ -46,7 +53,7 @@ def ran(output: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A fresh git repository holding this one's files, with the offline preset run in it."""
+    """A fresh git repository holding this one's files, with the shortened offline preset run in it."""
     root = tmp_path_factory.mktemp("pipeline") / "ddpm"
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True
@@ -60,7 +67,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     readme = (ROOT / "README.md").read_text()
     command = "bash pipeline/offline.sh"
     assert f"\n{command}" in readme  # the README's command is the one run here
-    return root, sh(command, root)
+    return root, sh(f"{command} --name first {SHORT}", root)
 
 
 def test_the_offline_preset_runs_every_stage_and_writes_every_output(project: tuple[Path, str]) -> None:
@@ -72,7 +79,7 @@ def test_the_offline_preset_runs_every_stage_and_writes_every_output(project: tu
         outputs += [f"runs/{schedule}/samples/{name}" for name in ("samples.npy", "grid.png", "progression.gif")]
     assert [name for name in outputs if not (root / name).is_file()] == []
     metrics = json.loads((root / "runs" / "cosine" / "eval.json").read_text())
-    assert metrics["feature_extractor"] == "randconv" and "fid" not in metrics and metrics["num_samples"] == 200
+    assert metrics["feature_extractor"] == "randconv" and "fid" not in metrics and metrics["num_samples"] == 40
     assert "Data and pipelines are up to date." in sh("dvc status", root)
     shown = sh("dvc metrics show --json", root)
     assert "fid_randconv" in shown and "final_loss" in shown
@@ -96,79 +103,88 @@ def rest(base: str, path: str, body: dict | None = None) -> dict:
         return json.loads(response.read())
 
 
-def test_mlflow_server_shows_one_run_per_schedule_with_params_losses_metrics_and_grids(
-    project: tuple[Path, str],
-) -> None:
+@pytest.fixture(scope="module")
+def server(project: tuple[Path, str]) -> str:
+    """A real `mlflow server` on the project's store (started now: it takes seconds to come up, while
+    the next experiment runs); the base URL of its REST API."""
     root, _ = project
     port = free_port()
-    server = subprocess.Popen(
+    process = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         cwd=root, env=environment(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    base = f"http://127.0.0.1:{port}/api/2.0/mlflow/"
-    try:
-        for _ in range(240):  # the server takes a few seconds to come up
-            try:
-                experiment = rest(base, "experiments/get-by-name?experiment_name=ddpm-flowers")["experiment"]
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not answer within 2 minutes")
-        runs = rest(base, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
-        by_name = {run["info"]["run_name"]: run for run in runs}
-        assert set(by_name) == {*SCHEDULES, "compare"}
-        for schedule in SCHEDULES:
-            run = by_name[schedule]
-            run_id = run["info"]["run_id"]
-            assert json.loads((root / "runs" / schedule / "mlflow_run.json").read_text())["run_id"] == run_id
-            params = {p["key"]: p["value"] for p in run["data"]["params"]}
-            assert params["diffusion.schedule"] == schedule and params["train.steps"] == "1000"
-            assert params["model.preset"] == "tiny" and params["evaluate.feature_extractor"] == "randconv"
-            tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
-            assert tags["beta_schedule"] == schedule and tags["stage.train"] == f"train@{schedule}"
-            assert tags["dvc_experiment"] and len(tags["git_commit"]) == 40
-            metrics = {m["key"] for m in run["data"]["metrics"]}
-            assert {"fid_randconv", "kid_randconv_mean", "kid_randconv_std", "final_loss"} <= metrics
-            query = urllib.parse.urlencode({"run_id": run_id, "metric_key": "train/loss"})
-            history = rest(base, f"metrics/get-history?{query}")["metrics"]
-            assert [m["step"] for m in history] == list(range(50, 1001, 50))
-            listed = rest(base, "artifacts/list?" + urllib.parse.urlencode({"run_id": run_id, "path": "samples"}))
-            assert "samples/grid.png" in {f["path"] for f in listed["files"]}
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+    yield f"http://127.0.0.1:{port}/api/2.0/mlflow/"
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=60)
 
 
-def test_a_sample_param_change_resamples_without_retraining(project: tuple[Path, str]) -> None:
+@pytest.fixture(scope="module")
+def sampled_twice(project: tuple[Path, str], server: str) -> str:
+    """A second experiment on top of the first that changes only the sampling, run in a temporary
+    copy of the repository (`--temp`: DVC's queued experiments run the same way); its output."""
     root, _ = project
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["sample"]["seed"] = 1
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    output = sh("dvc repro", root)
-    assert ran(output) == {f"{s}@{x}" for s in ("sample", "evaluate") for x in SCHEDULES} | {"compare"}
-    assert "Stage 'train@linear' didn't change, skipping" in output
+    return sh("dvc exp run --temp --name second -S sample.ddim_steps=5 -S sample.seed=1", root)
 
 
-def test_a_queued_experiment_lands_in_the_same_mlflow_store(project: tuple[Path, str]) -> None:
-    import mlflow
-
+def test_a_sampling_change_resamples_and_reevaluates_without_retraining(
+    project: tuple[Path, str], sampled_twice: str
+) -> None:
     root, _ = project
-    sh("dvc exp run --queue --name queued -S evaluate.kid_subsets=10", root)
-    sh("dvc queue start", root)
-    for _ in range(600):
-        status = sh("dvc queue status", root)
-        if "Queued" not in status and "Running" not in status:
+    resampled = {f"{s}@{x}" for s in ("sample", "evaluate") for x in SCHEDULES} | {"compare"}
+    assert ran(sampled_twice) - {"download"} == resampled  # download: DVC reruns a persistent output's stage
+    assert not list((root / ".dvc" / "tmp").rglob("mlflow.db"))  # it logged into the repository's store
+
+
+def test_mlflow_shows_a_model_run_per_schedule_with_one_child_per_sampling_configuration(
+    project: tuple[Path, str], sampled_twice: str, server: str
+) -> None:
+    root, _ = project
+    base = server
+    for _ in range(240):  # the server takes a few seconds to come up
+        try:
+            experiment = rest(base, "experiments/get-by-name?experiment_name=ddpm-flowers")["experiment"]
             break
-        time.sleep(1)
-    assert "Success" in status, status
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("ddpm-flowers")
-    queued = client.search_runs([experiment.experiment_id], "tags.dvc_experiment = 'queued'")
-    assert {run.info.run_name for run in queued} == {*SCHEDULES, "compare"}
-    for run in queued:
-        if run.info.run_name in SCHEDULES:  # its setting, as a param or (reopened run) as a changed one
-            assert run.data.tags.get("changed.evaluate.kid_subsets", run.data.params["evaluate.kid_subsets"]) == "10"
-            assert "kid_randconv_mean" in run.data.metrics
-    assert not list((root / ".dvc" / "tmp").rglob("mlflow.db"))  # no store of its own in the temporary copy
+        except OSError:
+            time.sleep(0.5)
+    else:
+        pytest.fail("mlflow server did not answer within 2 minutes")
+    tags = {t["key"]: t["value"] for t in experiment["tags"]}
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = rest(base, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
+    tags_of = {run["info"]["run_id"]: {t["key"]: t["value"] for t in run["data"]["tags"]} for run in runs}
+    models = {run["info"]["run_name"]: run for run in runs if tags_of[run["info"]["run_id"]]["ddpm.kind"] == "model"}
+    assert set(models) == set(SCHEDULES)
+    for schedule, model in models.items():
+        run_id = model["info"]["run_id"]
+        assert json.loads((root / "runs" / schedule / "mlflow_run.json").read_text())["run_id"] == run_id
+        params = {p["key"]: p["value"] for p in model["data"]["params"]}
+        assert params["diffusion.schedule"] == schedule and params["model.preset"] == "tiny"
+        assert not any(key.startswith("sample.") for key in params)  # sampling is the children's
+        tags = tags_of[run_id]
+        assert tags["train.steps"] == "20" and tags["stage.train"] == f"train@{schedule}"
+        assert tags["dvc_experiment"] == "first" and len(tags["git_commit"]) == 40  # it was trained there
+        query = urllib.parse.urlencode({"run_id": run_id, "metric_key": "train/loss"})
+        assert [m["step"] for m in rest(base, f"metrics/get-history?{query}")["metrics"]] == [10, 20]
+        children = [run for run in runs if tags_of[run["info"]["run_id"]].get("mlflow.parentRunId") == run_id]
+        by_steps = {}
+        for child in children:  # each child's params are the settings its scores were measured with
+            params = {p["key"]: p["value"] for p in child["data"]["params"]}
+            by_steps[params["sample.ddim_steps"]] = child
+            assert params["evaluate.feature_extractor"] == "randconv"
+            assert (
+                tags_of[child["info"]["run_id"]]["dvc_experiment"]
+                == {"10": "first", "5": "second"}[params["sample.ddim_steps"]]
+            )
+            metrics = {m["key"]: m for m in child["data"]["metrics"]}
+            assert {"fid_randconv", "kid_randconv_mean"} <= metrics.keys() and "num_samples" not in metrics
+            listed = rest(base, "artifacts/list?" + urllib.parse.urlencode({"run_id": child["info"]["run_id"],
+                                                                              "path": "samples"}))  # fmt: skip
+            assert "samples/grid.png" in {f["path"] for f in listed["files"]}
+        assert set(by_steps) == {"10", "5"}
+        first = json.loads((root / "runs" / schedule / "eval.json").read_text())  # the workspace: the first's
+        assert {m["key"]: m["value"] for m in by_steps["10"]["data"]["metrics"]}["fid_randconv"] == pytest.approx(
+            first["fid_randconv"]
+        )
+    compares = [run for run in runs if tags_of[run["info"]["run_id"]]["ddpm.kind"] == "compare"]
+    assert sorted(run["info"]["run_name"] for run in compares) == ["compare (first)", "compare (second)"]

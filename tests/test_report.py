@@ -1,14 +1,11 @@
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+from conftest import invoke
 from PIL import Image
 
 from ddpm.data import synthetic_flowers
 from ddpm.report import STRIP_STEPS, noised_strip
-
-DDPM = str(Path(sys.executable).parent / "ddpm")
 
 
 def test_the_strip_goes_from_the_image_to_noise_and_rows_differ_only_by_schedule() -> None:
@@ -25,15 +22,14 @@ def test_the_strip_goes_from_the_image_to_noise_and_rows_differ_only_by_schedule
 
 
 def test_schedules_command_draws_both_pictures(tmp_path: Path) -> None:
-    result = subprocess.run([DDPM, "schedules", "linear", "sigmoid", "--out", "pics"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    result = invoke("schedules", "linear", "sigmoid", "--out", "pics", cwd=tmp_path)
+    assert result.exit_code == 0, result.stderr
     with Image.open(tmp_path / "pics" / "schedules.png") as picture:
         assert picture.size == (1000, 400)
     with Image.open(tmp_path / "pics" / "forward.png") as picture:
         assert picture.size == (1250, 320)
-    bad = subprocess.run([DDPM, "schedules", "cosin"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2
+    bad = invoke("schedules", "cosin", cwd=tmp_path)
+    assert bad.exit_code == 2
     assert bad.stderr.strip() == (
         "ddpm: error: unknown beta schedule 'cosin'; expected one of: linear, cosine, quadratic, sigmoid"
     )

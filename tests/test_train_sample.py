@@ -1,40 +1,40 @@
+"""Training's numbers and files, and sampling from the session's trained model."""
+
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import CPU, tiny_config
+from PIL import Image
 
-from ddpm.checkpoint import build_diffusion, load_checkpoint
-from ddpm.data import save_images, synthetic_flowers
+from ddpm.checkpoint import load_trained
 from ddpm.errors import UserError
 from ddpm.sample import generate, sample
 from ddpm.train import train
 
-CPU = torch.device("cpu")
-
 
 @pytest.mark.slow
-def test_training_the_tiny_model_lowers_the_loss(flowers16: Path, tmp_path: Path, tiny_config) -> None:
-    config = tiny_config(train={"steps": 300, "log_every": 50, "lr": 2e-3})
+def test_training_the_tiny_model_lowers_the_loss(flowers16: Path, tmp_path: Path) -> None:
+    config = tiny_config(train={"steps": 120, "log_every": 20, "checkpoint_every": 120, "lr": 3e-3})
     result = train(config, flowers16, tmp_path, CPU, progress=False)
     first, last = result.losses[0][1], result.losses[-1][1]
-    assert [step for step, _ in result.losses] == [50, 100, 150, 200, 250, 300]
+    assert [step for step, _ in result.losses] == [20, 40, 60, 80, 100, 120]
     assert last < 0.5 * first, result.losses
-    model, saved, step = load_checkpoint(result.checkpoint, CPU)
-    assert saved == config and step == 300
 
 
-def test_training_is_deterministic_for_a_seed(flowers16: Path, tmp_path: Path, tiny_config) -> None:
-    runs = [train(tiny_config(), flowers16, tmp_path / str(i), CPU, progress=False).losses for i in range(2)]
+def test_training_is_deterministic_for_a_seed(flowers16: Path, tmp_path: Path, trained: Path) -> None:
+    again = train(tiny_config(), flowers16, tmp_path / "again", CPU, progress=False).losses
     other = train(tiny_config(train={"seed": 1}), flowers16, tmp_path / "other", CPU, progress=False).losses
-    assert runs[0] == runs[1] and runs[0] != other
+    losses = json.loads((trained / "train.json").read_text())["final_loss"]
+    assert again[-1][1] == losses and again != other
 
 
 def test_training_writes_its_numbers_and_loss_curve_and_counts_time_across_resumes(
-    flowers16: Path, tmp_path: Path, tiny_config
+    flowers16: Path, tmp_path: Path
 ) -> None:
-    first = train(tiny_config(train={"steps": 10, "checkpoint_every": 10}), flowers16, tmp_path, CPU, progress=False)
+    first = train(tiny_config(train={"steps": 10}), flowers16, tmp_path, CPU, progress=False)
     result = train(tiny_config(), flowers16, tmp_path, CPU, progress=False)  # resumes at 10, goes on to 20
     assert result.resumed_from == 10
     assert result.seconds < result.total_seconds <= first.total_seconds + result.seconds  # 10 steps' time carried over
@@ -48,54 +48,62 @@ def test_training_writes_its_numbers_and_loss_curve_and_counts_time_across_resum
     assert [step for step, _ in result.losses] == [10, 20]
 
 
-def test_image_size_mismatch_is_a_clear_error(flowers16: Path, tmp_path: Path, tiny_config) -> None:
+def test_image_size_mismatch_is_a_clear_error(flowers16: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="images are 16×16, but data.image_size is 32"):
         train(tiny_config(data={"image_size": 32}), flowers16, tmp_path, CPU, progress=False)
     assert not (tmp_path / "model.pt").exists()
 
 
-@pytest.fixture(scope="module")
-def checkpoint(flowers16: Path, tmp_path_factory: pytest.TempPathFactory, tiny_config) -> Path:
-    return train(tiny_config(), flowers16, tmp_path_factory.mktemp("run"), CPU, progress=False).checkpoint
-
-
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
-def test_samples_have_the_right_shape_and_repeat_for_a_seed(checkpoint: Path, sampler: str, tiny_config) -> None:
-    model, config, _ = load_checkpoint(checkpoint, CPU)
-    diffusion = build_diffusion(config)
+def test_samples_have_the_right_shape_and_repeat_for_a_seed(trained: Path, sampler: str) -> None:
+    model = load_trained(trained / "model.pt", CPU)
     cfg = tiny_config(sample={"sampler": sampler, "ddim_steps": 10, "num_samples": 5, "batch_size": 2}).sample
-    images, frames = generate(model, diffusion, cfg, 16, CPU, progress=False)
+    images, frames = generate(model.model, model.diffusion, cfg, 16, CPU, progress=False)
     assert images.dtype == torch.uint8 and images.shape == (5, 3, 16, 16)
-    assert torch.equal(images, generate(model, diffusion, cfg, 16, CPU, progress=False)[0])
-    other, _ = generate(model, diffusion, cfg.model_copy(update={"seed": 1}), 16, CPU, progress=False)
+    assert torch.equal(images, generate(model.model, model.diffusion, cfg, 16, CPU, progress=False)[0])
+    other, _ = generate(model.model, model.diffusion, cfg.model_copy(update={"seed": 1}), 16, CPU, progress=False)
     assert not torch.equal(images, other)
     # the progression follows the first batch's samples from x_T to x_0, which is the final sample
     assert len(frames) == (40 if sampler == "ddpm" else 11) and frames[0].shape == (2, 3, 16, 16)
     assert torch.equal(frames[-1], images[:2])
 
 
-def test_sample_writes_the_array_and_a_grid(checkpoint: Path, tmp_path: Path, tiny_config) -> None:
-    cfg = tiny_config(sample={"sampler": "ddim", "ddim_steps": 5, "num_samples": 6}).sample
-    images = sample(cfg, checkpoint, tmp_path, CPU, progress=False)
-    assert np.array_equal(np.load(tmp_path / "samples.npy"), images.numpy())
-    from PIL import Image
+def test_the_progress_bar_moves_with_every_denoising_step(trained: Path, capsys) -> None:
+    model = load_trained(trained / "model.pt", CPU)
+    cfg = tiny_config(sample={"sampler": "ddim", "ddim_steps": 7, "num_samples": 5, "batch_size": 3}).sample
+    generate(model.model, model.diffusion, cfg, 16, CPU, progress=True)
+    bar = capsys.readouterr().err.replace("\r", "\n")
+    assert "0/14 [" in bar and "14/14 [" in bar and "images=5/5" in bar  # 7 steps × 2 batches, not images
+    assert len({line.split("|")[0] for line in bar.splitlines() if "/14 [" in line}) > 3  # it moved in between
 
+
+def test_sample_writes_the_array_a_legible_grid_and_where_the_samples_came_from(trained: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(sample={"num_samples": 6}).sample
+    images, model = sample(cfg, trained / "model.pt", tmp_path, CPU, progress=False)
+    assert np.array_equal(np.load(tmp_path / "samples.npy"), images.numpy())
+    # 3 columns × 2 rows of 16 px with 2 px gaps is 56 px wide, enlarged ×10 (nearest) to reach 512 px
     with Image.open(tmp_path / "grid.png") as grid:
-        assert grid.size == (2 + 3 * 18, 2 + 2 * 18)  # 3 columns × 2 rows of 16 px, 2 px padding
+        assert grid.size == (560, 380)
+        pixels = np.asarray(grid)
+    assert np.array_equal(pixels[20:30, 20:30], np.broadcast_to(pixels[20, 20], (10, 10, 3)))  # one source pixel
     # x_T ... x_0 (5 DDIM steps: 6 columns), a row for each of the first batch's 4 samples
     with Image.open(tmp_path / "progression.png") as picture:
-        assert picture.size == (2 + 6 * 18, 2 + 4 * 18)
+        assert picture.size == (5 * (2 + 6 * 18), 5 * (2 + 4 * 18))  # enlarged ×5 to reach 512 px
     with Image.open(tmp_path / "progression.gif") as gif:
-        assert gif.n_frames == 6 and gif.size == (2 + 4 * 18, 2 + 18)
+        assert gif.n_frames == 6 and gif.size[0] >= 512
+    origin = json.loads((tmp_path / "samples.json").read_text())
+    assert origin["checkpoint"] == str(trained / "model.pt") and origin["run_dir"] == str(trained)
+    assert (origin["schedule"], origin["timesteps"], origin["step"]) == ("linear", 50, 20)
+    assert origin["sample"] == cfg.model_dump(mode="json") and model.step == 20
 
 
-def test_tampered_or_missing_checkpoints_are_refused(checkpoint: Path, tmp_path: Path) -> None:
+def test_tampered_or_missing_checkpoints_are_refused(trained: Path, tmp_path: Path) -> None:
     truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes(checkpoint.read_bytes()[:1000])
+    truncated.write_bytes((trained / "model.pt").read_bytes()[:1000])
     with pytest.raises(UserError, match="truncated.pt: not a valid ddpm checkpoint"):
-        load_checkpoint(truncated, CPU)
+        load_trained(truncated, CPU)
     with pytest.raises(UserError, match="checkpoint not found"):
-        load_checkpoint(tmp_path / "none.pt", CPU)
+        load_trained(tmp_path / "none.pt", CPU)
 
     class Payload:
         def __reduce__(self):  # noqa: ANN204
@@ -103,15 +111,16 @@ def test_tampered_or_missing_checkpoints_are_refused(checkpoint: Path, tmp_path:
 
     evil = tmp_path / "evil.pt"
     torch.save({"model": {}, "config": {}, "step": 0, "x": Payload()}, evil)
-    with pytest.raises(UserError, match="evil.pt: not a valid ddpm checkpoint"):
-        load_checkpoint(evil, CPU)
+    with pytest.raises(UserError) as error:
+        load_trained(evil, CPU)
+    assert "evil.pt: not a valid ddpm checkpoint" in str(error.value) and "weights_only" not in str(error.value)
     assert not (tmp_path / "pwned").exists()
 
 
-def test_more_ddim_steps_than_timesteps_is_a_clear_error(checkpoint: Path, tmp_path: Path, tiny_config) -> None:
-    cfg = tiny_config(sample={"sampler": "ddim", "ddim_steps": 101}).sample
-    with pytest.raises(UserError, match="sample.ddim_steps: expected at most diffusion.timesteps = 100, got 101"):
-        sample(cfg, checkpoint, tmp_path, CPU, progress=False)
+def test_more_ddim_steps_than_timesteps_is_a_clear_error(trained: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(sample={"sampler": "ddim", "ddim_steps": 51}).sample
+    with pytest.raises(UserError, match="sample.ddim_steps: expected at most the model's 50 timesteps"):
+        sample(cfg, trained / "model.pt", tmp_path, CPU, progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -122,6 +131,7 @@ class FakeTracker:
         self.started: list[str | None] = []
         self.logs: list[tuple[int, list[str]]] = []
         self.images: list[tuple[int, tuple, np.dtype]] = []
+        self.finished: list[list[str]] = []
 
     def start(self, run_id: str | None) -> str:
         self.started.append(run_id)
@@ -133,29 +143,33 @@ class FakeTracker:
     def log_images(self, step: int, grid: np.ndarray) -> None:
         self.images.append((step, grid.shape, grid.dtype))
 
+    def finish(self, result: object, files: list[Path]) -> None:
+        self.finished.append([f.name for f in files])
+
 
 def test_the_tracker_hears_the_log_and_sample_grids_and_the_run_is_unchanged(
-    flowers16: Path, tmp_path: Path, tiny_config
+    flowers16: Path, tmp_path: Path, trained: Path
 ) -> None:
-    plain = train(tiny_config(), flowers16, tmp_path / "plain", CPU, progress=False)
     tracker = FakeTracker()
-    config = tiny_config(train={"sample_every": 7, "checkpoint_every": 10})  # grids between read-backs too
-    tracked = train(config, flowers16, tmp_path / "tracked", CPU, progress=False, tracker=tracker)
-    assert tracked.losses == plain.losses  # the previews draw on their own generator
+    config = tiny_config(train={"sample_every": 7})  # grids between read-backs too
+    tracked = train(config, flowers16, tmp_path, CPU, progress=False, tracker=tracker)
+    plain = json.loads((trained / "train.json").read_text())
+    assert tracked.losses[-1][1] == plain["final_loss"]  # the previews draw on their own generator
     assert tracker.started == [None]
     keys = ["train/images_per_second", "train/loss", "train/lr"]
     assert tracker.logs == [(10, keys), (20, keys)]
-    assert tracker.images == [(step, (74, 74, 3), np.uint8) for step in (7, 14, 20)]  # 4×4 grids of 16×16
+    assert tracker.images == [(step, (518, 518, 3), np.uint8) for step in (7, 14, 20)]  # 4×4 grids of 16×16, ×7
+    assert tracker.finished == [["model.pt", "train.json", "losses.csv"]]
 
     resumed = FakeTracker()  # the checkpoint hands its run back, so a resumed run logs to the same one
     longer = tiny_config(train={"steps": 30, "sample_every": 10})
-    train(longer, flowers16, tmp_path / "tracked", CPU, progress=False, tracker=resumed)
+    train(longer, flowers16, tmp_path, CPU, progress=False, tracker=resumed)
     assert resumed.started == ["run-1"] and [s for s, _ in resumed.logs] == [30]
 
 
-def test_restart_if_changed_starts_over_only_when_the_run_would_differ(
-    flowers16: Path, tmp_path: Path, tiny_config, capsys
-) -> None:
+def test_restart_if_changed_starts_over_only_when_the_run_would_differ(flowers16: Path, tmp_path: Path, capsys) -> None:
+    from ddpm.data import save_images, synthetic_flowers
+
     def run(config, data=flowers16):  # noqa: ANN001, ANN202
         return train(config, data, tmp_path, CPU, progress=False, restart_if_changed=True)
 
@@ -169,5 +183,3 @@ def test_restart_if_changed_starts_over_only_when_the_run_would_differ(
     assert "(the prepared images)" in capsys.readouterr().err
     assert run(tiny_config(train={"steps": 10, "lr": 5e-4}), other).resumed_from == 0  # fewer steps than done
     assert "train.steps (20 done, 10 asked for)" in capsys.readouterr().err
-    with pytest.raises(UserError, match="cannot resume"):  # without the flag, another schedule is refused
-        train(tiny_config(train={"steps": 20, "lr": 5e-4}, diffusion={"schedule": "cosine"}), other, tmp_path, CPU)

@@ -1,0 +1,220 @@
+"""A training run's state and when it may go on: the TrainState a checkpoint holds (weights, EMA,
+optimizer, the loop's generator, RNG states, the loss record), and the start-or-resume policy.
+"""
+
+import copy
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ddpm.checkpoint import UnreadableCheckpoint, read_checkpoint, step_checkpoints
+from ddpm.config import BOOKKEEPING, Config, TrainConfig
+from ddpm.errors import UserError
+from ddpm.unet import ARCH_VERSION, UNet
+
+
+@dataclass
+class Record:
+    """What the loop accumulates, saved with every checkpoint."""
+
+    losses: list[tuple[int, float]] = field(default_factory=list)  # the log entries; none for a window of NaNs
+    window_loss_sum: float = 0.0  # finite losses since the last entry (a checkpoint can fall between entries)
+    window_count: int = 0
+    nonfinite: int = 0
+    nonfinite_in_a_row: int = 0
+    seconds: float = 0.0  # training time up to the checkpoint, resumes included
+
+    def update(self, window: "Window") -> None:
+        """Take in the statistics read back from the device."""
+        self.window_loss_sum, self.window_count = window.loss_sum, window.finite
+        self.nonfinite, self.nonfinite_in_a_row = window.nonfinite, window.in_a_row
+
+
+@dataclass
+class Window:
+    """The loss statistics read back from the device."""
+
+    loss_sum: float  # of the finite losses since the last log entry
+    finite: int  # steps with a finite loss since the last log entry
+    nonfinite: int  # skipped steps, in all
+    in_a_row: int  # skipped steps, the latest run of them
+
+
+class EMA:
+    """Exponential moving average of a model's parameters, theta_ema ← d·theta_ema + (1 − d)·theta.
+
+    With `warmup`, d = min(decay, (1 + n)/(10 + n)) after n updates, so the average forgets the
+    random initialisation early instead of dragging it along for ~1/(1 − decay) steps. The count
+    and the decay live on the device, so that a skipped step (d = 1) needs no host sync."""
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool) -> None:
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.warmup = decay, warmup
+        self.updates = torch.zeros((), dtype=torch.float64, device=next(model.parameters()).device)
+
+    def current_decay(self) -> torch.Tensor:
+        n = self.updates
+        return ((1 + n) / (10 + n)).clamp(max=self.decay) if self.warmup else torch.full_like(n, self.decay)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, skipped: torch.Tensor | None = None) -> None:
+        """One update; none at all (d = 1, the count unchanged) where `skipped` (a 0/1 tensor) is 1."""
+        d = self.current_decay() if skipped is None else torch.where(skipped > 0, 1.0, self.current_decay())
+        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), (1 - d).float())
+        for ema_buffer, buffer in zip(self.model.buffers(), model.buffers(), strict=True):
+            ema_buffer.copy_(buffer)
+        self.updates += 1 if skipped is None else 1 - skipped.double()
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with the fused kernel (CPU and CUDA): one launch for all weights, and a step it is told
+    to skip (`found_inf`) is skipped on the device, without reading anything back."""
+    return torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
+        fused=True,
+    )  # fmt: skip
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds: created fresh from the seed or from a checkpoint, saved as one."""
+
+    model: UNet
+    ema: EMA
+    optimizer: torch.optim.AdamW
+    generator: torch.Generator  # the loop's own: it draws the batches, the timesteps and the noise
+    step: int = 0
+    record: Record = field(default_factory=Record)
+
+    @classmethod
+    def create(
+        cls, config: Config, device: torch.device, saved: dict[str, Any] | None, path: Path | None
+    ) -> "TrainState":
+        cfg = config.train
+        torch.manual_seed(cfg.seed)  # the initial weights; the global stream also draws dropout's masks
+        model = UNet(**config.arch()).to(device).train()
+        ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
+        state = cls(model, ema, make_optimizer(model, cfg), torch.Generator(device).manual_seed(cfg.seed))
+        if saved is None:
+            return state
+        try:
+            model.load_state_dict(saved["model"])
+            ema.model.load_state_dict(saved["ema"])
+            ema.updates.fill_(saved["ema_updates"])
+            state.optimizer.load_state_dict(saved["optimizer"])
+            state.generator.set_state(saved["generator"].cpu())
+            set_rng_state(saved["rng"])
+            state.step, state.record = int(saved["step"]), Record(**saved["record"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{path}: inconsistent checkpoint ({reason[:200]}); delete it, or --no-resume") from None
+        return state
+
+    def checkpoint(self, config: Config, device: torch.device, **extra: Any) -> dict[str, Any]:
+        """The dict a checkpoint holds: the run's description (arch, diffusion, config) and its state."""
+        return {
+            "arch": config.arch(), "arch_version": ARCH_VERSION, "diffusion": config.diffusion.model_dump(),
+            "config": config.model_dump(mode="json"), "model": self.model.state_dict(),
+            "ema": self.ema.model.state_dict(), "ema_updates": int(self.ema.updates),
+            "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+            "rng": rng_state(device), "step": self.step, "record": asdict(self.record), **extra,
+        }  # fmt: skip
+
+    def finite(self) -> bool:
+        """Whether the weights and the EMA are all finite: one check on the device, one sync."""
+        tensors = [*self.model.parameters(), *self.ema.model.parameters()]
+        return bool(torch.stack([torch.isfinite(p).all() for p in tensors]).all())
+
+
+def starting_point(
+    checkpoints: Path, config: Config, data_sha256: str, resume: bool, restart_if_changed: bool,
+    device: torch.device, say: Callable[[str], None],
+) -> tuple[dict[str, Any] | None, Path | None]:  # fmt: skip
+    """Where training starts: the checkpoint to resume and its path, or (None, None) for a fresh start.
+
+    With `resume`, the newest readable checkpoint in `checkpoints` (an unreadable newer one is
+    passed over with a note) is resumed if it belongs to this run: the same data, every setting the
+    weights depend on the same (bookkeeping such as train.steps or log_every aside), and no more
+    steps done than asked for. One that does not is refused with what differs; with
+    `restart_if_changed` (the pipeline's way) it is set aside instead and training starts over."""
+    if not resume:
+        return None, None
+    saved, path = _newest_readable(checkpoints, device, say)
+    if saved is None:
+        return None, None
+    changed = _changes(saved, config, data_sha256)
+    if not changed:
+        return saved, path
+    if restart_if_changed:
+        say(f"{path} was made with other settings ({', '.join(changed)}); starting over")
+        return None, None
+    done = "the run there finished" if saved["step"] >= config.train.steps else "cannot resume"
+    raise UserError(
+        f"{path}: {done} with other settings ({', '.join(changed)}); nothing was trained or recorded. "
+        "Use --no-resume to start over, or --out for another folder"
+    )
+
+
+RESUME_KEYS = {"step"}  # the rest is checked by _changes (a description) and TrainState.create (the state)
+
+
+def _newest_readable(
+    folder: Path, device: torch.device, say: Callable[[str], None]
+) -> tuple[dict[str, Any] | None, Path | None]:
+    unreadable: list[Path] = []
+    for path in reversed(step_checkpoints(folder)):
+        try:
+            saved = read_checkpoint(path, device, RESUME_KEYS)
+        except UnreadableCheckpoint:
+            unreadable.append(path)
+            continue
+        if unreadable:
+            say(f"{unreadable[0]} cannot be read (truncated or damaged); resuming from {path}")
+        return saved, path
+    if unreadable:
+        say(f"{unreadable[0]} cannot be read (truncated or damaged), nor any older checkpoint; starting over")
+    return None, None
+
+
+def _changes(saved: dict[str, Any], config: Config, data_sha256: str) -> list[str]:
+    """What differs between a checkpoint's run and the run `config` asks for, a few words each."""
+    if saved.get("arch_version") != ARCH_VERSION:
+        return [f"the UNet's architecture version ({saved.get('arch_version', 'none')} → {ARCH_VERSION})"]
+    try:
+        before = Config.model_validate(saved["config"])
+    except (KeyError, ValueError):
+        return ["a config this version of ddpm cannot read"]
+    changed = [] if saved.get("data_sha256") == data_sha256 else ["the prepared images"]
+    changed += [f"{key} ({old} → {new})" for key, (old, new) in _differences(before, config).items()]
+    if saved["step"] > config.train.steps:
+        changed.append(f"train.steps ({saved['step']} done, {config.train.steps} asked for)")
+    return changed
+
+
+def _differences(before: Config, now: Config) -> dict[str, tuple[Any, Any]]:
+    """The settings the weights depend on that differ: the UNet, the process, training (bookkeeping aside)."""
+    old, new = _settings(before), _settings(now)
+    return {key: (old[key], new[key]) for key in new if old[key] != new[key]}
+
+
+def _settings(config: Config) -> dict[str, Any]:
+    arch = {f"model.{k}": v for k, v in config.arch().items() if k != "image_size"}
+    process = {f"diffusion.{k}": v for k, v in config.diffusion.model_dump().items()}
+    training = {f"train.{k}": v for k, v in config.train.model_dump().items() if k not in BOOKKEEPING}
+    return {"data.image_size": config.data.image_size, **arch, **process, **training}
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The global generators (the CPU's, and the device's for dropout): under torchrun every rank's are the same."""
+    cuda = [torch.cuda.getrng_state(device)] if device.type == "cuda" else []
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"][0].cpu())

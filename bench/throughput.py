@@ -4,7 +4,7 @@ device, batch and precision.
 
     pip install -e ".[bench]"          # diffusers, for this comparison only
     python bench/throughput.py         # on a GPU: 32×32, batch 128, fp32 and bf16, and sampling
-    python bench/throughput.py --device cpu --batch-size 8 --sample-batch 8 --sample-steps 10
+    python bench/throughput.py --device cpu --batch-size 8 --sample-batch 8 --sample-steps 100
 
 Training: both networks go through the training loop's own step (ddpm.train.training_step: our
 loss, fused AdamW, gradient clipping, and --precision / --channels-last / --compile), on random

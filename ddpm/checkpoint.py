@@ -36,9 +36,21 @@ def build_diffusion(spec: dict[str, Any]) -> GaussianDiffusion:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write `state` (tensors, numbers, strings and containers of them) to `path`, atomically."""
-    with atomic_output(path) as tmp:
+    """Write `state` (tensors, numbers, strings and containers of them) to `path`, atomically: a full
+    disk leaves the previous file whole and says how much room the new one needs."""
+    with atomic_output(path, needed=_nbytes(state)) as tmp:
         torch.save(state, tmp)
+
+
+def _nbytes(value: Any) -> int:
+    """The bytes of the tensors in `value`, nested in dicts and lists: about what torch.save writes."""
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_nbytes(v) for v in value)
+    return 0
 
 
 def read_checkpoint(path: Path, device: torch.device, keys: set[str] = MODEL_KEYS, mmap: bool = False) -> dict:

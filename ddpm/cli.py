@@ -38,11 +38,31 @@ DEFAULT_RAW = Path("data/raw")
 DEFAULT_DATA = Path("data/prepared/images.npy")
 FEATURE_CACHE = Path("data/features")  # real images' features, per dataset hash and extractor
 RUNS = Path("runs")  # one folder per beta schedule
+# The allowed values, for --help without importing torch (tests/test_cli.py checks them against the code)
+SCHEDULE_NAMES = "linear|cosine|quadratic|sigmoid"
+PRESET_NAMES = "ddpm-cifar10|learnopencv|tiny"
 
 
 def _param(key: str, metavar: str) -> Any:
     """A named option that overrides param `key`; its value is validated with the config."""
     return typer.Option(metavar=metavar, help=f"Overrides {key}.", show_default=False)
+
+
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import version
+
+        typer.echo(f"ddpm {version('ddpm')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Denoising diffusion (DDPM) on flowers, one command per pipeline stage."""
 
 
 def user_errors(command: F) -> F:
@@ -151,12 +171,12 @@ def prepare(
 @app.command()
 @user_errors
 def train(
-    beta_schedule: Annotated[str | None, _param(TRAIN_PARAMS["beta_schedule"], "NAME")] = None,
+    beta_schedule: Annotated[str | None, _param(TRAIN_PARAMS["beta_schedule"], SCHEDULE_NAMES)] = None,
     steps: Annotated[str | None, _param(TRAIN_PARAMS["steps"], "INT")] = None,
     batch_size: Annotated[str | None, _param(TRAIN_PARAMS["batch_size"], "INT")] = None,
     lr: Annotated[str | None, _param(TRAIN_PARAMS["lr"], "FLOAT")] = None,
     image_size: Annotated[str | None, _param(TRAIN_PARAMS["image_size"], "INT")] = None,
-    model: Annotated[str | None, _param(TRAIN_PARAMS["model"], "PRESET")] = None,
+    model: Annotated[str | None, _param(TRAIN_PARAMS["model"], PRESET_NAMES)] = None,
     timesteps: Annotated[str | None, _param(TRAIN_PARAMS["timesteps"], "INT")] = None,
     seed: Annotated[str | None, _param(TRAIN_PARAMS["seed"], "INT")] = None,
     data: Annotated[Path, typer.Option(help="Prepared images: uint8 .npy, (N, 3, H, W).")] = DEFAULT_DATA,
@@ -216,7 +236,7 @@ def _model_tracker(cfg: Any, out: Path, main_rank: bool):  # noqa: ANN202
 @app.command()
 @user_errors
 def sample(
-    beta_schedule: Annotated[str | None, _param(SAMPLE_PARAMS["beta_schedule"], "NAME")] = None,
+    beta_schedule: Annotated[str | None, _param(SAMPLE_PARAMS["beta_schedule"], SCHEDULE_NAMES)] = None,
     num_samples: Annotated[str | None, _param(SAMPLE_PARAMS["num_samples"], "INT")] = None,
     batch_size: Annotated[str | None, _param(SAMPLE_PARAMS["batch_size"], "INT")] = None,
     sampler: Annotated[str | None, _param(SAMPLE_PARAMS["sampler"], "ddpm|ddim")] = None,
@@ -257,14 +277,14 @@ def sample(
             run, _ = evaluation_run(store, origin(trained, cfg.sample), evaluation, "sample")
             run.log_artifacts([out / name for name in ("grid.png", "progression.png", "progression.gif")], "samples")
             run.end()
-            _close_store(store, trained.path.parent)
+            store.close(trained.path.parent)
     typer.echo(f"wrote {len(images)} samples to {out}: samples.npy, grid.png, progression.png, progression.gif")
 
 
 @app.command()
 @user_errors
 def evaluate(
-    beta_schedule: Annotated[str | None, _param(EVALUATE_PARAMS["beta_schedule"], "NAME")] = None,
+    beta_schedule: Annotated[str | None, _param(EVALUATE_PARAMS["beta_schedule"], SCHEDULE_NAMES)] = None,
     feature_extractor: Annotated[str | None, _param(EVALUATE_PARAMS["feature_extractor"], "inception|randconv")] = None,
     inception_weights: Annotated[str | None, _param(EVALUATE_PARAMS["inception_weights"], "FILE")] = None,
     samples: Annotated[
@@ -306,7 +326,7 @@ def evaluate(
             _notes([f"{samples} has no {samples.parent / 'samples.json'} (`ddpm sample` did not draw them here), "
                     f"so its scores go to {out} only, not to MLflow"])  # fmt: skip
         if store:
-            _close_store(store, run_dir)
+            store.close(run_dir)
     scores = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith(("fid", "kid")))
     typer.echo(
         f"{scores} ({metrics['num_samples']} samples, {metrics['feature_extractor']} features; real features "
@@ -350,6 +370,7 @@ def compare(
     cfg = _load(config, set_, {}, locals())
     from ddpm.files import folder_lock
     from ddpm.report import compare as run_comparison
+    from ddpm.report import markdown_table
 
     names = _schedule_names(names or cfg.schedules)
     store = None
@@ -364,7 +385,8 @@ def compare(
             from ddpm.tracking import compare_run
 
             compare_run(store, names, rows, files, linked)
-            _close_store(store, None)
+            store.close(None)
+    typer.echo(markdown_table(rows))
     typer.echo(f"compared {', '.join(names)}: {out / 'report.md'}")
 
 
@@ -401,12 +423,6 @@ def _open_store(cfg: Any, folder: Path | None):  # noqa: ANN202
     from ddpm.tracking import open_store
 
     return open_store(cfg.tracking, folder)
-
-
-def _close_store(store: Any, folder: Path | None) -> None:
-    outcome = store.close(folder)
-    if outcome:
-        _notes([outcome])
 
 
 def _torchrun(nproc: int) -> int:

@@ -7,6 +7,7 @@ and key path, e.g. `params.yaml: train.batch_size: expected a positive integer, 
 
 import hashlib
 import json
+import math
 import types
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,11 +15,20 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+)
 from pydantic.fields import FieldInfo
 
 from ddpm.errors import UserError
-from ddpm.schedules import SCHEDULES
+from ddpm.schedules import SCHEDULES, beta_schedule
 from ddpm.unet import PRESETS, check_architecture, preset_architecture
 
 DEFAULT_CONFIG = Path("params.yaml")
@@ -34,7 +44,8 @@ def _not_bool(value: Any) -> Any:
 # which is how YAML 1.1 reads an exponent without a decimal point.
 Int = Annotated[int, Strict()]
 PositiveInt = Annotated[int, Strict(), Field(gt=0)]
-Number = Annotated[float, Strict(False), BeforeValidator(_not_bool)]
+# Every float param is finite: inf or nan makes no sense for any of them (pydantic would take "inf").
+Number = Annotated[float, Strict(False), BeforeValidator(_not_bool), AllowInfNan(False)]
 ScheduleName = Literal[tuple(SCHEDULES)]  # type: ignore[valid-type]
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
@@ -52,6 +63,13 @@ def _checksum(value: str) -> str:
     return value
 
 
+def _url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("no scheme")
+    return value
+
+
+Url = Annotated[str, AfterValidator(_url), Field(description="an http:// or https:// URL")]
 Checksum = Annotated[
     str, AfterValidator(_checksum), Field(description='"algorithm:hex" with a hashlib algorithm, e.g. "md5:5280…"')
 ]
@@ -63,12 +81,13 @@ RAW_FOLDERS = {"flowers102": "flowers102"}
 
 class DataConfig(Section):
     source: Literal["flowers102", "folder", "synthetic"] = "flowers102"
-    url: str = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"  # where 102flowers.tgz is
+    url: Url = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"  # where 102flowers.tgz is
     checksum: Checksum = "md5:52808999861908f626f3c1f4e79d11fa"  # of 102flowers.tgz, as torchvision checks it
     folder: str | None = None  # source folder: a folder of images, searched recursively
     synthetic_count: PositiveInt = 8189  # source synthetic: as many images as Flowers-102 has
     synthetic_seed: Int = 0
     image_size: PositiveInt = 64
+    max_pixels: PositiveInt = 50_000_000  # prepare skips larger images (decompression bombs) before decoding them
 
 
 class ModelConfig(Section):
@@ -205,6 +224,7 @@ def load_config(path: Path | None = None, overrides: Sequence[Override] = ()) ->
     else:
         path = path or DEFAULT_CONFIG
         raw, label = _read_yaml(path), str(path)
+    made: list[Override] = []  # sections only an override names: an error there is the override's
     for source, key, value in overrides:
         section, dot, name = key.partition(".")
         if key in TOP_LEVEL_KEYS:
@@ -212,19 +232,21 @@ def load_config(path: Path | None = None, overrides: Sequence[Override] = ()) ->
             continue
         if not dot or not section or not name:
             raise UserError(f"{source}: expected section.key=value, got {key!r}")
+        if section not in raw:
+            made.append((source, section, None))
         if not isinstance(raw.setdefault(section, {}), dict):
             raise UserError(f"{source}: {label} has no mapping at {section!r} to set {key} in")
         raw[section][name] = value
     try:
         config = Config.model_validate(raw)
     except ValidationError as e:
-        lines = [_describe_error(err, label, overrides) for err in e.errors()]
+        lines = [_describe_error(err, label, [*overrides, *made]) for err in e.errors()]
         raise UserError("\n".join(dict.fromkeys(lines))) from None  # a union's branches give the same line
-    _check_combinations(config, label)
+    _check_combinations(config, label, overrides)
     return config
 
 
-def _check_combinations(config: Config, label: str) -> None:
+def _check_combinations(config: Config, label: str, overrides: Sequence[Override]) -> None:
     """The checks that involve more than one key."""
     try:
         check_architecture(config.data.image_size, **_arch_subset(config))
@@ -232,6 +254,13 @@ def _check_combinations(config: Config, label: str) -> None:
         raise UserError(f"{label}: model (at data.image_size {config.data.image_size}): {e}") from None
     if config.data.source == "folder" and not config.data.folder:
         raise UserError(f"{label}: data.folder: expected a folder of images when data.source is folder, got null")
+    for name in dict.fromkeys([config.diffusion.schedule, *config.schedules]):
+        try:
+            beta_schedule(name, config.diffusion.timesteps)
+        except ValueError as e:
+            given = [s for s, key, _ in overrides if key == "diffusion.timesteps"]
+            source = f"{given[-1]} (diffusion.timesteps)" if given else f"{label}: diffusion.timesteps"
+            raise UserError(f"{source}: {e}") from None
 
 
 def _arch_subset(config: Config) -> dict[str, Any]:
@@ -241,19 +270,22 @@ def _arch_subset(config: Config) -> dict[str, Any]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: config file not found") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read the config file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); expected a YAML file of params") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""
         raise UserError(f"{path}: invalid YAML{line}: {getattr(e, 'problem', e)}") from None
-    if raw is None:
-        return {}
+    if raw is None:  # an empty file is a mistake; no file at all means the defaults
+        raise UserError(f"{path}: the file holds no params; expected sections (data, model, ...), or no file for the "
+                        "built-in defaults")  # fmt: skip
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}")
     return raw
@@ -357,6 +389,8 @@ def _plural(phrase: str) -> str:
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # inf, nan (JSON would say Infinity)
     try:
         return json.dumps(value)
     except (TypeError, ValueError):

@@ -6,6 +6,7 @@ what `prepare` writes and `train` reads. Training batches are floats in [-1, 1].
 """
 
 import hashlib
+import json
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from ddpm.config import RAW_FOLDERS, DataConfig
 from ddpm.errors import UserError
-from ddpm.files import atomic_output, write_json
+from ddpm.files import atomic_output, file_digest, write_json
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
@@ -135,7 +136,7 @@ def prepare(cfg: DataConfig, raw_dir: Path, out_dir: Path, workers: int = 0, pro
     else:
         root = raw_dir / RAW_FOLDERS[cfg.source] if cfg.source == "flowers102" else Path(cfg.folder or "")
         files = image_files(root, cfg.source)
-        arrays, skipped = _load_all(root, files, cfg.image_size, workers, progress)
+        arrays, skipped = _load_all(root, files, cfg.image_size, cfg.max_pixels, workers, progress)
         if not arrays:
             first = f"{skipped[0]['file']}: {skipped[0]['reason']}"
             raise UserError(f"{root}: none of the {len(files)} image files could be read (first: {first})")
@@ -150,16 +151,17 @@ def prepare(cfg: DataConfig, raw_dir: Path, out_dir: Path, workers: int = 0, pro
         "skipped": skipped,
     }
     save_images(out_dir / "images.npy", images)
+    manifest["npy_sha256"] = file_digest(out_dir / "images.npy", "sha256:").removeprefix("sha256:")  # train checks it
     write_json(out_dir / "manifest.json", manifest, sort_keys=True)  # last, so a manifest describes its images
     return manifest
 
 
 def _load_all(
-    root: Path, files: list[str], image_size: int, workers: int, progress: bool
+    root: Path, files: list[str], image_size: int, max_pixels: int, workers: int, progress: bool
 ) -> tuple[list[np.ndarray], list[dict[str, str]]]:
     """`load_image` over `files` in worker processes, in order: the images and the skipped files."""
     arrays, skipped = [], []
-    load = partial(load_image, root=root, image_size=image_size)
+    load = partial(load_image, root=root, image_size=image_size, max_pixels=max_pixels)
     with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
         results = tqdm(pool.map(load, files, chunksize=64), total=len(files), disable=not progress, desc="prepare")
         for name, (array, reason) in zip(files, results, strict=True):
@@ -185,11 +187,15 @@ def image_files(root: Path, source: str) -> list[str]:
     return files
 
 
-def load_image(name: str, root: Path, image_size: int) -> tuple[np.ndarray | None, str]:
+def load_image(name: str, root: Path, image_size: int, max_pixels: int) -> tuple[np.ndarray | None, str]:
     """One file as uint8 (3, image_size, image_size): the centred square of its short side, resized
-    with antialiasing (the aspect ratio is kept, never squashed); or (None, why it was skipped)."""
+    with antialiasing (the aspect ratio is kept, never squashed); or (None, why it was skipped).
+    An image of more than `max_pixels` is skipped from its header, before anything is decoded."""
     try:
         with Image.open(root / name) as image:
+            w, h = image.size
+            if w * h > max_pixels:
+                return None, f"{w}×{h} pixels, over data.max_pixels ({max_pixels}): a decompression bomb?"
             # JPEG: let the decoder downscale by 1/2, 1/4 or 1/8 (in the DCT domain, an area average)
             # while the short side stays at least image_size; Lanczos does the rest.
             scale = image_size / min(image.size)
@@ -207,9 +213,41 @@ def load_image(name: str, root: Path, image_size: int) -> tuple[np.ndarray | Non
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB from any mode; transparent pixels become white rather than whatever colour they hide."""
+    """RGB from any mode; transparent pixels become white rather than whatever colour they hide, and
+    16-bit values are scaled to 8 bits (PIL's own conversion would clip them at 255)."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535 if image.mode.startswith("I;16") or values.max() > 255 else 255
+        image = Image.fromarray(np.round(values.clip(0, top) * (255 / top)).astype(np.uint8))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def training_images(path: Path, image_size: int) -> tuple[np.ndarray, str]:
+    """The prepared images and their sha256, checked against data.image_size."""
+    if not path.exists():
+        raise UserError(
+            f"{path}: not found; prepare the images first with `ddpm prepare` (offline: `bash pipeline/offline.sh` "
+            "runs the whole pipeline on synthetic flowers)"
+        )
+    images = load_images(path)
+    if images.shape[2:] != (image_size, image_size):
+        raise UserError(
+            f"{path}: images are {images.shape[3]}×{images.shape[2]}, but data.image_size is {image_size}; "
+            f"prepare the data at that size or set --image-size {images.shape[2]}"
+        )
+    digest = file_digest(path, "sha256:")
+    manifest = path.parent / "manifest.json"  # where `ddpm prepare` wrote the images, it says what they are
+    try:
+        recorded = json.loads(manifest.read_text()).get("npy_sha256") if manifest.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        recorded = "unreadable"
+    if recorded and "sha256:" + recorded != digest:
+        raise UserError(
+            f"{path} does not match {manifest} (sha256 {digest.removeprefix('sha256:')[:12]}…, the manifest says "
+            f"{recorded[:12]}…): changed since `ddpm prepare` wrote it; run `ddpm prepare` again"
+        )
+    return images, digest

@@ -35,7 +35,7 @@ class GaussianDiffusion(nn.Module):
         self.num_timesteps = betas.shape[0]
         betas = betas.to(torch.float64)
         alphas_cumprod = torch.cumprod(1 - betas, dim=0)
-        alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+        alphas_cumprod_prev = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
         register = self.register_buffer
         register("betas", betas)
         register("alphas_cumprod", alphas_cumprod)
@@ -111,19 +111,9 @@ class GaussianDiffusion(nn.Module):
 
     # --- training ------------------------------------------------------------------------------
 
-    def training_loss(
-        self,
-        model: Model,
-        x0: torch.Tensor,
-        t: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """L_simple, eq. 14 (Algorithm 1): the mean squared error of the model's prediction at a
-        uniformly drawn t in [0, T) (every step, t = 0 included), for the configured target."""
-        if t is None:
-            t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
-        if noise is None:
-            noise = torch.randn_like(x0)
+    def training_loss(self, model: Model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """L_simple, eq. 14 (Algorithm 1): the mean squared error of the model's prediction at x_t,
+        for the configured target. The caller draws t ~ U{0..T−1} and noise ~ N(0, I)."""
         x_t = self.q_sample(x0, t, noise)
         prediction = model(x_t, t).float()
         return nn.functional.mse_loss(prediction, self.training_target(x0, t, noise).float())
@@ -149,26 +139,26 @@ class GaussianDiffusion(nn.Module):
         x_t: torch.Tensor,
         t: torch.Tensor,
         noise: torch.Tensor,
-        variance: Variance = "fixed_large",
-        clip: bool = True,
+        variance: Variance,
+        clip: bool,
     ) -> torch.Tensor:
         """One step x_t → x_{t-1} ~ p(x_{t-1} | x_t), Algorithm 2 line 4; no noise is added at t = 0."""
         mean, var = self.p_mean_variance(model, x_t, t, variance, clip)
-        nonzero = (t > 0).to(x_t.dtype).reshape(-1, *((1,) * (x_t.dim() - 1)))
+        nonzero = (t > 0).reshape(-1, *((1,) * (x_t.dim() - 1)))  # bool; the product takes x_t's dtype
         return mean + nonzero * var.sqrt() * noise
 
     def p_sample_loop_progressive(
         self,
         model: Model,
         noise: torch.Tensor,
-        generator: torch.Generator | None = None,
-        variance: Variance = "fixed_large",
-        clip: bool = True,
+        generator: torch.Generator,
+        variance: Variance,
+        clip: bool,
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """Algorithm 2 from x_T = `noise`: yields (t, x_{t-1}) for t = T−1, ..., 0 (0-based)."""
         x = noise
         for step in reversed(range(self.num_timesteps)):
-            t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
+            t = torch.full((x.shape[0],), step, device=x.device)  # an int fill: int64, as gather wants
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = self.p_sample(model, x, t, z, variance, clip)
             yield step, x
@@ -203,8 +193,8 @@ class GaussianDiffusion(nn.Module):
         t: torch.Tensor,
         t_prev: torch.Tensor,
         noise: torch.Tensor,
-        eta: float = 0.0,
-        clip: bool = True,
+        eta: float,
+        clip: bool,
     ) -> torch.Tensor:
         """x_t → x_{t_prev}, Song et al. eq. 12:
         x_prev = √alphā_prev·x̂_0 + √(1 − alphā_prev − sigma²)·epŝ + sigma·z."""
@@ -219,21 +209,21 @@ class GaussianDiffusion(nn.Module):
         model: Model,
         noise: torch.Tensor,
         steps: int,
-        eta: float = 0.0,
-        generator: torch.Generator | None = None,
-        clip: bool = True,
+        eta: float,
+        generator: torch.Generator,
+        clip: bool,
     ) -> Iterator[tuple[int, torch.Tensor]]:
-        """DDIM from x_T = `noise` over `steps` timesteps: yields (t, x_{t_prev}) from the noisiest t down."""
+        """DDIM from x_T = `noise` over `steps` timesteps: yields (t, x_{t_prev}) from the noisiest t
+        down. With eta = 0 nothing is drawn from `generator`."""
         x = noise
         timesteps = self.ddim_timesteps(steps).tolist()
-        previous = [-1, *timesteps[:-1]]
-        for step, step_prev in zip(reversed(timesteps), reversed(previous), strict=True):
-            t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
-            t_prev = torch.full_like(t, step_prev)
+        for i in reversed(range(steps)):
+            t = torch.full((x.shape[0],), timesteps[i], device=x.device)
+            t_prev = torch.full_like(t, timesteps[i - 1] if i else -1)  # -1: the end of the chain, alphā = 1
             z = (
                 torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
                 if eta > 0
                 else torch.zeros_like(x)
             )
             x = self.ddim_step(model, x, t, t_prev, z, eta, clip)
-            yield step, x
+            yield timesteps[i], x

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ddpm.config import RAW_FOLDERS, DataConfig
 from ddpm.errors import UserError
-from ddpm.files import file_digest
+from ddpm.files import FULL_DISK, disk_full, file_digest
 
 FLOWERS102_ARCHIVE = "102flowers.tgz"
 MAX_ATTEMPTS = 20  # requests per download while each one makes progress
@@ -61,6 +61,8 @@ def fetch(
                 break
             raise UserError(f"{url}: HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            if isinstance(e, OSError) and e.errno in FULL_DISK:  # not the network: the part file is kept
+                raise disk_full(part, None) from None
             if not getattr(e, "received", 0):  # no progress at all: offline, refused or unknown host
                 reason = getattr(e, "reason", e)
                 raise UserError(f"cannot download {url} ({reason}); {offline_hint}") from None

@@ -1,4 +1,5 @@
-"""FID and KID of generated samples against the prepared real images, computed by torchmetrics.
+"""FID and KID of generated samples against the prepared real images: Inception features through
+torchmetrics' network, the statistics (float64) computed here as torchmetrics computes them.
 
 Two named feature extractors:
 - `inception`: the standard FID network, Inception-v3 with the pt_inception-2015-12-05 weights,

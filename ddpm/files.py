@@ -1,10 +1,12 @@
 """Files: atomic output (a reader sees the old file or the complete new one, never half of one),
 digests, and the lock that keeps two processes out of one output folder."""
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,11 +16,16 @@ from ddpm.errors import UserError
 
 
 @contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
+def atomic_output(path: Path, needed: int | None = None) -> Iterator[Path]:
     """Yields a temporary path beside `path` (same suffix, so writers pick the same format).
-    When the block succeeds the file is fsynced and renamed onto `path`; when it fails it is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    When the block succeeds the file is fsynced and renamed onto `path`; when it fails it is removed,
+    and a full disk becomes one line that names `path` and the space free and `needed` (bytes; by
+    default the size of what was there, or of what got written)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    except OSError as e:
+        raise disk_full(path, needed) if e.errno in FULL_DISK else e from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -27,14 +34,48 @@ def atomic_output(path: Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it what open() would have
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
+        if _full(e):
+            before = path.stat().st_size if path.exists() else 0
+            raise disk_full(path, needed or max(written, before) or None) from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+FULL_DISK = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _full(error: BaseException) -> bool:
+    """Whether a failed write looks like a full disk. torch.save reports one as a RuntimeError of its
+    zip writer ("... file write failed"), without the errno."""
+    if isinstance(error, OSError):
+        return error.errno in FULL_DISK
+    return isinstance(error, RuntimeError) and "write failed" in str(error)
+
+
+def disk_full(path: Path, needed: int | None) -> UserError:
+    """The one-line error for a write to `path` that found the disk full."""
+    folder = path.parent if path.parent.exists() else Path(".")
+    free = shutil.disk_usage(folder).free
+    more = f", about {_size(needed)} needed" if needed else ""
+    return UserError(
+        f"{path}: cannot write it, the disk is full ({_size(free)} free in {folder.resolve()}{more}); free some "
+        "space and run the same command again"
+    )
+
+
+def _size(count: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    return ""
 
 
 def write_json(path: Path, value: object, sort_keys: bool = False) -> None:

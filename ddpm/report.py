@@ -120,6 +120,8 @@ def read_results(names: list[str], runs_dir: Path) -> list[ScheduleResult]:
             run_id = json.loads((folder / EVAL_RUN).read_text())["run_id"] if (folder / EVAL_RUN).is_file() else None
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"{folder}: unreadable results ({e}); run its stages again") from None
+        for file, content, stage in ((TRAIN_METRICS, train, "train"), (EVAL_METRICS, evaluation, "evaluate")):
+            _check_shape(folder / file, content, stage, name)
         model = describe(folder / "model.pt")
         results.append(ScheduleResult(name, model, train, evaluation, losses, folder / SAMPLE_GRID, run_id))
     for what, values in (
@@ -131,6 +133,25 @@ def read_results(names: list[str], runs_dir: Path) -> list[ScheduleResult]:
             shown = ", ".join(f"{r.name}: {v}" for r, v in zip(results, values, strict=True))
             raise UserError(f"the schedules were run with different {what} ({shown}); compare like with like")
     return results
+
+
+# What train.json and eval.json hold, at least (eval.json also holds a fid or fid_<extractor>).
+EXPECTED = {"train": ("final_loss", "steps", "train_seconds", "images_per_second"),
+            "evaluate": ("num_samples", "num_real", "feature_extractor")}  # fmt: skip
+
+
+def _check_shape(path: Path, content: Any, stage: str, name: str) -> None:
+    """A one-line error unless `content` (read from `path`) has what `ddpm <stage>` writes there."""
+    wanted = EXPECTED[stage] + (("fid…",) if stage == "evaluate" else ())
+    keys = content.keys() if isinstance(content, dict) else set()
+    missing = [k for k in EXPECTED[stage] if k not in keys]
+    if stage == "evaluate" and not any(k.startswith("fid") for k in keys):
+        missing.append("fid…")
+    if missing:
+        what = "scores" if stage == "evaluate" else "numbers"
+        expected = f"expected {', '.join(wanted)}; missing {', '.join(missing)}"
+        raise UserError(f"{path}: not the {what} `ddpm {stage}` writes ({expected}); run `ddpm {stage} "
+                        f"--beta-schedule {name}` again")  # fmt: skip
 
 
 def metric_names(keys: Iterable[str]) -> tuple[str, str, str]:
@@ -214,15 +235,10 @@ def plot_sample_grids(results: list[ScheduleResult], rows: list[dict[str, Any]],
     _save(fig, path)
 
 
-def markdown_report(rows: list[dict[str, Any]], timesteps: int, evaluation: dict[str, Any]) -> str:
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The comparison table, as report.md holds it and `ddpm compare` prints it."""
     fid, kid, kid_std = metric_names(rows[0])
     lines = [
-        "# Beta schedules compared",
-        "",
-        f"{evaluation['num_samples']} samples per schedule against {evaluation['num_real']} real images; "
-        f"features: {evaluation['feature_extractor']} ({evaluation['feature_dim']}-d; "
-        f"weights: {evaluation['weights']}; resize: {evaluation['resize']}).",
-        "",
         f"| schedule | {fid} | {kid} (± std) | final loss | steps | training time | img/s |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -231,6 +247,19 @@ def markdown_report(rows: list[dict[str, Any]], timesteps: int, evaluation: dict
             f"| {row['schedule']} | {row[fid]:.2f} | {row[kid]:.4f} ± {row[kid_std]:.4f} | {row['final_loss']:.4f} "
             f"| {row['steps']} | {_duration(row['train_seconds'])} | {row['images_per_second']:.0f} |"
         )
+    return "\n".join(lines)
+
+
+def markdown_report(rows: list[dict[str, Any]], timesteps: int, evaluation: dict[str, Any]) -> str:
+    lines = [
+        "# Beta schedules compared",
+        "",
+        f"{evaluation['num_samples']} samples per schedule against {evaluation['num_real']} real images; "
+        f"features: {evaluation['feature_extractor']} ({evaluation['feature_dim']}-d; "
+        f"weights: {evaluation['weights']}; resize: {evaluation['resize']}).",
+        "",
+        markdown_table(rows),
+    ]
     lines += [
         "",
         f"## Noise schedules (T = {timesteps})",

@@ -53,27 +53,27 @@ def generate(
     batches, frames = [], []
     bar = tqdm(total=length * -(-cfg.num_samples // cfg.batch_size), desc=f"sample {cfg.sampler}", unit="step",
                disable=not progress)  # fmt: skip
-    for start in range(0, cfg.num_samples, cfg.batch_size):
-        n = min(cfg.batch_size, cfg.num_samples - start)
-        noise = fast.memory_format(torch.randn((n, 3, image_size, image_size), generator=generator, device=device))
-        if cfg.sampler == "ddpm":
-            chain = diffusion.p_sample_loop_progressive(network, noise, generator, cfg.variance, cfg.clip_denoised)
-        else:
-            chain = diffusion.ddim_sample_loop_progressive(
-                network, noise, cfg.ddim_steps, cfg.eta, generator, cfg.clip_denoised
-            )
-        # chain positions 0 (x_T, before the first step) to `length` (x_0) to keep for the progression
-        keep = set(np.linspace(0, length, PROGRESSION_FRAMES).round().astype(int)) if start == 0 else set()
-        with fast.autocast(device):  # the UNet only: x_t stays float32
-            for position, (_, x) in enumerate(itertools.chain([(None, noise)], chain)):  # x_T, then each step
-                if position in keep:
-                    frames.append(to_uint8(x[:PROGRESSION_SAMPLES]).cpu())
-                bar.update(position > 0)
-        if not torch.isfinite(x).all():
-            raise NonFiniteSamples(f"the samples of batch {start // cfg.batch_size + 1} are not finite")
-        batches.append(to_uint8(x).cpu())
-        bar.set_postfix(images=f"{start + n}/{cfg.num_samples}")
-    bar.close()
+    with bar:  # closed (its line ended) however the sampling ends
+        for start in range(0, cfg.num_samples, cfg.batch_size):
+            n = min(cfg.batch_size, cfg.num_samples - start)
+            noise = fast.memory_format(torch.randn((n, 3, image_size, image_size), generator=generator, device=device))
+            if cfg.sampler == "ddpm":
+                chain = diffusion.p_sample_loop_progressive(network, noise, generator, cfg.variance, cfg.clip_denoised)
+            else:
+                chain = diffusion.ddim_sample_loop_progressive(
+                    network, noise, cfg.ddim_steps, cfg.eta, generator, cfg.clip_denoised
+                )
+            # chain positions 0 (x_T, before the first step) to `length` (x_0) to keep for the progression
+            keep = set(np.linspace(0, length, PROGRESSION_FRAMES).round().astype(int)) if start == 0 else set()
+            with fast.autocast(device):  # the UNet only: x_t stays float32
+                for position, (_, x) in enumerate(itertools.chain([(None, noise)], chain)):  # x_T, then each step
+                    if position in keep:
+                        frames.append(to_uint8(x[:PROGRESSION_SAMPLES]).cpu())
+                    bar.update(position > 0)
+            if not torch.isfinite(x).all():
+                raise NonFiniteSamples(f"the samples of batch {start // cfg.batch_size + 1} are not finite")
+            batches.append(to_uint8(x).cpu())
+            bar.set_postfix(images=f"{start + n}/{cfg.num_samples}")
     return torch.cat(batches), frames
 
 
@@ -92,7 +92,7 @@ def preview(model: Model, diffusion: GaussianDiffusion, image_size: int, device:
     generator = torch.Generator(device).manual_seed(seed)
     noise = torch.randn((PREVIEW_IMAGES, 3, image_size, image_size), generator=generator, device=device)
     steps = min(PREVIEW_STEPS, diffusion.num_timesteps)
-    *_, (_, x0) = diffusion.ddim_sample_loop_progressive(model, noise, steps, 0.0, generator)
+    *_, (_, x0) = diffusion.ddim_sample_loop_progressive(model, noise, steps, 0.0, generator, clip=True)
     return grid_picture(to_uint8(x0).cpu(), 4)
 
 

@@ -36,31 +36,29 @@ def quadratic(timesteps: int) -> torch.Tensor:
 def cosine(timesteps: int, s: float = 0.008) -> torch.Tensor:
     """Nichol & Dhariwal 2021, eq. 17: alphā(t) = f(t)/f(0), f(t) = cos²(((t/T + s)/(1 + s))·π/2).
 
-    The offset s = 0.008 keeps beta_1 from being vanishingly small.
+    The offset s = 0.008 keeps beta_1 from being vanishingly small. The betas are ratios of
+    consecutive alphā, so f needs no dividing by f(0).
     """
     t = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
-    f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
-    return _betas_from_alphas_cumprod(f / f[0])
+    return _betas_from_alphas_cumprod(torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2)
 
 
-def sigmoid(timesteps: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0) -> torch.Tensor:
+def sigmoid(timesteps: int, start: float = -3.0, end: float = 3.0) -> torch.Tensor:
     """Sigmoid schedule in alphā-space: Jabri et al. 2022 (RIN), Chen 2023 ("On the importance
-    of noise scheduling"), the default of lucidrains' denoising-diffusion-pytorch.
+    of noise scheduling"), the default of lucidrains' denoising-diffusion-pytorch (τ = 1):
 
-        alphā(t) = (σ(end/τ) − σ((t/T·(end − start) + start)/τ)) / (σ(end/τ) − σ(start/τ)),
+        alphā(t) = (σ(end) − σ(t/T·(end − start) + start)) / (σ(end) − σ(start)),
 
-    with σ the logistic function. Not diffusers' "sigmoid", which puts a sigmoid on the betas
-    themselves and is a different curve.
+    with σ the logistic function. The betas are ratios of consecutive alphā, so the constant
+    denominator drops out. Not diffusers' "sigmoid", which puts a sigmoid on the betas themselves.
     """
     t = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
-    v_start = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64))
-    v_end = torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64))
-    alphas_cumprod = (v_end - torch.sigmoid((t * (end - start) + start) / tau)) / (v_end - v_start)
-    return _betas_from_alphas_cumprod(alphas_cumprod)
+    top = torch.sigmoid(torch.tensor(end, dtype=torch.float64))
+    return _betas_from_alphas_cumprod(top - torch.sigmoid(t * (end - start) + start))
 
 
 def _betas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """betas from alphā(0..T) (T + 1 values, alphā(0) = 1): beta_t = 1 − alphā(t)/alphā(t−1), ≤ 0.999."""
+    """betas from alphā(0..T) up to a constant factor (T + 1 values): beta_t = 1 − alphā(t)/alphā(t−1), ≤ 0.999."""
     return (1 - alphas_cumprod[1:] / alphas_cumprod[:-1]).clamp(max=MAX_BETA)
 
 

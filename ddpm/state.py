@@ -110,7 +110,8 @@ class TrainState:
             set_rng_state(saved["rng"])
             state.step, state.record = int(saved["step"]), Record(**saved["record"])
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = " ".join(str(e).split()) or type(e).__name__
+            reason = f"no {reason}" if isinstance(e, KeyError) else reason
             raise UserError(f"{path}: inconsistent checkpoint ({reason[:200]}); delete it, or --no-resume") from None
         return state
 

@@ -4,8 +4,8 @@ The runs follow MLflow's own structure:
 - A parent run per trained model, opened by `train`: the data, model, diffusion and train params,
   the loss curve, sample grids along the way, train.json and the checkpoint. Its id is kept in
   the checkpoints (a resumed run continues it) and in runs/<schedule>/mlflow_run.json.
-- A nested child run per sampling + evaluation configuration of that model (`sample`, `evaluate`,
-  `sweep`): its sample.* and evaluate.* params, the samples' pictures, FID/KID. Rerunning the same
+- A nested child run per sampling + evaluation configuration of that model (`sample` and
+  `evaluate`): its sample.* and evaluate.* params, the samples' pictures, FID/KID. Rerunning the same
   configuration reuses its child; another configuration gets a new one. So two experiments'
   evaluations of one model are two rows whose params match their metrics.
 - A `compare` run per comparison, linking the child runs it compared.
@@ -22,6 +22,7 @@ Only this module imports mlflow, and only when tracking is on (`tracking.enabled
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -41,9 +42,9 @@ from ddpm.files import write_json
 RUN_FILE = "mlflow_run.json"  # in a model's folder: its parent run
 EVAL_RUN_FILE = "mlflow_eval_run.json"  # beside eval.json: the child run that holds those scores
 PENDING_FILE = "mlflow-pending.jsonl"  # in a run folder: writes that could not be sent, for the next command
-KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens a model-training experiment on its runs table
+KIND_TAG = "mlflow.experimentKind"  # MLflow 3 shows it as the experiment's kind ("Machine learning")
 MODEL_TRAINING = "custom_model_development"
-CHECK_TIMEOUT = 5  # seconds per HTTP request while the store is checked, with one retry
+CHECK_TIMEOUT = 4  # seconds per HTTP request while the store is checked, with one retry: 8 s at most
 WRITE_ATTEMPTS, WRITE_BACKOFF = 3, 1.0  # a write is tried this many times, waiting 1 s, 2 s in between
 RETRY_KEPT_AFTER = 60.0  # seconds between tries of the kept writes
 # MLflow's own HTTP settings while a stage writes (unless the user set them): its defaults retry a
@@ -74,10 +75,12 @@ class Store:
     def __init__(self, cfg: TrackingConfig) -> None:
         import mlflow
 
+        # MLflow's store logs its own tracebacks and table migrations; ddpm says in one line what failed
+        logging.getLogger("mlflow.store").setLevel(logging.CRITICAL)
         self.uri = tracking_uri(cfg)
         http = self.uri.startswith(("http://", "https://"))
         if http:
-            note(f"checking the MLflow server at {self.uri} (up to {3 * CHECK_TIMEOUT} s)")
+            note(f"checking the MLflow server at {self.uri} (up to {2 * CHECK_TIMEOUT} s)")
         try:
             with _short_http_requests(http), _store_creation(self.uri):
                 self.client = mlflow.MlflowClient(self.uri)
@@ -170,21 +173,26 @@ class Store:
             self.kept.pop(0)
         return True
 
-    def close(self, folder: Path | None) -> str:
+    def close(self, folder: Path | None) -> None:
         """Send what was kept; what still cannot be sent goes to `folder`/PENDING_FILE for the next
-        command there (or is lost without a folder). Returns a sentence on what happened, or ""."""
-        lost = f"; {self.dropped} refused by the store were lost" if self.dropped else ""
+        command there (or is lost without a folder). Says what happened, if anything went wrong."""
+        lost = f"; {self.dropped} writes the store refused are lost" if self.dropped else ""
         if self.flush(now=True):
-            return f"all MLflow writes made it after a retry{lost}" if self.warned else ""
+            if self.warned:
+                print(f"ddpm: {'warning' if lost else 'note'}: all MLflow writes made it after a retry{lost}",
+                      file=sys.stderr)  # fmt: skip
+            return
         if folder is None:
-            return f"{len(self.kept)} MLflow writes could not be made and are lost{lost}"
-        with open(folder / PENDING_FILE, "a") as f:
+            print(
+                f"ddpm: warning: {len(self.kept)} MLflow writes could not be made and are lost{lost}", file=sys.stderr
+            )
+            return
+        pending = folder / PENDING_FILE
+        with open(pending, "a") as f:
             for operation, args in self.kept:
                 f.write(json.dumps({"operation": operation, "args": _portable(args, folder)}) + "\n")
-        pending = folder / PENDING_FILE
-        return (
-            f"{len(self.kept)} MLflow writes could not be made; kept in {pending} for the next ddpm command there{lost}"
-        )
+        print(f"ddpm: warning: {len(self.kept)} MLflow writes could not be made; kept in {pending}, for the next "
+              f"ddpm command there to send{lost}", file=sys.stderr)  # fmt: skip
 
     def replay(self, folder: Path) -> None:
         """Send what an earlier command kept in `folder`/PENDING_FILE, and remove the file if all went."""
@@ -378,9 +386,7 @@ class ModelTracker:
         from ddpm.errors import Interrupted
 
         self.run.end("FINISHED" if kind is None else "KILLED" if issubclass(kind, Interrupted) else "FAILED")
-        outcome = self.store.close(self.run_dir)
-        if outcome:
-            note(outcome)
+        self.store.close(self.run_dir)
 
 
 def compare_run(
@@ -483,9 +489,15 @@ def _store_creation(uri: str) -> Iterator[None]:
         new = not database.exists()
         yield
         if new:
-            note(f"created the MLflow store {database} (artifacts beside it); `mlflow ui` there shows it")
+            note(
+                f"created the MLflow store {database} (artifacts beside it); `mlflow ui` there shows it, "
+                "under 'Model training'"
+            )
     finally:
         os.close(folder)
+
+
+ENTITY_FIELDS = {"Metric": ("key", "value", "timestamp", "step"), "Param": ("key", "value"), "RunTag": ("key", "value")}
 
 
 def _portable(args: tuple, folder: Path) -> list:
@@ -496,8 +508,9 @@ def _portable(args: tuple, folder: Path) -> list:
             path = folder / f".mlflow-pending-{hashlib.sha256(arg.tobytes()).hexdigest()[:12]}.npy"
             np.save(path, arg)
             out.append({"array": str(path)})
-        elif isinstance(arg, list):
-            out.append([{"entity": type(e).__name__, **e.to_dictionary()} for e in arg])
+        elif isinstance(arg, list):  # Metric, Param and RunTag entities of a log_batch
+            out.append([{"entity": type(e).__name__, **{k: getattr(e, k) for k in ENTITY_FIELDS[type(e).__name__]}}
+                        for e in arg])  # fmt: skip
         else:
             out.append(arg)
     return out
@@ -511,7 +524,7 @@ def _restored(args: list) -> tuple:
         if isinstance(arg, dict) and "array" in arg:
             restored.append(np.load(arg["array"]))
         elif isinstance(arg, list):
-            restored.append([getattr(entities, e.pop("entity")).from_dictionary(e) for e in arg])
+            restored.append([getattr(entities, e.pop("entity"))(**e) for e in arg])
         else:
             restored.append(arg)
     return tuple(restored)

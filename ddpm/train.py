@@ -28,12 +28,12 @@ from tqdm import tqdm
 
 from ddpm.checkpoint import build_diffusion, checkpoint_path, save_checkpoint, step_checkpoints
 from ddpm.config import Config, TrainConfig
-from ddpm.data import InMemoryImages, load_images
+from ddpm.data import InMemoryImages, training_images
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.distributed import ONE_PROCESS, Ranks, agree_to_stop, join_process_group, stop_requests
 from ddpm.errors import Interrupted, UserError
 from ddpm.fastpath import FastPath
-from ddpm.files import atomic_output, file_digest, remove_partial_outputs, write_json
+from ddpm.files import atomic_output, remove_partial_outputs, write_json
 from ddpm.sample import preview
 from ddpm.state import Record, TrainState, Window, starting_point
 
@@ -188,7 +188,7 @@ def train(
     bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train {config.diffusion.schedule}",
                disable=not (progress and ranks.main))  # fmt: skip
 
-    with stop_requests() as stop:
+    with bar, stop_requests() as stop:  # the bar closes (and ends its line) however the loop ends
         for step in range(state.step + 1, cfg.steps + 1):
             # learning rate: linear warm-up from 0 (Ho et al., appendix B)
             for group in state.optimizer.param_groups:
@@ -233,7 +233,6 @@ def train(
             _finish(state, config, device, result, tracker, data_sha256=data_sha256, run_id=run_id)
         if stop:  # a signal during the final save or upload: all is saved, but say so as during training
             raise Interrupted(stop[0], cfg.steps, newest)
-    bar.close()
     if ranks.world > 1:
         dist.barrier()
     return result
@@ -314,22 +313,6 @@ def _diverged(what: str, good: Path | None) -> UserError:
     return UserError(
         f"{what}; stopped. Last good checkpoint: {good or 'none'}. Try a lower train.lr or train.grad_clip"
     )
-
-
-def training_images(path: Path, image_size: int) -> tuple[np.ndarray, str]:
-    """The prepared images and their sha256, checked against data.image_size."""
-    if not path.exists():
-        raise UserError(
-            f"{path}: not found; prepare the images first with `ddpm prepare` (offline: `bash pipeline/offline.sh` "
-            "runs the whole pipeline on synthetic flowers)"
-        )
-    images = load_images(path)
-    if images.shape[2:] != (image_size, image_size):
-        raise UserError(
-            f"{path}: images are {images.shape[3]}×{images.shape[2]}, but data.image_size is {image_size}; "
-            f"prepare the data at that size or set --image-size {images.shape[2]}"
-        )
-    return images, file_digest(path, "sha256:")
 
 
 def _clear_outputs(out_dir: Path, fresh: bool) -> None:

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# The offline preset: the whole pipeline, every stage for both schedules, on a 2-core CPU in a few
-# minutes, with nothing downloaded. The stages are dvc.yaml's own; only these params differ from
-# params.yaml's real experiment:
+# The offline preset: the whole pipeline, every stage for both schedules, with nothing downloaded,
+# in about 13 minutes on a 2-core CPU (bench/offline_preset.py). The stages are dvc.yaml's own;
+# only these params differ from params.yaml's real experiment:
 #   synthetic flowers at 16×16, the tiny UNet, T = 200, 1,000 training steps, 200 samples, and
 #   FID/KID through the small `randconv` extractor, so the numbers are named fid_randconv etc.
 # It runs as a DVC experiment (`dvc exp show` lists it). Like every `dvc exp run`, it leaves
-# these values in the workspace's params.yaml; `git checkout params.yaml` returns to the real one.
+# these values in the workspace's params.yaml (only those lines) and writes dvc.lock;
+# `git checkout params.yaml && rm dvc.lock` returns to the real experiment.
 # Extra arguments go to `dvc exp run` after these, so that they win (e.g. --name offline, -S train.steps=50).
+# DVC's stderr goes through pipeline/quiet_dvc.py, which drops its warnings about outputs not made yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-exec dvc exp run \
+{ dvc exp run \
     -S data.source=synthetic -S data.synthetic_count=1000 -S data.image_size=16 \
     -S model.preset=tiny \
     -S diffusion.timesteps=200 \
@@ -18,4 +20,4 @@ exec dvc exp run \
     -S train.log_every=50 -S train.checkpoint_every=500 -S train.sample_every=500 \
     -S sample.num_samples=200 -S sample.batch_size=200 \
     -S evaluate.feature_extractor=randconv -S evaluate.kid_subsets=20 -S evaluate.kid_subset_size=100 \
-    "$@"
+    "$@" 2>&1 1>&3 3>&- | python3 pipeline/quiet_dvc.py 3>&-; } 3>&1  # DVC's stderr through the filter

@@ -38,6 +38,24 @@ def test_every_command_takes_config_and_set() -> None:
         assert "--config" in output and "--set SECTION.KEY=VALUE" in output
 
 
+def test_help_lists_the_allowed_values_and_version_prints_the_package_version() -> None:
+    from importlib.metadata import version
+
+    from ddpm.config import SampleConfig, ScheduleName, get_args
+    from ddpm.schedules import SCHEDULES
+    from ddpm.unet import PRESETS
+
+    assert list(get_args(ScheduleName)) == list(SCHEDULES)
+    allowed = {"--beta-schedule": "|".join(SCHEDULES), "--model": "|".join(PRESETS)}
+    allowed["--sampler"] = "|".join(get_args(SampleConfig.model_fields["sampler"].annotation))
+    for command in ("train", "sample", "evaluate"):
+        output = CliRunner().invoke(app, [command, "--help"]).output
+        for option in [o for o in allowed if re.search(rf"^\s+{o}\b", output, re.MULTILINE)]:
+            assert re.search(rf"^\s+{option} {re.escape(allowed[option])}\s", output, re.MULTILINE), (command, option)
+    assert "--model ddpm-cifar10|" in CliRunner().invoke(app, ["train", "--help"]).output
+    assert CliRunner().invoke(app, ["--version"]).output == f"ddpm {version('ddpm')}\n"
+
+
 @pytest.mark.slow
 def test_train_then_sample(flowers16: Path, tmp_path: Path) -> None:
     trained = invoke(

@@ -68,6 +68,7 @@ def test_evaluate_then_compare_write_every_file_and_log_to_mlflow(project: Path)
     text = (report / "report.md").read_text()
     header = "| schedule | fid_randconv | kid_randconv_mean (± std) | final loss | steps | training time | img/s |"
     assert header in text
+    assert header in compared.stdout and compared.stdout.count("\n| linear |") == 1  # the table, in the terminal too
     assert all(f"]({name})" in text for name in sizes)
     rows = list(csv.DictReader((report / "comparison.csv").open()))
     assert [r["schedule"] for r in rows] == ["linear", "cosine"]

@@ -80,7 +80,7 @@ def test_file_errors_name_the_file_key_expectation_and_value(tmp_path: Path, tex
 
 
 def test_override_errors_name_the_option(tmp_path: Path) -> None:
-    path = write(tmp_path, "")
+    path = write(tmp_path, "train: {}\n")
     with pytest.raises(UserError, match=r'^--batch-size \(train.batch_size\): expected a positive integer, got "abc"$'):
         load_config(path, [("--batch-size", "train.batch_size", "abc")])
     with pytest.raises(UserError, match="^--set train.lx: unknown key; expected one of: steps"):
@@ -115,5 +115,5 @@ def test_schedules_is_a_list_of_distinct_known_names(tmp_path: Path) -> None:
         assert f"expected a list of distinct schedule names (linear, cosine, quadratic, sigmoid), got {shown}" in str(
             error.value
         )
-    overridden = load_config(write(tmp_path, ""), [("--set schedules", "schedules", ["quadratic"])])
+    overridden = load_config(write(tmp_path, "train: {}\n"), [("--set schedules", "schedules", ["quadratic"])])
     assert overridden.schedules == ["quadratic"]

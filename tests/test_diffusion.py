@@ -135,14 +135,14 @@ def test_one_ddim_step_with_eta_1_is_one_ddpm_step(diffusion: GaussianDiffusion)
     model = lambda x, t: 0.3 * x + 0.1
     x_t, z = torch.randn(6, 3, 4, 4, dtype=torch.float64), torch.randn(6, 3, 4, 4, dtype=torch.float64)
     t = torch.tensor([1, 5, 50, 300, 700, 999])
-    ddim = diffusion.ddim_step(model, x_t, t, t - 1, z, eta=1.0, clip=False)
-    ddpm = diffusion.p_sample(model, x_t, t, z, variance="fixed_small", clip=False)
+    ddim = diffusion.ddim_step(model, x_t, t, t - 1, z, 1.0, clip=False)
+    ddpm = diffusion.p_sample(model, x_t, t, z, "fixed_small", clip=False)
     assert torch.allclose(ddim, ddpm, atol=1e-9)
 
 
 def test_ddpm_sampling_ends_in_the_data_range_and_visits_every_step() -> None:
     d = GaussianDiffusion(beta_schedule("linear", 50))
-    steps = list(d.p_sample_loop_progressive(lambda x, t: -x, torch.randn(4, 3, 8, 8) * 3))
+    steps = list(d.p_sample_loop_progressive(lambda x, t: -x, torch.randn(4, 3, 8, 8) * 3, None, "fixed_large", True))
     assert [t for t, _ in steps] == list(reversed(range(50)))
     x = steps[-1][1]
     assert x.abs().max() <= 1 and x.shape == (4, 3, 8, 8)
@@ -152,8 +152,8 @@ def test_ddpm_adds_no_noise_at_the_last_step(diffusion: GaussianDiffusion) -> No
     model = lambda x, t: torch.zeros_like(x)
     x = torch.randn(3, 2)
     assert torch.equal(
-        diffusion.p_sample(model, x, full(0, 3), torch.randn(3, 2)),
-        diffusion.p_sample(model, x, full(0, 3), torch.zeros(3, 2)),
+        diffusion.p_sample(model, x, full(0, 3), torch.randn(3, 2), "fixed_large", True),
+        diffusion.p_sample(model, x, full(0, 3), torch.zeros(3, 2), "fixed_large", True),
     )
 
 
@@ -168,7 +168,7 @@ def test_one_ddim_step_starts_from_pure_noise_and_lands_on_the_predicted_x0(diff
     assert diffusion.ddim_timesteps(1).tolist() == [999]  # not t = 0, where the "sample" would be the noise
     model = lambda x, t: 0.5 * x + 0.1
     x_T = torch.randn(2, 3, 4, 4, dtype=torch.float64)
-    [(t, x0)] = list(diffusion.ddim_sample_loop_progressive(model, x_T, 1))
+    [(t, x0)] = list(diffusion.ddim_sample_loop_progressive(model, x_T, 1, 0.0, None, True))
     expected = diffusion.predict_x0_clipped(model, x_T, full(999, 2), clip=True)
     assert t == 999 and torch.allclose(x0, expected, atol=1e-12)
 
@@ -210,3 +210,28 @@ def test_pinned_full_chains(prediction: str, sampler: str) -> None:
     total, mean = PINNED_CHAINS[(prediction, sampler)]
     assert x0.abs().sum().item() == pytest.approx(total, rel=1e-6)
     assert x0.abs().mean().item() == pytest.approx(mean, rel=1e-6)
+
+
+def test_the_math_keeps_the_datas_dtype_and_its_tables_in_float64() -> None:
+    # the tables are float64 whatever the betas came as; each value is cast to the data's dtype, and a
+    # bfloat16 model output (autocast) is taken back to it, so x_t never changes precision mid-chain
+    d = GaussianDiffusion(beta_schedule("linear", 100).float())
+    assert all(b.dtype == torch.float64 for b in d.buffers())
+    x, t, z = torch.randn(2, 3, 4, 4), torch.tensor([0, 50]), torch.randn(2, 3, 4, 4)
+    bf16_model = lambda x_, t_: (0.5 * x_).bfloat16()
+    assert d.q_sample(x, t, z).dtype == torch.float32
+    assert d.p_sample(bf16_model, x, t, z, "fixed_large", True).dtype == torch.float32
+    assert d.ddim_step(bf16_model, x, t, t - 1, z, 1.0, False).dtype == torch.float32
+
+
+def test_ddim_with_eta_0_draws_nothing_from_the_generator(diffusion: GaussianDiffusion) -> None:
+    # the next batch's x_T comes from the same generator: a deterministic chain must leave it alone
+    for eta, drawn in ((0.0, False), (1.0, True)):
+        g = torch.Generator().manual_seed(0)
+        list(diffusion.ddim_sample_loop_progressive(lambda x, t: 0.5 * x, torch.zeros(2, 3, 4, 4), 5, eta, g, True))
+        assert (not torch.equal(g.get_state(), torch.Generator().manual_seed(0).get_state())) == drawn
+
+
+def test_an_unknown_prediction_target_is_named() -> None:
+    with pytest.raises(ValueError, match="unknown prediction target 'noise'; expected one of: eps, x0, v"):
+        GaussianDiffusion(beta_schedule("linear", 100), "noise")

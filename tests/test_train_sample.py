@@ -1,6 +1,7 @@
 """Training's numbers and files, and sampling from the session's trained model."""
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,12 @@ def test_samples_have_the_right_shape_and_repeat_for_a_seed(trained: Path, sampl
 def test_the_progress_bar_moves_with_every_denoising_step(trained: Path, capsys) -> None:
     model = load_trained(trained / "model.pt", CPU)
     cfg = tiny_config(sample={"sampler": "ddim", "ddim_steps": 7, "num_samples": 5, "batch_size": 3}).sample
-    generate(model.model, model.diffusion, cfg, 16, CPU, progress=True)
+
+    def slow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # slower than tqdm's 0.1 s between redraws
+        time.sleep(0.15)
+        return model.model(x, t)
+
+    generate(slow, model.diffusion, cfg, 16, CPU, progress=True)
     bar = capsys.readouterr().err.replace("\r", "\n")
     assert "0/14 [" in bar and "14/14 [" in bar and "images=5/5" in bar  # 7 steps × 2 batches, not images
     assert len({line.split("|")[0] for line in bar.splitlines() if "/14 [" in line}) > 3  # it moved in between

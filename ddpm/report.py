@@ -124,8 +124,13 @@ def read_results(names: list[str], runs_dir: Path) -> list[ScheduleResult]:
             _check_shape(folder / file, content, stage, name)
         model = describe(folder / "model.pt")
         results.append(ScheduleResult(name, model, train, evaluation, losses, folder / SAMPLE_GRID, run_id))
+    scored = [r.evaluation for r in results]
     for what, values in (
-        ("feature extractors (evaluate.feature_extractor)", [r.evaluation.get("feature_extractor") for r in results]),
+        ("feature extractors (evaluate.feature_extractor)", [e.get("feature_extractor") for e in scored]),
+        ("extractor weights (sha256)", [e.get("weights_sha256") for e in scored]),
+        ("resizes (evaluate.resize)", [e.get("resize") for e in scored]),
+        ("sample counts (sample.num_samples)", [e.get("num_samples") for e in scored]),
+        ("real image sets", [(e.get("num_real"), e.get("real_sha256")) for e in scored]),
         ("numbers of timesteps T", [r.model["diffusion"]["timesteps"] for r in results]),
         ("image sizes", [r.model["arch"]["image_size"] for r in results]),
     ):
@@ -250,6 +255,13 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# evaluate.resize, in words (`none`: the randconv stand-in takes the images as they are)
+RESIZES = {
+    "legacy": "legacy, TensorFlow 1 bilinear to 299×299, as published FIDs",
+    "antialias": "antialiased bilinear to 299×299, not comparable with published FIDs",
+}
+
+
 def markdown_report(rows: list[dict[str, Any]], timesteps: int, evaluation: dict[str, Any]) -> str:
     return "\n".join(
         [
@@ -257,7 +269,7 @@ def markdown_report(rows: list[dict[str, Any]], timesteps: int, evaluation: dict
             "",
             f"{evaluation['num_samples']} samples per schedule against {evaluation['num_real']} real images; "
             f"features: {evaluation['feature_extractor']} ({evaluation['feature_dim']}-d; "
-            f"weights: {evaluation['weights']}; resize: {evaluation['resize']}).",
+            f"weights: {evaluation['weights']}; resize: {RESIZES.get(evaluation['resize'], evaluation['resize'])}).",
             "",
             markdown_table(rows),
             "",

@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 GROUPS = 32  # GroupNorm groups, as in the paper
+NORM_EPS = 1e-6  # GroupNorm's epsilon in Ho et al.'s code (tf.contrib.layers.group_norm), as in diffusers
 # Checkpoints record this; a change that makes old weights compute another function raises it.
-ARCH_VERSION = 1
+# 2: Ho et al.'s GroupNorm epsilon and right/bottom padding of the downsampling convolution.
+ARCH_VERSION = 2
 
 # Named architectures. Attention is given by level (0 = full resolution), so a preset keeps its
 # shape at any image size; `UNet.from_preset` turns levels into resolutions.
@@ -59,12 +61,17 @@ def check_architecture(
         raise ValueError(f"attention resolutions {bad} are not among the UNet's resolutions {resolutions}")
 
 
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding of timesteps (B,) → (B, dim), as in the Transformer (Vaswani et al. 2017)."""
+def timestep_embedding(t: torch.Tensor, dim: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Sinusoidal embedding of timesteps (B,) → (B, dim), as in the Transformer (Vaswani et al. 2017):
+    sin, then cos, of t · 10000^(−i/(dim/2 − 1)), computed in float32 and returned as `dtype`."""
     half = dim // 2
     freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / (half - 1))
     args = t.float()[:, None] * freqs[None]
-    return torch.cat([args.sin(), args.cos()], dim=1)
+    return torch.cat([args.sin(), args.cos()], dim=1).to(dtype)
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(GROUPS, channels, eps=NORM_EPS)
 
 
 def zero_init(module: nn.Module) -> nn.Module:
@@ -76,10 +83,10 @@ def zero_init(module: nn.Module) -> nn.Module:
 class ResBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, emb_ch: int, dropout: float) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(GROUPS, in_ch)
+        self.norm1 = group_norm(in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb_proj = nn.Linear(emb_ch, out_ch)
-        self.norm2 = nn.GroupNorm(GROUPS, out_ch)
+        self.norm2 = group_norm(out_ch)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
@@ -96,7 +103,7 @@ class AttentionBlock(nn.Module):
 
     def __init__(self, ch: int) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(GROUPS, ch)
+        self.norm = group_norm(ch)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj_out = zero_init(nn.Conv2d(ch, ch, 1))
 
@@ -120,12 +127,15 @@ class Step(nn.Module):
 
 
 class Downsample(nn.Module):
+    """A stride-2 3×3 convolution, padded as TensorFlow's "SAME" pads it for even sizes (Ho et al.'s
+    code): one row and column of zeros at the bottom and right only, so the kernels sit on (0, 2, ...)."""
+
     def __init__(self, ch: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
 
 
 class Upsample(nn.Module):
@@ -184,7 +194,7 @@ class UNet(nn.Module):
                 self.up.append(Upsample(ch))
                 res *= 2
 
-        self.norm_out = nn.GroupNorm(GROUPS, ch)
+        self.norm_out = group_norm(ch)
         self.conv_out = zero_init(nn.Conv2d(ch, in_channels, 3, padding=1))
 
     @classmethod
@@ -193,7 +203,7 @@ class UNet(nn.Module):
         return cls(image_size, **{**preset_architecture(name, image_size), **overrides})
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        emb = self.time_mlp(timestep_embedding(t, self.channels))
+        emb = self.time_mlp(timestep_embedding(t, self.channels, self.conv_in.weight.dtype))
         h = self.conv_in(x)
         skips = [h]
         for block in self.down:

@@ -20,13 +20,14 @@ def test_help_lists_every_command_with_a_description() -> None:
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
     descriptions = {
-        "download": "Fetch and verify the source images (Flowers-102).",
+        "download": "Fetch and verify the source images (Flowers-102 or CIFAR-10).",
         "prepare": "Decode, crop and resize the images into one uint8 array.",
         "train": "Train the UNet (Algorithm 1); write a checkpoint.",
         "sample": "Draw samples (DDPM or DDIM); write them + pictures.",
         "schedules": "Draw alphā(t), log-SNR(t) and the forward process per schedule.",
         "evaluate": "FID and KID of the samples against the real images.",
         "compare": "Compare trained schedules: table, curves, samples.",
+        "import": "Bring published weights in as a ddpm checkpoint.",
     }
     for command, description in descriptions.items():
         assert re.search(rf"^  {command} +{re.escape(description)}$", result.output, re.MULTILINE), command

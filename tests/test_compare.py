@@ -121,3 +121,28 @@ def test_evaluate_and_compare_errors_are_one_line_and_write_nothing(project: Pat
         f"ddpm: error: {Path('runs/quadratic/model.pt')}: not found; run `ddpm train --beta-schedule quadratic` first"
     )
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "what"),
+    [
+        ("resize", "antialias", "resizes (evaluate.resize) (linear: legacy, cosine: antialias)"),
+        ("num_samples", 50000, "sample counts (sample.num_samples) (linear: 40, cosine: 50000)"),
+        ("weights_sha256", "ab12", "extractor weights (sha256) (linear: 6726, cosine: ab12)"),
+        ("feature_extractor", "randconv", "feature extractors (evaluate.feature_extractor)"),
+    ],
+)
+def test_compare_refuses_scores_that_are_not_comparable(
+    project: Path, tmp_path: Path, key: str, value: object, what: str
+) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(project / "runs", root / "runs")
+    scores = {"fid": 30.0, "kid_mean": 0.01, "kid_std": 0.001, "num_samples": 40, "num_real": 64,
+              "real_sha256": "cd34", "feature_extractor": "inception", "feature_dim": 2048, "weights": "test",
+              "weights_sha256": "6726", "resize": "legacy"}  # fmt: skip
+    (root / "runs" / "linear" / "eval.json").write_text(json.dumps(scores))
+    (root / "runs" / "cosine" / "eval.json").write_text(json.dumps({**scores, key: value}))
+    refused = invoke("compare", "linear", "cosine", "--set", "tracking.enabled=false", cwd=root)
+    assert refused.exit_code == 2
+    assert f"the schedules were run with different {what}" in refused.output
+    assert not (root / "reports").exists()

@@ -3,6 +3,7 @@
 import hashlib
 import io
 import json
+import pickle
 import subprocess
 import sys
 import tarfile
@@ -10,15 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import invoke
 from http_server import FileServer, closed_port_url
 from PIL import Image
 
-from ddpm.config import DataConfig
+from ddpm.config import ARCHIVES, DataConfig
 from ddpm.data import prepare, synthetic_flowers
-from ddpm.download import FLOWERS102_ARCHIVE, download, extract_tar_safely
+from ddpm.download import download, extract_tar_safely
 from ddpm.errors import UserError
 
 DDPM = str(Path(sys.executable).parent / "ddpm")
+FLOWERS102_ARCHIVE = ARCHIVES["flowers102"].name
 
 
 def jpeg_bytes(image: Image.Image, **kwargs: object) -> bytes:
@@ -217,6 +220,57 @@ def test_prepare_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="raw/flowers102: no such folder; run `ddpm download` first"):
         prepare(DataConfig(), tmp_path / "raw", tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def cifar10_batch(images: np.ndarray, labels: list[int]) -> bytes:
+    """A batch in CIFAR-10's python format: a pickled dict of bytes keys, rows of R, G, B planes."""
+    batch = {b"batch_label": b"training batch", b"labels": labels, b"data": images.reshape(len(images), -1),
+             b"filenames": [b"x.png"] * len(images)}  # fmt: skip
+    return pickle.dumps(batch, protocol=2)
+
+
+def cifar10_archive(batches: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in batches.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+class Exploit:
+    def __reduce__(self) -> tuple:
+        return (exec, ("open('pwned', 'w').write('ran')",))
+
+
+def test_cifar10_is_downloaded_checked_and_prepared_as_published(tmp_path: Path) -> None:
+    images = synthetic_flowers(15, 32, seed=3)
+    batches = {f"data_batch_{i + 1}": cifar10_batch(images[3 * i : 3 * i + 3], [i] * 3) for i in range(5)}
+    batches["test_batch"] = cifar10_batch(synthetic_flowers(2, 32, seed=4), [0, 1])  # never a training image
+    archive = cifar10_archive(batches)
+    server = FileServer({"/kriz/cifar-10-python.tar.gz": archive})
+    source = ["--source", "cifar10", "--set", f"data.url={server.root}/kriz/"]
+    checksum = "md5:" + hashlib.md5(archive).hexdigest()
+    wrong = invoke("download", *source, cwd=tmp_path)  # the official md5 is not the test archive's
+    assert wrong.exit_code == 2 and "checksum mismatch, expected md5:c58f30108f718f92721af3b95e74349a" in wrong.output
+    done = invoke("download", *source, "--set", f"data.checksum={checksum}", cwd=tmp_path)
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "data/raw/cifar10/cifar-10-batches-py/data_batch_5").is_file()
+    refused = invoke("prepare", "--source", "cifar10", "--image-size", "64", cwd=tmp_path)
+    assert refused.exit_code == 2 and "data.image_size: CIFAR-10's images are 32×32, got 64" in refused.output
+    done = invoke("prepare", "--source", "cifar10", "--image-size", "32", cwd=tmp_path)
+    assert done.exit_code == 0, done.output
+    assert np.array_equal(np.load(tmp_path / "data/prepared/images.npy"), images)  # the five batches, in order
+    manifest = json.loads((tmp_path / "data/prepared/manifest.json").read_text())
+    assert (manifest["source"], manifest["count"], manifest["image_size"]) == ("cifar10", 15, 32)
+
+    batch = tmp_path / "data/raw/cifar10/cifar-10-batches-py/data_batch_2"
+    batch.write_bytes(pickle.dumps({b"data": Exploit()}, protocol=2))
+    refused = invoke("prepare", "--source", "cifar10", "--image-size", "32", "--out", "again", cwd=tmp_path)
+    assert refused.exit_code == 2 and "data_batch_2: not a CIFAR-10 python batch" in refused.output
+    assert "exec, which is not data; refused without running it" in refused.output
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "again").exists()
 
 
 def test_synthetic_source_is_prepared_without_downloading(tmp_path: Path) -> None:

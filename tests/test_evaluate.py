@@ -120,10 +120,45 @@ def test_real_features_are_cached_per_dataset_and_reused(tmp_path: Path, flowers
     assert (cached_first, cached_second) == (False, True)
     assert calls == ["features real", "features samples", "features samples"]  # the real set once
     assert first == second
-    digest = hashlib.sha256(real.read_bytes()).hexdigest()[:16]
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"real-{digest}-randconv.npy"]
+    digest = hashlib.sha256(real.read_bytes()).hexdigest()
+    assert first["real_sha256"] == digest and first["resize"] == "none"  # randconv takes the images as they are
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"real-{digest[:16]}-randconv.npy"]
     write(tmp_path, "r.npy", flowers[::-1].copy())  # another dataset at the same path: computed afresh
     assert ev.evaluate(SMALL, samples, real, tmp_path / "cache", CPU, False)[1] is False
+
+
+def test_a_cache_made_with_one_resize_is_never_read_for_the_other(tmp_path: Path, flowers: np.ndarray) -> None:
+    real = write(tmp_path, "r.npy", flowers[:20])
+    digest = hashlib.sha256(real.read_bytes()).hexdigest()
+    calls = []
+
+    def extractor(resize: str) -> ev.Extractor:  # a cheap network standing in, named as the Inception is
+        network = lambda x: calls.append(resize) or ev.RandConv()(ev.resize_to_inception(x, resize)[..., :64, :64])  # noqa: E731
+        return ev.Extractor("inception", network, "test", None, resize)
+
+    legacy, _ = ev.real_features(extractor("legacy"), real, digest, 10, tmp_path / "c", CPU, False)
+    antialias, cached = ev.real_features(extractor("antialias"), real, digest, 10, tmp_path / "c", CPU, False)
+    assert not cached and calls == ["legacy"] * 2 + ["antialias"] * 2
+    assert not torch.allclose(legacy, antialias)
+    names = sorted(p.name for p in (tmp_path / "c").iterdir())
+    assert names == [f"real-{digest[:16]}-inception-antialias.npy", f"real-{digest[:16]}-inception-legacy.npy"]
+    again, cached = ev.real_features(extractor("legacy"), real, digest, 10, tmp_path / "c", CPU, False)
+    assert cached and again.equal(legacy) and len(calls) == 4
+
+
+@pytest.mark.parametrize("size", [16, 32, 64, 100, 299, 320])
+def test_the_legacy_resize_is_torch_fidelitys_tensorflow1_resize(size: int) -> None:
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    g = torch.Generator().manual_seed(size)
+    images = torch.randint(0, 256, (2, 3, size, size + 3), generator=g, dtype=torch.uint8)  # odd and even sides
+    theirs = interpolate_bilinear_2d_like_tensorflow1x(images.float(), size=(299, 299), align_corners=False)
+    ours = ev.resize_to_inception(images, "legacy")
+    assert ours.shape == (2, 3, 299, 299) and ours.dtype == torch.float32
+    assert torch.equal(ours, theirs)
+    antialiased = ev.resize_to_inception(images, "antialias")
+    if size != 299:  # the two methods differ wherever the size changes
+        assert (antialiased - ours).abs().max() > 1
 
 
 @pytest.mark.parametrize(
@@ -195,7 +230,7 @@ def empty_torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @needs_fid_helper
-def test_fid_helper_through_our_wrapper_equals_torchmetrics_default_path(
+def test_fid_helper_through_our_wrapper_equals_torchmetrics_legacy_path(
     weights: Path, empty_torch_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from torchmetrics.image.fid import FrechetInceptionDistance
@@ -209,13 +244,35 @@ def test_fid_helper_through_our_wrapper_equals_torchmetrics_default_path(
     cached = empty_torch_home / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth"
     cached.parent.mkdir(parents=True)
     cached.symlink_to(weights)
-    metric = FrechetInceptionDistance(feature=2048).double()
+    metric = FrechetInceptionDistance(feature=2048, antialias=False).double()  # the legacy resize, as ours
     metric.update(torch.from_numpy(real), real=True)
     metric.update(torch.from_numpy(fake), real=False)
     theirs = float(metric.compute())
     print(f"FID fid-helper {ours:.6f}, torchmetrics {theirs:.6f}")
     assert ours == pytest.approx(theirs, rel=1e-3)
     assert ours > 1
+
+
+@needs_fid_helper
+@pytest.mark.parametrize("resize", ["legacy", "antialias"])
+def test_fid_equals_torchmetrics_fid_with_the_same_network_and_resize(
+    resize: str, weights: Path, empty_torch_home: Path
+) -> None:
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    real, fake = synthetic_flowers(10, 32, seed=0), synthetic_flowers(10, 32, seed=1)
+    cfg = EvaluateConfig(inception_weights=str(weights), inception_checksum=sha256(weights), resize=resize)
+    extractor = ev.load_extractor(cfg, CPU)
+    assert extractor.resize == resize
+    ours = ev.frechet_distance(*(ev.extract_features(extractor, x, 10, CPU, "", False) for x in (real, fake)))
+
+    cached = empty_torch_home / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth"
+    cached.parent.mkdir(parents=True)
+    cached.symlink_to(weights)
+    metric = FrechetInceptionDistance(feature=2048, antialias=resize == "antialias").double()
+    metric.update(torch.from_numpy(real), real=True)
+    metric.update(torch.from_numpy(fake), real=False)
+    assert ours == pytest.approx(float(metric.compute()), rel=1e-6)
 
 
 @needs_fid_helper

@@ -1,0 +1,207 @@
+"""Ho et al.'s UNet, exactly: diffusers' UNet2DModel with random weights, saved as diffusers saves
+it, imported with `ddpm import diffusers`, computes the same function; and every folder that cannot
+be imported is one clear error with nothing written."""
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CPU, run
+
+from ddpm.checkpoint import load_trained, read_checkpoint
+from ddpm.convert import import_diffusers
+from ddpm.errors import UserError
+from ddpm.unet import preset_architecture
+
+diffusers = pytest.importorskip("diffusers")
+
+# google/ddpm-cifar10-32's config.json (Ho et al.'s CIFAR-10 model)
+HO_CIFAR10 = {
+    "sample_size": 32, "block_out_channels": [128, 256, 256, 256], "layers_per_block": 2,
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+    "attention_head_dim": None, "norm_eps": 1e-6, "downsample_padding": 0, "flip_sin_to_cos": False, "freq_shift": 1,
+    "dropout": 0.1,
+}  # fmt: skip
+# A small one: other widths, attention at two levels and full resolution, a block where channels change
+SMALL = {
+    "sample_size": 16, "block_out_channels": [32, 64, 64], "layers_per_block": 1,
+    "down_block_types": ["AttnDownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "AttnUpBlock2D"],
+    "attention_head_dim": None, "norm_eps": 1e-6, "downsample_padding": 0, "flip_sin_to_cos": False, "freq_shift": 1,
+}  # fmt: skip
+
+
+def diffusers_folder(folder: Path, config: dict, safetensors: bool = True, **scheduler: object) -> torch.nn.Module:
+    """A UNet2DModel with random weights, saved with its scheduler config as diffusers saves them: diffusers'
+    own random initialisation, with the GroupNorm gains and every bias drawn too (they start at 1 and 0,
+    where a mix-up of two of them would go unseen)."""
+    torch.manual_seed(1)
+    model = diffusers.UNet2DModel(**config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(name.endswith("weight") + 0.1 * torch.randn(p.shape))
+            elif name.endswith("bias"):
+                p.copy_(0.02 * torch.randn(p.shape))
+    model.save_pretrained(folder, safe_serialization=safetensors)
+    diffusers.DDPMScheduler(**scheduler).save_pretrained(folder)
+    return model.eval()
+
+
+def max_difference(ours: torch.nn.Module, theirs: torch.nn.Module, size: int, dtype: torch.dtype) -> float:
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 3, size, size, generator=generator, dtype=dtype)
+    t = torch.randint(0, 1000, (4,), generator=generator)
+    with torch.no_grad():
+        return float((ours.to(dtype)(x, t) - theirs.to(dtype)(x, t).sample).abs().max())
+
+
+@pytest.mark.parametrize(("config", "safetensors"), [(HO_CIFAR10, True), (SMALL, False)], ids=["ho-cifar10", "small"])
+def test_imported_weights_compute_diffusers_function(tmp_path: Path, config: dict, safetensors: bool) -> None:
+    theirs = diffusers_folder(tmp_path / "unet", config, safetensors)
+    made = import_diffusers(tmp_path / "unet", tmp_path / "model.pt")
+    trained = load_trained(tmp_path / "model.pt", CPU)
+    assert sum(p.numel() for p in trained.model.parameters()) == sum(p.numel() for p in theirs.parameters())
+    assert max_difference(trained.model, theirs, config["sample_size"], torch.float32) <= 1e-5
+    assert made["diffusion"] == {"schedule": "linear", "timesteps": 1000, "prediction": "eps"}
+    assert made["imported"]["weights"].endswith(".safetensors" if safetensors else ".bin")
+    if config is HO_CIFAR10:  # the preset is that model: the paper's 35,746,307 parameters, the same arguments
+        assert sum(p.numel() for p in theirs.parameters()) == 35_746_307
+        preset = {k: list(v) if isinstance(v, tuple) else v for k, v in preset_architecture("ddpm-cifar10", 32).items()}
+        assert made["arch"] == {"image_size": 32, **preset}
+
+
+def test_the_unet_runs_in_float64_and_agrees_to_rounding(tmp_path: Path) -> None:
+    theirs = diffusers_folder(tmp_path / "unet", SMALL)
+    import_diffusers(tmp_path / "unet", tmp_path / "model.pt")
+    ours = load_trained(tmp_path / "model.pt", CPU).model
+    assert max_difference(ours, theirs, 16, torch.float64) <= 1e-12
+
+
+def test_a_pipeline_folder_gives_its_scheduler_and_schedules_map_to_the_same_betas(tmp_path: Path) -> None:
+    diffusers_folder(tmp_path / "pipe" / "unet", SMALL)
+    (tmp_path / "pipe" / "unet" / "scheduler_config.json").unlink()  # the pipeline keeps it in ../scheduler/
+    for name, ours in (("squaredcos_cap_v2", "cosine"), ("linear", "linear"), ("scaled_linear", "quadratic")):
+        scheduler = diffusers.DDPMScheduler(beta_schedule=name, num_train_timesteps=500, beta_start=2e-4,
+                                            beta_end=0.04, prediction_type="v_prediction")  # fmt: skip
+        scheduler.save_pretrained(tmp_path / "pipe" / "scheduler")
+        out = tmp_path / f"{name}.pt"
+        assert import_diffusers(tmp_path / "pipe" / "unet", out)["diffusion"] == {
+            "schedule": ours, "timesteps": 500, "prediction": "v"}  # fmt: skip
+        betas = load_trained(out, CPU).diffusion.betas
+        torch.testing.assert_close(betas, scheduler.betas.double(), rtol=1e-6, atol=0)
+
+
+def test_the_cli_imports_once_and_sample_uses_the_checkpoint(tmp_path: Path) -> None:
+    diffusers_folder(tmp_path / "unet", SMALL)
+    done = run("import", "diffusers", "unet", "--out", "runs/small/model.pt", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "linear schedule, T = 1000" in done.stdout
+    again = run("import", "diffusers", "unet", "--out", "runs/small/model.pt", cwd=tmp_path)
+    assert again.returncode == 2 and again.stderr.startswith("ddpm: error: --out: runs/small/model.pt exists")
+    drawn = run("sample", "--checkpoint", "runs/small/model.pt", "--num-samples", "2", "--sampler", "ddim",
+                "--ddim-steps", "2", "--set", "tracking.enabled=false", cwd=tmp_path)  # fmt: skip
+    assert drawn.returncode == 0, drawn.stderr
+    origin = json.loads((tmp_path / "runs/small/samples/samples.json").read_text())
+    assert (origin["schedule"], origin["timesteps"], origin["image_size"]) == ("linear", 1000, 16)
+
+
+def test_a_checkpoint_of_the_earlier_unet_is_refused_in_one_line(tmp_path: Path) -> None:
+    diffusers_folder(tmp_path / "unet", SMALL)
+    import_diffusers(tmp_path / "unet", tmp_path / "model.pt")
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    torch.save({**state, "arch_version": 1}, tmp_path / "old.pt")
+    with pytest.raises(UserError, match=r"old.pt: made by an earlier UNet \(architecture version 1, this ddpm builds"):
+        read_checkpoint(tmp_path / "old.pt", CPU)
+
+
+def edit_json(path: Path, **changes: object) -> None:
+    content = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is ...:
+            content.pop(key)
+        else:
+            content[key] = value
+    path.write_text(json.dumps(content))
+
+
+def config(**changes: object):  # noqa: ANN201
+    return lambda folder: edit_json(folder / "config.json", **changes)
+
+
+def scheduler(**changes: object):  # noqa: ANN201
+    return lambda folder: edit_json(folder / "scheduler_config.json", **changes)
+
+
+class Exploit:
+    def __reduce__(self) -> tuple:
+        return (exec, ("open('pwned', 'w').write('ran')",))
+
+
+def tamper(folder: Path, how: str) -> None:
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    if how == "truncated":
+        weights.write_bytes(weights.read_bytes()[:5000])
+    elif how == "code in a .bin":
+        weights.unlink()
+        (folder / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps({"conv_in.weight": Exploit()}))
+    elif how == "extra tensor":
+        from safetensors.torch import load_file, save_file
+
+        save_file({**load_file(weights), "extra.weight": torch.zeros(2)}, weights)
+    elif how == "missing tensor":
+        from safetensors.torch import load_file, save_file
+
+        save_file({k: v for k, v in load_file(weights).items() if k != "conv_out.bias"}, weights)
+    elif how == "wrong shape":
+        from safetensors.torch import load_file, save_file
+
+        save_file({**load_file(weights), "conv_in.bias": torch.zeros(7)}, weights)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: (f / "config.json").unlink(), r"unet: no config.json; expected a diffusers model folder"),
+        (config(norm_eps=1e-5), r"norm_eps = 1e-05; the ddpm UNet computes 1e-06 only"),
+        (config(flip_sin_to_cos=...), r"flip_sin_to_cos = true; .* computes false only"),
+        (config(attention_head_dim=8), r"attention_head_dim = 8; .* null only"),
+        (config(up_block_types=["UpBlock2D"] * 3), r"up_block_types = .*the mirror of"),
+        (config(cross_attention_dim=64), r"unknown UNet2DModel key 'cross_atte"),
+        (config(_class_name="UNet2DConditionModel"), r"imports UNet2DModel only"),
+        (scheduler(beta_schedule="sigmoid"), r'"sigmoid"; ddpm imports linear, scaled_linear, squa'),
+        (scheduler(trained_betas=[0.1] * 1000), r"trained_betas = \[0.1"),
+        (scheduler(beta_end=0.03), r"0.0001, 0.03; ddpm's linear .* from 0.0001 to 0.02"),
+        (lambda f: (f / "scheduler_config.json").unlink(), r"unet: no scheduler config \(.* or .*/scheduler/sch"),
+        (lambda f: tamper(f, "truncated"), r"diffusion_pytorch_model.safetensors: not a readable weights file"),
+        (lambda f: tamper(f, "code in a .bin"), r"model.bin: .* \(it holds objects other than tensors; refused"),
+        (lambda f: tamper(f, "extra tensor"), r"tensor 'extra.weight' has no place in the UNet"),
+        (lambda f: tamper(f, "missing tensor"), r"no tensor 'conv_out.bias', which its config.json implies"),
+        (lambda f: tamper(f, "wrong shape"), r"conv_in.bias is \(7,\); its config.json implies \(32,\)"),
+    ],
+    ids=["no config", "norm_eps", "default flip", "heads", "up blocks", "unknown key", "class", "schedule",
+         "trained betas", "beta ends", "no scheduler", "truncated", "code in a .bin", "extra tensor",
+         "missing tensor", "wrong shape"],
+)  # fmt: skip
+def test_what_cannot_be_imported_is_one_clear_error_and_nothing_is_written(
+    small_folder: Path, tmp_path: Path, damage, message: str
+) -> None:
+    import shutil
+
+    folder = tmp_path / "unet"
+    shutil.copytree(small_folder, folder)
+    damage(folder)
+    with pytest.raises(UserError, match=message) as error:
+        import_diffusers(folder, tmp_path / "out" / "model.pt")
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "pwned").exists()
+
+
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("small") / "unet"
+    diffusers_folder(folder, SMALL)
+    return folder

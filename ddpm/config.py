@@ -98,8 +98,9 @@ ARCHIVES = {
 
 class DataConfig(Section):
     source: Literal["flowers102", "cifar10", "folder", "synthetic"] = "flowers102"
-    url: Url | None = None  # the folder holding the source's archive (a mirror); null: its official address
-    checksum: Checksum | None = None  # of the archive; null: the official one (torchvision's md5)
+    # the folder holding the source's archive (a mirror), and the archive's checksum; null: the official ones
+    url: Url | None = Field(None, description="an http:// or https:// URL, or null")
+    checksum: Checksum | None = Field(None, description='"algorithm:hex" with a hashlib algorithm, or null')
     folder: str | None = None  # source folder: a folder of images, searched recursively
     synthetic_count: PositiveInt = 8189  # source synthetic: as many images as Flowers-102 has
     synthetic_seed: Int = 0

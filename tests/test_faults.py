@@ -382,7 +382,7 @@ def test_a_signal_during_the_final_save_says_so_and_the_mlflow_run_ends_killed(
         ),
         (
             b"data:\n  url: example.com/flowers/\n",
-            'data.url: expected an http:// or https:// URL, got "example.com/flowers/"',
+            'data.url: expected an http:// or https:// URL, or null, got "example.com/flowers/"',
         ),
     ],
 )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CPU, run
+from conftest import CPU, invoke
 
 from ddpm.checkpoint import load_trained, read_checkpoint
 from ddpm.convert import import_diffusers
@@ -97,14 +97,14 @@ def test_a_pipeline_folder_gives_its_scheduler_and_schedules_map_to_the_same_bet
 
 def test_the_cli_imports_once_and_sample_uses_the_checkpoint(tmp_path: Path) -> None:
     diffusers_folder(tmp_path / "unet", SMALL)
-    done = run("import", "diffusers", "unet", "--out", "runs/small/model.pt", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
+    done = invoke("import", "diffusers", "unet", "--out", "runs/small/model.pt", cwd=tmp_path)
+    assert done.exit_code == 0, done.stderr
     assert "linear schedule, T = 1000" in done.stdout
-    again = run("import", "diffusers", "unet", "--out", "runs/small/model.pt", cwd=tmp_path)
-    assert again.returncode == 2 and again.stderr.startswith("ddpm: error: --out: runs/small/model.pt exists")
-    drawn = run("sample", "--checkpoint", "runs/small/model.pt", "--num-samples", "2", "--sampler", "ddim",
-                "--ddim-steps", "2", "--set", "tracking.enabled=false", cwd=tmp_path)  # fmt: skip
-    assert drawn.returncode == 0, drawn.stderr
+    again = invoke("import", "diffusers", "unet", "--out", "runs/small/model.pt", cwd=tmp_path)
+    assert again.exit_code == 2 and again.stderr.startswith("ddpm: error: --out: runs/small/model.pt exists")
+    drawn = invoke("sample", "--checkpoint", "runs/small/model.pt", "--num-samples", "2", "--sampler", "ddim",
+                   "--ddim-steps", "2", "--set", "tracking.enabled=false", cwd=tmp_path)  # fmt: skip
+    assert drawn.exit_code == 0, drawn.stderr
     origin = json.loads((tmp_path / "runs/small/samples/samples.json").read_text())
     assert (origin["schedule"], origin["timesteps"], origin["image_size"]) == ("linear", 1000, 16)
 

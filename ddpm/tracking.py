@@ -333,7 +333,9 @@ def evaluation_run(store: Store, origin: dict[str, Any], evaluate: dict[str, Any
     parent = parent_of(store, checkpoint, origin["model_run_id"], origin["schedule"])
     sample = origin["sample"]
     chain = "DDPM" if sample["sampler"] == "ddpm" else f"DDIM {sample['ddim_steps']} steps"
-    name = f"{origin['schedule']}: {chain}, {sample['num_samples']} samples, {evaluate['feature_extractor']}"
+    features = evaluate["feature_extractor"]
+    features += f" ({evaluate['resize']} resize)" if features == "inception" else ""  # randconv does not resize
+    name = f"{origin['schedule']}: {chain}, {sample['num_samples']} samples, {features}"
     params = {**flat_params(sample, "sample"), **flat_params(evaluate, "evaluate")}
     return child_run(store, parent, params, name, stage)
 

@@ -96,7 +96,10 @@ def test_train_then_sample(flowers16: Path, tmp_path: Path) -> None:
     assert {"train/model.pt", "train/train.json", "train/losses.csv"} <= artifacts
     assert any(a.path.endswith(".png") for a in client.list_artifacts(model.info.run_id, "images"))  # log_image
     [child] = [r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == model.info.run_id]
-    assert child.info.run_name == "cosine: DDIM 5 steps, 3 samples, inception" and child.info.status == "FINISHED"
+    assert (
+        child.info.run_name == "cosine: DDIM 5 steps, 3 samples, inception (legacy resize)"
+        and child.info.status == "FINISHED"
+    )
     assert (child.data.params["sample.sampler"], child.data.params["sample.num_samples"]) == ("ddim", "3")
     assert "samples/grid.png" in {a.path for a in client.list_artifacts(child.info.run_id, "samples")}
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"

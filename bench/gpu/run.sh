@@ -45,6 +45,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/ddpm-gpu.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 FIGURES=$OUT/figures.json
 DEADLINE=$((SECONDS + BUDGET))
+export PYTHONUNBUFFERED=1 # the log in the order things happen
+export HF_HUB_OFFLINE=1   # diffusers never reaches for the network that is not there
 
 # pydantic and diffusers from the carried wheels, offline, into the machine's own Python (torch stays
 # its own); nothing to do where they already import.

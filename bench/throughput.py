@@ -1,26 +1,33 @@
 """Training and sampling speed: our UNet against diffusers' UNet2DModel at the identical
-ddpm-cifar10 architecture (35.7 M parameters, asserted equal), in one process, on the same
-device, batch and precision.
+architecture (a preset of ddpm.unet, the same parameter count asserted), in one process, on the
+same device, batch and precision.
 
     pip install -e ".[bench]"          # diffusers, for this comparison only
     python bench/throughput.py         # on a GPU: 32×32, batch 128, fp32 and bf16, and sampling
     python bench/throughput.py --device cpu --batch-size 8 --sample-batch 8 --sample-steps 100
+    python bench/throughput.py --preset learnopencv --image-size 64 --batch-size 64 --precision bf16 --json f.json
 
 Training: both networks go through the training loop's own step (ddpm.train.training_step: our
 loss, fused AdamW, gradient clipping, and --precision / --channels-last / --compile), on random
 data; only the network differs. Sampling: ours is `ddpm sample`'s loop (ddpm.sample.generate);
-diffusers' is the plain loop of its documentation (UNet2DModel + DDPMScheduler.step). Times are
-CUDA events on a GPU and wall clock on the CPU; warm-up is excluded; each figure is the median
-of --repeats. TFLOP/s counts the FLOPs that torch.utils.flop_counter sees in one step.
+diffusers' is the plain loop of its documentation (UNet2DModel + DDPMScheduler.step, or
+DDIMScheduler.step). Times are CUDA events on a GPU and wall clock on the CPU; warm-up is excluded
+(a sampler warms up on a short DDIM chain, which calls the network with the chain's one shape);
+each figure is the median of --repeats. TFLOP/s counts the FLOPs that torch.utils.flop_counter
+sees in one step. bench/gpu/measure.py uses the same functions for the GPU proof.
 """
 
 import argparse
 import copy
+import json
+import math
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -33,20 +40,32 @@ from ddpm.sample import generate
 from ddpm.schedules import beta_schedule
 from ddpm.state import make_optimizer
 from ddpm.train import training_step
-from ddpm.unet import UNet
+from ddpm.unet import PRESETS, UNet
+
+# How a training step runs, by name: what bench/gpu/ measures and its JSON keys say.
+SETTINGS = {
+    "fp32": FastPath(bf16=False, channels_last=False, compile=False),
+    "bf16": FastPath(bf16=True, channels_last=False, compile=False),
+    "bf16-cl": FastPath(bf16=True, channels_last=True, compile=False),
+    "bf16-cl-compile": FastPath(bf16=True, channels_last=True, compile=True),
+}
+WARMUP_DDIM_STEPS = 10  # a sampler's warm-up chain: compiles and records the network at the chain's shape
 
 
-def diffusers_unet(image_size: int) -> nn.Module:
-    """diffusers' UNet2DModel with our ddpm-cifar10 architecture (google/ddpm-cifar10-32's config)."""
+def diffusers_unet(preset: str, image_size: int) -> nn.Module:
+    """diffusers' UNet2DModel with our preset's architecture (for ddpm-cifar10: google/ddpm-cifar10-32's
+    config): a down block per channel multiplier, with attention at the preset's levels, mirrored up."""
     from diffusers import UNet2DModel
 
+    arch = PRESETS[preset]
+    levels = range(len(arch["channel_mult"]))
+    down = tuple("AttnDownBlock2D" if level in arch["attention_levels"] else "DownBlock2D" for level in levels)
+    up = tuple(name.replace("Down", "Up") for name in reversed(down))
     return UNet2DModel(
-        sample_size=image_size, in_channels=3, out_channels=3, layers_per_block=2,
-        block_out_channels=(128, 256, 256, 256),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-        dropout=0.1, attention_head_dim=None, norm_num_groups=32, norm_eps=1e-6, downsample_padding=0,
-        flip_sin_to_cos=False, freq_shift=1,
+        sample_size=image_size, in_channels=3, out_channels=3, layers_per_block=arch["num_res_blocks"],
+        block_out_channels=tuple(arch["channels"] * mult for mult in arch["channel_mult"]),
+        down_block_types=down, up_block_types=up, dropout=arch["dropout"], attention_head_dim=None,
+        norm_num_groups=32, norm_eps=1e-6, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1,
     )  # fmt: skip
 
 
@@ -61,7 +80,26 @@ class EpsOf(nn.Module):
         return self.unet(x, t).sample
 
 
-def timed(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int, calls: int) -> float:
+def parameters(network: nn.Module) -> int:
+    return sum(p.numel() for p in network.parameters())
+
+
+def networks(preset: str, image_size: int, with_diffusers: bool = True) -> dict[str, nn.Module]:
+    """Ours ("ddpm") and, with `with_diffusers`, diffusers' ("diffusers") at the preset's architecture;
+    diffusers' is left out, with a note, when its parameter count differs (not the same network)."""
+    torch.manual_seed(0)
+    built = {"ddpm": UNet.from_preset(preset, image_size)}
+    if with_diffusers:
+        theirs = EpsOf(diffusers_unet(preset, image_size))
+        if parameters(theirs) == parameters(built["ddpm"]):
+            built["diffusers"] = theirs
+        else:
+            print(f"# diffusers' UNet2DModel for {preset} has {parameters(theirs):,} parameters, ours "
+                  f"{parameters(built['ddpm']):,}: not the same network, so ours only")  # fmt: skip
+    return built
+
+
+def seconds_per_call(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int, calls: int) -> float:
     """Median seconds per call of `fn` over `repeats` timings of `calls` calls, after `warmup` calls."""
     for _ in range(warmup):
         fn()
@@ -83,11 +121,24 @@ def timed(fn: Callable[[], object], device: torch.device, warmup: int, repeats: 
     return statistics.median(times)
 
 
+@dataclass(frozen=True)
+class Timing:
+    steps: int = 20  # training steps per timing
+    warmup: int = 5  # steps before the timings (a compiled step compiles in the first)
+    repeats: int = 5  # timings; the figure is their median
+
+
 def train_figures(
-    network: nn.Module, args: argparse.Namespace, fast: FastPath, device: torch.device
-) -> tuple[float, float, float]:
-    """img/s, FLOPs per image and peak memory (MiB, GPU only) of training `network`."""
-    size, batch = args.image_size, args.batch_size
+    network: nn.Module,
+    fast: FastPath,
+    device: torch.device,
+    image_size: int,
+    batch: int,
+    timing: Timing,
+    profile: Path | None = None,
+) -> dict[str, float | None]:
+    """img/s, TFLOP/s and peak memory (MiB, None off a GPU) of training `network` on random data;
+    with `profile`, a torch.profiler table of one more step's top kernels written there."""
     model = copy.deepcopy(network).to(device).train()
     if fast.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -95,10 +146,11 @@ def train_figures(
     optimizer = make_optimizer(model, TrainConfig(lr=2e-4))
     diffusion = GaussianDiffusion(beta_schedule("linear", 1000)).to(device)
     g = torch.Generator(device).manual_seed(0)
+    shape = (batch, 3, image_size, image_size)
     data = (
-        torch.randn(batch, 3, size, size, generator=g, device=device),
+        torch.randn(shape, generator=g, device=device),
         torch.randint(0, 1000, (batch,), generator=g, device=device),
-        torch.randn(batch, 3, size, size, generator=g, device=device),
+        torch.randn(shape, generator=g, device=device),
     )
 
     def step() -> None:
@@ -108,52 +160,106 @@ def train_figures(
         training_step(model, diffusion, optimizer, data, 1.0, fast)  # eager: what the network costs
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = timed(step, device, args.warmup, args.repeats, args.steps)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-    return batch / seconds, counter.get_total_flops() / batch, peak
+    seconds = seconds_per_call(step, device, timing.warmup, timing.repeats, timing.steps)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    if profile is not None:
+        profile_step(step, device, profile)
+    return {"img_s": batch / seconds, "tflop_s": counter.get_total_flops() / seconds / 1e12, "peak_mib": peak}
 
 
-def sample_seconds_ours(
-    network: nn.Module, args: argparse.Namespace, bf16: bool, device: torch.device, ddim_steps: int = 0
-) -> float:
-    """`ddpm sample`'s loop: DDPM over all --sample-steps, or DDIM in `ddim_steps` of them."""
-    model = copy.deepcopy(network).to(device).eval()
-    diffusion = GaussianDiffusion(beta_schedule("linear", args.sample_steps)).to(device)
-    sampler = {"sampler": "ddim", "ddim_steps": ddim_steps} if ddim_steps else {}
-    precision = "bf16" if bf16 else "fp32"
-    cfg = SampleConfig(num_samples=args.sample_batch, batch_size=args.sample_batch, precision=precision, **sampler)
-    return timed(lambda: generate(model, diffusion, cfg, args.image_size, device, progress=False),
-                 device, 1, args.sample_repeats, 1)  # fmt: skip
+def profile_step(step: Callable[[], None], device: torch.device, path: Path, rows: int = 30) -> None:
+    """torch.profiler's table of one call of `step`, the kernels that took the most device time first.
+    A profiler that fails writes its error there instead: the figures measured before it stand."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if gpu else [])]
+    try:
+        with profile(activities=activities) as recorded:
+            step()
+            if gpu:
+                torch.cuda.synchronize(device)
+        table = recorded.key_averages().table(sort_by="self_device_time_total" if gpu else "self_cpu_time_total",
+                                              row_limit=rows)  # fmt: skip
+    except Exception as e:  # the profiler depends on the machine (CUPTI); the timings do not
+        table = f"the profiler failed: {type(e).__name__}: {e}"
+        print(table)
+    path.write_text(table + "\n")
 
 
-def sample_seconds_diffusers(network: nn.Module, args: argparse.Namespace, bf16: bool, device: torch.device) -> float:
-    from diffusers import DDPMScheduler
+class OurSampler:
+    """`ddpm sample`'s loop (ddpm.sample.generate) on `batch` images of a network, timed one chain a call."""
 
-    unet = copy.deepcopy(network).to(device).eval()
-    scheduler = DDPMScheduler(num_train_timesteps=args.sample_steps, beta_schedule="linear")
-    scheduler.set_timesteps(args.sample_steps)
-    shape = (args.sample_batch, 3, args.image_size, args.image_size)
+    def __init__(
+        self, network: nn.Module, image_size: int, batch: int, timesteps: int, bf16: bool, device: torch.device
+    ) -> None:
+        self.model = copy.deepcopy(network).to(device).eval()
+        self.diffusion = GaussianDiffusion(beta_schedule("linear", timesteps)).to(device)
+        self.image_size, self.batch, self.bf16, self.device = image_size, batch, bf16, device
 
-    @torch.inference_mode()
-    def loop() -> None:
-        g = torch.Generator(device).manual_seed(0)
-        x = torch.randn(shape, generator=g, device=device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            for t in scheduler.timesteps:
-                eps = unet(x, t).sample
-                x = scheduler.step(eps, t, x, generator=g).prev_sample
+    def seconds(self, ddim_steps: int = 0, repeats: int = 1) -> float:
+        """DDPM over all the timesteps, or DDIM in `ddim_steps` of them: the median of `repeats` chains."""
+        sampler = {"sampler": "ddim", "ddim_steps": ddim_steps} if ddim_steps else {}
+        cfg = SampleConfig(num_samples=self.batch, batch_size=self.batch, precision="bf16" if self.bf16 else "fp32",
+                           **sampler)  # fmt: skip
 
-    return timed(loop, device, 1, args.sample_repeats, 1)
+        def chain() -> None:
+            generate(self.model, self.diffusion, cfg, self.image_size, self.device, progress=False)
+
+        return seconds_per_call(chain, self.device, 0, repeats, 1)
+
+    def warm_up(self) -> None:
+        """On a GPU the first chain compiles the network and records its CUDA graphs."""
+        self.seconds(min(WARMUP_DDIM_STEPS, self.diffusion.num_timesteps))
+
+
+class DiffusersSampler:
+    """diffusers' plain loop of its documentation: UNet2DModel, then DDPMScheduler.step (or DDIM's)."""
+
+    def __init__(
+        self, unet: nn.Module, image_size: int, batch: int, timesteps: int, bf16: bool, device: torch.device
+    ) -> None:
+        self.unet = copy.deepcopy(unet).to(device).eval()
+        self.shape = (batch, 3, image_size, image_size)
+        self.timesteps, self.bf16, self.device = timesteps, bf16, device
+
+    def seconds(self, ddim_steps: int = 0, repeats: int = 1) -> float:
+        from diffusers import DDIMScheduler, DDPMScheduler
+
+        kind = DDIMScheduler if ddim_steps else DDPMScheduler
+        scheduler = kind(num_train_timesteps=self.timesteps, beta_schedule="linear")
+        scheduler.set_timesteps(ddim_steps or self.timesteps)
+
+        @torch.inference_mode()
+        def chain() -> None:
+            g = torch.Generator(self.device).manual_seed(0)
+            x = torch.randn(self.shape, generator=g, device=self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                for t in scheduler.timesteps:
+                    eps = self.unet(x, t).sample
+                    x = scheduler.step(eps, t, x, generator=g).prev_sample
+
+        return seconds_per_call(chain, self.device, 0, repeats, 1)
+
+    def warm_up(self) -> None:
+        self.seconds(min(WARMUP_DDIM_STEPS, self.timesteps))
+
+
+def finite(value: float | None) -> float | None:
+    """A figure as JSON holds it: NaN and infinity (nothing measured) as null."""
+    return value if value is not None and math.isfinite(value) else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--preset", default="ddpm-cifar10", choices=list(PRESETS))
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--precision", default=None, help="comma-separated fp32,bf16 [default: both on a GPU, fp32]")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="[default: GPU]")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--diffusers", action=argparse.BooleanOptionalAction, default=True, help="compare with it")
     parser.add_argument("--steps", type=int, default=20, help="training steps per timing")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
@@ -161,49 +267,73 @@ def main() -> None:
     parser.add_argument("--sample-batch", type=int, default=256)
     parser.add_argument("--sample-repeats", type=int, default=3)
     parser.add_argument("--ddim-steps", type=int, default=50, help="ours with DDIM too; 0: not")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args()
 
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     precisions = (args.precision or ("fp32,bf16" if gpu else "fp32")).split(",")
     channels_last = gpu if args.channels_last is None else args.channels_last
-    torch.manual_seed(0)
-    networks = {
-        "ddpm": UNet.from_preset("ddpm-cifar10", args.image_size),
-        "diffusers": EpsOf(diffusers_unet(args.image_size)),
-    }
-    counts = {name: sum(p.numel() for p in net.parameters()) for name, net in networks.items()}
-    assert counts["ddpm"] == counts["diffusers"], counts
+    nets = networks(args.preset, args.image_size, args.diffusers)
+    count = parameters(nets["ddpm"])
+    timing = Timing(args.steps, args.warmup, args.repeats)
 
     cpu = f"{platform.processor() or 'CPU'}, {torch.get_num_threads()} threads"
     shown = vars(args) | {"precision": ",".join(precisions), "channels_last": channels_last}
     command = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in shown.items())
     print(f"# {date.today()}, {torch.cuda.get_device_name(device) if gpu else cpu}, torch {torch.__version__}, "
-          f"{counts['ddpm']:,} parameters each")  # fmt: skip
+          f"{args.preset}: {count:,} parameters{' each' if len(nets) > 1 else ''}")  # fmt: skip
     print(f"# python bench/throughput.py {command}")
     print("| task | precision | ddpm | diffusers | ddpm / diffusers |")
     print("|---|---|---:|---:|---:|")
+    figures: dict[str, float | None] = {}
     for precision in precisions:
         fast = FastPath(bf16=precision == "bf16", channels_last=channels_last, compile=args.compile)
-        figures = {name: train_figures(net, args, fast, device) for name, net in networks.items()}
-        (ours, flops, peak), (theirs, their_flops, their_peak) = figures["ddpm"], figures["diffusers"]
+        train = {name: train_figures(net, fast, device, args.image_size, args.batch_size, timing)
+                 for name, net in nets.items()}  # fmt: skip
+        figures |= {f"train.{precision}.{name}.{k}": finite(v) for name, f in train.items() for k, v in f.items()}
         setting = f"{args.image_size}², batch {args.batch_size}{', compiled' if args.compile else ''}"
-        print(f"| train img/s, {setting} | {precision} | {ours:,.1f} | {theirs:,.1f} | {ours / theirs:.2f}× |")
-        print(f"| train TFLOP/s | {precision} | {ours * flops / 1e12:.1f} | {theirs * their_flops / 1e12:.1f} | |")
-        if gpu:
-            print(
-                f"| train peak memory, MiB | {precision} | {peak:,.0f} | {their_peak:,.0f} | {peak / their_peak:.2f}× |"
-            )
-        if args.sample_steps:
-            bf16 = precision == "bf16"
-            ours_s = sample_seconds_ours(networks["ddpm"], args, bf16, device)
-            theirs_s = sample_seconds_diffusers(networks["diffusers"].unet, args, bf16, device)
-            task = f"sample {args.sample_batch} images, {args.sample_steps} DDPM steps, s"
-            print(f"| {task} | {precision} | {ours_s:.2f} | {theirs_s:.2f} | {theirs_s / ours_s:.2f}× faster |")
-        if args.sample_steps and args.ddim_steps:
-            ddim_s = sample_seconds_ours(networks["ddpm"], args, precision == "bf16", device, args.ddim_steps)
-            task = f"sample {args.sample_batch} images, DDIM {args.ddim_steps} steps, s"
-            print(f"| {task} | {precision} | {ddim_s:.2f} | | |")
+        for task, key, fmt in (("train img/s, " + setting, "img_s", ",.1f"), ("train TFLOP/s", "tflop_s", ".1f"),
+                               ("train peak memory, MiB", "peak_mib", ",.0f")):  # fmt: skip
+            if key == "peak_mib" and not gpu:
+                continue
+            print(row(task, precision, {name: f[key] for name, f in train.items()}, fmt, key != "tflop_s"))
+        if not args.sample_steps:
+            continue
+        bf16 = precision == "bf16"
+        size, batch, steps = args.image_size, args.sample_batch, args.sample_steps
+        samplers = {"ddpm": OurSampler(nets["ddpm"], size, batch, steps, bf16, device)}
+        if "diffusers" in nets:
+            samplers["diffusers"] = DiffusersSampler(nets["diffusers"].unet, size, batch, steps, bf16, device)
+        for sampler in samplers.values():
+            sampler.warm_up()
+        chains = [("DDPM", steps, 0)] + ([("DDIM", args.ddim_steps, args.ddim_steps)] if args.ddim_steps else [])
+        for chain, length, ddim in chains:
+            seconds = {name: s.seconds(ddim, args.sample_repeats) for name, s in samplers.items()}
+            figures |= {f"sample.{chain.lower()}{length}.{precision}.{name}.s": s for name, s in seconds.items()}
+            task = f"sample {batch} images, {length} {chain} steps, s"
+            print(row(task, precision, seconds, ".2f", ratio_of_inverse=True))
+    if args.json:
+        meta = {"date": str(date.today()), "device": torch.cuda.get_device_name(device) if gpu else cpu,
+                "torch": torch.__version__, "command": f"python bench/throughput.py {command}",
+                "parameters": count}  # fmt: skip
+        args.json.write_text(json.dumps({"meta": meta, "figures": figures}, indent=1) + "\n")
+
+
+def row(task: str, precision: str, values: dict[str, float | None], fmt: str, ratio: bool = True,
+        ratio_of_inverse: bool = False) -> str:  # fmt: skip
+    """A table row: ours, diffusers' (blank when not measured) and ddpm / diffusers, or for times how
+    many times faster ours is."""
+    ours, theirs = values.get("ddpm"), values.get("diffusers")
+    shown = [format(v, fmt) if v is not None else "" for v in (ours, theirs)]
+    both = ours is not None and theirs is not None and ours > 0 and theirs > 0
+    if not (ratio and both):
+        times = ""
+    elif ratio_of_inverse:
+        times = f"{theirs / ours:.2f}× faster"
+    else:
+        times = f"{ours / theirs:.2f}×"
+    return f"| {task} | {precision} | {shown[0]} | {shown[1]} | {times} |"
 
 
 if __name__ == "__main__":

@@ -73,7 +73,13 @@ class Store:
     Every write goes through `send`, which never raises."""
 
     def __init__(self, cfg: TrackingConfig) -> None:
-        import mlflow
+        try:
+            import mlflow
+        except ImportError as e:  # a machine set up without it, such as the GPU proof's (bench/gpu/)
+            raise UserError(
+                f"tracking.enabled is true, but MLflow cannot be imported ({_first_line(e)}): pip install mlflow, "
+                "or set tracking.enabled: false (--set tracking.enabled=false) to run without it"
+            ) from None
 
         # MLflow's store logs its own tracebacks and table migrations; ddpm says in one line what failed
         logging.getLogger("mlflow.store").setLevel(logging.CRITICAL)

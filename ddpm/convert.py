@@ -98,9 +98,11 @@ def unet_architecture(config: dict[str, Any], path: Path) -> dict[str, Any]:
     def refuse(key: str, expected: str) -> UserError:
         return UserError(f"{path}: {key} = {json.dumps(c[key])}; the ddpm UNet computes {expected} only")
 
-    for key, value in UNET_REQUIRED.items():
-        if c[key] != value:
-            raise refuse(key, json.dumps(value))
+    wrong = [f"{key} = {json.dumps(c[key])} (ddpm: {json.dumps(value)})" for key, value in UNET_REQUIRED.items()
+             if c[key] != value]  # fmt: skip
+    if wrong:  # every one at once; editing the file would not help, the weights compute that function
+        raise UserError(f"{path}: this model computes another function than the ddpm UNet (Ho et al.'s) and "
+                        f"cannot be imported: {'; '.join(wrong)}")  # fmt: skip
     size = c["sample_size"]
     if isinstance(size, list) and len(size) == 2 and size[0] == size[1]:
         size = size[0]

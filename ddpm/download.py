@@ -34,18 +34,19 @@ def download(cfg: DataConfig, out_dir: Path, progress: bool = True) -> Path | No
         return None
     path, folder = out_dir / archive.name, out_dir / archive.folder
     if not (path.exists() and file_digest(path, archive.checksum) == archive.checksum):
-        fetch(archive.url.rstrip("/") + "/" + archive.name, path, archive.checksum, progress)
+        hint = (
+            f"offline? set data.url to a mirror's folder (and data.checksum to its archive's), or put "
+            f"{archive.name} in {out_dir} by hand; or, without {cfg.source}, set data.source: folder "
+            "(your own images) or synthetic"
+        )
+        fetch(archive.url.rstrip("/") + "/" + archive.name, path, archive.checksum, progress, hint)
+        shutil.rmtree(folder, ignore_errors=True)  # a new archive: never keep what an older one extracted
     if not folder.exists():
         extract_tar_safely(path, folder)
     return folder
 
 
-OFFLINE_DATA = "offline? set data.source: folder (your own images) or data.source: synthetic"
-
-
-def fetch(
-    url: str, dest: Path, checksum: str, progress: bool = True, timeout: float = 60, offline_hint: str = OFFLINE_DATA
-) -> None:
+def fetch(url: str, dest: Path, checksum: str, progress: bool, offline_hint: str, timeout: float = 60) -> None:
     """Stream `url` to `dest`.part, resuming with an HTTP Range request where a previous attempt
     stopped; verify the checksum, then move the file to `dest`. A mismatch deletes the file.
     Where nothing can be fetched at all, the error ends with `offline_hint`."""

@@ -157,7 +157,7 @@ def _inception(cfg: EvaluateConfig) -> Extractor:
         network = TorchScriptInception(network, cfg.resize)
         return Extractor("inception", network, source, _sha256(script), cfg.resize)
     try:
-        fetch(INCEPTION_URL, cached, cfg.inception_checksum, timeout=30, offline_hint=_INCEPTION_WAYS)
+        fetch(INCEPTION_URL, cached, cfg.inception_checksum, True, _INCEPTION_WAYS, timeout=30)
     except UserError as e:
         raise UserError(f"no Inception weights for FID: {e}") from None
     return _torch_fidelity(cached, cfg, "download")

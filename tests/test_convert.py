@@ -166,9 +166,9 @@ def tamper(folder: Path, how: str) -> None:
     ("damage", "message"),
     [
         (lambda f: (f / "config.json").unlink(), r"unet: no config.json; expected a diffusers model folder"),
-        (config(norm_eps=1e-5), r"norm_eps = 1e-05; the ddpm UNet computes 1e-06 only"),
-        (config(flip_sin_to_cos=...), r"flip_sin_to_cos = true; .* computes false only"),
-        (config(attention_head_dim=8), r"attention_head_dim = 8; .* null only"),
+        (config(norm_eps=1e-5), r"cannot be imported: norm_eps = 1e-05 \(ddpm: 1e-06\)$"),
+        (config(flip_sin_to_cos=...), r"imported: flip_sin_to_cos = true \(ddpm: false\)$"),
+        (config(attention_head_dim=8), r"imported: attention_head_dim = 8 \(ddpm: null\)$"),
         (config(up_block_types=["UpBlock2D"] * 3), r"up_block_types = .*the mirror of"),
         (config(cross_attention_dim=64), r"unknown UNet2DModel key 'cross_atte"),
         (config(_class_name="UNet2DConditionModel"), r"imports UNet2DModel only"),

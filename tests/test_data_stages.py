@@ -265,6 +265,14 @@ def test_cifar10_is_downloaded_checked_and_prepared_as_published(tmp_path: Path)
     manifest = json.loads((tmp_path / "data/prepared/manifest.json").read_text())
     assert (manifest["source"], manifest["count"], manifest["image_size"]) == ("cifar10", 15, 32)
 
+    # a new archive at the mirror replaces what the old one extracted
+    newer = {**batches, "data_batch_1": cifar10_batch(images[:3][::-1].copy(), [0] * 3)}
+    newer_archive = cifar10_archive(newer)
+    mirror = FileServer({"/kriz/cifar-10-python.tar.gz": newer_archive})
+    again = invoke("download", "--source", "cifar10", "--set", f"data.url={mirror.root}/kriz/", "--set",
+                   f"data.checksum=md5:{hashlib.md5(newer_archive).hexdigest()}", cwd=tmp_path)  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "data/raw/cifar10/cifar-10-batches-py/data_batch_1").read_bytes() == newer["data_batch_1"]
     batch = tmp_path / "data/raw/cifar10/cifar-10-batches-py/data_batch_2"
     batch.write_bytes(pickle.dumps({b"data": Exploit()}, protocol=2))
     refused = invoke("prepare", "--source", "cifar10", "--image-size", "32", "--out", "again", cwd=tmp_path)

@@ -16,9 +16,9 @@ import torch
 
 from ddpm.checkpoint import save_checkpoint
 from ddpm.errors import UserError
-from ddpm.files import file_digest
+from ddpm.files import sha256_hex
 from ddpm.schedules import beta_schedule
-from ddpm.unet import ARCH_VERSION, GROUPS, NORM_EPS, UNet, check_architecture
+from ddpm.unet import ARCH_VERSION, GROUPS, NORM_EPS, Step, UNet, check_architecture
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
@@ -66,7 +66,7 @@ def import_diffusers(folder: Path, out: Path) -> dict[str, Any]:
         "format": "diffusers",
         "folder": str(folder.resolve()),
         "weights": weights_path.name,
-        "weights_sha256": file_digest(weights_path, "sha256:").removeprefix("sha256:"),
+        "weights_sha256": sha256_hex(weights_path),
         "scheduler_config": str(scheduler_path.resolve()),
     }
     description = {"arch": arch, "arch_version": ARCH_VERSION, "diffusion": diffusion, "step": 0, "run_id": None,
@@ -86,8 +86,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def unet_architecture(config: dict[str, Any], path: Path) -> dict[str, Any]:
-    """The ddpm UNet's keyword arguments for a diffusers UNet2DModel config; a UserError naming the
-    first key whose value this UNet cannot compute."""
+    """The ddpm UNet's keyword arguments for a diffusers UNet2DModel config; a UserError naming every
+    key whose value sets another function than this UNet's, or else the first value it cannot represent."""
     if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise UserError(f"{path}: _class_name = {config['_class_name']!r}; ddpm imports UNet2DModel only")
     unknown = sorted(k for k in config if k not in UNET_DEFAULTS and not k.startswith("_"))
@@ -183,7 +183,7 @@ def read_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
             tensors = load_file(path)
         else:
             tensors = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 — safetensors and pickle raise many kinds; the message says which
+    except Exception as e:  # safetensors and torch's unpickler raise many kinds; the message says which
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "weights_only" in detail or "Unsupported global" in detail:  # never relay torch's advice to unpickle
             detail = "it holds objects other than tensors; refused without running them"
@@ -206,21 +206,20 @@ def module_map(model: UNet) -> tuple[dict[str, str], dict[str, str]]:
              "conv_in": "conv_in", "norm_out": "conv_norm_out", "conv_out": "conv_out"}  # fmt: skip
     attention: dict[str, str] = {}
 
-    def step(ours: str, theirs: str, index: int, block: Any) -> None:
+    def step(ours: str, theirs: str, index: int, block: Step) -> None:
         has_skip = not isinstance(block.res.skip, torch.nn.Identity)
         plain.update(_resblock(f"{ours}.res", f"{theirs}.resnets.{index}", has_skip))
         if not isinstance(block.attn, torch.nn.Identity):
             attention[f"{ours}.attn"] = f"{theirs}.attentions.{index}"
 
-    for blocks, prefix, sampler in ((model.down, "down_blocks", "downsamplers"), (model.up, "up_blocks", "upsamplers")):
+    for name, prefix, sampler in (("down", "down_blocks", "downsamplers"), ("up", "up_blocks", "upsamplers")):
         level, index = 0, 0
-        for k, block in enumerate(blocks):
-            ours = f"{'down' if blocks is model.down else 'up'}.{k}"
-            if hasattr(block, "res"):
-                step(ours, f"{prefix}.{level}", index, block)
+        for k, block in enumerate(getattr(model, name)):
+            if isinstance(block, Step):
+                step(f"{name}.{k}", f"{prefix}.{level}", index, block)
                 index += 1
             else:  # a Downsample or Upsample ends the level
-                plain[f"{ours}.conv"] = f"{prefix}.{level}.{sampler}.0.conv"
+                plain[f"{name}.{k}.conv"] = f"{prefix}.{level}.{sampler}.0.conv"
                 level, index = level + 1, 0
     for index, block in enumerate(model.mid):
         step(f"mid.{index}", "mid_block", index, block)

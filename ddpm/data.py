@@ -28,7 +28,7 @@ except ImportError:  # numpy 1
 
 from ddpm.config import ARCHIVES, DataConfig
 from ddpm.errors import UserError
-from ddpm.files import atomic_output, file_digest, write_json
+from ddpm.files import atomic_output, file_digest, sha256_hex, write_json
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
@@ -161,7 +161,7 @@ def prepare(cfg: DataConfig, raw_dir: Path, out_dir: Path, workers: int = 0, pro
         "skipped": skipped,
     }
     save_images(out_dir / "images.npy", images)
-    manifest["npy_sha256"] = file_digest(out_dir / "images.npy", "sha256:").removeprefix("sha256:")  # train checks it
+    manifest["npy_sha256"] = sha256_hex(out_dir / "images.npy")  # train checks it
     write_json(out_dir / "manifest.json", manifest, sort_keys=True)  # last, so a manifest describes its images
     return manifest
 
@@ -197,17 +197,18 @@ class _ArraysOnly(pickle.Unpickler):
     """CIFAR-10's batches are pickles of dicts of bytes, lists and numpy arrays: unpickle those and
     nothing else. A file that names any other callable is refused before it is called."""
 
+    ALLOWED = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("_codecs", "encode"): codecs.encode,  # bytes, as Python 3 pickles them at protocol 2
+    }
+
     def find_class(self, module: str, name: str) -> Any:
-        allowed = {
-            ("numpy", "ndarray"): np.ndarray,
-            ("numpy", "dtype"): np.dtype,
-            ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-            ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-            ("_codecs", "encode"): codecs.encode,
-        }  # fmt: skip  (bytes, as Python 3 pickles them at protocol 2)
-        if (module, name) not in allowed:
+        if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"it names {module}.{name}, which is not data; refused without running it")
-        return allowed[module, name]
+        return self.ALLOWED[module, name]
 
 
 def _load_all(

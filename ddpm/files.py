@@ -105,6 +105,11 @@ def file_digest(path: Path, checksum: str) -> str:
         return f"{algorithm}:{hashlib.file_digest(f, algorithm).hexdigest()}"
 
 
+def sha256_hex(path: Path) -> str:
+    """The sha256 of `path` as bare hex, as manifests, checkpoints and eval.json record it."""
+    return file_digest(path, "sha256:").removeprefix("sha256:")
+
+
 LOCK_FILE = ".ddpm.lock"
 
 

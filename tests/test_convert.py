@@ -167,6 +167,7 @@ def tamper(folder: Path, how: str) -> None:
     [
         (lambda f: (f / "config.json").unlink(), r"unet: no config.json; expected a diffusers model folder"),
         (config(norm_eps=1e-5), r"cannot be imported: norm_eps = 1e-05 \(ddpm: 1e-06\)$"),
+        (config(freq_shift=0, norm_eps=1e-5), r": freq_shift = 0 \(ddpm: 1\); norm_eps = 1e-05 \(ddpm: 1e-06\)$"),
         (config(flip_sin_to_cos=...), r"imported: flip_sin_to_cos = true \(ddpm: false\)$"),
         (config(attention_head_dim=8), r"imported: attention_head_dim = 8 \(ddpm: null\)$"),
         (config(up_block_types=["UpBlock2D"] * 3), r"up_block_types = .*the mirror of"),
@@ -182,7 +183,7 @@ def tamper(folder: Path, how: str) -> None:
         (lambda f: tamper(f, "missing tensor"), r"no tensor 'conv_out.bias', which its config.json implies"),
         (lambda f: tamper(f, "wrong shape"), r"conv_in.bias is \(7,\); its config.json implies \(32,\)"),
     ],
-    ids=["no config", "norm_eps", "default flip", "heads", "up blocks", "unknown key", "class", "schedule",
+    ids=["no config", "norm_eps", "two keys", "default flip", "heads", "up blocks", "unknown key", "class", "schedule",
          "trained betas", "beta ends", "no scheduler", "truncated", "code in a .bin", "extra tensor",
          "missing tensor", "wrong shape"],
 )  # fmt: skip

@@ -37,10 +37,17 @@ DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 DEFAULT_RAW = Path("data/raw")
 DEFAULT_DATA = Path("data/prepared/images.npy")
 FEATURE_CACHE = Path("data/features")  # real images' features, per dataset hash and extractor
-RUNS = Path("runs")  # one folder per beta schedule
+DEFAULT_HOLDOUT = DEFAULT_DATA.parent / "holdout.npy"
+NLL_TERMS = "nll_terms.csv"  # beside eval.json: the likelihood bound's term at each timestep
+RUNS = Path("runs")  # runs/<schedule>/seed<train.seed>: one folder per trained model
 # The allowed values, for --help without importing torch (tests/test_cli.py checks them against the code)
 SCHEDULE_NAMES = "linear|cosine|quadratic|sigmoid"
 PRESET_NAMES = "ddpm-cifar10|learnopencv|tiny"
+
+
+def run_folder(cfg: Any) -> Path:
+    """Where the model of this schedule and training seed lives: runs/<schedule>/seed<train.seed>."""
+    return RUNS / cfg.diffusion.schedule / f"seed{cfg.train.seed}"
 
 
 def _param(key: str, metavar: str) -> Any:
@@ -98,6 +105,7 @@ EVALUATE_PARAMS = {
     "feature_extractor": "evaluate.feature_extractor",
     "inception_weights": "evaluate.inception_weights",
 }
+TRAINED_HELP = "Trained model [default: runs/<schedule>/seed<train.seed>/model.pt; --set train.seed=K picks a seed]."
 SAMPLE_PARAMS = {
     "beta_schedule": "diffusion.schedule",
     "num_samples": "sample.num_samples",
@@ -181,7 +189,7 @@ def train(
     seed: Annotated[str | None, _param(TRAIN_PARAMS["seed"], "INT")] = None,
     data: Annotated[Path, typer.Option(help="Prepared images: uint8 .npy, (N, 3, H, W).")] = DEFAULT_DATA,
     out: Annotated[
-        Path | None, typer.Option(help="Output folder [default: runs/<schedule>].", show_default=False)
+        Path | None, typer.Option(help="Output folder [default: runs/<schedule>/seed<train.seed>].", show_default=False)
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint in the output folder.")] = True,
     restart_if_changed: Annotated[
@@ -200,7 +208,7 @@ def train(
     from ddpm.files import folder_lock
     from ddpm.train import train as run_training
 
-    out = out or RUNS / cfg.diffusion.schedule
+    out = out or run_folder(cfg)
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone writes, logs and reports
     try:
         with (
@@ -243,9 +251,7 @@ def sample(
     ddim_steps: Annotated[str | None, _param(SAMPLE_PARAMS["ddim_steps"], "INT")] = None,
     eta: Annotated[str | None, _param(SAMPLE_PARAMS["eta"], "FLOAT")] = None,
     seed: Annotated[str | None, _param(SAMPLE_PARAMS["seed"], "INT")] = None,
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="Trained model [default: runs/<schedule>/model.pt].", show_default=False)
-    ] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help=TRAINED_HELP, show_default=False)] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output folder [default: samples/ beside the checkpoint].", show_default=False)
     ] = None,
@@ -259,7 +265,7 @@ def sample(
     from ddpm.sample import origin
     from ddpm.sample import sample as run_sampling
 
-    checkpoint = checkpoint or RUNS / cfg.diffusion.schedule / "model.pt"  # the schedule, T, size: the checkpoint's
+    checkpoint = checkpoint or run_folder(cfg) / "model.pt"  # the schedule, T, size: the checkpoint's
     out = out or checkpoint.parent / "samples"
     store = None
 
@@ -288,9 +294,19 @@ def evaluate(
     feature_extractor: Annotated[str | None, _param(EVALUATE_PARAMS["feature_extractor"], "inception|randconv")] = None,
     inception_weights: Annotated[str | None, _param(EVALUATE_PARAMS["inception_weights"], "FILE")] = None,
     samples: Annotated[
-        Path | None, typer.Option(help="Samples [default: runs/<schedule>/samples/samples.npy].", show_default=False)
+        Path | None,
+        typer.Option(
+            help="Samples [default: runs/<schedule>/seed<train.seed>/samples/samples.npy].", show_default=False
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="The model, for the likelihood [default: the one that drew the samples].", show_default=False
+        ),
     ] = None,
     data: Annotated[Path, typer.Option(help="The prepared real images.")] = DEFAULT_DATA,
+    holdout: Annotated[Path, typer.Option(help="The held-out images, for the likelihood.")] = DEFAULT_HOLDOUT,
     out: Annotated[
         Path | None,
         typer.Option(help="Metrics file [default: eval.json in the samples' run folder].", show_default=False),
@@ -300,25 +316,40 @@ def evaluate(
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """FID and KID of the samples against the real images."""
+    """FID (with its bootstrap interval) and KID of the samples; the likelihood bound in bits/dim."""
     cfg = _load(config, set_, EVALUATE_PARAMS, locals())
+    from ddpm.checkpoint import load_trained
     from ddpm.evaluate import evaluate as run_evaluation
+    from ddpm.evaluate import held_out, likelihood, write_terms
     from ddpm.files import folder_lock, write_json
     from ddpm.sample import read_origin
 
-    samples = samples or RUNS / cfg.diffusion.schedule / "samples" / "samples.npy"
+    samples = samples or run_folder(cfg) / "samples" / "samples.npy"
     drawn = read_origin(samples)  # the model and settings that drew them, where `ddpm sample` did
     run_dir = Path(drawn["run_dir"]) if drawn else samples.parent
     out = out or run_dir / "eval.json"
+    checkpoint = checkpoint or (Path(drawn["checkpoint"]) if drawn else None)
+    where = resolve_device(device)
+    trained = None
+    if cfg.evaluate.nll_images:
+        if checkpoint is None:
+            raise UserError(f"evaluate.nll_images: the likelihood needs the model, and {samples} has no samples.json "
+                            "naming it; give --checkpoint, or set evaluate.nll_images: 0")  # fmt: skip
+        trained = load_trained(checkpoint, where)
+        held_out(holdout, cfg.evaluate.nll_images)  # checked before the work
     store = None
 
     def ready() -> None:
         nonlocal store
         store = _open_store(cfg, run_dir)
 
-    where = resolve_device(device)
     with folder_lock(out.parent):
         metrics, cached = run_evaluation(cfg.evaluate, samples, data, cache, where, ready=ready)
+        terms = []  # without the likelihood, a header alone: the file the pipeline expects is there
+        if trained:
+            bound, terms = likelihood(cfg.evaluate, cfg.sample, trained, holdout, where)
+            metrics |= bound
+        write_terms(terms, out.parent / NLL_TERMS)
         write_json(out, metrics)
         if store and drawn:
             _log_evaluation(store, drawn, cfg, metrics, samples.parent, out)
@@ -327,7 +358,8 @@ def evaluate(
                     f"so its scores go to {out} only, not to MLflow"])  # fmt: skip
         if store:
             store.close(run_dir)
-    scores = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith(("fid", "kid")))
+    shown = ("fid", "kid", "nll_bpd")
+    scores = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith(shown) and isinstance(v, float))
     typer.echo(
         f"{scores} ({metrics['num_samples']} samples, {metrics['feature_extractor']} features; real features "
         f"{'from the cache' if cached else 'computed and cached'}): {out}"
@@ -347,9 +379,53 @@ def _log_evaluation(store: Any, drawn: dict, cfg: Any, metrics: dict, samples_di
     numbers = {k: v for k, v in metrics.items() if isinstance(v, float)}
     run.log_metrics(numbers)
     run.set_tags({k: v for k, v in metrics.items() if k not in numbers})  # counts and names: not metrics
-    run.log_artifacts([out])
+    run.log_artifacts([out, out.parent / NLL_TERMS])
     run.end()
     write_json(out.parent / EVAL_RUN_FILE, {"run_id": run.id})
+
+
+@app.command()
+@user_errors
+def sweep(
+    beta_schedule: Annotated[str | None, _param(EVALUATE_PARAMS["beta_schedule"], SCHEDULE_NAMES)] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help=TRAINED_HELP, show_default=False)] = None,
+    data: Annotated[Path, typer.Option(help="The prepared real images.")] = DEFAULT_DATA,
+    out: Annotated[
+        Path | None, typer.Option(help="Results file [default: sweep.json beside the checkpoint].", show_default=False)
+    ] = None,
+    cache: Annotated[Path, typer.Option(help="Cache of the real images' features.")] = FEATURE_CACHE,
+    device: DeviceOption = "auto",
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """FID against the number of sampling steps: DDIM at each of sweep.steps, DDPM at full length."""
+    cfg = _load(config, set_, {"beta_schedule": "diffusion.schedule"}, locals())
+    from ddpm.checkpoint import load_trained
+    from ddpm.evaluate import sweep as run_sweep
+    from ddpm.files import folder_lock, write_json
+
+    checkpoint = checkpoint or run_folder(cfg) / "model.pt"
+    out = out or checkpoint.parent / "sweep.json"
+    where = resolve_device(device)
+    trained = load_trained(checkpoint, where)
+    store = None
+
+    def ready() -> None:
+        nonlocal store
+        store = _open_store(cfg, checkpoint.parent)
+
+    with folder_lock(out.parent):
+        results = run_sweep(cfg.sweep, cfg.sample, cfg.evaluate, trained, data, cache, where, ready=ready)
+        write_json(out, results)
+        if store:
+            from ddpm.tracking import sweep_run
+
+            sweep_run(store, trained, cfg, results, out)
+            store.close(checkpoint.parent)
+    metric = results["metric"]
+    shown = [f"DDIM {k}: {v:.4g}" for k, v in results["ddim"].items()]
+    shown += [f"DDPM {k}: {v:.4g}" for k, v in results["ddpm"].items()]
+    typer.echo(f"{metric} by sampling steps ({results['num_samples']} samples each): {', '.join(shown)}: {out}")
 
 
 @app.command()
@@ -358,7 +434,7 @@ def compare(
     names: Annotated[
         list[str] | None, typer.Argument(help="Schedules [default: the schedules param].", show_default=False)
     ] = None,
-    runs: Annotated[Path, typer.Option(help="The folder holding a folder per schedule.")] = RUNS,
+    runs: Annotated[Path, typer.Option(help="The runs: <schedule>/seed<k> for each seed in `seeds`.")] = RUNS,
     data: Annotated[
         Path, typer.Option(help="Prepared images; the first one is noised (a synthetic flower if absent).")
     ] = DEFAULT_DATA,
@@ -366,7 +442,7 @@ def compare(
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Compare trained schedules: table, curves, samples."""
+    """Compare trained schedules over their seeds: table, what is within noise, curves, samples."""
     cfg = _load(config, set_, {}, locals())
     from ddpm.files import folder_lock
     from ddpm.report import compare as run_comparison
@@ -380,7 +456,7 @@ def compare(
         store = _open_store(cfg, None)
 
     with folder_lock(out):
-        rows, files, linked = run_comparison(names, runs, data, out, ready=ready)
+        rows, files, linked = run_comparison(names, cfg.seeds, runs, data, out, ready=ready)
         if store:
             from ddpm.tracking import compare_run
 

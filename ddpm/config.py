@@ -181,6 +181,12 @@ class SampleConfig(Section):
     compile: Literal["auto"] | bool = "auto"  # torch.compile the UNet, with CUDA graphs on a GPU
 
 
+def _unique_steps(steps: list[int]) -> list[int]:
+    if len(set(steps)) != len(steps):
+        raise ValueError("duplicate step counts")
+    return sorted(steps)
+
+
 class EvaluateConfig(Section):
     # inception: the standard FID network (pt_inception-2015-12-05, 2048-d pool features);
     # randconv: a small fixed random network for offline smoke runs, its metrics named fid_randconv etc.
@@ -193,6 +199,19 @@ class EvaluateConfig(Section):
     batch_size: PositiveInt = 200  # images per forward pass of the extractor
     kid_subsets: PositiveInt = 100
     kid_subset_size: PositiveInt = 1000
+    # FID's 95 % interval from this many bootstrap resamples of the samples' features; 0: none
+    bootstrap: Annotated[Int, Field(ge=0)] = 200
+    # the negative log-likelihood bound (bits/dim) on this many held-out images (data.holdout); 0: none
+    nll_images: Annotated[Int, Field(ge=0)] = 256
+    nll_variance: Literal["fixed_small", "fixed_large"] = "fixed_small"  # the reverse variance of the bound
+
+
+class SweepConfig(Section):
+    """FID against the number of sampling steps: DDIM at each of `steps`, and DDPM at full length;
+    the sampler's other settings (eta, variance, clipping, seed, batch size) are sample.*."""
+
+    steps: Annotated[list[PositiveInt], AfterValidator(_unique_steps), Field(min_length=1)] = [10, 20, 50, 100, 250]
+    num_samples: PositiveInt = 5000
 
 
 class TrackingConfig(Section):
@@ -204,10 +223,10 @@ class TrackingConfig(Section):
 DISTINCT_SCHEDULES = "a list of distinct schedule names (" + ", ".join(SCHEDULES) + ")"
 
 
-def _unique(names: list[str]) -> list[str]:
-    if len(set(names)) != len(names):
-        raise ValueError("duplicate names")
-    return names
+def _unique(values: list) -> list:
+    if len(set(values)) != len(values):
+        raise ValueError("duplicates")
+    return values
 
 
 class Config(Section):
@@ -217,11 +236,16 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    sweep: SweepConfig = SweepConfig()
     tracking: TrackingConfig = TrackingConfig()
     # the beta schedules the pipeline trains and compares, one run each
     schedules: Annotated[
         list[ScheduleName], AfterValidator(_unique), Field(min_length=1, description=DISTINCT_SCHEDULES)
     ] = ["linear", "cosine"]
+    # train.seed of each repeat: the pipeline trains every schedule once per seed
+    seeds: Annotated[
+        list[Int], AfterValidator(_unique), Field(min_length=1, description="a list of distinct integer seeds")
+    ] = [0]
 
     def arch(self) -> dict[str, Any]:
         """The UNet's keyword arguments, image size included: `UNet(**config.arch())`."""
@@ -230,7 +254,7 @@ class Config(Section):
         return {"image_size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}}
 
 
-TOP_LEVEL_KEYS = {"schedules"}  # params outside any section
+TOP_LEVEL_KEYS = {"schedules", "seeds"}  # params outside any section
 
 # An override of one param: (where it came from, e.g. "--batch-size"; dotted key; value).
 Override = tuple[str, str, Any]

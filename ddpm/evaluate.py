@@ -33,11 +33,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ddpm.config import EvaluateConfig
-from ddpm.data import load_images
+from ddpm.checkpoint import Trained
+from ddpm.config import EvaluateConfig, SampleConfig, SweepConfig
+from ddpm.data import load_images, to_unit_range
 from ddpm.download import fetch
 from ddpm.errors import UserError
+from ddpm.fastpath import FastPath
 from ddpm.files import atomic_output, file_digest, sha256_hex
+from ddpm.sample import generate
 
 INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -312,3 +315,107 @@ def evaluate(
         "resize": extractor.resize,
     }
     return metrics, cached
+
+
+# --- the likelihood bound on held-out images ---------------------------------------------------------
+
+
+def likelihood(
+    cfg: EvaluateConfig, sample: SampleConfig, trained: Trained, holdout_path: Path, device: torch.device
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The variational bound (Ho et al. eq. 5) of the model in `trained` on the first evaluate.nll_images
+    held-out images, in bits/dim: the metrics, and each timestep's term averaged over the images (T,),
+    the paper's t = 1 (the decoder L_0) first. The UNet runs as in sampling (sample.precision,
+    sample.channels_last), in batches of sample.batch_size (image, timestep) pairs, clipping the
+    predicted x_0 where sample.clip_denoised says so; the noise is drawn from a generator seeded 0."""
+    holdout = held_out(holdout_path, cfg.nll_images)
+    if holdout.shape[1:] != (3, trained.image_size, trained.image_size):
+        raise UserError(
+            f"{holdout_path}: held-out images are {holdout.shape[3]}×{holdout.shape[2]}, but the model "
+            f"({trained.path}) makes {trained.image_size}×{trained.image_size}; prepare the data it was trained on"
+        )
+    x0 = to_unit_range(torch.from_numpy(np.array(holdout[: cfg.nll_images]))).to(device)
+    fast = FastPath.resolve(sample, device)
+    network = fast.place(trained.model)
+
+    def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with fast.autocast(device):
+            return network(fast.memory_format(x_t), t)
+
+    generator = torch.Generator(device).manual_seed(0)
+    bound = trained.diffusion.nll_bpd(model, x0, cfg.nll_variance, sample.clip_denoised, generator, sample.batch_size)
+    total = bound.total.double().cpu()
+    metrics = {
+        "nll_bpd": float(total.mean()),
+        "nll_bpd_sem": float(total.std() / len(total) ** 0.5) if len(total) > 1 else 0.0,  # standard error
+        "nll_prior_bpd": float(bound.prior.double().mean()),
+        "nll_images": len(total),
+        "nll_variance": cfg.nll_variance,
+        "nll_clip_denoised": sample.clip_denoised,
+        "holdout_sha256": sha256_hex(holdout_path),
+    }
+    return metrics, bound.terms.double().mean(0).cpu().numpy()
+
+
+def held_out(path: Path, wanted: int) -> np.ndarray:
+    """The held-out images at `path`, at least `wanted` of them; a one-line error otherwise."""
+    skip = "or set evaluate.nll_images: 0 to skip the likelihood"
+    if not path.is_file():
+        raise UserError(f"{path}: not found; `ddpm prepare` writes the held-out images there (data.holdout), {skip}")
+    images = load_images(path)
+    if len(images) < wanted:
+        raise UserError(
+            f"{path}: {len(images)} held-out images, fewer than evaluate.nll_images = {wanted}; raise data.holdout "
+            f"and run `ddpm prepare` again, {skip.replace('0 to skip', 'lower')}"
+        )
+    return images
+
+
+def write_terms(terms: np.ndarray, path: Path) -> None:
+    """The bound's per-timestep terms as CSV: t (the paper's, 1 = the decoder L_0), bits/dim."""
+    with atomic_output(path) as tmp:
+        tmp.write_text("t,bpd\n" + "".join(f"{t},{value!r}\n" for t, value in enumerate(terms.tolist(), start=1)))
+
+
+# --- FID against the number of sampling steps --------------------------------------------------------
+
+
+def sweep(
+    cfg: SweepConfig,
+    sample: SampleConfig,
+    evaluate_cfg: EvaluateConfig,
+    trained: Trained,
+    real_path: Path,
+    cache_dir: Path,
+    device: torch.device,
+    progress: bool = True,
+    ready: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """FID (or its stand-in) of sweep.num_samples images drawn with DDIM at each of sweep.steps and with
+    DDPM at full length, every other sampler setting sample.*'s, scored as `evaluate` scores; what
+    sweep.json holds. `ready` is called once the inputs are checked, before the work."""
+    timesteps = trained.diffusion.num_timesteps
+    too_many = [k for k in cfg.steps if k > timesteps]
+    if too_many:
+        raise UserError(f"sweep.steps: {too_many} exceed the model's {timesteps} timesteps ({trained.path})")
+    extractor = load_extractor(evaluate_cfg, device)
+    if ready:
+        ready()
+    digest = sha256_hex(real_path)
+    real_f, _ = real_features(extractor, real_path, digest, evaluate_cfg.batch_size, cache_dir, device, progress)
+    fid = f"fid{extractor.suffix}"
+
+    def score(sampler: str, steps: int) -> float:
+        settings = sample.model_copy(update={"sampler": sampler, "ddim_steps": steps, "num_samples": cfg.num_samples})
+        images, _ = generate(trained.model, trained.diffusion, settings, trained.image_size, device, progress)
+        fake = extract_features(extractor, images.numpy(), evaluate_cfg.batch_size, device, "features", progress)
+        return frechet_distance(real_f, fake)
+
+    return {
+        "metric": fid,
+        "ddim": {str(k): score("ddim", k) for k in cfg.steps},
+        "ddpm": {str(timesteps): score("ddpm", timesteps)},
+        "num_samples": cfg.num_samples, "eta": sample.eta, "variance": sample.variance, "seed": sample.seed,
+        "num_real": int(real_f.shape[0]), "real_sha256": digest, "feature_extractor": extractor.name,
+        "weights_sha256": extractor.weights_sha256, "resize": extractor.resize,
+    }  # fmt: skip

@@ -3,11 +3,12 @@
 The runs follow MLflow's own structure:
 - A parent run per trained model, opened by `train`: the data, model, diffusion and train params,
   the loss curve, sample grids along the way, train.json and the checkpoint. Its id is kept in
-  the checkpoints (a resumed run continues it) and in runs/<schedule>/mlflow_run.json.
+  the checkpoints (a resumed run continues it) and in runs/<schedule>/seed<k>/mlflow_run.json.
 - A nested child run per sampling + evaluation configuration of that model (`sample` and
-  `evaluate`): its sample.* and evaluate.* params, the samples' pictures, FID/KID. Rerunning the same
-  configuration reuses its child; another configuration gets a new one. So two experiments'
-  evaluations of one model are two rows whose params match their metrics.
+  `evaluate`): its sample.* and evaluate.* params, the samples' pictures, FID/KID with its interval,
+  the likelihood bound. Rerunning the same configuration reuses its child; another configuration
+  gets a new one. So two experiments' evaluations of one model are two rows whose params match
+  their metrics. A `sweep` (FID against sampling steps) is a child of its own, kind "sweep".
 - A `compare` run per comparison, linking the child runs it compared.
 
 Tracking never kills a stage once its work has begun: each write is retried briefly, then kept
@@ -317,7 +318,9 @@ def parent_of(store: Store, checkpoint: Path, run_id: str | None, schedule: str)
     return run
 
 
-def child_run(store: Store, parent: Run, params: dict[str, str], name: str, stage: str) -> tuple[Run, bool]:
+def child_run(
+    store: Store, parent: Run, params: dict[str, str], name: str, stage: str, kind: str = "evaluation"
+) -> tuple[Run, bool]:
     """The nested run under `parent` for one configuration, defined by its `params` (which it holds):
     the same configuration reuses it, another gets a new one. Returns the run and whether it is new."""
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
@@ -326,7 +329,7 @@ def child_run(store: Store, parent: Run, params: dict[str, str], name: str, stag
         found.reopen()
         found.set_tags(context_tags(stage))
         return found, False
-    tags = {"ddpm.config": digest, "ddpm.kind": "evaluation", **context_tags(stage)}
+    tags = {"ddpm.config": digest, "ddpm.kind": kind, **context_tags(stage)}
     run = store.new_run(name, tags, parent=parent.id)
     run.log_params(params)
     return run, True
@@ -346,6 +349,26 @@ def evaluation_run(store: Store, origin: dict[str, Any], evaluate: dict[str, Any
     return child_run(store, parent, params, name, stage)
 
 
+def sweep_run(store: Store, trained: Any, config: Config, results: dict[str, Any], out: Path) -> Run:
+    """The child run of one sweep configuration under the model's run: FID against the number of
+    sampling steps as the metric histories `<fid>_ddim` and `<fid>_ddpm`, the step count as MLflow's
+    step (so its chart is the curve), and sweep.json."""
+    schedule = trained.spec["schedule"]
+    parent = parent_of(store, trained.path, trained.run_id, schedule)
+    sample = config.sample.model_dump(mode="json", exclude={"sampler", "ddim_steps", "num_samples"})
+    params = {**flat_params(config.sweep.model_dump(mode="json"), "sweep"), **flat_params(sample, "sample"),
+              **flat_params(config.evaluate.model_dump(mode="json"), "evaluate")}  # fmt: skip
+    name = f"{schedule}: sweep of sampling steps, {results['num_samples']} samples, {results['feature_extractor']}"
+    run, _ = child_run(store, parent, params, name, "sweep", kind="sweep")
+    metric = results["metric"]
+    for sampler in ("ddim", "ddpm"):
+        for steps, value in results[sampler].items():
+            run.log_metrics({f"{metric}_{sampler}": value}, int(steps))
+    run.log_artifacts([out])
+    run.end()
+    return run
+
+
 class ModelTracker:
     """The training loop's Tracker (ddpm.train): the model's parent run. The loop calls `start` once
     its inputs and checkpoint are checked, so a store that cannot be used fails then, before the
@@ -361,8 +384,9 @@ class ModelTracker:
 
     def start(self, run_id: str | None) -> str:
         self.store = open_store(self.config.tracking, self.run_dir)
-        schedule = self.config.diffusion.schedule
-        self.run = model_run(self.store, schedule, self.run_dir, run_id, {"beta_schedule": schedule})
+        schedule, seed = self.config.diffusion.schedule, self.config.train.seed
+        tags = {"beta_schedule": schedule, "train_seed": str(seed)}
+        self.run = model_run(self.store, f"{schedule}, seed {seed}", self.run_dir, run_id, tags)
         train = self.config.train.model_dump(mode="json")
         settings = {
             **flat_params(self.config.data.model_dump(mode="json"), "data"),

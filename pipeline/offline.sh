@@ -13,11 +13,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 { dvc exp run \
-    -S data.source=synthetic -S data.synthetic_count=1000 -S data.image_size=16 \
+    -S data.source=synthetic -S data.synthetic_count=1000 -S data.image_size=16 -S data.holdout=100 \
     -S model.preset=tiny \
-    -S diffusion.timesteps=200 \
-    -S train.steps=1000 -S train.batch_size=32 -S train.lr=1e-3 -S train.warmup_steps=100 \
-    -S train.log_every=50 -S train.checkpoint_every=500 -S train.sample_every=500 \
+    -S diffusion.timesteps=100 \
+    -S train.steps=400 -S train.batch_size=32 -S train.lr=1e-3 -S train.warmup_steps=50 \
+    -S train.log_every=50 -S train.checkpoint_every=200 -S train.sample_every=200 \
     -S sample.num_samples=200 -S sample.batch_size=200 \
     -S evaluate.feature_extractor=randconv -S evaluate.kid_subsets=20 -S evaluate.kid_subset_size=100 \
+    -S evaluate.nll_images=32 \
+    -S 'sweep.steps=[5,20]' -S sweep.num_samples=200 \
     "$@" 2>&1 1>&3 3>&- | python3 pipeline/quiet_dvc.py 3>&-; } 3>&1  # DVC's stderr through the filter

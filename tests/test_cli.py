@@ -63,8 +63,8 @@ def test_train_then_sample(flowers16: Path, tmp_path: Path) -> None:
         "train", "--beta-schedule", "cosine", "--steps", "10", "--data", str(flowers16), *TINY, cwd=tmp_path
     )
     assert trained.exit_code == 0, trained.stderr
-    checkpoint = tmp_path / "runs" / "cosine" / "model.pt"
-    assert "trained 10 steps" in trained.stdout and str(Path("runs/cosine/model.pt")) in trained.stdout
+    checkpoint = tmp_path / "runs" / "cosine" / "seed0" / "model.pt"
+    assert "trained 10 steps" in trained.stdout and str(Path("runs/cosine/seed0/model.pt")) in trained.stdout
     saved = torch.load(checkpoint, weights_only=True)
     assert saved["diffusion"] == {"schedule": "cosine", "timesteps": 50, "prediction": "eps"}
     assert saved["config"]["train"]["batch_size"] == 4 and saved["config"]["model"]["preset"] == "tiny"
@@ -72,9 +72,9 @@ def test_train_then_sample(flowers16: Path, tmp_path: Path) -> None:
     sampled = invoke("sample", "--beta-schedule", "cosine", "--num-samples", "3", "--sampler", "ddim", "--ddim-steps",
                      "5", cwd=tmp_path)  # fmt: skip
     assert sampled.exit_code == 0, sampled.stderr
-    samples = np.load(tmp_path / "runs" / "cosine" / "samples" / "samples.npy")
+    samples = np.load(tmp_path / "runs" / "cosine" / "seed0" / "samples" / "samples.npy")
     assert samples.shape == (3, 3, 16, 16) and samples.dtype == np.uint8
-    assert (tmp_path / "runs" / "cosine" / "samples" / "grid.png").stat().st_size > 0
+    assert (tmp_path / "runs" / "cosine" / "seed0" / "samples" / "grid.png").stat().st_size > 0
 
     # train logged the model's run, sample a child run under it, in ./mlflow.db
     import mlflow
@@ -83,14 +83,14 @@ def test_train_then_sample(flowers16: Path, tmp_path: Path) -> None:
     experiment = client.get_experiment_by_name("ddpm-flowers")
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
     model = runs["cosine"]
-    recorded = json.loads((tmp_path / "runs" / "cosine" / "mlflow_run.json").read_text())
+    recorded = json.loads((tmp_path / "runs" / "cosine" / "seed0" / "mlflow_run.json").read_text())
     assert model.info.run_id == recorded["run_id"] and saved["run_id"] == recorded["run_id"]
     assert model.info.status == "FINISHED" and model.data.tags["beta_schedule"] == "cosine"
     params = model.data.params
     assert (params["diffusion.schedule"], params["model.channels"]) == ("cosine", "32")  # resolved from the preset
     assert model.data.tags["train.steps"] == "10" and model.data.tags["steps"] == "10"  # bookkeeping and counts
     assert [m.step for m in client.get_metric_history(model.info.run_id, "train/loss")] == [5, 10]
-    final_loss = json.loads((tmp_path / "runs" / "cosine" / "train.json").read_text())["final_loss"]
+    final_loss = json.loads((tmp_path / "runs" / "cosine" / "seed0" / "train.json").read_text())["final_loss"]
     assert model.data.metrics["final_loss"] == final_loss and "steps" not in model.data.metrics
     artifacts = {a.path for a in client.list_artifacts(model.info.run_id, "train")}
     assert {"train/model.pt", "train/train.json", "train/losses.csv"} <= artifacts
@@ -112,7 +112,7 @@ def test_a_tracking_store_that_cannot_be_opened_stops_training_before_it_starts(
     assert result.returncode == 2
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("ddpm: error: cannot use the MLflow tracking store bogus://nowhere (")
-    assert not list((tmp_path / "runs" / "linear").glob("**/*.pt"))
+    assert not list((tmp_path / "runs" / "linear" / "seed0").glob("**/*.pt"))
 
 
 @pytest.mark.parametrize(
@@ -166,7 +166,7 @@ def test_missing_data_and_checkpoint_are_clear_errors(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert (
         result.stderr.strip()
-        == "ddpm: error: runs/cosine/model.pt: checkpoint not found; train first with `ddpm train`"
+        == "ddpm: error: runs/cosine/seed0/model.pt: checkpoint not found; train first with `ddpm train`"
     )
     assert list(tmp_path.iterdir()) == []
 

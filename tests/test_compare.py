@@ -17,22 +17,32 @@ from ddpm.data import save_images, synthetic_flowers
 from ddpm.sample import sample
 from ddpm.train import train
 
-EVALUATION = {"sample": {"num_samples": 40, "batch_size": 40}, "evaluate": {"kid_subset_size": 20}}
+EVALUATION = {
+    "sample": {"num_samples": 40, "batch_size": 40},
+    "evaluate": {"kid_subset_size": 20, "bootstrap": 50, "nll_images": 4},
+    "sweep": {"steps": [2, 5], "num_samples": 20},
+    "seeds": [0, 1],
+}
+RUNS = [(schedule, seed) for schedule in ("linear", "cosine") for seed in (0, 1)]
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, trained: Path) -> Path:
-    """A folder with params.yaml, prepared data and two schedules trained and sampled (in-process):
-    linear is the session's model, cosine is trained here."""
+    """A folder with params.yaml, prepared data (and held-out images) and two schedules trained and
+    sampled (in-process) with seeds 0 and 1: linear seed 0 is the session's model, the others are
+    trained here."""
     root = tmp_path_factory.mktemp("project")
     write_params(root, schedules=["linear", "cosine"], **EVALUATION)
     data = root / "data" / "prepared" / "images.npy"
     save_images(data, synthetic_flowers(64, 16))
-    shutil.copytree(trained, root / "runs" / "linear")
-    cosine = load_config(root / "params.yaml", [("test", "diffusion.schedule", "cosine")])
-    train(cosine, data, root / "runs" / "cosine", CPU, progress=False)
-    for schedule in ("linear", "cosine"):
-        sample(cosine.sample, root / "runs" / schedule / "model.pt", root / "runs" / schedule / "samples", CPU, False)
+    save_images(data.parent / "holdout.npy", synthetic_flowers(6, 16, seed=1))
+    shutil.copytree(trained, root / "runs" / "linear" / "seed0")
+    for schedule, seed in RUNS:
+        config = load_config(root / "params.yaml", [("test", "diffusion.schedule", schedule), ("test", "train.seed", seed)])
+        folder = root / "runs" / schedule / f"seed{seed}"
+        if not folder.exists():
+            train(config, data, folder, CPU, progress=False)
+        sample(config.sample, folder / "model.pt", folder / "samples", CPU, False)
     return root
 
 
@@ -47,64 +57,97 @@ def mlflow_runs(root: Path, every: bool = False):  # noqa: ANN201
 
 
 @pytest.mark.slow
-def test_evaluate_then_compare_write_every_file_and_log_to_mlflow(project: Path) -> None:
-    for schedule in ("linear", "cosine"):
-        evaluated = invoke("evaluate", "--beta-schedule", schedule, "--device", "cpu", cwd=project)
+def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project: Path) -> None:
+    for schedule, seed in RUNS:
+        chosen = ["--beta-schedule", schedule, "--set", f"train.seed={seed}", "--device", "cpu"]
+        evaluated = invoke("evaluate", *chosen, cwd=project)
         assert evaluated.exit_code == 0, evaluated.stderr
-        assert "fid_randconv" in evaluated.stdout and str(Path("runs", schedule, "eval.json")) in evaluated.stdout
-    metrics = json.loads((project / "runs" / "linear" / "eval.json").read_text())
+        assert "fid_randconv" in evaluated.stdout and "nll_bpd" in evaluated.stdout
+        assert str(Path("runs", schedule, f"seed{seed}", "eval.json")) in evaluated.stdout
+        swept = invoke("sweep", *chosen, cwd=project)
+        assert swept.exit_code == 0, swept.stderr
+        assert "fid_randconv by sampling steps (20 samples each): DDIM 2: " in swept.stdout
+    folder = project / "runs" / "linear" / "seed0"
+    metrics = json.loads((folder / "eval.json").read_text())
     assert metrics["feature_extractor"] == "randconv" and metrics["num_samples"] == 40
     assert "fid" not in metrics and metrics["fid_randconv"] > 0
+    assert metrics["fid_randconv_ci_low"] < metrics["fid_randconv_ci_high"] and metrics["bootstrap"] == 50
+    assert metrics["nll_images"] == 4 and metrics["nll_variance"] == "fixed_small" and metrics["nll_bpd"] > 0
+    terms = list(csv.DictReader((folder / "nll_terms.csv").open()))
+    assert [int(row["t"]) for row in terms] == list(range(1, 51))  # T = 50, the decoder first
+    total = sum(float(row["bpd"]) for row in terms) + metrics["nll_prior_bpd"]
+    assert total == pytest.approx(metrics["nll_bpd"], rel=1e-9)
+    sweep = json.loads((folder / "sweep.json").read_text())
+    assert sweep["metric"] == "fid_randconv" and list(sweep["ddim"]) == ["2", "5"] and list(sweep["ddpm"]) == ["50"]
 
     compared = invoke("compare", cwd=project)
     assert compared.exit_code == 0, compared.stderr
     report = project / "reports" / "compare"
     sizes = {"schedules.png": (1000, 400), "forward.png": (1250, 320), "losses.png": (800, 450)}
-    sizes["samples.png"] = (900, 500)  # two grids side by side
+    sizes |= {"samples.png": (900, 500), "nll_terms.png": (800, 450), "sweep.png": (800, 450)}  # two grids
     for name, size in sizes.items():
         with Image.open(report / name) as picture:
             picture.load()
             assert picture.size == size, name
     text = (report / "report.md").read_text()
-    header = "| schedule | fid_randconv | kid_randconv_mean (± std) | final loss | steps | training time | img/s |"
+    header = ("| schedule | seeds | fid_randconv | kid_randconv_mean (± std) | NLL (bits/dim) | fid_randconv @ 2 steps "
+              "| fid_randconv @ 5 steps | final loss | steps | training time | img/s |")  # fmt: skip
     assert header in text
-    assert header in compared.stdout and compared.stdout.count("\n| linear |") == 1  # the table, in the terminal too
+    assert header in compared.stdout and compared.stdout.count("\n| linear | 0 1 |") == 1  # the table, in the terminal
     assert all(f"]({name})" in text for name in sizes)
+    assert "Training seeds: 0, 1" in text and "on 4 held-out images" in text and "50 bootstrap resamples" in text
+    judged = [line for line in text.splitlines() if line.startswith("- ")]
+    assert len(judged) == 6 and all("(judged by the spread over 2 seeds)" in line for line in judged), judged
     rows = list(csv.DictReader((report / "comparison.csv").open()))
-    assert [r["schedule"] for r in rows] == ["linear", "cosine"]
-    assert float(rows[0]["fid_randconv"]) == pytest.approx(metrics["fid_randconv"])
-    assert rows[0]["steps"] == "20"
+    assert [r["schedule"] for r in rows] == ["linear", "cosine"] and rows[0]["seeds"] == "0 1"
+    linear = [json.loads((project / "runs" / "linear" / f"seed{k}" / "eval.json").read_text()) for k in (0, 1)]
+    assert float(rows[0]["fid_randconv"]) == pytest.approx((linear[0]["fid_randconv"] + linear[1]["fid_randconv"]) / 2)
+    assert float(rows[0]["nll_bpd_std_seeds"]) == pytest.approx(abs(linear[0]["nll_bpd"] - linear[1]["nll_bpd"]) / 2**0.5)
+    assert rows[0]["steps"] == "20.0"
 
-    runs = mlflow_runs(project)
-    assert set(runs) == {"linear: DDIM 5 steps, 40 samples, randconv", "cosine: DDIM 5 steps, 40 samples, randconv",
-                         "compare"}  # fmt: skip
-    linear = runs["linear: DDIM 5 steps, 40 samples, randconv"]
-    assert linear.data.metrics["fid_randconv"] == pytest.approx(metrics["fid_randconv"])
-    assert linear.data.tags["feature_extractor"] == "randconv" and linear.data.tags["num_samples"] == "40"
-    assert linear.data.params["evaluate.kid_subset_size"] == "20" and linear.data.params["sample.num_samples"] == "40"
-    assert "num_samples" not in linear.data.metrics  # counts are tags, not metrics drawn as bar charts
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    assert {a.path for a in client.list_artifacts(linear.info.run_id)} == {"eval.json", "samples"}
+    found = mlflow_runs(project, every=True)
+    kinds = [r.data.tags.get("ddpm.kind") for r in found]
+    assert sorted(kinds) == ["compare", "evaluation", "evaluation", "evaluation", "evaluation", "model", "model",
+                             "model", "model", "sweep", "sweep", "sweep", "sweep"]  # fmt: skip
+    child = json.loads((folder / "mlflow_eval_run.json").read_text())["run_id"]
+    scored = client.get_run(child)
+    assert scored.info.run_name == "linear: DDIM 5 steps, 40 samples, randconv"
+    assert scored.data.metrics["fid_randconv"] == pytest.approx(metrics["fid_randconv"])
+    assert scored.data.metrics["nll_bpd"] == pytest.approx(metrics["nll_bpd"])
+    assert scored.data.metrics["fid_randconv_ci_high"] == pytest.approx(metrics["fid_randconv_ci_high"])
+    assert scored.data.tags["feature_extractor"] == "randconv" and scored.data.tags["num_samples"] == "40"
+    assert scored.data.params["evaluate.kid_subset_size"] == "20" and scored.data.params["sample.num_samples"] == "40"
+    assert "num_samples" not in scored.data.metrics  # counts are tags, not metrics drawn as bar charts
+    assert {a.path for a in client.list_artifacts(child)} == {"eval.json", "nll_terms.csv", "samples"}
     # the samples were drawn outside MLflow here, so evaluate made the model's run: one per checkpoint
-    parent = client.get_run(linear.data.tags["mlflow.parentRunId"])
-    assert parent.info.run_name == "linear/model.pt" and parent.data.tags["ddpm.checkpoint"].endswith("model.pt")
-    logged = {a.path for a in client.list_artifacts(runs["compare"].info.run_id, "report")}
+    parent = client.get_run(scored.data.tags["mlflow.parentRunId"])
+    assert parent.info.run_name == "seed0/model.pt" and parent.data.tags["ddpm.checkpoint"].endswith("model.pt")
+    sweeps = [r for r in found if r.data.tags.get("ddpm.kind") == "sweep"]
+    mine = next(r for r in sweeps if r.data.tags["mlflow.parentRunId"] == parent.info.run_id)
+    history = client.get_metric_history(mine.info.run_id, "fid_randconv_ddim")
+    assert [(m.step, m.value) for m in history] == [(2, pytest.approx(sweep["ddim"]["2"])),
+                                                    (5, pytest.approx(sweep["ddim"]["5"]))]  # fmt: skip
+    assert mine.data.params["sweep.steps"] == "[2, 5]"
+    compare = next(r for r in found if r.data.tags.get("ddpm.kind") == "compare")
+    logged = {a.path for a in client.list_artifacts(compare.info.run_id, "report")}
     assert {f"report/{name}" for name in [*sizes, "report.md", "comparison.csv"]} <= logged
-    assert runs["compare"].data.metrics["fid_randconv.cosine"] == pytest.approx(float(rows[1]["fid_randconv"]))
-    assert runs["compare"].data.tags["compared.linear"] == linear.info.run_id
+    assert compare.data.metrics["fid_randconv.cosine"] == pytest.approx(float(rows[1]["fid_randconv"]))
+    assert compare.data.tags["compared.linear"] == child
 
     # a second evaluate reuses the cached real features and the same child run
     again = invoke("evaluate", "--beta-schedule", "linear", "--device", "cpu", cwd=project)
     assert "real features from the cache" in again.stdout
-    assert len(mlflow_runs(project)) == 3
+    assert len(mlflow_runs(project, every=True)) == len(found)
     # another evaluation configuration of the same samples is a new child, beside the first
     other = invoke("evaluate", "--beta-schedule", "linear", "--set", "evaluate.kid_subsets=5", cwd=project)
     assert other.exit_code == 0, other.stderr
     children = [
-        r for r in mlflow_runs(project, every=True) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-    ]
+        r for r in mlflow_runs(project, every=True)
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and r.data.tags["ddpm.kind"] == "evaluation"
+    ]  # fmt: skip
     assert sorted(r.data.params["evaluate.kid_subsets"] for r in children) == ["10", "5"]
 
 
@@ -118,7 +161,7 @@ def test_evaluate_and_compare_errors_are_one_line_and_write_nothing(project: Pat
     missing = run("compare", "quadratic", "--out", str(tmp_path / "r"), cwd=project)
     assert missing.returncode == 2
     assert missing.stderr.strip() == (
-        f"ddpm: error: {Path('runs/quadratic/model.pt')}: not found; run `ddpm train --beta-schedule quadratic` first"
+        f"ddpm: error: {Path('runs/quadratic/seed0/model.pt')}: not found; run `ddpm train --beta-schedule quadratic` first"
     )
     assert not (tmp_path / "r").exists()
 
@@ -140,8 +183,8 @@ def test_compare_refuses_scores_that_are_not_comparable(
     scores = {"fid": 30.0, "kid_mean": 0.01, "kid_std": 0.001, "num_samples": 40, "num_real": 64,
               "real_sha256": "cd34", "feature_extractor": "inception", "feature_dim": 2048, "weights": "test",
               "weights_sha256": "6726", "resize": "legacy"}  # fmt: skip
-    (root / "runs" / "linear" / "eval.json").write_text(json.dumps(scores))
-    (root / "runs" / "cosine" / "eval.json").write_text(json.dumps({**scores, key: value}))
+    (root / "runs" / "linear" / "seed0" / "eval.json").write_text(json.dumps(scores))
+    (root / "runs" / "cosine" / "seed0" / "eval.json").write_text(json.dumps({**scores, key: value}))
     refused = invoke("compare", "linear", "cosine", "--set", "tracking.enabled=false", cwd=root)
     assert refused.exit_code == 2
     assert f"the schedules were run with different {what}" in refused.output

@@ -3,6 +3,7 @@ by reading the imports (those of the command's function in ddpm/cli.py and the h
 then every ddpm import of those modules, transitively)."""
 
 import ast
+import difflib
 import re
 from pathlib import Path
 
@@ -74,21 +75,27 @@ def test_the_import_reader_sees_function_level_imports() -> None:
 
 def test_the_offline_preset_changes_only_the_params_it_sets(tmp_path: Path) -> None:
     """`dvc exp run -S` rewrites params.yaml through its own YAML writer; params.yaml is written in
-    that style, so the preset's diff is its values and nothing else."""
+    that style, so the preset's diff is its values and nothing else: the lines of the keys it sets
+    (a list's items included) and no other line."""
     from dvc.utils.hydra import apply_overrides
 
     script = [line for line in (ROOT / "pipeline" / "offline.sh").read_text().splitlines() if not line.startswith("#")]
-    overrides = re.findall(r"-S (\S+=\S+)", "\n".join(script))
+    overrides = [o.strip("'") for o in re.findall(r"-S ('[^']+'|\S+=\S+)", "\n".join(script))]
     assert len(overrides) > 10
     copy = tmp_path / "params.yaml"
     copy.write_text((ROOT / "params.yaml").read_text())
     apply_overrides(str(copy), overrides)
-    before, after = (ROOT / "params.yaml").read_text().splitlines(), copy.read_text().splitlines()
-    assert len(before) == len(after)
-    changed = [(old, new) for old, new in zip(before, after, strict=True) if old != new]
-    keys = [override.split("=")[0] for override in overrides]
-    assert len(changed) == len(set(keys)) == len(keys)
-    assert sorted(new.split(":")[0].strip() for _, new in changed) == sorted(key.split(".")[-1] for key in keys)
+    before, after = (ROOT / "params.yaml").read_text(), copy.read_text()
+    expected = yaml.safe_load(before)
+    for key, value in (o.split("=", 1) for o in overrides):
+        section, name = key.split(".")
+        expected[section][name] = yaml.safe_load(value)
+    assert yaml.safe_load(after) == expected
+    names = {key.split("=")[0].split(".")[-1] for key in overrides}
+    changed = [line[2:].strip() for line in difflib.ndiff(before.splitlines(), after.splitlines())
+               if line.startswith(("- ", "+ "))]  # fmt: skip
+    assert all(line.split(":")[0] in names or line.startswith("- ") for line in changed), changed
+    assert {line.split(":")[0] for line in changed if not line.startswith("- ")} == names
 
 
 def test_the_preset_drops_dvcs_warnings_about_outputs_not_made_yet_and_passes_the_rest_as_it_comes() -> None:

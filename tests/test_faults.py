@@ -39,7 +39,7 @@ def project(tmp_path: Path, flowers16: Path, trained: Path) -> Path:
     write_params(tmp_path)
     (tmp_path / "data" / "prepared").mkdir(parents=True)
     shutil.copy(flowers16, tmp_path / "data" / "prepared" / "images.npy")
-    shutil.copytree(trained, tmp_path / "runs" / "linear")
+    shutil.copytree(trained, tmp_path / "runs" / "linear" / "seed0")
     return tmp_path
 
 
@@ -57,13 +57,13 @@ def one_line_error(result: object, *parts: str) -> str:
 
 
 def test_a_model_with_non_finite_weights_samples_nothing_and_logs_nothing(project: Path) -> None:
-    checkpoint = project / "runs" / "linear" / "model.pt"
+    checkpoint = project / "runs" / "linear" / "seed0" / "model.pt"
     state = torch.load(checkpoint, weights_only=True)
     next(iter(state["ema"].values())).fill_(float("nan"))
     torch.save(state, checkpoint)
     result = invoke("sample", "--checkpoint", str(checkpoint), cwd=project)
     one_line_error(result, str(checkpoint), "the samples of batch 1 are not finite")
-    assert not (project / "runs" / "linear" / "samples").exists()  # no black images, no grid
+    assert not (project / "runs" / "linear" / "seed0" / "samples").exists()  # no black images, no grid
     assert [r for r in mlflow_runs(project) if r.data.tags.get("ddpm.kind") == "evaluation"] == []
 
 
@@ -151,7 +151,7 @@ def test_what_could_not_be_sent_is_kept_in_the_run_folder_and_the_next_command_s
     calls = failing(monkeypatch, ("log_batch", "log_artifact", "log_image", "set_terminated"), lambda n: n >= 3)
     result = invoke("train", "--beta-schedule", "cosine", cwd=project)
     assert result.exit_code == 0, result.stderr  # the run ended, and ended well
-    pending = project / "runs" / "cosine" / "mlflow-pending.jsonl"
+    pending = project / "runs" / "cosine" / "seed0" / "mlflow-pending.jsonl"
     assert f"ddpm: warning: 9 MLflow writes could not be made; kept in {pending.relative_to(project)}" in result.stderr
     assert pending.is_file()
     monkeypatch.undo()
@@ -172,7 +172,7 @@ def test_a_read_only_store_fails_in_one_line_before_any_work(project: Path) -> N
     read_only = f"sqlite:///file:{project / 'mlflow.db'}?mode=ro&uri=true"
     result = invoke("sample", "--set", f"tracking.uri={read_only}", cwd=project)
     one_line_error(result, "cannot use the MLflow tracking store", "readonly database")
-    assert not (project / "runs" / "linear" / "samples").exists()
+    assert not (project / "runs" / "linear" / "seed0" / "samples").exists()
 
 
 class SilentServer:
@@ -207,19 +207,19 @@ def test_an_unreachable_tracking_server_fails_in_one_line_within_15_seconds(proj
     assert time.monotonic() - start < 15
     one_line_error(result, f"cannot use the MLflow tracking store {url}")
     assert f"checking the MLflow server at {url}" in result.stderr  # it said what it was waiting for
-    assert not (project / "runs" / "linear" / "samples").exists()
+    assert not (project / "runs" / "linear" / "seed0" / "samples").exists()
 
 
 def test_samples_and_scores_follow_the_checkpoint_not_the_params_schedule(project: Path) -> None:
     # params.yaml says linear; the model given is another run's
-    shutil.move(project / "runs" / "linear", project / "runs" / "mine")
+    shutil.move(project / "runs" / "linear" / "seed0", project / "runs" / "mine")
     sampled = invoke("sample", "--checkpoint", "runs/mine/model.pt", cwd=project)
     assert sampled.exit_code == 0, sampled.stderr
     assert (project / "runs" / "mine" / "samples" / "samples.npy").is_file()
-    assert not (project / "runs" / "linear").exists()
+    assert not (project / "runs" / "linear" / "seed0").exists()
     scored = invoke("evaluate", "--samples", "runs/mine/samples/samples.npy", cwd=project)
     assert scored.exit_code == 0, scored.stderr
-    assert (project / "runs" / "mine" / "eval.json").is_file() and not (project / "runs" / "linear").exists()
+    assert (project / "runs" / "mine" / "eval.json").is_file() and not (project / "runs" / "linear" / "seed0").exists()
     runs = {r.info.run_id: r for r in mlflow_runs(project)}
     [child] = [r for r in runs.values() if r.data.tags.get("ddpm.kind") == "evaluation"]
     parent = runs[child.data.tags["mlflow.parentRunId"]]
@@ -233,11 +233,11 @@ def test_samples_and_scores_follow_the_checkpoint_not_the_params_schedule(projec
 def test_a_second_process_on_the_same_folder_stops_at_once_naming_the_first(project: Path) -> None:
     from ddpm.files import folder_lock
 
-    with folder_lock(project / "runs" / "linear"):  # this process is the first
+    with folder_lock(project / "runs" / "linear" / "seed0"):  # this process is the first
         second = run("train", "--device", "cpu", cwd=project, timeout=120)
     assert second.returncode == 2
     assert second.stderr.strip() == (
-        f"ddpm: error: {Path('runs/linear')} is in use by another ddpm process (PID {__import__('os').getpid()}); "
+        f"ddpm: error: {Path('runs/linear/seed0')} is in use by another ddpm process (PID {__import__('os').getpid()}); "
         "wait for it to end, or use --out for another folder"
     )
 
@@ -286,7 +286,7 @@ def test_a_full_disk_during_training_keeps_the_previous_checkpoint_and_says_so_i
     full_disk_on(monkeypatch, torch, "save", lambda n: n >= 2)  # the first checkpoint fits, the second does not
     result = invoke("train", "--beta-schedule", "cosine", "--set", "tracking.enabled=false", cwd=project)
     one_line_error(result, "step-00000020.pt: cannot write it, the disk is full (", "free in", "needed)")
-    folder = project / "runs" / "cosine" / "checkpoints"
+    folder = project / "runs" / "cosine" / "seed0" / "checkpoints"
     assert [p.name for p in folder.iterdir()] == ["step-00000010.pt"]  # whole, and nothing half-written beside it
     assert torch.load(folder / "step-00000010.pt", weights_only=True)["step"] == 10
 
@@ -336,7 +336,7 @@ def test_an_unreadable_newest_checkpoint_is_passed_over_for_the_one_before(
 
 @pytest.mark.parametrize("damage", ["a missing weight", "a bad RNG state", "an empty optimizer state"])
 def test_a_checkpoint_with_inconsistent_contents_is_one_line_before_mlflow(project: Path, damage: str) -> None:
-    folder = project / "runs" / "linear" / "checkpoints"
+    folder = project / "runs" / "linear" / "seed0" / "checkpoints"
     checkpoint = sorted(folder.glob("step-*.pt"))[-1]
     state = torch.load(checkpoint, weights_only=True)
     if damage == "a missing weight":
@@ -366,7 +366,7 @@ def test_a_signal_during_the_final_save_says_so_and_the_mlflow_run_ends_killed(
     monkeypatch.setattr(ddpm.train, "save_checkpoint", save)
     result = invoke("train", "--beta-schedule", "cosine", cwd=project)
     assert result.exit_code == 128 + signal.SIGTERM, result.stderr
-    last = Path("runs/cosine/checkpoints/step-00000020.pt")
+    last = Path("runs/cosine/seed0/checkpoints/step-00000020.pt")
     assert f"ddpm: stopped by SIGTERM at step 20; saved {last}; run the same command to resume" in result.stderr
     [model] = [r for r in mlflow_runs(project) if r.info.run_name == "cosine"]
     assert model.info.status == "KILLED"
@@ -392,11 +392,11 @@ def test_odd_params_files_are_one_line(tmp_path: Path, text: bytes, message: str
 
 
 def test_compare_given_results_of_the_wrong_shape_is_one_line(project: Path) -> None:
-    (project / "runs" / "linear" / "eval.json").write_text("{}\n")
-    (project / "runs" / "linear" / "samples").mkdir()
-    (project / "runs" / "linear" / "samples" / "grid.png").write_bytes(b"")
+    (project / "runs" / "linear" / "seed0" / "eval.json").write_text("{}\n")
+    (project / "runs" / "linear" / "seed0" / "samples").mkdir()
+    (project / "runs" / "linear" / "seed0" / "samples" / "grid.png").write_bytes(b"")
     result = invoke("compare", "linear", "--set", "tracking.enabled=false", cwd=project)
-    one_line_error(result, f"{Path('runs/linear/eval.json')}: not the scores `ddpm evaluate` writes", "evaluate")
+    one_line_error(result, f"{Path('runs/linear/seed0/eval.json')}: not the scores `ddpm evaluate` writes", "evaluate")
 
 
 def test_prepare_scales_16_bit_images_and_skips_bombs_unopened(tmp_path: Path) -> None:

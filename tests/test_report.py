@@ -5,7 +5,7 @@ from conftest import invoke
 from PIL import Image
 
 from ddpm.data import synthetic_flowers
-from ddpm.report import STRIP_STEPS, noised_strip
+from ddpm.report import STRIP_STEPS, differences, noised_strip, standard_error
 
 
 def test_the_strip_goes_from_the_image_to_noise_and_rows_differ_only_by_schedule() -> None:
@@ -33,3 +33,36 @@ def test_schedules_command_draws_both_pictures(tmp_path: Path) -> None:
     assert bad.stderr.strip() == (
         "ddpm: error: unknown beta schedule 'cosin'; expected one of: linear, cosine, quadratic, sigmoid"
     )
+
+
+def row(schedule: str, seeds: str = "0", **numbers: float) -> dict:
+    return {"schedule": schedule, "seeds": seeds, "kid_mean": 0.01, "kid_std": 0.002, **numbers}
+
+
+def test_a_difference_beyond_twice_the_combined_standard_error_is_called_real_and_one_within_it_noise() -> None:
+    # one seed: FID judged by its bootstrap intervals, the half-width of each 1.96 standard errors
+    a = row("linear", fid=10.0, fid_ci_low=10.0 - 1.959964, fid_ci_high=10.0 + 1.959964, final_loss=0.05)
+    b = row("cosine", fid=13.0, fid_ci_low=13.0 - 1.959964, fid_ci_high=13.0 + 1.959964, final_loss=0.04)
+    said = differences([a, b])
+    assert said[0] == (
+        "- fid: linear is lower than cosine by 3, 2.1 combined standard errors: a real difference "
+        "(judged by the bootstrap interval (sampling noise only))"
+    )
+    assert said[1] == (  # KID: the same numbers, the spread of KID's subsets
+        "- kid_mean: cosine is lower than linear by 0, within noise (0.0 combined standard errors) "
+        "(judged by the spread over KID's subsets)"
+    )
+    assert said[2] == (
+        "- final_loss: cosine is lower than linear by 0.01; one seed and no other measure of noise, so not judged "
+        "(add seeds)"
+    )
+    b["fid"] = b["fid_ci_low"] + 1.959964 - 0.2  # 2.8: under 2 · √2
+    assert "within noise (2.0 combined standard errors)" in differences([a, b])[0]
+
+
+def test_over_seeds_the_standard_error_is_the_seeds_spread_over_the_root_of_their_number() -> None:
+    a = row("linear", "0 1 2 3", nll_bpd=3.0, nll_bpd_std_seeds=0.2, nll_bpd_sem=0.001)
+    assert standard_error(a, "nll_bpd") == (0.1, "the spread over 4 seeds")  # not the held-out images' 0.001
+    del a["nll_bpd_std_seeds"]
+    assert standard_error(a, "nll_bpd") == (0.001, "the spread over the held-out images")
+    assert standard_error(a, "final_loss") is None

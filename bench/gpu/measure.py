@@ -217,19 +217,19 @@ def run_commands(ctx: Context, folder: Path) -> None:
     seconds = timed_command(ctx, "train", ["train", "--beta-schedule", "linear", "--model", s.cli_preset,
                                            "--image-size", str(s.cli_size), "--steps", str(steps), "--batch-size",
                                            str(s.cli_batch), *base])  # fmt: skip
-    trained = json.loads(Path("runs/linear/train.json").read_text())
+    trained = json.loads(Path("runs/linear/seed0/train.json").read_text())
     ctx.figures.put({"cli.train.steps": steps, "cli.train.img_s": trained["images_per_second"],
                      "cli.train.wall_img_s": steps * s.cli_batch / seconds})  # fmt: skip
     seconds = timed_command(ctx, "sample", ["sample", "--beta-schedule", "linear", "--sampler", "ddim", "--ddim-steps",
                                             str(s.ddim_steps), "--num-samples", str(s.cli_samples), "--batch-size",
                                             str(s.cli_sample_batch), *base])  # fmt: skip
     ctx.figures.put({"cli.sample.img_s": s.cli_samples / seconds})
-    shutil.copy(folder / "runs/linear/samples/grid.png", ctx.out / "cli-grid.png")
+    shutil.copy(folder / "runs/linear/seed0/samples/grid.png", ctx.out / "cli-grid.png")
     extractor = carried_inception(ctx)
     seconds = timed_command(ctx, "evaluate", ["evaluate", "--beta-schedule", "linear", "--feature-extractor",
                                               extractor, "--set", f"evaluate.kid_subset_size={s.kid_subset_size}",
                                               "--set", f"evaluate.kid_subsets={s.kid_subsets}", *base])  # fmt: skip
-    scores = json.loads(Path("runs/linear/eval.json").read_text())
+    scores = json.loads(Path("runs/linear/seed0/eval.json").read_text())
     suffix = "" if extractor == "inception" else f"_{extractor}"
     ctx.figures.put({"cli.evaluate.img_s": (scores["num_samples"] + scores["num_real"]) / seconds,
                      "cli.fid": scores[f"fid{suffix}"], "cli.kid_mean": scores[f"kid{suffix}_mean"]})  # fmt: skip

@@ -106,6 +106,8 @@ class DataConfig(Section):
     synthetic_seed: Int = 0
     image_size: PositiveInt = 64
     max_pixels: PositiveInt = 50_000_000  # prepare skips larger images (decompression bombs) before decoding them
+    holdout: Annotated[Int, Field(ge=0)] = 500  # images kept out of training (holdout.npy), for bits/dim; 0: none
+    holdout_seed: Annotated[Int, Field(ge=0)] = 0  # which are held out: a seeded draw, the same on every machine
 
     def archive(self) -> Archive | None:
         """What `ddpm download` fetches for this source (url and checksum as set here), or None."""

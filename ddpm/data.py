@@ -1,8 +1,9 @@
 """Images: `prepare` (decode, crop, resize what `ddpm.download` fetched), synthetic flowers, the
 uint8 array format and the in-memory batch source for training.
 
-Prepared images are one .npy array of uint8, shape (N, 3, H, W), beside a manifest.json:
-what `prepare` writes and `train` reads. Training batches are floats in [-1, 1].
+Prepared images are .npy arrays of uint8, shape (N, 3, H, W), beside a manifest.json: `prepare`
+writes images.npy, which `train` reads, and holdout.npy, the images kept out of training for the
+bits/dim evaluation. Training batches are floats in [-1, 1].
 """
 
 import codecs
@@ -132,8 +133,9 @@ def _petal(cx: float, cy: float, length: float, width: float, angle: float) -> l
 
 
 def prepare(cfg: DataConfig, raw_dir: Path, out_dir: Path, workers: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Decode, convert to RGB, crop and resize every image of the source to `cfg.image_size`; write
-    `out_dir`/images.npy and `out_dir`/manifest.json atomically, and return the manifest.
+    """Decode, convert to RGB, crop and resize every image of the source to `cfg.image_size`; hold
+    `cfg.holdout` of them out; write `out_dir`/images.npy (the training images), `out_dir`/holdout.npy
+    (the held-out ones) and `out_dir`/manifest.json atomically, and return the manifest.
 
     The same inputs and params give byte-identical files. Unreadable files are skipped and listed."""
     skipped: list[dict[str, str]] = []
@@ -152,18 +154,58 @@ def prepare(cfg: DataConfig, raw_dir: Path, out_dir: Path, workers: int = 0, pro
             raise UserError(f"{root}: none of the {len(files)} image files could be read (first: {first})")
         images = np.stack(arrays)
         origin = {"root": str(root), "files": len(files)}
+    held = holdout_indices(len(images), cfg.holdout, cfg.holdout_seed)
+    kept = np.ones(len(images), dtype=bool)
+    kept[held] = False
+    training, held_out = images[kept], images[held]
+    save_split(out_dir, training, held_out)
     manifest = {
         "source": cfg.source,
         **origin,
-        "count": len(images),
+        "count": len(training),
         "image_size": cfg.image_size,
-        "sha256": hashlib.sha256(images.tobytes()).hexdigest(),
+        "sha256": hashlib.sha256(training.tobytes()).hexdigest(),
+        "npy_sha256": sha256_hex(out_dir / "images.npy"),  # train checks it
+        "holdout": {
+            "count": len(held_out),
+            "seed": cfg.holdout_seed,
+            "indices": held.tolist(),  # into the prepared order, before the split
+            "sha256": hashlib.sha256(held_out.tobytes()).hexdigest(),
+            "npy_sha256": sha256_hex(out_dir / "holdout.npy"),
+        },
         "skipped": skipped,
     }
-    save_images(out_dir / "images.npy", images)
-    manifest["npy_sha256"] = sha256_hex(out_dir / "images.npy")  # train checks it
     write_json(out_dir / "manifest.json", manifest, sort_keys=True)  # last, so a manifest describes its images
     return manifest
+
+
+def holdout_indices(count: int, holdout: int, seed: int) -> np.ndarray:
+    """The sorted indices of the `holdout` of `count` images kept out of training: those with the
+    smallest of `count` raw 64-bit draws of PCG64 seeded with `seed` (today's `default_rng(seed)`),
+    ties by index.
+
+    PCG64's raw stream, not `default_rng` or `Generator.choice`: numpy guarantees a fixed seed gives
+    PCG64 the same stream everywhere, but lets default_rng change its BitGenerator and Generator its
+    algorithms between versions (its random "Compatibility Policy")."""
+    if holdout and count - holdout < 2:
+        raise UserError(
+            f"data.holdout: {holdout} of the {count} prepared images would leave {max(count - holdout, 0)} to train "
+            f"on, fewer than 2; expected at most {max(count - 2, 0)}"
+        )
+    draws = np.random.PCG64(seed).random_raw(count)
+    return np.sort(np.argsort(draws, kind="stable")[:holdout])
+
+
+def save_split(out_dir: Path, training: np.ndarray, held_out: np.ndarray) -> None:
+    """images.npy and holdout.npy, both written in full before either replaces the old one.
+
+    images.npy is renamed first: a run stopped between the two renames leaves an images.npy that the
+    old manifest no longer matches, which `training_images` refuses, rather than a new holdout.npy
+    that may hold images the old images.npy trains on."""
+    with atomic_output(out_dir / "holdout.npy") as held_tmp:
+        np.save(held_tmp, np.ascontiguousarray(held_out))
+        with atomic_output(out_dir / "images.npy") as training_tmp:
+            np.save(training_tmp, np.ascontiguousarray(training))
 
 
 CIFAR10_BATCHES = [f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)]  # the 50,000 training images

@@ -63,6 +63,8 @@ def test_model_architecture_is_the_preset_with_overrides() -> None:
         ),
         ("model:\n  dropout: 1.0\n", "model.dropout: expected a number in [0, 1) or null, got 1.0"),
         ("sample:\n  clip_denoised: maybe\n", 'sample.clip_denoised: expected true or false, got "maybe"'),
+        ("data:\n  holdout: -1\n", "params.yaml: data.holdout: expected a non-negative integer, got -1"),
+        ("data:\n  holdout_seed: -1\n", "params.yaml: data.holdout_seed: expected a non-negative integer, got -1"),
         ("train: 5\n", "params.yaml: train: expected a mapping with keys steps,"),
         ("- 1\n", "params.yaml: expected a mapping of sections"),
         ("train: [\n", "params.yaml: invalid YAML at line 2"),

@@ -16,9 +16,10 @@ from http_server import FileServer, closed_port_url
 from PIL import Image
 
 from ddpm.config import ARCHIVES, DataConfig
-from ddpm.data import prepare, synthetic_flowers
+from ddpm.data import holdout_indices, load_images, prepare, synthetic_flowers
 from ddpm.download import download, extract_tar_safely
 from ddpm.errors import UserError
+from ddpm.files import sha256_hex
 
 DDPM = str(Path(sys.executable).parent / "ddpm")
 FLOWERS102_ARCHIVE = ARCHIVES["flowers102"].name
@@ -60,7 +61,7 @@ def flowers_config(server: FileServer, archive: bytes, **values: object) -> Data
 
 
 def test_download_verify_extract_prepare_end_to_end(server: FileServer, archive: bytes, tmp_path: Path) -> None:
-    cfg = flowers_config(server, archive)
+    cfg = flowers_config(server, archive, holdout=0)
     folder = download(cfg, tmp_path / "raw", progress=False)
     assert sorted(p.name for p in (folder / "jpg").iterdir())[:2] == ["image_00001.jpg", "image_00002.jpg"]
     assert (tmp_path / "raw" / FLOWERS102_ARCHIVE).read_bytes() == archive
@@ -171,7 +172,7 @@ def make_folder(root: Path) -> None:
 
 def test_prepare_a_folder_keeps_the_good_and_lists_the_bad(tmp_path: Path) -> None:
     make_folder(tmp_path / "images")
-    cfg = DataConfig(source="folder", folder=str(tmp_path / "images"), image_size=32)
+    cfg = DataConfig(source="folder", folder=str(tmp_path / "images"), image_size=32, holdout=0)
     manifest = prepare(cfg, tmp_path / "unused", tmp_path / "out", workers=2, progress=False)
     images = np.load(tmp_path / "out" / "images.npy")
     assert images.shape == (5, 3, 32, 32) and images.dtype == np.uint8
@@ -192,7 +193,7 @@ def test_prepare_keeps_the_aspect_ratio(tmp_path: Path) -> None:
     wide[:, 30:60, 1] = 255
     (tmp_path / "images").mkdir()
     Image.fromarray(wide).save(tmp_path / "images" / "wide.png")
-    cfg = DataConfig(source="folder", folder=str(tmp_path / "images"), image_size=16)
+    cfg = DataConfig(source="folder", folder=str(tmp_path / "images"), image_size=16, holdout=0)
     prepare(cfg, tmp_path, tmp_path / "out", workers=1, progress=False)
     image = np.load(tmp_path / "out" / "images.npy")[0]
     # the centre third, not squashed (Lanczos lets a little of the neighbours into the edge columns)
@@ -201,10 +202,10 @@ def test_prepare_keeps_the_aspect_ratio(tmp_path: Path) -> None:
 
 def test_prepare_twice_gives_byte_identical_output(tmp_path: Path) -> None:
     make_folder(tmp_path / "images")
-    cfg = DataConfig(source="folder", folder=str(tmp_path / "images"), image_size=16)
+    cfg = DataConfig(source="folder", folder=str(tmp_path / "images"), image_size=16, holdout=2)
     for out in ("one", "two"):
         prepare(cfg, tmp_path, tmp_path / out, workers=2, progress=False)
-    for name in ("images.npy", "manifest.json"):
+    for name in ("images.npy", "holdout.npy", "manifest.json"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
 
@@ -259,7 +260,7 @@ def test_cifar10_is_downloaded_checked_and_prepared_as_published(tmp_path: Path)
     assert (tmp_path / "data/raw/cifar10/cifar-10-batches-py/data_batch_5").is_file()
     refused = invoke("prepare", "--source", "cifar10", "--image-size", "64", cwd=tmp_path)
     assert refused.exit_code == 2 and "data.image_size: CIFAR-10's images are 32×32, got 64" in refused.output
-    done = invoke("prepare", "--source", "cifar10", "--image-size", "32", cwd=tmp_path)
+    done = invoke("prepare", "--source", "cifar10", "--image-size", "32", "--set", "data.holdout=0", cwd=tmp_path)
     assert done.exit_code == 0, done.output
     assert np.array_equal(np.load(tmp_path / "data/prepared/images.npy"), images)  # the five batches, in order
     manifest = json.loads((tmp_path / "data/prepared/manifest.json").read_text())
@@ -282,7 +283,7 @@ def test_cifar10_is_downloaded_checked_and_prepared_as_published(tmp_path: Path)
 
 
 def test_synthetic_source_is_prepared_without_downloading(tmp_path: Path) -> None:
-    cfg = DataConfig(source="synthetic", synthetic_count=6, synthetic_seed=2, image_size=16)
+    cfg = DataConfig(source="synthetic", synthetic_count=6, synthetic_seed=2, image_size=16, holdout=0)
     assert download(cfg, tmp_path / "raw") is None and not (tmp_path / "raw").exists()
     manifest = prepare(cfg, tmp_path / "raw", tmp_path / "out", progress=False)
     assert manifest["count"] == 6 and manifest["seed"] == 2
@@ -298,8 +299,81 @@ def test_download_and_prepare_commands(tmp_path: Path) -> None:
     assert result.stderr.startswith(f"ddpm: error: cannot download {closed}102flowers.tgz (")
     assert len(result.stderr.strip().splitlines()) == 1
 
-    args = ["prepare", "--source", "synthetic", "--image-size", "16", "--set", "data.synthetic_count=5"]
+    args = ["prepare", "--source", "synthetic", "--image-size", "16"]
+    args += ["--set", "data.synthetic_count=5", "--set", "data.holdout=0"]
     result = subprocess.run([DDPM, *args], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "prepared 5 images of 16×16 (0 skipped): data/prepared/images.npy" in result.stdout
     assert np.load(tmp_path / "data" / "prepared" / "images.npy").shape == (5, 3, 16, 16)
+
+
+# --- the held-out images ---------------------------------------------------------------------------
+
+
+def synthetic_split(out: Path, holdout: int, seed: int = 0) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Twenty synthetic flowers prepared into `out` with `holdout` held out: the manifest and both files' images."""
+    cfg = DataConfig(source="synthetic", synthetic_count=20, image_size=16, holdout=holdout, holdout_seed=seed)
+    manifest = prepare(cfg, out / "unused", out, progress=False)
+    return manifest, np.load(out / "images.npy"), np.load(out / "holdout.npy")
+
+
+def test_the_holdout_and_the_training_images_partition_the_prepared_ones(tmp_path: Path) -> None:
+    manifest, training, held_out = synthetic_split(tmp_path, holdout=5, seed=3)
+    everything = synthetic_flowers(20, 16)
+    indices = manifest["holdout"]["indices"]
+    assert len(indices) == 5 and indices == sorted(set(indices)) and training.shape == (15, 3, 16, 16)
+    assert np.array_equal(held_out, everything[indices])  # in index order
+    assert np.array_equal(training, np.delete(everything, indices, axis=0))  # the rest, in their order
+    assert sorted(img.tobytes() for img in [*training, *held_out]) == sorted(img.tobytes() for img in everything)
+    assert manifest["count"] == 15 and manifest["holdout"]["count"] == 5 and manifest["holdout"]["seed"] == 3
+    assert manifest["npy_sha256"] == sha256_hex(tmp_path / "images.npy")
+    assert manifest["holdout"]["npy_sha256"] == sha256_hex(tmp_path / "holdout.npy")
+    assert manifest["sha256"] == hashlib.sha256(training.tobytes()).hexdigest()
+    assert manifest["holdout"]["sha256"] == hashlib.sha256(held_out.tobytes()).hexdigest()
+    assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
+
+
+def test_the_selection_is_the_seeded_pcg64_draw_pinned() -> None:
+    for count, holdout, seed in [(20, 5, 0), (100, 30, 7), (1000, 500, 2)]:
+        draws = np.random.default_rng(seed).bit_generator.random_raw(count)  # the same PCG64 stream, today
+        expected = sorted(sorted(range(count), key=lambda i: (int(draws[i]), i))[:holdout])
+        assert holdout_indices(count, holdout, seed).tolist() == expected
+    # numpy promises PCG64's stream for a seed never changes: a change of generator or rule fails here
+    assert holdout_indices(8189, 500, 0)[:8].tolist() == [2, 3, 11, 13, 20, 53, 59, 92]
+    assert holdout_indices(20, 5, 0).tolist() == [2, 3, 11, 13, 15]
+    assert holdout_indices(20, 0, 0).tolist() == []
+
+
+def test_a_rerun_keeps_the_split_and_another_seed_replaces_both_files(tmp_path: Path) -> None:
+    first, training, held_out = synthetic_split(tmp_path / "a", holdout=5)
+    again, *_ = synthetic_split(tmp_path / "b", holdout=5)
+    for name in ("images.npy", "holdout.npy", "manifest.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    other, other_training, other_held_out = synthetic_split(tmp_path / "a", holdout=5, seed=1)  # over the first
+    assert other["holdout"]["indices"] != first["holdout"]["indices"]
+    assert not np.array_equal(other_held_out, held_out) and not np.array_equal(other_training, training)
+    assert other["holdout"]["npy_sha256"] == sha256_hex(tmp_path / "a" / "holdout.npy")
+    assert other["npy_sha256"] == sha256_hex(tmp_path / "a" / "images.npy")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["holdout.npy", "images.npy", "manifest.json"]
+
+
+def test_holdout_0_writes_an_empty_holdout_file(tmp_path: Path) -> None:
+    manifest, training, held_out = synthetic_split(tmp_path, holdout=0)
+    assert np.array_equal(training, synthetic_flowers(20, 16)) and held_out.shape == (0, 3, 16, 16)
+    assert manifest["holdout"]["count"] == 0 and manifest["holdout"]["indices"] == []
+    with pytest.raises(UserError, match="holdout.npy: holds no images"):  # what an evaluation of it is told
+        load_images(tmp_path / "holdout.npy")
+
+
+def test_a_holdout_that_leaves_fewer_than_2_training_images_is_one_line(tmp_path: Path) -> None:
+    args = ["--source", "synthetic", "--image-size", "16", "--set", "data.synthetic_count=8"]
+    result = invoke("prepare", *args, "--set", "data.holdout=7", cwd=tmp_path)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [
+        "ddpm: error: data.holdout: 7 of the 8 prepared images would leave 1 to train on, fewer than 2; expected at "
+        "most 6"
+    ]
+    assert not (tmp_path / "data").exists()
+    done = invoke("prepare", *args, "--set", "data.holdout=6", cwd=tmp_path)
+    assert done.exit_code == 0, done.output
+    assert np.load(tmp_path / "data" / "prepared" / "images.npy").shape == (2, 3, 16, 16)

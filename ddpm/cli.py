@@ -158,7 +158,9 @@ def prepare(
     source: Annotated[str | None, _param(PREPARE_PARAMS["source"], "flowers102|cifar10|folder|synthetic")] = None,
     image_size: Annotated[str | None, _param(PREPARE_PARAMS["image_size"], "INT")] = None,
     raw: Annotated[Path, typer.Option(help="The download folder (source flowers102).")] = DEFAULT_RAW,
-    out: Annotated[Path, typer.Option(help="Output folder: images.npy and manifest.json.")] = DEFAULT_DATA.parent,
+    out: Annotated[
+        Path, typer.Option(help="Output folder: images.npy, holdout.npy and manifest.json.")
+    ] = DEFAULT_DATA.parent,
     workers: Annotated[int, typer.Option(help="Worker processes; 0 = one per core.", min=0)] = 0,
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -171,8 +173,9 @@ def prepare(
     for entry in manifest["skipped"]:
         typer.echo(f"skipped {entry['file']}: {entry['reason']}", err=True)
     typer.echo(
-        f"prepared {manifest['count']} images of {cfg.data.image_size}×{cfg.data.image_size} "
-        f"({len(manifest['skipped'])} skipped): {out / 'images.npy'}"
+        f"prepared {manifest['count']} images of {cfg.data.image_size}×{cfg.data.image_size} to train on "
+        f"({len(manifest['skipped'])} skipped): {out / 'images.npy'}; {manifest['holdout']['count']} held out "
+        f"(data.holdout): {out / 'holdout.npy'}"
     )
 
 

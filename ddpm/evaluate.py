@@ -301,8 +301,14 @@ def evaluate(
     fake_f = extract_features(extractor, fake, cfg.batch_size, device, "features samples", progress)
     kid_mean, kid_std = kernel_distance(real_f, fake_f, cfg.kid_subsets, cfg.kid_subset_size)
     s = extractor.suffix
+    fid = frechet_distance(real_f, fake_f)
+    interval = {}
+    if cfg.bootstrap:
+        low, high = fid_basic_interval(fid, fid_bootstrap(real_f, fake_f, cfg.bootstrap))
+        interval = {f"fid{s}_ci_low": low, f"fid{s}_ci_high": high, "bootstrap": cfg.bootstrap}
     metrics = {
-        f"fid{s}": frechet_distance(real_f, fake_f),
+        f"fid{s}": fid,
+        **interval,
         f"kid{s}_mean": kid_mean,
         f"kid{s}_std": kid_std,
         "num_samples": len(fake),

@@ -21,14 +21,22 @@ torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_thread
 CPU = torch.device("cpu")
 DDPM = str(Path(sys.executable).parent / "ddpm")
 
-# The tiny model on 16×16 images, T = 50; training, sampling and evaluation that take seconds.
+# The tiny model on 16×16 images, T = 50; training, sampling and evaluation that take seconds, no
+# held-out images and so no likelihood (tests/test_compare.py measures it).
 TINY = {
-    "data": {"image_size": 16},
+    "data": {"image_size": 16, "holdout": 0},
     "model": {"preset": "tiny"},
     "diffusion": {"timesteps": 50},
     "train": {"steps": 20, "batch_size": 8, "lr": 1e-3, "warmup_steps": 10, "log_every": 10, "checkpoint_every": 10},
     "sample": {"num_samples": 4, "batch_size": 4, "sampler": "ddim", "ddim_steps": 5},
-    "evaluate": {"feature_extractor": "randconv", "kid_subsets": 10, "kid_subset_size": 4},
+    "evaluate": {
+        "feature_extractor": "randconv",
+        "kid_subsets": 10,
+        "kid_subset_size": 4,
+        "bootstrap": 20,
+        "nll_images": 0,
+    },
+    "sweep": {"steps": [2, 5], "num_samples": 8},
 }
 
 

@@ -38,7 +38,9 @@ def project(tmp_path_factory: pytest.TempPathFactory, trained: Path) -> Path:
     save_images(data.parent / "holdout.npy", synthetic_flowers(6, 16, seed=1))
     shutil.copytree(trained, root / "runs" / "linear" / "seed0")
     for schedule, seed in RUNS:
-        config = load_config(root / "params.yaml", [("test", "diffusion.schedule", schedule), ("test", "train.seed", seed)])
+        config = load_config(
+            root / "params.yaml", [("test", "diffusion.schedule", schedule), ("test", "train.seed", seed)]
+        )
         folder = root / "runs" / schedule / f"seed{seed}"
         if not folder.exists():
             train(config, data, folder, CPU, progress=False)
@@ -102,7 +104,9 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
     assert [r["schedule"] for r in rows] == ["linear", "cosine"] and rows[0]["seeds"] == "0 1"
     linear = [json.loads((project / "runs" / "linear" / f"seed{k}" / "eval.json").read_text()) for k in (0, 1)]
     assert float(rows[0]["fid_randconv"]) == pytest.approx((linear[0]["fid_randconv"] + linear[1]["fid_randconv"]) / 2)
-    assert float(rows[0]["nll_bpd_std_seeds"]) == pytest.approx(abs(linear[0]["nll_bpd"] - linear[1]["nll_bpd"]) / 2**0.5)
+    assert float(rows[0]["nll_bpd_std_seeds"]) == pytest.approx(
+        abs(linear[0]["nll_bpd"] - linear[1]["nll_bpd"]) / 2**0.5
+    )
     assert rows[0]["steps"] == "20.0"
 
     import mlflow
@@ -161,7 +165,8 @@ def test_evaluate_and_compare_errors_are_one_line_and_write_nothing(project: Pat
     missing = run("compare", "quadratic", "--out", str(tmp_path / "r"), cwd=project)
     assert missing.returncode == 2
     assert missing.stderr.strip() == (
-        f"ddpm: error: {Path('runs/quadratic/seed0/model.pt')}: not found; run `ddpm train --beta-schedule quadratic` first"
+        f"ddpm: error: {Path('runs/quadratic/seed0/model.pt')}: not found; "
+        "run `ddpm train --beta-schedule quadratic` first"
     )
     assert not (tmp_path / "r").exists()
 

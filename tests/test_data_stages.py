@@ -300,11 +300,12 @@ def test_download_and_prepare_commands(tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
     args = ["prepare", "--source", "synthetic", "--image-size", "16"]
-    args += ["--set", "data.synthetic_count=5", "--set", "data.holdout=0"]
+    args += ["--set", "data.synthetic_count=5", "--set", "data.holdout=2"]
     result = subprocess.run([DDPM, *args], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "prepared 5 images of 16×16 (0 skipped): data/prepared/images.npy" in result.stdout
-    assert np.load(tmp_path / "data" / "prepared" / "images.npy").shape == (5, 3, 16, 16)
+    assert result.stdout.strip() == ("prepared 3 images of 16×16 to train on (0 skipped): data/prepared/images.npy; "
+                                     "2 held out (data.holdout): data/prepared/holdout.npy")  # fmt: skip
+    assert np.load(tmp_path / "data" / "prepared" / "images.npy").shape == (3, 3, 16, 16)
 
 
 # --- the held-out images ---------------------------------------------------------------------------

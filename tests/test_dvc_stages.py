@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ddpm.config import Config
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / "ddpm" / "cli.py"
 
@@ -90,7 +92,7 @@ def test_the_offline_preset_changes_only_the_params_it_sets(tmp_path: Path) -> N
     for key, value in (o.split("=", 1) for o in overrides):
         section, name = key.split(".")
         expected[section][name] = yaml.safe_load(value)
-    assert yaml.safe_load(after) == expected
+    assert Config.model_validate(yaml.safe_load(after)) == Config.model_validate(expected)  # "1e-3" is 0.001
     names = {key.split("=")[0].split(".")[-1] for key in overrides}
     changed = [line[2:].strip() for line in difflib.ndiff(before.splitlines(), after.splitlines())
                if line.startswith(("- ", "+ "))]  # fmt: skip

@@ -237,8 +237,8 @@ def test_a_second_process_on_the_same_folder_stops_at_once_naming_the_first(proj
         second = run("train", "--device", "cpu", cwd=project, timeout=120)
     assert second.returncode == 2
     assert second.stderr.strip() == (
-        f"ddpm: error: {Path('runs/linear/seed0')} is in use by another ddpm process (PID {__import__('os').getpid()}); "
-        "wait for it to end, or use --out for another folder"
+        f"ddpm: error: {Path('runs/linear/seed0')} is in use by another ddpm process "
+        f"(PID {__import__('os').getpid()}); wait for it to end, or use --out for another folder"
     )
 
 
@@ -297,7 +297,8 @@ def test_a_full_disk_in_the_other_stages_is_one_line(
 ) -> None:
     if command == "evaluate":
         assert invoke("sample", "--set", "tracking.enabled=false", cwd=project).exit_code == 0
-    args = {"prepare": ["--source", "synthetic", "--set", "data.synthetic_count=8"]}.get(command, [])
+    args = {"prepare": ["--source", "synthetic", "--set", "data.synthetic_count=8", "--set", "data.holdout=2"]}
+    args = args.get(command, [])
     full_disk_on(monkeypatch, np, "save")  # the samples, the real images' features, the prepared images
     result = invoke(command, *args, "--set", "tracking.enabled=false", cwd=project)
     one_line_error(result, "cannot write it, the disk is full (")
@@ -408,7 +409,7 @@ def test_prepare_scales_16_bit_images_and_skips_bombs_unopened(tmp_path: Path) -
     wide[:16], wide[16:] = 65535, 32896  # white over the middle grey, in 16 bits
     Image.fromarray(wide).save(tmp_path / "images" / "sixteen.png")
     Image.new("RGB", (300, 200)).save(tmp_path / "images" / "huge.png")
-    cfg = DataConfig(source="folder", folder=str(tmp_path / "images"), image_size=16, max_pixels=50_000)
+    cfg = DataConfig(source="folder", folder=str(tmp_path / "images"), image_size=16, max_pixels=50_000, holdout=0)
     manifest = prepare(cfg, tmp_path, tmp_path / "out", workers=1, progress=False)
     assert manifest["skipped"] == [{"file": "huge.png", "reason": "300×200 pixels, over data.max_pixels (50000): "
                                                                   "a decompression bomb?"}]  # fmt: skip
@@ -418,7 +419,7 @@ def test_prepare_scales_16_bit_images_and_skips_bombs_unopened(tmp_path: Path) -
 
 def test_training_refuses_images_that_no_longer_match_their_manifest(tmp_path: Path) -> None:
     assert invoke("prepare", "--source", "synthetic", "--image-size", "16", "--set", "data.synthetic_count=8",
-                  cwd=tmp_path).exit_code == 0  # fmt: skip
+                  "--set", "data.holdout=0", cwd=tmp_path).exit_code == 0  # fmt: skip
     images = tmp_path / "data" / "prepared" / "images.npy"
     save_images(images, synthetic_flowers(8, 16, seed=9))  # replaced behind the manifest's back
     write_params(tmp_path, tracking={"enabled": False})

@@ -14,18 +14,21 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import clean_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SCHEDULES = ["cosine"]  # one schedule: each costs a train, sample and evaluate stage, ~40 s on 2 cores
-STAGES = ["download", "prepare", *(f"{s}@{x}" for s in ("train", "sample", "evaluate") for x in SCHEDULES), "compare"]
+SCHEDULES = ["cosine"]  # one schedule (and seed): each costs a train, sample, evaluate and sweep stage
+PER_RUN = ("train", "sample", "evaluate", "sweep")
+STAGES = ["download", "prepare", *(f"{s}@{x}-0" for s in PER_RUN for x in SCHEDULES), "compare"]
 # The README's offline preset, shortened: the same stages and settings but for the lengths and one schedule.
 SHORT = " ".join(
     [
         "-S 'schedules=[cosine]' -S train.steps=20 -S train.log_every=10 -S train.checkpoint_every=20",
-        "-S train.sample_every=20 -S data.synthetic_count=200 -S sample.num_samples=40 -S sample.sampler=ddim",
-        "-S sample.ddim_steps=10 -S evaluate.kid_subset_size=20",
+        "-S train.sample_every=20 -S data.synthetic_count=200 -S data.holdout=20 -S sample.num_samples=40",
+        "-S sample.sampler=ddim -S sample.ddim_steps=10 -S evaluate.kid_subset_size=20 -S evaluate.nll_images=8",
+        "-S sweep.num_samples=20",
     ]
 )
 
@@ -73,24 +76,47 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_the_offline_preset_runs_every_stage_and_writes_every_output(project: tuple[Path, str]) -> None:
     root, output = project
     assert ran(output) == set(STAGES)
-    outputs = ["data/prepared/images.npy", "reports/compare/report.md", "reports/compare/samples.png", "dvc.lock"]
+    report = ["report.md", "samples.png", "nll_terms.png", "sweep.png", "comparison.json"]
+    outputs = ["data/prepared/images.npy", "data/prepared/holdout.npy", "dvc.lock"]
+    outputs += [f"reports/compare/{name}" for name in report]
     for schedule in SCHEDULES:
-        outputs += [f"runs/{schedule}/{name}" for name in ("model.pt", "train.json", "losses.csv", "eval.json")]
-        outputs += [f"runs/{schedule}/samples/{name}" for name in ("samples.npy", "grid.png", "progression.gif")]
+        files = ("model.pt", "train.json", "losses.csv", "eval.json", "nll_terms.csv", "sweep.json")
+        outputs += [f"runs/{schedule}/seed0/{name}" for name in files]
+        outputs += [f"runs/{schedule}/seed0/samples/{name}" for name in ("samples.npy", "grid.png", "progression.gif")]
     assert [name for name in outputs if not (root / name).is_file()] == []
-    metrics = json.loads((root / "runs" / "cosine" / "eval.json").read_text())
+    metrics = json.loads((root / "runs" / "cosine" / "seed0" / "eval.json").read_text())
     assert metrics["feature_extractor"] == "randconv" and "fid" not in metrics and metrics["num_samples"] == 40
+    assert metrics["nll_images"] == 8 and metrics["nll_bpd"] > 0 and metrics["bootstrap"] == 200
+    assert metrics["fid_randconv_ci_low"] < metrics["fid_randconv_ci_high"]
+    text = (root / "reports" / "compare" / "report.md").read_text()
+    for shown in ("fid_randconv [95 % CI]", "NLL (bits/dim)", "fid_randconv @ 5 steps", "fid_randconv @ 20 steps",
+                  "](nll_terms.png)", "](sweep.png)", "on 8 held-out images", "200 bootstrap resamples"):  # fmt: skip
+        assert shown in text, shown
     assert "Data and pipelines are up to date." in sh("dvc status", root)
     # the workspace: only the preset's values in params.yaml and DVC's record of the run; no DVC noise
     assert sorted(sh("git status --porcelain", root).splitlines()) == [" M params.yaml", "?? dvc.lock"]
-    assert "No file hash info found" not in output and "Running stage 'train@cosine'" in output
-    shown = sh("dvc metrics show --json", root)
-    assert "fid_randconv" in shown and "final_loss" in shown
+    assert "No file hash info found" not in output and "Running stage 'train@cosine-0'" in output
+    shown = json.loads(sh("dvc metrics show --json", root))
+    numbers = json.dumps(shown)
+    for key in ("fid_randconv", "fid_randconv_ci_low", "nll_bpd", "nll_prior_bpd", "final_loss", '"ddim"', '"ddpm"'):
+        assert key in numbers, key
     # `dvc plots show`'s page draws offline: the chart libraries are in the page, not behind a CDN
     sh("dvc plots show", root)
     page = (root / "dvc_plots" / "index.html").read_text()
     assert "vegaEmbed(" in page and "<script src=" not in page and "cdn.jsdelivr" not in page
+    assert "nll_terms.csv" in page and "sweep.png" in page
     assert sorted(sh("git status --porcelain", root).splitlines()) == [" M params.yaml", "?? dvc.lock"]
+
+
+def test_dvc_runs_every_schedule_once_per_seed(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    params = yaml.safe_load((ROOT / "params.yaml").read_text()) | {"schedules": ["linear", "cosine"], "seeds": [0, 3]}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    listed = sh("dvc init --no-scm -q && dvc stage list --name-only", root).split()
+    expected = [f"{stage}@{s}-{seed}" for stage in PER_RUN for s in ("linear", "cosine") for seed in (0, 3)]
+    assert [name for name in listed if "@" in name] == expected
 
 
 def free_port() -> int:
@@ -139,7 +165,7 @@ def test_a_sampling_change_resamples_and_reevaluates_without_retraining(
     project: tuple[Path, str], sampled_twice: str
 ) -> None:
     root, _ = project
-    resampled = {f"{s}@{x}" for s in ("sample", "evaluate") for x in SCHEDULES} | {"compare"}
+    resampled = {f"{s}@{x}-0" for s in ("sample", "evaluate", "sweep") for x in SCHEDULES} | {"compare"}
     assert ran(sampled_twice) - {"download"} == resampled  # download: DVC reruns a persistent output's stage
     assert not list((root / ".dvc" / "tmp").rglob("mlflow.db"))  # it logged into the repository's store
 
@@ -162,10 +188,12 @@ def test_mlflow_shows_a_model_run_per_schedule_with_one_child_per_sampling_confi
     runs = rest(base, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
     tags_of = {run["info"]["run_id"]: {t["key"]: t["value"] for t in run["data"]["tags"]} for run in runs}
     models = {run["info"]["run_name"]: run for run in runs if tags_of[run["info"]["run_id"]]["ddpm.kind"] == "model"}
-    assert set(models) == set(SCHEDULES)
-    for schedule, model in models.items():
+    assert set(models) == {f"{schedule}, seed 0" for schedule in SCHEDULES}
+    for name, model in models.items():
+        schedule = name.split(",")[0]
+        folder = root / "runs" / schedule / "seed0"
         run_id = model["info"]["run_id"]
-        assert json.loads((root / "runs" / schedule / "mlflow_run.json").read_text())["run_id"] == run_id
+        assert json.loads((folder / "mlflow_run.json").read_text())["run_id"] == run_id
         params = {p["key"]: p["value"] for p in model["data"]["params"]}
         assert params["diffusion.schedule"] == schedule and params["model.preset"] == "tiny"
         assert not any(key.startswith("sample.") for key in params)  # sampling is the children's
@@ -175,6 +203,14 @@ def test_mlflow_shows_a_model_run_per_schedule_with_one_child_per_sampling_confi
         query = urllib.parse.urlencode({"run_id": run_id, "metric_key": "train/loss"})
         assert [m["step"] for m in rest(base, f"metrics/get-history?{query}")["metrics"]] == [10, 20]
         children = [run for run in runs if tags_of[run["info"]["run_id"]].get("mlflow.parentRunId") == run_id]
+        sweeps = [run for run in children if tags_of[run["info"]["run_id"]]["ddpm.kind"] == "sweep"]
+        children = [run for run in children if tags_of[run["info"]["run_id"]]["ddpm.kind"] == "evaluation"]
+        assert len(sweeps) == 2  # the second experiment changed sample.seed, which the sweep draws with
+        for sweep in sweeps:
+            query = urllib.parse.urlencode({"run_id": sweep["info"]["run_id"], "metric_key": "fid_randconv_ddim"})
+            assert [m["step"] for m in rest(base, f"metrics/get-history?{query}")["metrics"]] == [5, 20]
+            query = urllib.parse.urlencode({"run_id": sweep["info"]["run_id"], "metric_key": "fid_randconv_ddpm"})
+            assert [m["step"] for m in rest(base, f"metrics/get-history?{query}")["metrics"]] == [100]
         by_steps = {}
         for child in children:  # each child's params are the settings its scores were measured with
             params = {p["key"]: p["value"] for p in child["data"]["params"]}
@@ -185,14 +221,23 @@ def test_mlflow_shows_a_model_run_per_schedule_with_one_child_per_sampling_confi
                 == {"10": "first", "5": "second"}[params["sample.ddim_steps"]]
             )
             metrics = {m["key"]: m for m in child["data"]["metrics"]}
-            assert {"fid_randconv", "kid_randconv_mean"} <= metrics.keys() and "num_samples" not in metrics
+            scores = {"fid_randconv", "fid_randconv_ci_low", "fid_randconv_ci_high", "kid_randconv_mean", "nll_bpd"}
+            assert scores <= metrics.keys() and "num_samples" not in metrics
             listed = rest(base, "artifacts/list?" + urllib.parse.urlencode({"run_id": child["info"]["run_id"],
                                                                               "path": "samples"}))  # fmt: skip
             assert "samples/grid.png" in {f["path"] for f in listed["files"]}
         assert set(by_steps) == {"10", "5"}
-        first = json.loads((root / "runs" / schedule / "eval.json").read_text())  # the workspace: the first's
+        first = json.loads((folder / "eval.json").read_text())  # the workspace: the first's
         assert {m["key"]: m["value"] for m in by_steps["10"]["data"]["metrics"]}["fid_randconv"] == pytest.approx(
             first["fid_randconv"]
         )
     compares = [run for run in runs if tags_of[run["info"]["run_id"]]["ddpm.kind"] == "compare"]
     assert sorted(run["info"]["run_name"] for run in compares) == ["compare (first)", "compare (second)"]
+    for run in compares:  # the report's numbers, the likelihood and the sweep's among them
+        logged = {m["key"] for m in run["data"]["metrics"]}
+        assert {
+            "fid_randconv.cosine",
+            "nll_bpd.cosine",
+            "fid_randconv_ddim5.cosine",
+            "fid_randconv_ci_low.cosine",
+        } <= logged

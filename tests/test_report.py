@@ -42,14 +42,16 @@ def row(schedule: str, seeds: str = "0", **numbers: float) -> dict:
 def test_a_difference_beyond_twice_the_combined_standard_error_is_called_real_and_one_within_it_noise() -> None:
     # one seed: FID judged by its bootstrap intervals, the half-width of each 1.96 standard errors
     a = row("linear", fid=10.0, fid_ci_low=10.0 - 1.959964, fid_ci_high=10.0 + 1.959964, final_loss=0.05)
-    b = row("cosine", fid=13.0, fid_ci_low=13.0 - 1.959964, fid_ci_high=13.0 + 1.959964, final_loss=0.04)
+    b = row(
+        "cosine", fid=13.0, fid_ci_low=13.0 - 1.959964, fid_ci_high=13.0 + 1.959964, final_loss=0.04, kid_mean=0.012
+    )
     said = differences([a, b])
     assert said[0] == (
         "- fid: linear is lower than cosine by 3, 2.1 combined standard errors: a real difference "
         "(judged by the bootstrap interval (sampling noise only))"
     )
-    assert said[1] == (  # KID: the same numbers, the spread of KID's subsets
-        "- kid_mean: cosine is lower than linear by 0, within noise (0.0 combined standard errors) "
+    assert said[1] == (  # KID: judged by the spread of KID's subsets
+        "- kid_mean: linear is lower than cosine by 0.002, within noise (0.7 combined standard errors) "
         "(judged by the spread over KID's subsets)"
     )
     assert said[2] == (

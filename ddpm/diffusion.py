@@ -1,12 +1,14 @@
-"""Gaussian diffusion (Ho et al. 2020): the forward process, the training loss and two samplers.
+"""Gaussian diffusion (Ho et al. 2020): the forward process, the training loss, two samplers and
+the variational bound in bits per dimension.
 
 Equation numbers refer to Ho et al. 2020 (DDPM) unless another paper is named. Every
 constant is computed once in float64 and stored as a buffer, so it follows `.to(device)`;
 `extract` gathers the value for each sample's timestep and casts it to the data's dtype.
 """
 
+import math
 from collections.abc import Callable, Iterator
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -19,6 +21,55 @@ Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def extract(a: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """a[t] for each sample, cast to x's dtype and shaped (B, 1, ..., 1) to broadcast against x."""
     return a.gather(0, t).to(x.dtype).reshape(t.shape[0], *((1,) * (x.dim() - 1)))
+
+
+def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) in nats, elementwise (the arguments broadcast):
+    ½·(logvar2 − logvar1 + e^(logvar1 − logvar2) + (mean1 − mean2)²·e^(−logvar2) − 1)."""
+    return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1)
+
+
+def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log p(x) in nats, elementwise, for data x in [-1, 1] on the 256-level grid (bin width 2/255) under
+    N(mean, e^(2·log_scale)) discretized into its 256 bins, the outer two reaching −∞ and +∞ (eq. 13).
+
+    Each bin's mass is taken from the exact normal CDF in log space: the first bin's is log Φ at its
+    upper edge, the last bin's the log survival function at its lower edge, and a middle bin's
+    log(Φ(upper) − Φ(lower)) is computed on the side of the mean where both CDFs are small, so a bin
+    far out in either tail keeps its (tiny) mass instead of rounding to log 0.
+    """
+    inv_scale = torch.exp(-log_scale)
+    upper = (x - mean + 1 / 255) * inv_scale
+    lower = (x - mean - 1 / 255) * inv_scale
+    # Φ(upper) − Φ(lower) = Φ(−lower) − Φ(−upper): above the mean, use the mirrored bin
+    above = lower + upper > 0
+    high = torch.where(above, -lower, upper)
+    low = torch.where(above, -upper, lower)
+    log_high = torch.special.log_ndtr(high)
+    log_middle = log_high + _log1mexp(torch.special.log_ndtr(low) - log_high)
+    return torch.where(
+        x < -0.999,
+        torch.special.log_ndtr(upper),
+        torch.where(x > 0.999, torch.special.log_ndtr(-lower), log_middle),
+    )
+
+
+def _log1mexp(a: torch.Tensor) -> torch.Tensor:
+    """log(1 − e^a) for a ≤ 0, accurate at both ends (Mächler 2012)."""
+    return torch.where(a > -math.log(2), torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
+
+
+def bits_per_dim(nats: torch.Tensor) -> torch.Tensor:
+    """(B, ...) nats → (B,) bits per dimension: the mean over all but the first axis, over ln 2."""
+    return nats.flatten(1).mean(1) / math.log(2)
+
+
+class NLLTerms(NamedTuple):
+    """The variational bound of eq. 5 per image, in bits per dimension."""
+
+    prior: torch.Tensor  # (B,) L_T = KL(q(x_T | x_0) || N(0, I))
+    terms: torch.Tensor  # (B, T) terms[:, t] is L_t at 0-based t: L_0 = −log p(x_0 | x_1), then the KLs
+    total: torch.Tensor  # (B,) prior + terms.sum(1): the negative log-likelihood's upper bound
 
 
 class GaussianDiffusion(nn.Module):
@@ -43,6 +94,7 @@ class GaussianDiffusion(nn.Module):
         # forward process q(x_t | x_0), eq. 4
         register("sqrt_alphas_cumprod", alphas_cumprod.sqrt())
         register("sqrt_one_minus_alphas_cumprod", (1 - alphas_cumprod).sqrt())
+        register("log_one_minus_alphas_cumprod", torch.log1p(-alphas_cumprod))
         # x_0 from x_t and eps, inverting eq. 4
         register("sqrt_recip_alphas_cumprod", (1 / alphas_cumprod).sqrt())
         register("sqrt_recipm1_alphas_cumprod", (1 / alphas_cumprod - 1).sqrt())
@@ -51,6 +103,12 @@ class GaussianDiffusion(nn.Module):
         register("posterior_variance", posterior_variance)
         register("posterior_mean_coef1", betas * alphas_cumprod_prev.sqrt() / (1 - alphas_cumprod))
         register("posterior_mean_coef2", (1 - alphas_cumprod_prev) * (1 - betas).sqrt() / (1 - alphas_cumprod))
+        # log-variances of p(x_{t-1} | x_t) in the bound, eq. 5. At t = 0 the posterior is the point mass
+        # at x_0 (beta~ = 0, log −inf) but the decoder L_0 needs a finite width: both take beta~ of the
+        # next step there, as improved-diffusion does (for fixed_large too, so the decoders agree).
+        first = posterior_variance[1:2]
+        register("posterior_log_variance_clipped", torch.cat([first, posterior_variance[1:]]).log())
+        register("log_betas_clipped", torch.cat([first, betas[1:]]).log())
 
     # --- forward process ---------------------------------------------------------------------
 
@@ -227,3 +285,76 @@ class GaussianDiffusion(nn.Module):
             )
             x = self.ddim_step(model, x, t, t_prev, z, eta, clip)
             yield timesteps[i], x
+
+    # --- the variational bound, eq. 5, in bits per dimension -----------------------------------
+
+    def prior_bpd(self, x0: torch.Tensor) -> torch.Tensor:
+        """L_T = KL(q(x_T | x_0) || N(0, I)) in bits per dimension, (B,), in float64. x0: (B, ...)."""
+        x0 = x0.double()
+        t = torch.full((x0.shape[0],), self.num_timesteps - 1, device=x0.device)
+        mean = extract(self.sqrt_alphas_cumprod, t, x0) * x0
+        standard = mean.new_zeros(())  # N(0, I): mean 0, log-variance 0
+        return bits_per_dim(normal_kl(mean, extract(self.log_one_minus_alphas_cumprod, t, x0), standard, standard))
+
+    def p_log_variance(self, variance: Variance, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log sigma_t^2 of p(x_{t-1} | x_t) in the bound, with t = 0's replaced (see __init__)."""
+        table = self.log_betas_clipped if variance == "fixed_large" else self.posterior_log_variance_clipped
+        return extract(table, t, x)
+
+    def vb_term_bpd(
+        self, model: Model, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, variance: Variance, clip: bool
+    ) -> torch.Tensor:
+        """One term of eq. 5 per sample, (B,), in bits per dimension and float64: the decoder
+        L_0 = −log p(x_0 | x_1) (eq. 13) where t = 0, KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))
+        where t > 0. The model runs at x_t's dtype; the rest is computed in float64."""
+        model_mean, _ = self.p_mean_variance(model, x_t, t, variance, clip)
+        model_mean, x0, x_t = model_mean.double(), x0.double(), x_t.double()
+        model_log_variance = self.p_log_variance(variance, t, x_t)
+        true_mean, _ = self.q_posterior_mean_variance(x0, x_t, t)
+        kl = normal_kl(true_mean, extract(self.posterior_log_variance_clipped, t, x_t), model_mean, model_log_variance)
+        decoder_nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_variance)
+        return torch.where(t == 0, bits_per_dim(decoder_nll), bits_per_dim(kl))
+
+    @torch.inference_mode()
+    def nll_bpd(
+        self,
+        model: Model,
+        x0: torch.Tensor,
+        variance: Variance,
+        clip: bool,
+        generator: torch.Generator,
+        batch_size: int,
+    ) -> NLLTerms:
+        """The whole bound of eq. 5 for images x0 (B, C, H, W) in [-1, 1] on the 8-bit grid, every
+        timestep, in bits per dimension (float64).
+
+        The model sees up to `batch_size` (image, timestep) pairs at a time, x_t of several timesteps
+        stacked. The noise of q(x_t | x_0) is drawn from `generator` one timestep at a time,
+        randn(x0.shape) for t = 0, 1, ..., T − 1, so the numbers do not depend on `batch_size`.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        chunks = self._q_sample_pairs(x0, generator, batch_size)
+        terms = torch.cat([self.vb_term_bpd(model, x0[i], x_t, t, variance, clip) for i, x_t, t in chunks])
+        terms = terms.reshape(self.num_timesteps, x0.shape[0]).T  # pairs are timestep-major
+        prior = self.prior_bpd(x0)
+        return NLLTerms(prior, terms, prior + terms.sum(1))
+
+    def _q_sample_pairs(
+        self, x0: torch.Tensor, generator: torch.Generator, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """x_t ~ q(x_t | x_0) (eq. 4) for every (image, timestep) pair, timestep-major (t = 0 for every
+        image first), in chunks of up to `batch_size` pairs: yields (image index, x_t, t), each (N, ...).
+        The noise is drawn as `nll_bpd` says; at most batch_size + B pairs are held at a time."""
+        n = x0.shape[0]
+        images = torch.arange(n, device=x0.device)
+        held_i, held_x, held_t = images[:0], x0[:0], images[:0]
+        for step in range(self.num_timesteps):
+            t = torch.full((n,), step, device=x0.device)
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            held_i, held_t = torch.cat([held_i, images]), torch.cat([held_t, t])
+            held_x = torch.cat([held_x, self.q_sample(x0, t, noise)])
+            last = step == self.num_timesteps - 1
+            while len(held_t) >= batch_size or (last and len(held_t)):
+                yield held_i[:batch_size], held_x[:batch_size], held_t[:batch_size]
+                held_i, held_x, held_t = held_i[batch_size:], held_x[batch_size:], held_t[batch_size:]

@@ -319,7 +319,7 @@ def evaluate(
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """FID (with its bootstrap interval) and KID of the samples; the likelihood bound in bits/dim."""
+    """FID (95 % interval), KID; bits/dim of held-out images."""
     cfg = _load(config, set_, EVALUATE_PARAMS, locals())
     from ddpm.checkpoint import load_trained
     from ddpm.evaluate import evaluate as run_evaluation
@@ -401,7 +401,7 @@ def sweep(
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """FID against the number of sampling steps: DDIM at each of sweep.steps, DDPM at full length."""
+    """FID against the number of sampling steps (DDIM, DDPM)."""
     cfg = _load(config, set_, {"beta_schedule": "diffusion.schedule"}, locals())
     from ddpm.checkpoint import load_trained
     from ddpm.evaluate import sweep as run_sweep
@@ -445,7 +445,7 @@ def compare(
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Compare trained schedules over their seeds: table, what is within noise, curves, samples."""
+    """Compare schedules over seeds: table, noise, curves, samples."""
     cfg = _load(config, set_, {}, locals())
     from ddpm.files import folder_lock
     from ddpm.report import compare as run_comparison

@@ -328,8 +328,11 @@ def plot_sweep(results: list[RunResult], path: Path) -> None:
         ax.plot([int(full)], [np.mean([r.sweep["ddpm"][full] for r in runs])], marker="*", markersize=12,
                 linestyle="none", color=line.get_color(), label=f"{name}, DDPM ({full} steps)")  # fmt: skip
     if swept:
-        metric = next(iter(swept.values()))[0].sweep["metric"]
+        first = next(iter(swept.values()))[0].sweep
+        metric, counts = first["metric"], sorted({*map(int, first["ddim"]), *map(int, first["ddpm"])})
         ax.set(xscale="log", xlabel="sampling steps", ylabel=metric, title=f"{metric} against the number of steps")
+        ax.set_xticks(counts, [str(k) for k in counts])  # the step counts swept, not powers of ten
+        ax.minorticks_off()
         ax.grid(alpha=0.3, which="both")
         ax.legend()
     fig.tight_layout()
@@ -418,7 +421,7 @@ def standard_error(row: dict[str, Any], key: str) -> tuple[float, str] | None:
     if f"{key}_ci_low" in row:
         return (row[f"{key}_ci_high"] - row[f"{key}_ci_low"]) / (
             2 * Z_95
-        ), "the bootstrap interval (sampling noise only)"
+        ), "FID's bootstrap interval, sampling noise only"
     if key == "nll_bpd" and "nll_bpd_sem" in row:
         return row["nll_bpd_sem"], "the spread over the held-out images"
     if key.startswith("kid") and key.endswith("_mean"):
@@ -473,8 +476,9 @@ def conditions(results: list[RunResult]) -> str:
         f"{RESIZES.get(e['resize'], e['resize'])}).",
     ]
     if "bootstrap" in e:
-        lines.append(f"FID intervals: 95 %, {e['bootstrap']} bootstrap resamples of the samples' features "
-                     f"({e.get('bootstrap_method', 'basic')} interval), the real statistics fixed.")  # fmt: skip
+        lines.append(f"FID intervals: 95 %, basic bootstrap over {e['bootstrap']} resamples of the samples' features, "
+                     "the real statistics fixed; they bound the FID of infinitely many samples, which lies below "
+                     "the score of a finite set, so an interval may sit below its FID.")  # fmt: skip
     if "nll_bpd" in e:
         lines.append(f"Likelihood: the variational bound (Ho et al. eq. 5) in bits/dim on {e['nll_images']} held-out "
                      f"images never trained on, every timestep, reverse variance {e['nll_variance']}, "

@@ -25,8 +25,9 @@ def test_help_lists_every_command_with_a_description() -> None:
         "train": "Train the UNet (Algorithm 1); write a checkpoint.",
         "sample": "Draw samples (DDPM or DDIM); write them + pictures.",
         "schedules": "Draw alphā(t), log-SNR(t) and the forward process per schedule.",
-        "evaluate": "FID and KID of the samples against the real images.",
-        "compare": "Compare trained schedules: table, curves, samples.",
+        "evaluate": "FID (95 % interval), KID; bits/dim of held-out images.",
+        "sweep": "FID against the number of sampling steps (DDIM, DDPM).",
+        "compare": "Compare schedules over seeds: table, noise, curves, samples.",
         "import": "Bring published weights in as a ddpm checkpoint.",
     }
     for command, description in descriptions.items():
@@ -34,7 +35,7 @@ def test_help_lists_every_command_with_a_description() -> None:
 
 
 def test_every_command_takes_config_and_set() -> None:
-    for command in ("download", "prepare", "train", "sample", "schedules", "evaluate", "compare"):
+    for command in ("download", "prepare", "train", "sample", "schedules", "evaluate", "sweep", "compare"):
         output = CliRunner().invoke(app, [command, "--help"]).output
         assert "--config" in output and "--set SECTION.KEY=VALUE" in output
 
@@ -82,7 +83,7 @@ def test_train_then_sample(flowers16: Path, tmp_path: Path) -> None:
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("ddpm-flowers")
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
-    model = runs["cosine"]
+    model = runs["cosine, seed 0"]
     recorded = json.loads((tmp_path / "runs" / "cosine" / "seed0" / "mlflow_run.json").read_text())
     assert model.info.run_id == recorded["run_id"] and saved["run_id"] == recorded["run_id"]
     assert model.info.status == "FINISHED" and model.data.tags["beta_schedule"] == "cosine"

@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import CPU, invoke, run, write_params
 from PIL import Image
@@ -97,7 +98,7 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
     assert header in text
     assert header in compared.stdout and compared.stdout.count("\n| linear | 0 1 |") == 1  # the table, in the terminal
     assert all(f"]({name})" in text for name in sizes)
-    assert "Training seeds: 0, 1" in text and "on 4 held-out images" in text and "50 bootstrap resamples" in text
+    assert "Training seeds: 0, 1" in text and "on 4 held-out images" in text and "over 50 resamples" in text
     judged = [line for line in text.splitlines() if line.startswith("- ")]
     assert len(judged) == 6 and all("(judged by the spread over 2 seeds)" in line for line in judged), judged
     rows = list(csv.DictReader((report / "comparison.csv").open()))
@@ -161,6 +162,22 @@ def test_evaluate_and_compare_errors_are_one_line_and_write_nothing(project: Pat
     assert bad_store.returncode == 2
     assert bad_store.stderr.startswith("ddpm: error: cannot use the MLflow tracking store bogus://nowhere (")
     assert not (tmp_path / "e.json").exists()
+
+    # the likelihood without held-out images, or too few of them: one line, before any work, nothing written
+    nowhere, empty = tmp_path / "holdout.npy", tmp_path / "empty.npy"
+    save_images(empty, np.zeros((0, 3, 16, 16), np.uint8))  # what data.holdout: 0 writes
+    for args, said in (
+        (["--holdout", str(empty)], f"{empty}: 0 held-out images, fewer than evaluate.nll_images = 4; raise "
+         "data.holdout and run `ddpm prepare` again, or lower evaluate.nll_images (0 skips the likelihood)"),
+        (["--holdout", str(nowhere)], f"{nowhere}: not found; `ddpm prepare` writes the held-out images there "
+                                      "(data.holdout), or set evaluate.nll_images: 0 to skip the likelihood"),
+        (["--set", "evaluate.nll_images=10"], f"{Path('data/prepared/holdout.npy')}: 6 held-out images, fewer than "
+         "evaluate.nll_images = 10; raise data.holdout and run `ddpm prepare` again, or lower evaluate.nll_images "
+         "(0 skips the likelihood)"),
+    ):  # fmt: skip
+        refused = invoke("evaluate", *args, "--out", str(tmp_path / "e.json"), cwd=project)
+        assert refused.exit_code == 2 and refused.stderr.strip() == f"ddpm: error: {said}"
+        assert not (tmp_path / "e.json").exists()
 
     missing = run("compare", "quadratic", "--out", str(tmp_path / "r"), cwd=project)
     assert missing.returncode == 2

@@ -141,7 +141,7 @@ def test_training_goes_on_while_mlflow_is_away_and_sends_what_it_kept(
     result = invoke("train", "--beta-schedule", "cosine", "--set", "train.sample_every=10", cwd=project)
     assert result.exit_code == 0, result.stderr
     assert "ddpm: warning: MLflow write failed" in result.stderr and "all MLflow writes made it" in result.stderr
-    [model] = [r for r in mlflow_runs(project) if r.info.run_name == "cosine"]
+    [model] = [r for r in mlflow_runs(project) if r.info.run_name == "cosine, seed 0"]
     assert model.info.status == "FINISHED" and {"final_loss", "train/loss"} <= model.data.metrics.keys()
 
 
@@ -159,7 +159,7 @@ def test_what_could_not_be_sent_is_kept_in_the_run_folder_and_the_next_command_s
     again = invoke("sample", "--beta-schedule", "cosine", cwd=project)  # the next command in that folder
     assert again.exit_code == 0, again.stderr
     assert "sent" in again.stderr and not pending.exists()
-    [model] = [r for r in mlflow_runs(project) if r.info.run_name == "cosine"]
+    [model] = [r for r in mlflow_runs(project) if r.info.run_name == "cosine, seed 0"]
     assert model.info.status == "FINISHED" and "final_loss" in model.data.metrics
 
 
@@ -369,7 +369,7 @@ def test_a_signal_during_the_final_save_says_so_and_the_mlflow_run_ends_killed(
     assert result.exit_code == 128 + signal.SIGTERM, result.stderr
     last = Path("runs/cosine/seed0/checkpoints/step-00000020.pt")
     assert f"ddpm: stopped by SIGTERM at step 20; saved {last}; run the same command to resume" in result.stderr
-    [model] = [r for r in mlflow_runs(project) if r.info.run_name == "cosine"]
+    [model] = [r for r in mlflow_runs(project) if r.info.run_name == "cosine, seed 0"]
     assert model.info.status == "KILLED"
 
 

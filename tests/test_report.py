@@ -48,7 +48,7 @@ def test_a_difference_beyond_twice_the_combined_standard_error_is_called_real_an
     said = differences([a, b])
     assert said[0] == (
         "- fid: linear is lower than cosine by 3, 2.1 combined standard errors: a real difference "
-        "(judged by the bootstrap interval (sampling noise only))"
+        "(judged by FID's bootstrap interval, sampling noise only)"
     )
     assert said[1] == (  # KID: judged by the spread of KID's subsets
         "- kid_mean: linear is lower than cosine by 0.002, within noise (0.7 combined standard errors) "

@@ -64,6 +64,7 @@ class Sizes:
     cli_preset: str = "learnopencv"
     cli_size: int = 64
     cli_images: int = 1024  # synthetic flowers prepared: the real images of FID
+    cli_holdout: int = 64  # of them, held out for the likelihood bound (T = 1000 network calls each)
     cli_batch: int = 64  # train64's: the compiled step comes from the compile cache
     cli_train_seconds: float = 60  # of training steps, at most ("about two minutes" does not fit in eight)
     cli_min_steps: int = 100
@@ -77,10 +78,11 @@ GPU = Sizes()
 DRY = replace(
     GPU, preset32="tiny", size32=8, batch32=4, preset64="tiny", size64=8, batch64=2,
     timing=tp.Timing(steps=1, warmup=0, repeats=1), sample_images=2, sample_steps=25, ddim_steps=5, ddim_repeats=1,
-    cli_preset="tiny", cli_size=8, cli_images=8, cli_batch=4, cli_min_steps=4, cli_samples=4, cli_sample_batch=4,
+    cli_preset="tiny", cli_size=8, cli_images=10, cli_holdout=2, cli_batch=4, cli_min_steps=4, cli_samples=4,
+    cli_sample_batch=4,
     kid_subset_size=2, kid_subsets=2,
 )  # fmt: skip
-CLI_RESERVE = 100  # seconds the cli step keeps for compiling the step, sampling, evaluating and comparing
+CLI_RESERVE = 120  # seconds the cli step keeps for compiling the step, sampling, evaluating (bits/dim too), comparing
 GUESSED_CLI_SPEED = 500.0  # img/s to size the training with when train64 measured nothing: low, to end in time
 
 
@@ -212,7 +214,8 @@ def run_commands(ctx: Context, folder: Path) -> None:
     base = ["--config", str(ROOT / "params.yaml"), "--set", "tracking.enabled=false"]
     timed_command(ctx, "download", ["download", "--source", "synthetic", *base])
     timed_command(ctx, "prepare", ["prepare", "--source", "synthetic", "--image-size", str(s.cli_size),
-                                   "--set", f"data.synthetic_count={s.cli_images}", *base])  # fmt: skip
+                                   "--set", f"data.synthetic_count={s.cli_images}",
+                                   "--set", f"data.holdout={s.cli_holdout}", *base])  # fmt: skip
     steps = cli_train_steps(ctx)
     seconds = timed_command(ctx, "train", ["train", "--beta-schedule", "linear", "--model", s.cli_preset,
                                            "--image-size", str(s.cli_size), "--steps", str(steps), "--batch-size",
@@ -228,7 +231,8 @@ def run_commands(ctx: Context, folder: Path) -> None:
     extractor = carried_inception(ctx)
     seconds = timed_command(ctx, "evaluate", ["evaluate", "--beta-schedule", "linear", "--feature-extractor",
                                               extractor, "--set", f"evaluate.kid_subset_size={s.kid_subset_size}",
-                                              "--set", f"evaluate.kid_subsets={s.kid_subsets}", *base])  # fmt: skip
+                                              "--set", f"evaluate.kid_subsets={s.kid_subsets}",
+                                              "--set", f"evaluate.nll_images={s.cli_holdout}", *base])  # fmt: skip
     scores = json.loads(Path("runs/linear/seed0/eval.json").read_text())
     suffix = "" if extractor == "inception" else f"_{extractor}"
     ctx.figures.put({"cli.evaluate.img_s": (scores["num_samples"] + scores["num_real"]) / seconds,

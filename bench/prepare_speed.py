@@ -39,7 +39,7 @@ def main() -> None:
         folder, out = Path(tmp) / "jpg", Path(tmp) / "prepared"
         folder.mkdir()
         write_jpegs(folder, args.count)
-        cfg = DataConfig(source="folder", folder=str(folder), image_size=args.image_size)
+        cfg = DataConfig(source="folder", folder=str(folder), image_size=args.image_size, holdout=0)  # decoding alone
         seconds = []
         for _ in range(args.repeats):
             start = time.perf_counter()

@@ -324,7 +324,7 @@ def evaluate(
     from ddpm.checkpoint import load_trained
     from ddpm.evaluate import evaluate as run_evaluation
     from ddpm.evaluate import held_out, likelihood, write_terms
-    from ddpm.files import folder_lock, write_json
+    from ddpm.files import folder_lock, sha256_hex, write_json
     from ddpm.sample import read_origin
 
     samples = samples or run_folder(cfg) / "samples" / "samples.npy"
@@ -348,6 +348,8 @@ def evaluate(
 
     with folder_lock(out.parent):
         metrics, cached = run_evaluation(cfg.evaluate, samples, data, cache, where, ready=ready)
+        if checkpoint is not None and checkpoint.is_file():  # so that compare never pairs these with another model
+            metrics["checkpoint_sha256"] = sha256_hex(checkpoint)
         terms = []  # without the likelihood, a header alone: the file the pipeline expects is there
         if trained:
             bound, terms = likelihood(cfg.evaluate, cfg.sample, trained, holdout, where)
@@ -405,7 +407,7 @@ def sweep(
     cfg = _load(config, set_, {"beta_schedule": "diffusion.schedule"}, locals())
     from ddpm.checkpoint import load_trained
     from ddpm.evaluate import sweep as run_sweep
-    from ddpm.files import folder_lock, write_json
+    from ddpm.files import folder_lock, sha256_hex, write_json
 
     checkpoint = checkpoint or run_folder(cfg) / "model.pt"
     out = out or checkpoint.parent / "sweep.json"
@@ -419,6 +421,7 @@ def sweep(
 
     with folder_lock(out.parent):
         results = run_sweep(cfg.sweep, cfg.sample, cfg.evaluate, trained, data, cache, where, ready=ready)
+        results["checkpoint_sha256"] = sha256_hex(checkpoint)
         write_json(out, results)
         if store:
             from ddpm.tracking import sweep_run

@@ -19,7 +19,7 @@ from ddpm.checkpoint import describe
 from ddpm.data import load_images, synthetic_flowers, to_uint8, to_unit_range
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import UserError
-from ddpm.files import atomic_output, write_json
+from ddpm.files import atomic_output, sha256_hex, write_json
 from ddpm.schedules import beta_schedule
 
 STRIP_STEPS = 10  # columns of the forward-process strip
@@ -147,8 +147,24 @@ def _read_run(folder: Path, name: str, seed: int, makers: dict[str, str]) -> Run
         raise UserError(f"{folder}: unreadable results ({e}); run its stages again") from None
     for file, content, stage in ((TRAIN_METRICS, train, "train"), (EVAL_METRICS, evaluation, "evaluate")):
         _check_shape(folder / file, content, stage, name)
+    _check_same_model(folder, {EVAL_METRICS: evaluation, SWEEP: sweep}, command)
     model = describe(folder / "model.pt")
     return RunResult(name, seed, model, train, evaluation, sweep, terms, losses, folder / SAMPLE_GRID, run_id)
+
+
+def _check_same_model(folder: Path, scored: dict[str, dict[str, Any] | None], command: str) -> None:
+    """A one-line error where eval.json or sweep.json scored another model than the model.pt beside it
+    (retrained since): a table must never pair one model's training with another's scores."""
+    model = None
+    for file, content in scored.items():
+        recorded = (content or {}).get("checkpoint_sha256")
+        if recorded is None:
+            continue
+        model = model or sha256_hex(folder / "model.pt")
+        if recorded != model:
+            redo = "sample` and `ddpm evaluate" if file == EVAL_METRICS else "sweep"
+            raise UserError(f"{folder / file}: scores an earlier model than {folder / 'model.pt'} (retrained since); "
+                            f"run `ddpm {redo} {command.replace('--seed ', '--set train.seed=')}` again")  # fmt: skip
 
 
 def _check_comparable(results: list[RunResult]) -> None:
@@ -433,7 +449,7 @@ def differences(rows: list[dict[str, Any]]) -> list[str]:
     """Per pair of schedules and metric, in words: which is lower, by how much, and whether that is
     more than SPREAD_FACTOR combined standard errors (a real difference) or within noise."""
     fid, kid, _ = metric_names(rows[0])
-    keys = [fid, kid, "nll_bpd", *sweep_columns(rows[0]), "final_loss"]
+    keys = [fid, kid, "nll_bpd", *sweep_columns(rows[0])]  # not the loss: each schedule sets it another task
     lines = []
     for i, a in enumerate(rows):
         for b in rows[i + 1 :]:
@@ -502,7 +518,8 @@ def markdown_report(rows: list[dict[str, Any]], results: list[RunResult], timest
             "## Which differences are real",
             "",
             f"A difference is called real when it exceeds {SPREAD_FACTOR:g} combined standard errors of the two "
-            "schedules; otherwise it is within noise. Lower is better for every metric here.",
+            "schedules; otherwise it is within noise. Lower is better for every metric judged here (the training "
+            "loss is not judged: the same ε-loss is a different task under each schedule).",
             "",
             *(said or ["One schedule: nothing to compare."]),
             "",

@@ -4,6 +4,7 @@ CliRunner) to spare each one the seconds of importing torch and MLflow; tests/te
 runs them as real processes through DVC."""
 
 import csv
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -80,7 +81,10 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
     assert [int(row["t"]) for row in terms] == list(range(1, 51))  # T = 50, the decoder first
     total = sum(float(row["bpd"]) for row in terms) + metrics["nll_prior_bpd"]
     assert total == pytest.approx(metrics["nll_bpd"], rel=1e-9)
+    model_sha256 = hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest()
+    assert metrics["checkpoint_sha256"] == model_sha256  # what compare checks against model.pt
     sweep = json.loads((folder / "sweep.json").read_text())
+    assert sweep["checkpoint_sha256"] == model_sha256
     assert sweep["metric"] == "fid_randconv" and list(sweep["ddim"]) == ["2", "5"] and list(sweep["ddpm"]) == ["50"]
 
     compared = invoke("compare", cwd=project)
@@ -100,7 +104,7 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
     assert all(f"]({name})" in text for name in sizes)
     assert "Training seeds: 0, 1" in text and "on 4 held-out images" in text and "over 50 resamples" in text
     judged = [line for line in text.splitlines() if line.startswith("- ")]
-    assert len(judged) == 6 and all("(judged by the spread over 2 seeds)" in line for line in judged), judged
+    assert len(judged) == 5 and all("(judged by the spread over 2 seeds)" in line for line in judged), judged
     rows = list(csv.DictReader((report / "comparison.csv").open()))
     assert [r["schedule"] for r in rows] == ["linear", "cosine"] and rows[0]["seeds"] == "0 1"
     linear = [json.loads((project / "runs" / "linear" / f"seed{k}" / "eval.json").read_text()) for k in (0, 1)]
@@ -210,4 +214,20 @@ def test_compare_refuses_scores_that_are_not_comparable(
     refused = invoke("compare", "linear", "cosine", "--set", "tracking.enabled=false", cwd=root)
     assert refused.exit_code == 2
     assert f"the schedules were run with different {what}" in refused.output
+    assert not (root / "reports").exists()
+
+
+def test_compare_refuses_scores_of_a_model_retrained_since(project: Path, tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(project / "runs" / "linear" / "seed0", root / "runs" / "linear" / "seed0")
+    scores = {"fid": 30.0, "kid_mean": 0.01, "kid_std": 0.001, "num_samples": 40, "num_real": 64,
+              "feature_extractor": "inception", "checkpoint_sha256": "0" * 64}  # fmt: skip
+    (root / "runs" / "linear" / "seed0" / "eval.json").write_text(json.dumps(scores))
+    refused = invoke("compare", "linear", "--set", "tracking.enabled=false", cwd=root)
+    assert refused.exit_code == 2
+    assert refused.stderr.strip() == (
+        f"ddpm: error: {Path('runs/linear/seed0/eval.json')}: scores an earlier model than "
+        f"{Path('runs/linear/seed0/model.pt')} (retrained since); run `ddpm sample` and `ddpm evaluate "
+        "--beta-schedule linear` again"
+    )
     assert not (root / "reports").exists()

@@ -54,10 +54,7 @@ def test_a_difference_beyond_twice_the_combined_standard_error_is_called_real_an
         "- kid_mean: linear is lower than cosine by 0.002, within noise (0.7 combined standard errors) "
         "(judged by the spread over KID's subsets)"
     )
-    assert said[2] == (
-        "- final_loss: cosine is lower than linear by 0.01; one seed and no other measure of noise, so not judged "
-        "(add seeds)"
-    )
+    assert len(said) == 2  # the loss is not judged: each schedule sets it another task
     b["fid"] = b["fid_ci_low"] + 1.959964 - 0.2  # 2.8: under 2 · √2
     assert "within noise (2.0 combined standard errors)" in differences([a, b])[0]
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from ddpm.evaluate import fid_bootstrap, frechet_distance
+from ddpm.metrics import fid_bootstrap, frechet_distance
 
 SIZES = ((10000, 2048), (200, 224))
 

@@ -1,18 +1,19 @@
 """Checkpoints: plain dicts of tensors, numbers and strings, loadable with weights_only=True.
 
-A checkpoint describes its run completely, as nanoGPT's `model_args` do: `arch` holds the UNet's
-keyword arguments (`UNet(**arch)` rebuilds it, no preset table or pydantic needed), `diffusion`
-the process (schedule, T, prediction). Training checkpoints also carry the resolved config,
-which resume compares with today's. Loading never unpickles arbitrary objects, and writes are
-atomic (temporary file, fsync, rename), so a kill at any instant leaves the previous one intact.
+The format is defined here once, as two dataclasses whose fields are the file's keys: a
+ModelCheckpoint is a final model (model.pt, trained or imported), and a TrainingCheckpoint
+(checkpoints/) adds what resuming needs. A checkpoint describes its run completely, as nanoGPT's
+`model_args` do: `arch` holds the UNet's keyword arguments (`UNet(**arch)` rebuilds it, no preset
+table or pydantic needed), `diffusion` the process (schedule, T, prediction); `build_model` rebuilds
+both. Loading never unpickles arbitrary objects, and writes are atomic (temporary file, fsync,
+rename), so a kill at any instant leaves the previous one intact.
 """
 
 import pickle
-import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 
@@ -22,22 +23,127 @@ from ddpm.files import atomic_output
 from ddpm.schedules import beta_schedule
 from ddpm.unet import ARCH_VERSION, UNet
 
-STEP_FILE = re.compile(r"step-(\d+)\.pt")
-MODEL_KEYS = {"arch", "arch_version", "diffusion", "model", "step"}  # what every checkpoint holds
+Weights = dict[str, torch.Tensor]  # a state_dict
 
 
 class UnreadableCheckpoint(UserError):
     """A checkpoint file that cannot be loaded at all: missing, truncated, damaged or tampered with."""
 
 
-def build_diffusion(spec: dict[str, Any]) -> GaussianDiffusion:
-    """The diffusion process of a checkpoint's `diffusion` entry: {schedule, timesteps, prediction}."""
-    return GaussianDiffusion(beta_schedule(spec["schedule"], spec["timesteps"]), spec["prediction"])
+class EarlierArchitecture(UserError):
+    """A checkpoint made by another UNet than this ddpm builds: its weights fit no model here."""
+
+    def __init__(self, path: Path, saved: dict[str, Any]) -> None:
+        self.version = saved.get("arch_version", "none")
+        self.step = saved.get("step", 0)  # for a resume's refusal, which says whether that run had finished
+        super().__init__(
+            f"{path}: made by an earlier UNet (architecture version {self.version}, this ddpm builds version "
+            f"{ARCH_VERSION}); retrain it, or import the weights again"
+        )
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write `state` (tensors, numbers, strings and containers of them) to `path`, atomically: a full
-    disk leaves the previous file whole and says how much room the new one needs."""
+def inconsistent(path: Path, reason: str) -> UserError:
+    """A resumable state that cannot be resumed: a key missing, or contents that do not fit together."""
+    return UserError(f"{path}: inconsistent checkpoint ({reason[:200]}); delete it, or --no-resume")
+
+
+def _weights(optional: bool = False) -> Any:
+    """A field of weights, which a checkpoint's description leaves out."""
+    metadata = {"weights": True, "optional": optional}
+    return field(default=None, metadata=metadata) if optional else field(metadata=metadata)
+
+
+def _optional() -> Any:
+    """A field that one kind of model lacks (an imported one: EMA, config, data): None, and then not in
+    the file at all, so that the files keep the keys they always had."""
+    return field(default=None, metadata={"optional": True})
+
+
+@dataclass(kw_only=True)
+class ModelCheckpoint:
+    """A final model (model.pt), trained or imported: enough to rebuild it, and where it came from."""
+
+    arch: dict[str, Any]  # the UNet's keyword arguments: UNet(**arch)
+    arch_version: int  # the ARCH_VERSION of the UNet that made it: another one's weights fit no model here
+    diffusion: dict[str, Any]  # the process: schedule, timesteps, prediction
+    model: Weights = _weights()  # the weights as trained (or imported)
+    step: int  # training steps done; 0 for an imported model
+    ema: Weights | None = _weights(optional=True)  # trained: the EMA of the weights, which sampling uses
+    config: dict[str, Any] | None = _optional()  # trained: the resolved config, which a resume compares
+    data_sha256: str | None = _optional()  # trained: the prepared images'
+    run_id: str | None = None  # the MLflow run that trained it; written as None where none did
+    imported: dict[str, Any] | None = _optional()  # imported: the folder, files and sha256 of the weights
+
+    @classmethod
+    def _required(cls) -> list[str]:
+        """The keys a file of this kind must hold: the fields without a default."""
+        return [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+
+    def to_dict(self) -> dict[str, Any]:
+        """What torch.save writes: every field, less the optional ones this model lacks."""
+        kept = [f for f in fields(self) if not (f.metadata.get("optional") and getattr(self, f.name) is None)]
+        return {f.name: getattr(self, f.name) for f in kept}
+
+    def description(self) -> dict[str, Any]:
+        """What the file holds besides the weights: what `ddpm import` reports and `compare` reads."""
+        weights = {f.name for f in fields(self) if f.metadata.get("weights")}
+        return {name: value for name, value in self.to_dict().items() if name not in weights}
+
+    @classmethod
+    def from_dict(cls, path: Path, saved: dict[str, Any]) -> Self:
+        """The checkpoint `saved` (torch.load's dict of the file at `path`); a one-line error where an
+        earlier UNet made it or a key is missing. Keys this version does not know are ignored."""
+        if saved.get("arch_version") != ARCH_VERSION:  # first: an earlier version's files hold other keys
+            raise EarlierArchitecture(path, saved)
+        missing = [name for name in cls._required() if name not in saved]
+        if missing:
+            raise cls._incomplete(path, missing)
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in saved.items() if key in names})
+
+    @classmethod
+    def _incomplete(cls, path: Path, missing: list[str]) -> UserError:
+        keys = ", ".join(sorted(cls._required()))
+        return UserError(f"{path}: not a ddpm checkpoint of this version (expected the keys {keys})")
+
+
+@dataclass(kw_only=True)
+class TrainingCheckpoint(ModelCheckpoint):
+    """A resumable state (checkpoints/): a trained model, and what the loop needs to go on bit for bit."""
+
+    ema: Weights = _weights()
+    config: dict[str, Any]
+    data_sha256: str
+    ema_updates: int  # the EMA's count, which sets its warm-up decay
+    optimizer: dict[str, Any]  # AdamW's state_dict: moments and step counts
+    generator: torch.Tensor  # the loop's generator: it draws the batches, the timesteps and the noise
+    rng: dict[str, Any]  # the global generators (dropout): {"cpu": tensor, "cuda": [tensor] or []}
+    record: dict[str, Any]  # the loop's Record (ddpm.state), as a dict
+
+    def final(self) -> ModelCheckpoint:
+        """The final model of this state: what model.pt keeps of it (no optimizer, generators or record)."""
+        return ModelCheckpoint(**{f.name: getattr(self, f.name) for f in fields(ModelCheckpoint)})
+
+    @classmethod
+    def _incomplete(cls, path: Path, missing: list[str]) -> UserError:
+        return inconsistent(path, f"no {missing[0]!r}")
+
+
+def build_model(
+    arch: dict[str, Any], diffusion: dict[str, Any], device: torch.device
+) -> tuple[UNet, GaussianDiffusion]:
+    """The UNet `arch` describes (its initial weights drawn from the global generator) and the diffusion
+    process `diffusion` describes ({schedule, timesteps, prediction}), on `device`: what a checkpoint's
+    model is rebuilt from, and what training starts from."""
+    model = UNet(**arch).to(device)
+    process = GaussianDiffusion(beta_schedule(diffusion["schedule"], diffusion["timesteps"]), diffusion["prediction"])
+    return model, process.to(device)
+
+
+def save_checkpoint(path: Path, checkpoint: ModelCheckpoint) -> None:
+    """Write `checkpoint` to `path`, atomically: a full disk leaves the previous file whole and says how
+    much room the new one needs."""
+    state = checkpoint.to_dict()
     with atomic_output(path, needed=_nbytes(state)) as tmp:
         torch.save(state, tmp)
 
@@ -53,12 +159,12 @@ def _nbytes(value: Any) -> int:
     return 0
 
 
-def read_checkpoint(path: Path, device: torch.device, keys: set[str] = MODEL_KEYS, mmap: bool = False) -> dict:
-    """The dict saved at `path`, with tensors on `device`; a clear error if it is missing, truncated,
-    tampered with (anything but tensors and plain data is refused unexecuted), lacks `keys`, or was
-    made by an earlier UNet. `mmap` maps the weights instead of reading them (for the metadata only)."""
+def load_checkpoint(path: Path, device: torch.device, mmap: bool = False) -> dict[str, Any]:
+    """The dict saved at `path`, with tensors on `device`; an UnreadableCheckpoint if it is missing,
+    truncated or tampered with (anything but tensors and plain data is refused unexecuted). `mmap` maps
+    the weights instead of reading them (for the description only)."""
     try:
-        state = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+        saved = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise UnreadableCheckpoint(f"{path}: checkpoint not found; train first with `ddpm train`") from None
     except pickle.UnpicklingError:  # torch's message advises weights_only=False: never relay that
@@ -68,16 +174,15 @@ def read_checkpoint(path: Path, device: torch.device, keys: set[str] = MODEL_KEY
         raise UnreadableCheckpoint(
             f"{path}: not a valid ddpm checkpoint (truncated, or not a file torch.save wrote)"
         ) from None
-    if not isinstance(state, dict):
-        raise UnreadableCheckpoint(f"{path}: not a ddpm checkpoint (it holds a {type(state).__name__}, not a dict)")
-    if "arch_version" in keys and state.get("arch_version") != ARCH_VERSION:
-        raise UserError(
-            f"{path}: made by an earlier UNet (architecture version {state.get('arch_version', 'none')}, this ddpm "
-            f"builds version {ARCH_VERSION}); retrain it, or import the weights again"
-        )
-    if not keys <= state.keys():
-        raise UserError(f"{path}: not a ddpm checkpoint of this version (expected the keys {', '.join(sorted(keys))})")
-    return state
+    if not isinstance(saved, dict):
+        raise UnreadableCheckpoint(f"{path}: not a ddpm checkpoint (it holds a {type(saved).__name__}, not a dict)")
+    return saved
+
+
+def read_checkpoint(path: Path, device: torch.device, mmap: bool = False) -> ModelCheckpoint:
+    """The model at `path` (any checkpoint holds one); a one-line error if the file cannot be read, lacks
+    a key, or was made by an earlier UNet."""
+    return ModelCheckpoint.from_dict(path, load_checkpoint(path, device, mmap))
 
 
 @dataclass
@@ -95,29 +200,16 @@ class Trained:
 
 def load_trained(path: Path, device: torch.device) -> Trained:
     """The model and diffusion process at `path`, rebuilt from the checkpoint alone."""
-    state = read_checkpoint(path, device)
+    saved = read_checkpoint(path, device)
     try:
-        model = UNet(**state["arch"]).to(device)
-        model.load_state_dict(state.get("ema", state["model"]))
-        diffusion = build_diffusion(state["diffusion"]).to(device)
+        model, diffusion = build_model(saved.arch, saved.diffusion, device)
+        model.load_state_dict(saved.model if saved.ema is None else saved.ema)
     except (TypeError, KeyError, ValueError, RuntimeError) as e:
         raise UserError(f"{path}: its weights do not fit its own description ({str(e).splitlines()[0]})") from None
-    spec = dict(state["diffusion"])
-    return Trained(model.eval(), diffusion, spec, state["arch"]["image_size"], int(state["step"]),
-                   state.get("run_id"), path)  # fmt: skip
+    return Trained(model.eval(), diffusion, dict(saved.diffusion), saved.arch["image_size"], int(saved.step),
+                   saved.run_id, path)  # fmt: skip
 
 
 def describe(path: Path) -> dict[str, Any]:
-    """A checkpoint's description without its weights: arch, diffusion, step and run id."""
-    state = read_checkpoint(path, torch.device("cpu"), mmap=True)
-    return {key: state.get(key) for key in ("arch", "diffusion", "step", "run_id")}
-
-
-def checkpoint_path(folder: Path, step: int) -> Path:
-    return folder / f"step-{step:08d}.pt"
-
-
-def step_checkpoints(folder: Path) -> list[Path]:
-    """The checkpoints `checkpoint_path` wrote in `folder`, oldest first."""
-    found = [p for p in folder.glob("step-*.pt") if STEP_FILE.fullmatch(p.name)] if folder.is_dir() else []
-    return sorted(found, key=lambda p: int(STEP_FILE.fullmatch(p.name).group(1)))
+    """A checkpoint's description without its weights (arch, diffusion, step, run id, ...), read without them."""
+    return read_checkpoint(path, torch.device("cpu"), mmap=True).description()

@@ -10,22 +10,11 @@ import json
 import math
 import types
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeGuard, Union, get_args, get_origin
 
-import annotated_types
 import yaml
-from pydantic import (
-    AfterValidator,
-    AllowInfNan,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    Strict,
-    ValidationError,
-)
+from pydantic import AfterValidator, AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
 from pydantic.fields import FieldInfo
 
 from ddpm.errors import UserError
@@ -76,29 +65,10 @@ Checksum = Annotated[
 ]
 
 
-@dataclass(frozen=True)
-class Archive:
-    """What `ddpm download` fetches for a source: the file `name` in the folder at `url`, checked
-    against `checksum` (the md5 torchvision checks), extracted into `folder` of the download folder,
-    where `ddpm prepare` reads it."""
-
-    name: str
-    url: str
-    checksum: str
-    folder: str
-
-
-ARCHIVES = {
-    "flowers102": Archive("102flowers.tgz", "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/",
-                          "md5:52808999861908f626f3c1f4e79d11fa", "flowers102"),
-    "cifar10": Archive("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/",
-                       "md5:c58f30108f718f92721af3b95e74349a", "cifar10"),
-}  # fmt: skip
-
-
 class DataConfig(Section):
     source: Literal["flowers102", "cifar10", "folder", "synthetic"] = "flowers102"
-    # the folder holding the source's archive (a mirror), and the archive's checksum; null: the official ones
+    # the folder holding the source's archive (a mirror), and the archive's checksum; null: the official
+    # ones (ddpm.download.ARCHIVES)
     url: Url | None = Field(None, description="an http:// or https:// URL, or null")
     checksum: Checksum | None = Field(None, description='"algorithm:hex" with a hashlib algorithm, or null')
     folder: str | None = None  # source folder: a folder of images, searched recursively
@@ -108,13 +78,6 @@ class DataConfig(Section):
     max_pixels: PositiveInt = 50_000_000  # prepare skips larger images (decompression bombs) before decoding them
     holdout: Annotated[Int, Field(ge=0)] = 500  # images kept out of training (holdout.npy), for bits/dim; 0: none
     holdout_seed: Annotated[Int, Field(ge=0)] = 0  # which are held out: a seeded draw, the same on every machine
-
-    def archive(self) -> Archive | None:
-        """What `ddpm download` fetches for this source (url and checksum as set here), or None."""
-        official = ARCHIVES.get(self.source)
-        if official is None:
-            return None
-        return replace(official, url=self.url or official.url, checksum=self.checksum or official.checksum)
 
 
 class ModelConfig(Section):
@@ -347,56 +310,50 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def _describe_error(err: dict[str, Any], label: str, overrides: Sequence[Override]) -> str:
     """One line for one pydantic error: source, dotted key path, what was expected, what was given."""
-    parts = [p for p in err["loc"] if isinstance(p, int) or not _is_union_tag(p)]
-    loc = [str(part) for part in parts]
-    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
+    keys, parent, field = _walk(err["loc"])
+    path = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).lstrip(".")
     source = next((s for s, key, _ in overrides if path == key or path.startswith((key + ".", key + "["))), None)
     if source is None:
         prefix = f"{label}: {path}"
     else:  # "--set train.lr" names its key already; "--lr" gets it in brackets
         prefix = source if path in source else f"{source} ({path})"
-    if err["type"] == "extra_forbidden":
-        parent = _model_at(loc[:-1])
-        valid = ", ".join(parent.model_fields) if parent else ""
-        return f"{prefix}: unknown key; expected one of: {valid}"
-    field = _field_at(loc)
-    expected = (field.description or _expected(field.annotation, field.metadata)) if field else "a valid value"
+    if field is None:
+        return f"{prefix}: unknown key; expected one of: {', '.join(parent.model_fields)}"
+    expected = field.description or _expected(field.annotation, field.metadata)
     return f"{prefix}: expected {expected}, got {_show(err['input'])}"
 
 
-def _is_union_tag(part: str) -> bool:
-    """pydantic names the branch of a union in an error's location ("bool", "literal['auto']")."""
-    return part in ("bool", "int", "float", "str", "list[...]") or part.startswith(("literal[", "constrained-"))
-
-
-def _model_at(loc: Sequence[str]) -> type[BaseModel] | None:
-    model: type[BaseModel] = Config
+def _walk(loc: Sequence[int | str]) -> tuple[list[int | str], type[BaseModel], FieldInfo | None]:
+    """Follow an error's location through our models: the keys to print, the last model passed
+    through, and the field the error is in (None where the location ends at a key that model does
+    not declare: an unknown key)."""
+    keys: list[int | str] = []
+    parent: type[BaseModel] = Config
+    field: FieldInfo | None = None
     for part in loc:
-        field = model.model_fields.get(part)
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return None
-        model = field.annotation
-    return model
+        if field is None or _is_section(field.annotation):  # part is a key of one of our models
+            parent = field.annotation if field else parent
+            field = parent.model_fields.get(str(part))
+            keys.append(part)
+            if field is None:
+                break
+        elif isinstance(part, int):  # an index into a list field
+            keys.append(part)
+        # any other part below a field is pydantic's name for a union's branch, however spelt: no key
+    return keys, parent, field
 
 
-def _field_at(loc: Sequence[str]) -> FieldInfo | None:
-    """The field a pydantic error location points to (list indices and type tags are skipped)."""
-    parent = _model_at(loc[:-1]) if loc else None
-    if parent is None:  # an item inside a list, or a type tag: walk up to the named field
-        for i in range(len(loc) - 1, 0, -1):
-            parent = _model_at(loc[: i - 1])
-            if parent and loc[i - 1] in parent.model_fields:
-                return parent.model_fields[loc[i - 1]]
-        return None
-    return parent.model_fields.get(loc[-1])
+def _is_section(annotation: Any) -> TypeGuard[type[BaseModel]]:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _expected(annotation: Any, metadata: Sequence[Any] = ()) -> str:
     """A few words for what a field accepts, e.g. "a positive integer" or "one of ddpm, ddim"."""
     origin = get_origin(annotation)
-    if origin is Annotated:
+    if origin is Annotated:  # a Field(...) in it keeps its bounds in its own metadata
         inner, *extra = get_args(annotation)
-        return _expected(inner, [*metadata, *extra])
+        flat = [m for e in extra for m in (e.metadata if isinstance(e, FieldInfo) else [e])]
+        return _expected(inner, [*metadata, *flat])
     if origin in (Union, types.UnionType):
         options = [a for a in get_args(annotation) if a is not type(None)]
         null = " or null" if type(None) in get_args(annotation) else ""
@@ -405,18 +362,19 @@ def _expected(annotation: Any, metadata: Sequence[Any] = ()) -> str:
         return "one of " + ", ".join(str(a) for a in get_args(annotation))
     if origin is list:
         return f"a list of {_plural(_expected(get_args(annotation)[0]))}"
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+    if _is_section(annotation):
         return "a mapping with keys " + ", ".join(annotation.model_fields)
     if annotation is bool:
         return "true or false"
     if annotation in (int, float):
-        return _number(annotation is int, metadata)
+        # the bounds (annotated_types' Gt, Ge, Lt, Le) by the attribute each one has
+        bounds = {k: v for m in metadata for k in ("gt", "ge", "lt", "le") if (v := getattr(m, k, None)) is not None}
+        return _number(annotation is int, bounds)
     return "a string"
 
 
-def _number(integer: bool, metadata: Sequence[Any]) -> str:
+def _number(integer: bool, bounds: dict[str, Any]) -> str:
     noun = "integer" if integer else "number"
-    bounds = {name: getattr(m, name) for m in _flat(metadata) for name in [type(m).__name__.lower()]}
     if bounds == {"gt": 0}:
         return f"a positive {noun}"
     if bounds == {"ge": 0}:
@@ -426,20 +384,10 @@ def _number(integer: bool, metadata: Sequence[Any]) -> str:
     return f"an {noun}" if integer else f"a {noun}"
 
 
-def _flat(metadata: Sequence[Any]) -> list[Any]:
-    """The numeric bounds (Gt, Ge, Lt, Le) among a field's metadata, unpacking pydantic's FieldInfo."""
-    out = []
-    for m in metadata:
-        if isinstance(m, FieldInfo):
-            out += _flat(m.metadata)
-        elif isinstance(m, annotated_types.Gt | annotated_types.Ge | annotated_types.Lt | annotated_types.Le):
-            out.append(m)
-    return out
-
-
 def _plural(phrase: str) -> str:
-    words = phrase.removeprefix("a ").removeprefix("an ").split(" ")
-    return " ".join(words[:-1] + [words[-1] + "s"]) if words else phrase
+    """The plural of a phrase from _expected: "a number in [0, 1)" → "numbers in [0, 1)"."""
+    head, sep, tail = phrase.removeprefix("a ").removeprefix("an ").partition(" in ")
+    return head + "s" + sep + tail
 
 
 def _show(value: Any) -> str:

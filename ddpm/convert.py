@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ddpm.checkpoint import save_checkpoint
+from ddpm.checkpoint import ModelCheckpoint, save_checkpoint
 from ddpm.errors import UserError
 from ddpm.files import sha256_hex
 from ddpm.schedules import beta_schedule
@@ -52,7 +52,9 @@ PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 
 def import_diffusers(folder: Path, out: Path) -> dict[str, Any]:
     """Write the ddpm checkpoint of the diffusers UNet2DModel in `folder` to `out`; return what it holds
-    besides the weights (arch, diffusion, imported)."""
+    besides the weights (arch, diffusion, imported: its description). A file at `out` is never replaced."""
+    if out.exists():
+        raise UserError(f"--out: {out} exists; remove it or choose another path (a trained model is never replaced)")
     config_path = folder / "config.json"
     if not config_path.is_file():
         hint = f"; pass {folder / 'unet'}, the pipeline's model folder" if (folder / "unet").is_dir() else ""
@@ -69,10 +71,10 @@ def import_diffusers(folder: Path, out: Path) -> dict[str, Any]:
         "weights_sha256": sha256_hex(weights_path),
         "scheduler_config": str(scheduler_path.resolve()),
     }
-    description = {"arch": arch, "arch_version": ARCH_VERSION, "diffusion": diffusion, "step": 0, "run_id": None,
-                   "imported": imported}  # fmt: skip
-    save_checkpoint(out, {**description, "model": state})
-    return description
+    made = ModelCheckpoint(arch=arch, arch_version=ARCH_VERSION, diffusion=diffusion, model=state, step=0,
+                           imported=imported)  # fmt: skip
+    save_checkpoint(out, made)
+    return made.description()
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -268,3 +270,11 @@ LEGACY_QKV = (("q", "query"), ("k", "key"), ("v", "value"))
 
 def _as_conv1x1(tensor: torch.Tensor) -> torch.Tensor:
     return tensor[:, :, None, None] if tensor.dim() == 2 else tensor
+
+
+def summary(made: dict[str, Any], folder: Path, out: Path) -> str:
+    """What `ddpm import diffusers` prints of the checkpoint `made` (import_diffusers' description)."""
+    arch, diffusion = made["arch"], made["diffusion"]
+    return (f"imported {folder} → {out}: UNet {arch['channels']} × {arch['channel_mult']}, {arch['image_size']}×"
+            f"{arch['image_size']}, {diffusion['schedule']} schedule, T = {diffusion['timesteps']}, "
+            f"predicts {diffusion['prediction']}; sample it with `ddpm sample --checkpoint {out}`")  # fmt: skip

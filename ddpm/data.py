@@ -27,9 +27,10 @@ try:  # numpy ≥ 2 moved it; pickles name either place
 except ImportError:  # numpy 1
     from numpy.core.multiarray import _reconstruct
 
-from ddpm.config import ARCHIVES, DataConfig
+from ddpm.config import DataConfig
 from ddpm.errors import UserError
 from ddpm.files import atomic_output, file_digest, sha256_hex, write_json
+from ddpm.layout import EXTRACTED, HOLDOUT, IMAGES, MANIFEST
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
@@ -143,10 +144,10 @@ def prepare(cfg: DataConfig, raw_dir: Path, out_dir: Path, workers: int = 0, pro
         images = synthetic_flowers(cfg.synthetic_count, cfg.image_size, cfg.synthetic_seed)
         origin: dict[str, Any] = {"seed": cfg.synthetic_seed}
     elif cfg.source == "cifar10":
-        root = raw_dir / ARCHIVES["cifar10"].folder
+        root = raw_dir / EXTRACTED["cifar10"]
         images, origin = cifar10_training_images(root, cfg.image_size), {"root": str(root), "files": CIFAR10_BATCHES}
     else:
-        root = raw_dir / ARCHIVES[cfg.source].folder if cfg.source == "flowers102" else Path(cfg.folder or "")
+        root = raw_dir / EXTRACTED[cfg.source] if cfg.source == "flowers102" else Path(cfg.folder or "")
         files = image_files(root, cfg.source)
         arrays, skipped = _load_all(root, files, cfg.image_size, cfg.max_pixels, workers, progress)
         if not arrays:
@@ -165,17 +166,17 @@ def prepare(cfg: DataConfig, raw_dir: Path, out_dir: Path, workers: int = 0, pro
         "count": len(training),
         "image_size": cfg.image_size,
         "sha256": hashlib.sha256(training.tobytes()).hexdigest(),
-        "npy_sha256": sha256_hex(out_dir / "images.npy"),  # train checks it
+        "npy_sha256": sha256_hex(out_dir / IMAGES),  # train checks it
         "holdout": {
             "count": len(held_out),
             "seed": cfg.holdout_seed,
             "indices": held.tolist(),  # into the prepared order, before the split
             "sha256": hashlib.sha256(held_out.tobytes()).hexdigest(),
-            "npy_sha256": sha256_hex(out_dir / "holdout.npy"),
+            "npy_sha256": sha256_hex(out_dir / HOLDOUT),
         },
         "skipped": skipped,
     }
-    write_json(out_dir / "manifest.json", manifest, sort_keys=True)  # last, so a manifest describes its images
+    write_json(out_dir / MANIFEST, manifest, sort_keys=True)  # last, so a manifest describes its images
     return manifest
 
 
@@ -202,9 +203,9 @@ def save_split(out_dir: Path, training: np.ndarray, held_out: np.ndarray) -> Non
     images.npy is renamed first: a run stopped between the two renames leaves an images.npy that the
     old manifest no longer matches, which `training_images` refuses, rather than a new holdout.npy
     that may hold images the old images.npy trains on."""
-    with atomic_output(out_dir / "holdout.npy") as held_tmp:
+    with atomic_output(out_dir / HOLDOUT) as held_tmp:
         np.save(held_tmp, np.ascontiguousarray(held_out))
-        with atomic_output(out_dir / "images.npy") as training_tmp:
+        with atomic_output(out_dir / IMAGES) as training_tmp:
             np.save(training_tmp, np.ascontiguousarray(training))
 
 
@@ -337,7 +338,7 @@ def training_images(path: Path, image_size: int) -> tuple[np.ndarray, str]:
             f"prepare the data at that size or set --image-size {images.shape[2]}"
         )
     digest = file_digest(path, "sha256:")
-    manifest = path.parent / "manifest.json"  # where `ddpm prepare` wrote the images, it says what they are
+    manifest = path.parent / MANIFEST  # where `ddpm prepare` wrote the images, it says what they are
     try:
         recorded = json.loads(manifest.read_text()).get("npy_sha256") if manifest.is_file() else None
     except (OSError, ValueError, AttributeError):
@@ -348,3 +349,17 @@ def training_images(path: Path, image_size: int) -> tuple[np.ndarray, str]:
             f"{recorded[:12]}…): changed since `ddpm prepare` wrote it; run `ddpm prepare` again"
         )
     return images, digest
+
+
+def first_image(path: Path, image_size: int) -> np.ndarray:
+    """The first prepared image at `path`, or a synthetic flower where there is no prepared data:
+    the image the schedules' pictures noise."""
+    return load_images(path)[0] if path.exists() else synthetic_flowers(1, image_size)[0]
+
+
+def summary(manifest: dict[str, Any], out_dir: Path) -> str:
+    """What `ddpm prepare` prints of the manifest it wrote in `out_dir`."""
+    size = manifest["image_size"]
+    skipped, held_out = len(manifest["skipped"]), manifest["holdout"]["count"]
+    return (f"prepared {manifest['count']} images of {size}×{size} to train on ({skipped} skipped): "
+            f"{out_dir / IMAGES}; {held_out} held out (data.holdout): {out_dir / HOLDOUT}")  # fmt: skip

@@ -4,6 +4,8 @@ request the training loop answers at the end of its step.
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from ddpm.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -71,3 +75,29 @@ def stop_requests() -> Iterator[list[int]]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def device_named(name: str) -> torch.device:
+    """ "auto" → the first CUDA device if there is one, else the CPU; otherwise a torch device name."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device: {name} requested, but PyTorch sees no CUDA device")
+    return device
+
+
+def torchrun(nproc: int, args: list[str]) -> int:
+    """Run the `ddpm` command `args` (less its --nproc) as `nproc` ranks of a single-node torchrun job."""
+    kept, skip = [], False
+    for arg in args:
+        if skip or arg.startswith("--nproc="):
+            skip = False
+            continue
+        skip = arg == "--nproc"
+        kept += [] if skip else [arg]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.call([*launcher, "-m", "ddpm", *kept])

@@ -1,5 +1,5 @@
 """Downloads: a resumable, checksum-verified HTTP fetch, safe archive extraction, and the sources
-that `ddpm download` fetches (Flowers-102, CIFAR-10: ddpm.config.ARCHIVES).
+that `ddpm download` fetches (Flowers-102, CIFAR-10: ARCHIVES).
 
 Nothing here decodes images; `ddpm.data` prepares what this module fetched.
 """
@@ -12,34 +12,76 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
 from ddpm.config import DataConfig
 from ddpm.errors import UserError
-from ddpm.files import FULL_DISK, disk_full, file_digest
+from ddpm.files import FULL_DISK, disk_full, file_digest, write_json
+from ddpm.layout import EXTRACTED, SOURCE
 
 MAX_ATTEMPTS = 20  # requests per download while each one makes progress
+
+
+# --- sources -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Archive:
+    """What `ddpm download` fetches for a source: the file `name` in the folder at `url`, checked
+    against `checksum` (the md5 torchvision checks), extracted into `folder` of the download folder,
+    where `ddpm prepare` reads it."""
+
+    name: str
+    url: str
+    checksum: str
+    folder: str
+
+
+ARCHIVES = {
+    "flowers102": Archive("102flowers.tgz", "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/",
+                          "md5:52808999861908f626f3c1f4e79d11fa", EXTRACTED["flowers102"]),
+    "cifar10": Archive("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/",
+                       "md5:c58f30108f718f92721af3b95e74349a", EXTRACTED["cifar10"]),
+}  # fmt: skip
+
+
+def archive(cfg: DataConfig) -> Archive | None:
+    """What `ddpm download` fetches for `cfg.source` (a mirror's url and checksum where data.url and
+    data.checksum set them), or None for a source with nothing to fetch."""
+    official = ARCHIVES.get(cfg.source)
+    if official is None:
+        return None
+    return replace(official, url=cfg.url or official.url, checksum=cfg.checksum or official.checksum)
 
 
 # --- download ------------------------------------------------------------------------------------
 
 
+def stage(cfg: DataConfig, out_dir: Path) -> Path | None:
+    """`ddpm download`: `download`, and source.json in `out_dir` naming the source, so that the stage's
+    output holds a file for every source and DVC has something to hash and cache."""
+    folder = download(cfg, out_dir)
+    write_json(out_dir / SOURCE, {"source": cfg.source})
+    return folder
+
+
 def download(cfg: DataConfig, out_dir: Path, progress: bool = True) -> Path | None:
     """Fetch, verify and extract the source's archive into `out_dir`; return the extracted folder.
     Sources `folder` and `synthetic` have nothing to fetch (None). A second run does nothing."""
-    archive = cfg.archive()
-    if archive is None:
+    source = archive(cfg)
+    if source is None:
         return None
-    path, folder = out_dir / archive.name, out_dir / archive.folder
-    if not (path.exists() and file_digest(path, archive.checksum) == archive.checksum):
+    path, folder = out_dir / source.name, out_dir / source.folder
+    if not (path.exists() and file_digest(path, source.checksum) == source.checksum):
         hint = (
             f"offline? set data.url to a mirror's folder (and data.checksum to its archive's), or put "
-            f"{archive.name} in {out_dir} by hand; or, without {cfg.source}, set data.source: folder "
+            f"{source.name} in {out_dir} by hand; or, without {cfg.source}, set data.source: folder "
             "(your own images) or synthetic"
         )
-        fetch(archive.url.rstrip("/") + "/" + archive.name, path, archive.checksum, progress, hint)
+        fetch(source.url.rstrip("/") + "/" + source.name, path, source.checksum, progress, hint)
         shutil.rmtree(folder, ignore_errors=True)  # a new archive: never keep what an older one extracted
     if not folder.exists():
         extract_tar_safely(path, folder)

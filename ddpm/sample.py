@@ -15,12 +15,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from ddpm.checkpoint import Trained, load_trained
-from ddpm.config import SampleConfig
+from ddpm.config import Config, SampleConfig
 from ddpm.data import save_images, to_uint8
 from ddpm.diffusion import GaussianDiffusion, Model
 from ddpm.errors import UserError
 from ddpm.fastpath import FastPath
-from ddpm.files import atomic_output, write_json
+from ddpm.files import atomic_output, folder_lock, write_json
+from ddpm.layout import GRID, PROGRESSION_GIF, PROGRESSION_PICTURE, SAMPLES_ARRAY, SAMPLES_ORIGIN
 
 GRID_IMAGES = 64
 GRID_MIN_WIDTH = 512  # pixels: small images are enlarged (nearest neighbour) so a grid is legible
@@ -133,15 +134,12 @@ def sample(
         images, frames = generate(trained.model, trained.diffusion, cfg, trained.image_size, device, progress)
     except NonFiniteSamples as e:
         raise NonFiniteSamples(f"{checkpoint}: {e}; its weights or the sample settings are broken") from None
-    save_images(out_dir / "samples.npy", images.numpy())
-    write_json(out_dir / ORIGIN_FILE, origin(trained, cfg))
+    save_images(out_dir / SAMPLES_ARRAY, images.numpy())
+    write_json(out_dir / SAMPLES_ORIGIN, origin(trained, cfg))
     write_png(grid_picture(images[:GRID_IMAGES], int(np.ceil(np.sqrt(min(len(images), GRID_IMAGES))))),
-              out_dir / "grid.png")  # fmt: skip
-    write_progression(frames, out_dir / "progression.png", out_dir / "progression.gif")
+              out_dir / GRID)  # fmt: skip
+    write_progression(frames, out_dir / PROGRESSION_PICTURE, out_dir / PROGRESSION_GIF)
     return images, trained
-
-
-ORIGIN_FILE = "samples.json"  # beside samples.npy: the model and settings that drew them
 
 
 def origin(trained: Trained, cfg: SampleConfig) -> dict:
@@ -155,7 +153,7 @@ def origin(trained: Trained, cfg: SampleConfig) -> dict:
 def read_origin(samples: Path) -> dict | None:
     """The samples.json beside `samples`, if `ddpm sample` wrote them."""
     try:
-        return json.loads((samples.parent / ORIGIN_FILE).read_text())
+        return json.loads((samples.parent / SAMPLES_ORIGIN).read_text())
     except (OSError, ValueError):
         return None
 
@@ -177,3 +175,16 @@ def write_progression(frames: list[torch.Tensor], picture: Path, gif: Path) -> N
     with atomic_output(gif) as tmp:
         durations = [80] * (len(pictures) - 1) + [2000]
         pictures[0].save(tmp, save_all=True, append_images=pictures[1:], duration=durations, loop=0)
+
+
+def stage(config: Config, checkpoint: Path, out_dir: Path, device: torch.device) -> tuple[torch.Tensor, Trained]:
+    """`ddpm sample`: `sample` into `out_dir`, holding its lock, with the pictures logged to the child
+    run of this sampling configuration under the model's MLflow run (where tracking is on)."""
+    from ddpm.tracking import log_samples, session
+
+    with folder_lock(out_dir), session(config.tracking, checkpoint.parent) as tracked:
+        images, trained = sample(config.sample, checkpoint, out_dir, device, ready=tracked.open)
+        if tracked.store:
+            evaluation = config.evaluate.model_dump(mode="json")
+            log_samples(tracked.store, origin(trained, config.sample), evaluation, out_dir)
+    return images, trained

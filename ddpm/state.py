@@ -1,5 +1,6 @@
 """A training run's state and when it may go on: the TrainState a checkpoint holds (weights, EMA,
 optimizer, the loop's generator, RNG states, the loss record), and the start-or-resume policy.
+The checkpoint's format is ddpm.checkpoint's TrainingCheckpoint.
 """
 
 import copy
@@ -11,9 +12,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddpm.checkpoint import UnreadableCheckpoint, read_checkpoint, step_checkpoints
+from ddpm.checkpoint import (
+    EarlierArchitecture,
+    TrainingCheckpoint,
+    UnreadableCheckpoint,
+    build_model,
+    inconsistent,
+    load_checkpoint,
+)
 from ddpm.config import BOOKKEEPING, Config, TrainConfig
+from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import UserError
+from ddpm.layout import step_checkpoints
 from ddpm.unet import ARCH_VERSION, UNet
 
 
@@ -87,43 +97,52 @@ class TrainState:
     ema: EMA
     optimizer: torch.optim.AdamW
     generator: torch.Generator  # the loop's own: it draws the batches, the timesteps and the noise
+    diffusion: GaussianDiffusion  # not saved: the checkpoint's description rebuilds it
+    data_sha256: str  # the prepared images it trains on
     step: int = 0
     record: Record = field(default_factory=Record)
+    run_id: str | None = None  # the MLflow run it reports to, once the tracker has started one
 
     @classmethod
     def create(
-        cls, config: Config, device: torch.device, saved: dict[str, Any] | None, path: Path | None
+        cls, config: Config, device: torch.device, data_sha256: str, saved: TrainingCheckpoint | None, path: Path | None
     ) -> "TrainState":
+        """A fresh state from the seed, or the one `saved` (the checkpoint at `path`) holds."""
         cfg = config.train
         torch.manual_seed(cfg.seed)  # the initial weights; the global stream also draws dropout's masks
-        model = UNet(**config.arch()).to(device).train()
+        model, diffusion = build_model(config.arch(), config.diffusion.model_dump(), device)
+        model.train()
         ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
-        state = cls(model, ema, make_optimizer(model, cfg), torch.Generator(device).manual_seed(cfg.seed))
-        if saved is None:
-            return state
-        try:
-            model.load_state_dict(saved["model"])
-            ema.model.load_state_dict(saved["ema"])
-            ema.updates.fill_(saved["ema_updates"])
-            state.optimizer.load_state_dict(saved["optimizer"])
-            state.generator.set_state(saved["generator"].cpu())
-            set_rng_state(saved["rng"])
-            state.step, state.record = int(saved["step"]), Record(**saved["record"])
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
-            reason = " ".join(str(e).split()) or type(e).__name__
-            reason = f"no {reason}" if isinstance(e, KeyError) else reason
-            raise UserError(f"{path}: inconsistent checkpoint ({reason[:200]}); delete it, or --no-resume") from None
+        generator = torch.Generator(device).manual_seed(cfg.seed)
+        state = cls(model, ema, make_optimizer(model, cfg), generator, diffusion, data_sha256)
+        if saved is not None:
+            state._restore(saved, path)
         return state
 
-    def checkpoint(self, config: Config, device: torch.device, **extra: Any) -> dict[str, Any]:
-        """The dict a checkpoint holds: the run's description (arch, diffusion, config) and its state."""
-        return {
-            "arch": config.arch(), "arch_version": ARCH_VERSION, "diffusion": config.diffusion.model_dump(),
-            "config": config.model_dump(mode="json"), "model": self.model.state_dict(),
-            "ema": self.ema.model.state_dict(), "ema_updates": int(self.ema.updates),
-            "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-            "rng": rng_state(device), "step": self.step, "record": asdict(self.record), **extra,
-        }  # fmt: skip
+    def _restore(self, saved: TrainingCheckpoint, path: Path | None) -> None:
+        """Take in what `saved` holds; an inconsistent checkpoint is one line, before any MLflow run."""
+        try:
+            self.model.load_state_dict(saved.model)
+            self.ema.model.load_state_dict(saved.ema)
+            self.ema.updates.fill_(saved.ema_updates)
+            self.optimizer.load_state_dict(saved.optimizer)
+            self.generator.set_state(saved.generator.cpu())
+            set_rng_state(saved.rng)
+            self.step, self.record = int(saved.step), Record(**saved.record)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise inconsistent(path, f"no {reason}" if isinstance(e, KeyError) else reason) from None
+
+    def checkpoint(self, config: Config, device: torch.device) -> TrainingCheckpoint:
+        """The checkpoint of this state: the run's description (arch, diffusion, config, data, MLflow run)
+        and everything the loop needs to go on."""
+        return TrainingCheckpoint(
+            arch=config.arch(), arch_version=ARCH_VERSION, diffusion=config.diffusion.model_dump(),
+            config=config.model_dump(mode="json"), data_sha256=self.data_sha256, run_id=self.run_id,
+            model=self.model.state_dict(), ema=self.ema.model.state_dict(), ema_updates=int(self.ema.updates),
+            optimizer=self.optimizer.state_dict(), generator=self.generator.get_state(), rng=rng_state(device),
+            step=self.step, record=asdict(self.record),
+        )  # fmt: skip
 
     def finite(self) -> bool:
         """Whether the weights and the EMA are all finite: one check on the device, one sync."""
@@ -134,65 +153,66 @@ class TrainState:
 def starting_point(
     checkpoints: Path, config: Config, data_sha256: str, resume: bool, restart_if_changed: bool,
     device: torch.device, say: Callable[[str], None],
-) -> tuple[dict[str, Any] | None, Path | None]:  # fmt: skip
+) -> tuple[TrainingCheckpoint | None, Path | None]:  # fmt: skip
     """Where training starts: the checkpoint to resume and its path, or (None, None) for a fresh start.
 
     With `resume`, the newest readable checkpoint in `checkpoints` (an unreadable newer one is
-    passed over with a note) is resumed if it belongs to this run: the same data, every setting the
-    weights depend on the same (bookkeeping such as train.steps or log_every aside), and no more
-    steps done than asked for. One that does not is refused with what differs; with
+    passed over with a note) is resumed if it belongs to this run: the same UNet and data, every
+    setting the weights depend on the same (bookkeeping such as train.steps or log_every aside), and
+    no more steps done than asked for. One that does not is refused with what differs; with
     `restart_if_changed` (the pipeline's way) it is set aside instead and training starts over."""
     if not resume:
         return None, None
-    saved, path = _newest_readable(checkpoints, device, say)
-    if saved is None:
+    found, path = _newest_readable(checkpoints, device, say)
+    if found is None:
         return None, None
-    changed = _changes(saved, config, data_sha256)
-    if not changed:
-        return saved, path
+    try:
+        saved = TrainingCheckpoint.from_dict(path, found)
+    except EarlierArchitecture as e:  # an earlier ddpm's run: a change like any other, not a damaged file
+        changed, steps_done = [f"the UNet's architecture version ({e.version} → {ARCH_VERSION})"], e.step
+    else:
+        changed, steps_done = _changes(saved, config, data_sha256), saved.step
+        if not changed:
+            return saved, path
     if restart_if_changed:
         say(f"{path} was made with other settings ({', '.join(changed)}); starting over")
         return None, None
-    done = "the run there finished" if saved["step"] >= config.train.steps else "cannot resume"
+    done = "the run there finished" if steps_done >= config.train.steps else "cannot resume"
     raise UserError(
         f"{path}: {done} with other settings ({', '.join(changed)}); nothing was trained or recorded. "
         "Use --no-resume to start over, or --out for another folder"
     )
 
 
-RESUME_KEYS = {"step"}  # the rest is checked by _changes (a description) and TrainState.create (the state)
-
-
 def _newest_readable(
     folder: Path, device: torch.device, say: Callable[[str], None]
 ) -> tuple[dict[str, Any] | None, Path | None]:
+    """The newest checkpoint in `folder` that loads (as torch.load's dict), and its path."""
     unreadable: list[Path] = []
     for path in reversed(step_checkpoints(folder)):
         try:
-            saved = read_checkpoint(path, device, RESUME_KEYS)
+            found = load_checkpoint(path, device)
         except UnreadableCheckpoint:
             unreadable.append(path)
             continue
         if unreadable:
             say(f"{unreadable[0]} cannot be read (truncated or damaged); resuming from {path}")
-        return saved, path
+        return found, path
     if unreadable:
         say(f"{unreadable[0]} cannot be read (truncated or damaged), nor any older checkpoint; starting over")
     return None, None
 
 
-def _changes(saved: dict[str, Any], config: Config, data_sha256: str) -> list[str]:
+def _changes(saved: TrainingCheckpoint, config: Config, data_sha256: str) -> list[str]:
     """What differs between a checkpoint's run and the run `config` asks for, a few words each."""
-    if saved.get("arch_version") != ARCH_VERSION:
-        return [f"the UNet's architecture version ({saved.get('arch_version', 'none')} → {ARCH_VERSION})"]
     try:
-        before = Config.model_validate(saved["config"])
-    except (KeyError, ValueError):
+        before = Config.model_validate(saved.config)
+    except ValueError:
         return ["a config this version of ddpm cannot read"]
-    changed = [] if saved.get("data_sha256") == data_sha256 else ["the prepared images"]
+    changed = [] if saved.data_sha256 == data_sha256 else ["the prepared images"]
     changed += [f"{key} ({old} → {new})" for key, (old, new) in _differences(before, config).items()]
-    if saved["step"] > config.train.steps:
-        changed.append(f"train.steps ({saved['step']} done, {config.train.steps} asked for)")
+    if saved.step > config.train.steps:
+        changed.append(f"train.steps ({saved.step} done, {config.train.steps} asked for)")
     return changed
 
 
@@ -211,7 +231,7 @@ def _settings(config: Config) -> dict[str, Any]:
 
 def rng_state(device: torch.device) -> dict[str, Any]:
     """The global generators (the CPU's, and the device's for dropout): under torchrun every rank's are the same."""
-    cuda = [torch.cuda.getrng_state(device)] if device.type == "cuda" else []
+    cuda = [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []
     return {"cpu": torch.get_rng_state(), "cuda": cuda}
 
 

@@ -14,11 +14,13 @@ entries and checkpoints only. Under torchrun every rank runs this loop on its sh
 batch; rank 0 alone keeps the EMA, writes files and reports to the tracker.
 """
 
+import contextlib
+import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -26,14 +28,15 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from ddpm.checkpoint import build_diffusion, checkpoint_path, save_checkpoint, step_checkpoints
+from ddpm.checkpoint import save_checkpoint
 from ddpm.config import Config, TrainConfig
 from ddpm.data import InMemoryImages, training_images
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.distributed import ONE_PROCESS, Ranks, agree_to_stop, join_process_group, stop_requests
 from ddpm.errors import Interrupted, UserError
 from ddpm.fastpath import FastPath
-from ddpm.files import atomic_output, remove_partial_outputs, write_json
+from ddpm.files import atomic_output, folder_lock, remove_partial_outputs, write_json
+from ddpm.layout import RunFolder, checkpoint_path, step_checkpoints
 from ddpm.sample import preview
 from ddpm.state import Record, TrainState, Window, starting_point
 
@@ -56,6 +59,14 @@ class TrainResult:
         speed = (cfg.steps - clock.start_step) * cfg.batch_size / max(seconds, 1e-9)
         return cls(path, record.losses, speed, seconds, clock.total(), clock.start_step, record.nonfinite, cfg.steps,
                    cfg.batch_size)  # fmt: skip
+
+    def summary(self) -> str:
+        """What `ddpm train` prints."""
+        resumed = f" (resumed at step {self.resumed_from})" if self.resumed_from else ""
+        skipped = f", {self.nonfinite} non-finite steps skipped" if self.nonfinite else ""
+        loss = f"final loss {self.losses[-1][1]:.4f}" if self.losses else "no finite loss"
+        return (f"trained {self.steps} steps{resumed} in {self.seconds:.0f} s ({self.images_per_second:.0f} img/s)"
+                f"{skipped}, {loss}: {self.checkpoint}")  # fmt: skip
 
     def metrics(self) -> dict[str, float | int | None]:
         """What train.json holds and MLflow gets: the same numbers in both."""
@@ -171,71 +182,108 @@ def train(
     if cfg.batch_size % ranks.world:
         raise UserError(f"train.batch_size: expected a multiple of the {ranks.world} processes, got {cfg.batch_size}")
     images, data_sha256 = training_images(data_path, config.data.image_size)
-    checkpoints = out_dir / "checkpoints"
+    folder = RunFolder(out_dir)
     say = (lambda line: tqdm.write(f"ddpm: note: {line}", file=sys.stderr)) if ranks.main else (lambda line: None)
-    saved, newest = starting_point(checkpoints, config, data_sha256, resume, restart_if_changed, device, say)
-    state = TrainState.create(config, device, saved, newest)  # a bad checkpoint fails here, before any MLflow run
+    saved, newest = starting_point(folder.checkpoints, config, data_sha256, resume, restart_if_changed, device, say)
+    state = TrainState.create(config, device, data_sha256, saved, newest)  # a bad checkpoint fails here, before MLflow
     tracker = tracker if ranks.main else None
-    run_id = tracker.start(saved.get("run_id") if saved else None) if tracker else None
+    state.run_id = tracker.start(saved.run_id if saved else None) if tracker else None
     if ranks.main:
         _clear_outputs(out_dir, fresh=saved is None)
-    dataset = InMemoryImages(images, device)
-    diffusion = build_diffusion(config.diffusion.model_dump()).to(device)
-    fast = FastPath.resolve(cfg, device)
-    forward = _forward(state.model, fast, ranks, device)
-    tally = LossTally(state.record, device, ranks)
-    clock = Clock(state.step, state.record.seconds)
+    loop = Loop(config, device, ranks, state, InMemoryImages(images, device), tracker, folder.checkpoints, newest)
     bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train {config.diffusion.schedule}",
                disable=not (progress and ranks.main))  # fmt: skip
 
     with bar, stop_requests() as stop:  # the bar closes (and ends its line) however the loop ends
-        for step in range(state.step + 1, cfg.steps + 1):
-            # learning rate: linear warm-up from 0 (Ho et al., appendix B)
-            for group in state.optimizer.param_groups:
-                group["lr"] = cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        loop.run(bar, stop)
+        result = TrainResult.of(folder.model, state.record, loop.clock, cfg)
+        if ranks.main:
+            _finish(state, config, device, result, tracker)
+        if stop:  # a signal during the final save or upload: all is saved, but say so as during training
+            raise Interrupted(stop[0], cfg.steps, loop.newest)
+    if ranks.world > 1:
+        dist.barrier()
+    return result
 
-            # one step of Algorithm 1; a non-finite loss skips it, on the device
-            batch = draw_batch(dataset, diffusion.num_timesteps, cfg.batch_size, state.generator, ranks)
-            loss, skipped = training_step(forward, diffusion, state.optimizer, batch, cfg.grad_clip, fast)
-            if ranks.main:
-                state.ema.update(state.model, skipped)
-            tally.add(loss, skipped)
-            state.step = step
+
+class Loop:
+    """The steps of one call of `train`, and every so often a read-back between them: a log entry, a
+    checkpoint, a stop on a signal. Nothing else waits for the device."""
+
+    def __init__(
+        self, config: Config, device: torch.device, ranks: Ranks, state: TrainState, dataset: InMemoryImages,
+        tracker: Tracker | None, checkpoints: Path, newest: Path | None,
+    ) -> None:  # fmt: skip
+        self.config, self.cfg, self.device, self.ranks = config, config.train, device, ranks
+        self.state, self.dataset, self.tracker, self.checkpoints = state, dataset, tracker, checkpoints
+        self.newest = newest  # the last good checkpoint: the one resumed from, then each one written
+        self.fast = FastPath.resolve(self.cfg, device)
+        self.forward = _forward(state.model, self.fast, ranks, device)
+        self.tally = LossTally(state.record, device, ranks)
+        self.clock = Clock(state.step, state.record.seconds)
+
+    def run(self, bar: tqdm, stop: list[int]) -> None:
+        """From the state's step to train.steps; on a signal, Interrupted once the step is saved."""
+        cfg = self.cfg
+        for step in range(self.state.step + 1, cfg.steps + 1):
+            self.step(step)
             bar.update(1)
-            if tracker and (step % cfg.sample_every == 0 or step == cfg.steps):
-                tracker.log_images(step, preview(state.ema.model, diffusion, config.data.image_size, device, cfg.seed))
+            if self.tracker and (step % cfg.sample_every == 0 or step == cfg.steps):
+                grid = preview(self.state.ema.model, self.state.diffusion, self.config.data.image_size, self.device,
+                               cfg.seed)  # fmt: skip
+                self.tracker.log_images(step, grid)
 
             # read back (log, checkpoint, stop on a signal), only every so often
             at_log = step % cfg.log_every == 0 or step == cfg.steps
             at_checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.steps
-            stopping = agree_to_stop(stop, ranks, at_log or at_checkpoint)
-            if not (at_log or at_checkpoint or stopping):
-                continue
-            window = tally.read()
-            state.record.update(window)
-            if window.in_a_row >= cfg.max_nonfinite:
-                raise _diverged(f"the loss was not finite for {window.in_a_row} steps in a row "
-                                f"(steps {step - window.in_a_row + 1}-{step})", newest)  # fmt: skip
-            if at_log:
-                metrics = _log_entry(state, window, clock.images_per_second(step, cfg.batch_size), bar)
-                if tracker:
-                    tracker.log(step, metrics)
-                tally.new_window()
-            if at_checkpoint or stopping:
-                state.record.seconds = clock.total()
-                newest = _save_if_finite(state, config, device, ranks, checkpoints, newest, data_sha256=data_sha256,
-                                         run_id=run_id)  # fmt: skip
+            stopping = agree_to_stop(stop, self.ranks, at_log or at_checkpoint)
+            if at_log or at_checkpoint or stopping:
+                self.read_back(step, at_log, at_checkpoint or stopping, bar)
             if stopping:
-                raise Interrupted(stop[0], step, newest)
+                raise Interrupted(stop[0], step, self.newest)
 
-        result = TrainResult.of(out_dir / "model.pt", state.record, clock, cfg)
-        if ranks.main:
-            _finish(state, config, device, result, tracker, data_sha256=data_sha256, run_id=run_id)
-        if stop:  # a signal during the final save or upload: all is saved, but say so as during training
-            raise Interrupted(stop[0], cfg.steps, newest)
-    if ranks.world > 1:
-        dist.barrier()
-    return result
+    def step(self, step: int) -> None:
+        """One step of Algorithm 1; a non-finite loss skips it, on the device."""
+        state, cfg = self.state, self.cfg
+        # learning rate: linear warm-up from 0 (Ho et al., appendix B)
+        for group in state.optimizer.param_groups:
+            group["lr"] = cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        batch = draw_batch(self.dataset, state.diffusion.num_timesteps, cfg.batch_size, state.generator, self.ranks)
+        loss, skipped = training_step(self.forward, state.diffusion, state.optimizer, batch, cfg.grad_clip, self.fast)
+        if self.ranks.main:
+            state.ema.update(state.model, skipped)
+        self.tally.add(loss, skipped)
+        state.step = step
+
+    def read_back(self, step: int, at_log: bool, save: bool, bar: tqdm) -> None:
+        """The loss statistics on the host (the one sync): a stop if the loss has not been finite for
+        train.max_nonfinite steps, else a log entry (`at_log`) and a checkpoint (`save`)."""
+        window = self.tally.read()
+        self.state.record.update(window)
+        if window.in_a_row >= self.cfg.max_nonfinite:
+            raise _diverged(f"the loss was not finite for {window.in_a_row} steps in a row "
+                            f"(steps {step - window.in_a_row + 1}-{step})", self.newest)  # fmt: skip
+        if at_log:
+            metrics = _log_entry(self.state, window, self.clock.images_per_second(step, self.cfg.batch_size), bar)
+            if self.tracker:
+                self.tracker.log(step, metrics)
+            self.tally.new_window()
+        if save:
+            self.state.record.seconds = self.clock.total()
+            self.newest = self.save_if_finite()
+
+    def save_if_finite(self) -> Path:
+        """Write a checkpoint of the state (rank 0), keeping the last `train.keep_checkpoints`, and return
+        it; but stop, writing nothing, if a step with a finite loss has made the weights non-finite."""
+        state = self.state
+        if not state.finite():
+            raise _diverged(f"the weights are not finite at step {state.step} (the loss was)", self.newest)
+        path = checkpoint_path(self.checkpoints, state.step)
+        if self.ranks.main:
+            save_checkpoint(path, state.checkpoint(self.config, self.device))
+            for old in step_checkpoints(self.checkpoints)[: -self.cfg.keep_checkpoints]:
+                old.unlink()
+        return path
 
 
 class Clock:
@@ -274,39 +322,18 @@ def _log_entry(state: TrainState, window: Window, speed: float, bar: tqdm) -> di
     return metrics
 
 
-def _save_if_finite(
-    state: TrainState, config: Config, device: torch.device, ranks: Ranks, folder: Path, newest: Path | None,
-    **extra: Any,
-) -> Path:  # fmt: skip
-    """Write a checkpoint of `state` (rank 0), keeping the last `train.keep_checkpoints`, and return
-    it; but stop, writing nothing, if a step with a finite loss has made the weights non-finite."""
-    if not state.finite():
-        raise _diverged(f"the weights are not finite at step {state.step} (the loss was)", newest)
-    path = checkpoint_path(folder, state.step)
-    if ranks.main:
-        save_checkpoint(path, state.checkpoint(config, device, **extra))
-        for old in step_checkpoints(folder)[: -config.train.keep_checkpoints]:
-            old.unlink()
-    return path
-
-
 def _finish(
-    state: TrainState, config: Config, device: torch.device, result: "TrainResult", tracker: Tracker | None,
-    **extra: Any,
-) -> None:  # fmt: skip
+    state: TrainState, config: Config, device: torch.device, result: "TrainResult", tracker: Tracker | None
+) -> None:
     """The final weights (model.pt: the description, raw and EMA weights, no optimizer), train.json and
     losses.csv, and the tracker's copy of them."""
-    final = {k: v for k, v in state.checkpoint(config, device, **extra).items() if k in FINAL_KEYS}
-    save_checkpoint(result.checkpoint, final)
-    folder = result.checkpoint.parent
-    write_json(folder / "train.json", result.metrics())
-    with atomic_output(folder / "losses.csv") as tmp:
+    save_checkpoint(result.checkpoint, state.checkpoint(config, device).final())
+    folder = RunFolder(result.checkpoint.parent)
+    write_json(folder.train_metrics, result.metrics())
+    with atomic_output(folder.losses) as tmp:
         tmp.write_text("step,loss\n" + "".join(f"{step},{loss:.6f}\n" for step, loss in result.losses))
     if tracker:
-        tracker.finish(result, [result.checkpoint, folder / "train.json", folder / "losses.csv"])
-
-
-FINAL_KEYS = {"arch", "arch_version", "diffusion", "config", "model", "ema", "step", "data_sha256", "run_id"}
+        tracker.finish(result, [result.checkpoint, folder.train_metrics, folder.losses])
 
 
 def _diverged(what: str, good: Path | None) -> UserError:
@@ -317,7 +344,7 @@ def _diverged(what: str, good: Path | None) -> UserError:
 
 def _clear_outputs(out_dir: Path, fresh: bool) -> None:
     """Remove what a killed process left half-written, and on a fresh start the older run's checkpoints."""
-    checkpoints = out_dir / "checkpoints"
+    checkpoints = RunFolder(out_dir).checkpoints
     for old in step_checkpoints(checkpoints) if fresh else []:
         old.unlink()
     remove_partial_outputs(checkpoints)
@@ -330,3 +357,29 @@ def _forward(model: nn.Module, fast: FastPath, ranks: Ranks, device: torch.devic
     if ranks.world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return fast.compiled(model)
+
+
+def stage(
+    config: Config, data_path: Path, out_dir: Path, device: torch.device, resume: bool, restart_if_changed: bool
+) -> TrainResult | None:
+    """`ddpm train`: `train` holding the output folder's lock, reporting to the model's MLflow run
+    (where tracking is on). Under torchrun only rank 0 locks, tracks and gets the result; the
+    other ranks get None."""
+    main_rank = os.environ.get("RANK", "0") == "0"
+    with (
+        folder_lock(out_dir) if main_rank else contextlib.nullcontext(),
+        _tracker(config, out_dir, main_rank) as tracker,
+    ):
+        result = train(
+            config, data_path, out_dir, device, resume, tracker=tracker, restart_if_changed=restart_if_changed
+        )
+    return result if main_rank else None
+
+
+def _tracker(config: Config, out_dir: Path, main_rank: bool) -> contextlib.AbstractContextManager:
+    """The model's MLflow run as the loop's Tracker, or nothing when tracking is off."""
+    if not (config.tracking.enabled and main_rank):
+        return contextlib.nullcontext()
+    from ddpm.tracking import ModelTracker
+
+    return ModelTracker(config, out_dir)

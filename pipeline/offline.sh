@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The offline preset: the whole pipeline, every stage for both schedules, with nothing downloaded,
+# The offline preset, from nothing: the whole pipeline, every stage for both schedules, with nothing downloaded,
 # in under 6 minutes on a 2-core CPU (bench/offline_preset.py). The stages are dvc.yaml's own;
 # only these params differ from params.yaml's real experiment:
 #   synthetic flowers at 16×16 (100 held out), the tiny UNet, T = 50, 250 training steps of 24
@@ -13,6 +13,7 @@
 # DVC's stderr goes through pipeline/quiet_dvc.py, which drops its warnings about outputs not made yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. pipeline/venv.sh  # the project's virtual environment, made on the first run (Python ≥ 3.11 is all it needs)
 
 { dvc exp run \
     -S data.source=synthetic -S data.synthetic_count=1000 -S data.image_size=16 -S data.holdout=100 \

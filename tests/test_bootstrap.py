@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-import ddpm.evaluate as ev
+import ddpm.metrics as metrics
 
 
 def normal(n: int, dim: int, seed: int) -> torch.Tensor:
@@ -24,9 +24,9 @@ def whitened(n: int, dim: int, seed: int) -> torch.Tensor:
 def test_each_resample_is_the_fid_of_its_rows(num_real: int, n: int, dim: int) -> None:
     real = normal(num_real, dim, 0) @ normal(dim, dim, 1) + 1  # correlated, so S_r^½ is no multiple of I
     fake = normal(n, dim, 2) @ normal(dim, dim, 3) * 0.5 + 0.3
-    values = ev.fid_bootstrap(real, fake, 8, seed=5)
+    values = metrics.fid_bootstrap(real, fake, 8, seed=5)
     assert values.dtype == torch.float64 and values.shape == (8,)
-    expected = [ev.frechet_distance(real, fake[drawn]) for drawn in ev.bootstrap_indices(n, 8, seed=5)]
+    expected = [metrics.frechet_distance(real, fake[drawn]) for drawn in metrics.bootstrap_indices(n, 8, seed=5)]
     # where a covariance is singular, S_r S_f has zero eigenvalues that eigvals returns as rounding noise
     # of ~1e-16 of the largest, each adding its square root, so frechet_distance itself is good to only
     # ~1.5e-8 there (test_resamples_match_40_digit_values pins the exact numbers)
@@ -40,14 +40,14 @@ def test_resamples_match_40_digit_values() -> None:
     real = (torch.arange(40 * 16).reshape(40, 16) ** 2 % 23).double()
     fake = (torch.arange(12 * 16).reshape(12, 16) ** 2 % 17).double()
     exact = [514.60071580873194295, 511.37351482633456385, 478.11983332068590358]
-    assert ev.fid_bootstrap(real, fake, 3, seed=0).tolist() == pytest.approx(exact, rel=1e-12)
+    assert metrics.fid_bootstrap(real, fake, 3, seed=0).tolist() == pytest.approx(exact, rel=1e-12)
 
 
 def test_the_seed_fixes_the_resamples() -> None:
     real, fake = normal(200, 8, 0), normal(100, 8, 1) + 0.5
-    first = ev.fid_bootstrap(real, fake, 20, seed=0)
-    assert torch.equal(first, ev.fid_bootstrap(real, fake, 20, seed=0))
-    assert not torch.allclose(first, ev.fid_bootstrap(real, fake, 20, seed=1))
+    first = metrics.fid_bootstrap(real, fake, 20, seed=0)
+    assert torch.equal(first, metrics.fid_bootstrap(real, fake, 20, seed=0))
+    assert not torch.allclose(first, metrics.fid_bootstrap(real, fake, 20, seed=1))
 
 
 def test_the_interval_holds_the_estimate_and_narrows_with_more_samples() -> None:
@@ -55,8 +55,8 @@ def test_the_interval_holds_the_estimate_and_narrows_with_more_samples() -> None
     widths = []
     for n in (50, 800):
         fake = normal(n, 4, n) + 0.5
-        fid = ev.frechet_distance(real, fake)
-        low, high = ev.fid_basic_interval(fid, ev.fid_bootstrap(real, fake, 200))
+        fid = metrics.frechet_distance(real, fake)
+        low, high = metrics.fid_basic_interval(fid, metrics.fid_bootstrap(real, fake, 200))
         assert low <= fid <= high
         widths.append(high - low)
     assert widths[1] < widths[0] / 2  # 16× the samples: about a quarter of the width
@@ -70,13 +70,15 @@ def test_the_interval_covers_a_known_fid() -> None:
     covered = 0
     for trial in range(20):
         fake = normal(400, 16, 100 + trial) + shift
-        low, high = ev.fid_basic_interval(ev.frechet_distance(real, fake), ev.fid_bootstrap(real, fake, 100, trial))
+        low, high = metrics.fid_basic_interval(
+            metrics.frechet_distance(real, fake), metrics.fid_bootstrap(real, fake, 100, trial)
+        )
         covered += low <= 16 * shift**2 <= high
     assert covered >= 16
 
 
 def test_the_interval_is_clamped_at_zero_and_checks_its_level() -> None:
-    low, high = ev.fid_basic_interval(0.1, torch.linspace(0.05, 0.5, 101, dtype=torch.float64), level=0.9)
+    low, high = metrics.fid_basic_interval(0.1, torch.linspace(0.05, 0.5, 101, dtype=torch.float64), level=0.9)
     assert low == 0.0 and high == pytest.approx(2 * 0.1 - 0.0725)
     with pytest.raises(ValueError, match="level 95"):
-        ev.fid_basic_interval(1.0, torch.ones(10, dtype=torch.float64), level=95)
+        metrics.fid_basic_interval(1.0, torch.ones(10, dtype=torch.float64), level=95)

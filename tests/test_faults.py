@@ -19,7 +19,7 @@ import torch
 from conftest import CPU, clean_environment, invoke, run, tiny_config, write_params
 from PIL import Image
 
-import ddpm.tracking
+import ddpm.outbox
 from ddpm.data import save_images, synthetic_flowers
 from ddpm.errors import UserError
 from ddpm.train import train
@@ -111,8 +111,8 @@ def test_a_log_window_without_a_finite_loss_is_missing_not_zero(
 
 @pytest.fixture
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ddpm.tracking, "WRITE_BACKOFF", 0.0)
-    monkeypatch.setattr(ddpm.tracking, "RETRY_KEPT_AFTER", 0.0)
+    monkeypatch.setattr(ddpm.outbox, "WRITE_BACKOFF", 0.0)
+    monkeypatch.setattr(ddpm.outbox, "RETRY_KEPT_AFTER", 0.0)
 
 
 def failing(monkeypatch: pytest.MonkeyPatch, operations: tuple[str, ...], fails: "callable") -> list[str]:

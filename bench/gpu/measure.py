@@ -299,7 +299,7 @@ def carried_inception(ctx: Context) -> str:
     importlib.invalidate_caches()
     os.environ["TORCH_HOME"] = str(ctx.work / "torch-home")  # an empty hub cache: the restored file is the source
     from ddpm.config import EvaluateConfig
-    from ddpm.evaluate import load_extractor
+    from ddpm.features import load_extractor
 
     found = load_extractor(EvaluateConfig(feature_extractor="inception"), torch.device("cpu"))  # as evaluate will
     if found.weights_sha256 != inception.sha256(restored):

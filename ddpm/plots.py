@@ -1,0 +1,181 @@
+"""The pictures: the beta schedules (alphā(t) and log-SNR(t), the forward process strip) and the
+comparison's plots of trained schedules (bits/dim per timestep, FID against steps, losses, samples).
+
+matplotlib is imported inside the functions, on the file-only Agg backend, so nothing else needs it.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ddpm.data import first_image, to_uint8, to_unit_range
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.errors import UserError
+from ddpm.files import atomic_output
+from ddpm.layout import FORWARD_PICTURE, SCHEDULES_PICTURE
+from ddpm.results import RunResult, by_schedule, label, metric_names
+from ddpm.schedules import SCHEDULES, beta_schedule
+
+STRIP_STEPS = 10  # columns of the forward-process strip
+
+
+def _pyplot():  # noqa: ANN202
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:  # noqa: ANN001
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    _pyplot().close(fig)
+
+
+def plot_schedules(names: list[str], timesteps: int, path: Path) -> None:
+    """alphā(t) and log-SNR(t) = log(alphā/(1 − alphā)) of each schedule, over t/T, side by side."""
+    fig, (left, right) = _pyplot().subplots(1, 2, figsize=(10, 4))
+    t = np.arange(1, timesteps + 1) / timesteps
+    for name in names:
+        alphas_cumprod = torch.cumprod(1 - beta_schedule(name, timesteps), 0).numpy()
+        left.plot(t, alphas_cumprod, label=name)
+        right.plot(t, np.log(alphas_cumprod / (1 - alphas_cumprod)), label=name)
+    left.set(xlabel="t / T", ylabel="alphā(t)", title="signal kept, alphā(t)")
+    right.set(xlabel="t / T", ylabel="log SNR(t)", title="log signal-to-noise ratio")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"beta schedules, T = {timesteps}")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def noised_strip(names: list[str], timesteps: int, image: np.ndarray, seed: int = 0) -> tuple[np.ndarray, list[int]]:
+    """One image (uint8, (3, H, W)) drawn from q(x_t | x_0) at STRIP_STEPS evenly spaced t from 0 to
+    T − 1, a row per schedule, with the same noise in every row so that only the schedule differs.
+    Returns the uint8 picture (rows·H, STRIP_STEPS·W, 3) and the t of each column."""
+    x0 = to_unit_range(torch.tensor(image))[None].double()
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    steps = [int(t) for t in np.linspace(0, timesteps - 1, STRIP_STEPS).round()]
+    rows = []
+    for name in names:
+        diffusion = GaussianDiffusion(beta_schedule(name, timesteps))
+        x_t = [diffusion.q_sample(x0, torch.tensor([t]), noise)[0] for t in steps]
+        rows.append(torch.cat([to_uint8(x) for x in x_t], dim=2))  # (3, H, STRIP_STEPS·W)
+    return torch.cat(rows, dim=1).permute(1, 2, 0).numpy(), steps
+
+
+def forward_strip(names: list[str], timesteps: int, image: np.ndarray, path: Path, seed: int = 0) -> None:
+    """`noised_strip` as a labelled picture: schedules down the side, t along the bottom."""
+    strip, steps = noised_strip(names, timesteps, image, seed)
+    h, w = image.shape[1:]
+    fig, ax = _pyplot().subplots(figsize=(1.1 * STRIP_STEPS + 1.5, 1.1 * len(names) + 1))
+    ax.imshow(strip, interpolation="nearest")
+    ax.set_xticks([(i + 0.5) * w for i in range(STRIP_STEPS)], [f"t={t}" for t in steps])
+    ax.set_yticks([(i + 0.5) * h for i in range(len(names))], names)
+    ax.tick_params(length=0)
+    ax.set_title(f"forward process q(x_t | x_0), T = {timesteps}, the same noise in every row")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _empty(ax, text: str) -> None:  # noqa: ANN001
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def plot_nll_terms(results: list[RunResult], path: Path) -> None:
+    """Where each schedule spends its bits: the bound's term at each timestep (bits/dim, mean over
+    the held-out images and the seeds), t = 1 being the decoder L_0."""
+    fig, ax = _pyplot().subplots(figsize=(8, 4.5))
+    measured = {name: runs for name, runs in by_schedule(results).items() if all(r.nll_terms is not None for r in runs)}
+    if not measured:
+        _empty(ax, "no likelihood measured (evaluate.nll_images: 0)")
+    for name, runs in measured.items():
+        terms = np.mean([r.nll_terms for r in runs], axis=0)
+        ax.plot(np.arange(1, len(terms) + 1), terms, label=f"{name}: {terms.sum():.3f} bits/dim in all")
+    if measured:
+        ax.set(xlabel="timestep t (1: the decoder L_0)", ylabel="bits/dim", yscale="log",
+               title="the likelihood bound, term by term (L_T not shown)")  # fmt: skip
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_sweep(results: list[RunResult], path: Path) -> None:
+    """FID against the number of sampling steps: a DDIM line per schedule (mean over the seeds) and
+    DDPM at full length as a point."""
+    fig, ax = _pyplot().subplots(figsize=(8, 4.5))
+    swept = {name: runs for name, runs in by_schedule(results).items() if all(r.sweep for r in runs)}
+    if not swept:
+        _empty(ax, "no sweep ran (`ddpm sweep`)")
+    for name, runs in swept.items():
+        steps = [int(k) for k in runs[0].sweep["ddim"]]
+        fids = np.mean([[r.sweep["ddim"][str(k)] for k in steps] for r in runs], axis=0)
+        (line,) = ax.plot(steps, fids, marker="o", label=f"{name}, DDIM")
+        (full,) = runs[0].sweep["ddpm"]
+        ax.plot([int(full)], [np.mean([r.sweep["ddpm"][full] for r in runs])], marker="*", markersize=12,
+                linestyle="none", color=line.get_color(), label=f"{name}, DDPM ({full} steps)")  # fmt: skip
+    if swept:
+        first = next(iter(swept.values()))[0].sweep
+        metric, counts = first["metric"], sorted({*map(int, first["ddim"]), *map(int, first["ddpm"])})
+        ax.set(xscale="log", xlabel="sampling steps", ylabel=metric, title=f"{metric} against the number of steps")
+        ax.set_xticks(counts, [str(k) for k in counts])  # the step counts swept, not powers of ten
+        ax.minorticks_off()
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_losses(results: list[RunResult], path: Path) -> None:
+    fig, ax = _pyplot().subplots(figsize=(8, 4.5))
+    for r in results:
+        ax.plot(r.losses[:, 0], r.losses[:, 1], label=label(r))
+    ax.set(xlabel="training step", ylabel="loss (mean over each log interval)", yscale="log", title="training loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_sample_grids(results: list[RunResult], rows: list[dict[str, Any]], path: Path) -> None:
+    """The sample grids side by side, each titled with its schedule and FID."""
+    fig, axes = _pyplot().subplots(1, len(results), figsize=(4.5 * len(results), 5), squeeze=False)
+    for ax, r in zip(axes[0], results, strict=True):
+        fid = metric_names(r.evaluation)[0]
+        ax.imshow(np.asarray(Image.open(r.grid).convert("RGB")), interpolation="nearest")
+        ax.set_title(f"{label(r)}: {fid} {r.evaluation[fid]:.2f}")
+        ax.axis("off")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def schedule_pictures(
+    names: list[str] | None, timesteps: int, data: Path, image_size: int, out_dir: Path
+) -> list[Path]:
+    """`ddpm schedules`: the curves of the schedules `names` (default: all) and the forward process of
+    the first prepared image at `data` (a synthetic flower of `image_size` where there is none) under each."""
+    names = checked_names(names or list(SCHEDULES), timesteps)
+    image = first_image(data, image_size)
+    curves, forward = out_dir / SCHEDULES_PICTURE, out_dir / FORWARD_PICTURE
+    plot_schedules(names, timesteps, curves)
+    forward_strip(names, timesteps, image, forward)
+    return [curves, forward]
+
+
+def checked_names(names: list[str], timesteps: int = 1000) -> list[str]:
+    """`names`, each checked to be a known schedule (that works with `timesteps` steps)."""
+    for name in names:
+        try:
+            beta_schedule(name, timesteps)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    return names

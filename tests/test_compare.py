@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CPU, invoke, run, write_params
+from conftest import CPU, invoke, run, tiny_config, write_params
 from PIL import Image
 
 from ddpm.config import load_config
@@ -119,13 +119,15 @@ def write_run(folder: Path, model: Path, numbers: dict[str, float], seed: int) -
 
 
 @pytest.fixture(scope="module")
-def seeded(tmp_path_factory: pytest.TempPathFactory, trained: Path) -> Path:
+def seeded(tmp_path_factory: pytest.TempPathFactory, flowers16: Path) -> Path:
     """A folder with params.yaml (seeds 0 and 1) and the four run folders of KNOWN, each holding a copy
-    of the session's model; nothing trained, sampled or scored."""
+    of one model of the tiny config trained for a single step; nothing sampled or scored."""
     root = tmp_path_factory.mktemp("seeded")
     write_params(root, schedules=["linear", "cosine"], **EVALUATION | {"seeds": [0, 1]})
+    one_step = {"steps": 1, "warmup_steps": 1, "log_every": 1, "checkpoint_every": 1}
+    model = train(tiny_config(train=one_step), flowers16, root / "model", CPU, progress=False).checkpoint
     for (schedule, seed), numbers in KNOWN.items():
-        write_run(root / "runs" / schedule / f"seed{seed}", trained / "model.pt", numbers, seed)
+        write_run(root / "runs" / schedule / f"seed{seed}", model, numbers, seed)
     return root
 
 

@@ -1,7 +1,9 @@
-"""What the tests share: one tiny config, one model trained once per test session, and `run`, the
-`ddpm` command as a real subprocess in a folder of the test's own, with an MLflow store of its own."""
+"""What the tests share: one tiny config, one model trained once per test session, an empty MLflow
+store made once per session, and `run`, the `ddpm` command as a real subprocess in a folder of the
+test's own, with an MLflow store of its own."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +106,24 @@ def flowers16(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("data") / "images.npy"
     save_images(path, synthetic_flowers(8, 16, seed=0))
     return path
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store with its tables made and no experiment in it: MLflow's table migrations
+    take seconds for every new store, so tests whose subject is not the store's creation copy this
+    one in as their mlflow.db (`copy_store`). ddpm adds its experiment, artifacts beside the copy."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def copy_store(empty_store: Path, folder: Path) -> None:
+    """`empty_store` as folder/mlflow.db, the store a command run in `folder` uses."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(empty_store, folder / "mlflow.db")
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CPU, invoke, run, tiny_config, write_params
+from conftest import CPU, copy_store, invoke, run, tiny_config, write_params
 from PIL import Image
 
 from ddpm.config import load_config
@@ -30,10 +30,12 @@ RUNS = [(schedule, 0) for schedule in ("linear", "cosine")]  # one seed: test_se
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, trained: Path) -> Path:
-    """A folder with params.yaml, prepared data (and held-out images) and two schedules trained and
-    sampled (in-process) with seed 0: linear is the session's model, cosine is trained here."""
+def project(tmp_path_factory: pytest.TempPathFactory, trained: Path, empty_store: Path) -> Path:
+    """A folder with params.yaml, prepared data (and held-out images), an empty MLflow store and two
+    schedules trained and sampled (in-process) with seed 0: linear is the session's model, cosine is
+    trained here."""
     root = tmp_path_factory.mktemp("project")
+    copy_store(empty_store, root)
     write_params(root, schedules=["linear", "cosine"], **EVALUATION)
     data = root / "data" / "prepared" / "images.npy"
     save_images(data, synthetic_flowers(64, 16))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CPU, clean_environment, invoke, run, tiny_config, write_params
+from conftest import CPU, clean_environment, copy_store, invoke, run, tiny_config, write_params
 from PIL import Image
 
 import ddpm.tracking
@@ -43,6 +43,13 @@ def project(tmp_path: Path, flowers16: Path, trained: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def store(project: Path, empty_store: Path) -> None:
+    """The project's MLflow store, its tables made ahead (conftest.empty_store), for the tests that log
+    to it; a new store is what test_two_processes_creating_one_new_store_both_succeed makes."""
+    copy_store(empty_store, project)
+
+
 def one_line_error(result: object, *parts: str) -> str:
     """The command's error, checked to be one line with exit status 2 that holds every one of `parts`."""
     assert result.exit_code == 2, (result.exit_code, result.stderr, result.exception)
@@ -57,6 +64,7 @@ def one_line_error(result: object, *parts: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("store")
 def test_a_model_with_non_finite_weights_samples_nothing_and_logs_nothing(project: Path) -> None:
     checkpoint = project / "runs" / "linear" / "seed0" / "model.pt"
     state = torch.load(checkpoint, weights_only=True)
@@ -138,6 +146,7 @@ def failing(monkeypatch: pytest.MonkeyPatch, operations: tuple[str, ...], fails:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("store")
 def test_training_goes_on_while_mlflow_is_away_and_sends_what_it_kept(
     project: Path, flowers16: Path, monkeypatch: pytest.MonkeyPatch, quick_retries: None
 ) -> None:
@@ -150,6 +159,7 @@ def test_training_goes_on_while_mlflow_is_away_and_sends_what_it_kept(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("store")
 def test_what_could_not_be_sent_is_kept_in_the_run_folder_and_the_next_command_sends_it(
     project: Path, monkeypatch: pytest.MonkeyPatch, quick_retries: None
 ) -> None:
@@ -169,6 +179,7 @@ def test_what_could_not_be_sent_is_kept_in_the_run_folder_and_the_next_command_s
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("store")
 def test_a_read_only_store_fails_in_one_line_before_any_work(project: Path) -> None:
     assert invoke("schedules", "--out", "pics", cwd=project).exit_code == 0
     from ddpm.config import TrackingConfig
@@ -218,6 +229,7 @@ def test_an_unreachable_tracking_server_fails_in_one_line_within_15_seconds(proj
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("store")
 def test_samples_and_scores_follow_the_checkpoint_not_the_params_schedule(project: Path) -> None:
     # params.yaml says linear; the model given is another run's
     shutil.move(project / "runs" / "linear" / "seed0", project / "runs" / "mine")
@@ -367,6 +379,7 @@ def test_a_checkpoint_with_inconsistent_contents_is_one_line_before_mlflow(proje
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("store")
 def test_a_signal_during_the_final_save_says_so_and_the_mlflow_run_ends_killed(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CPU, copy_store, invoke, run, tiny_config, write_params
+from conftest import CPU, copy_store, invoke, tiny_config, write_params
 from PIL import Image
 
 from ddpm.config import load_config
@@ -245,8 +245,10 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
 
 @pytest.mark.slow
 def test_evaluate_and_compare_errors_are_one_line_and_write_nothing(project: Path, tmp_path: Path) -> None:
-    bad_store = run("evaluate", "--set", "tracking.uri=bogus://nowhere", "--out", str(tmp_path / "e.json"), cwd=project)
-    assert bad_store.returncode == 2
+    bad_store = invoke(
+        "evaluate", "--set", "tracking.uri=bogus://nowhere", "--out", str(tmp_path / "e.json"), cwd=project
+    )
+    assert bad_store.exit_code == 2
     assert bad_store.stderr.startswith("ddpm: error: cannot use the MLflow tracking store bogus://nowhere (")
     assert not (tmp_path / "e.json").exists()
 
@@ -266,8 +268,8 @@ def test_evaluate_and_compare_errors_are_one_line_and_write_nothing(project: Pat
         assert refused.exit_code == 2 and refused.stderr.strip() == f"ddpm: error: {said}"
         assert not (tmp_path / "e.json").exists()
 
-    missing = run("compare", "quadratic", "--out", str(tmp_path / "r"), cwd=project)
-    assert missing.returncode == 2
+    missing = invoke("compare", "quadratic", "--out", str(tmp_path / "r"), cwd=project)
+    assert missing.exit_code == 2
     assert missing.stderr.strip() == (
         f"ddpm: error: {Path('runs/quadratic/seed0/model.pt')}: not found; "
         "run `ddpm train --beta-schedule quadratic` first"

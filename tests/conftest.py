@@ -127,11 +127,16 @@ def copy_store(empty_store: Path, folder: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def trained(flowers16: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model trained once for the session (20 steps, no tracking): its run folder, holding
-    model.pt, checkpoints/, train.json and losses.csv. Tests read it; none may write into it."""
+def trained_result(flowers16: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """The tiny model trained once for the session (20 steps, no tracking): what `train` returned."""
     from ddpm.train import train
 
     folder = tmp_path_factory.mktemp("trained") / "linear"
-    train(tiny_config(), flowers16, folder, CPU, progress=False)
-    return folder
+    return train(tiny_config(), flowers16, folder, CPU, progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained(trained_result) -> Path:  # noqa: ANN001
+    """The session's tiny model's run folder, holding model.pt, checkpoints/, train.json and
+    losses.csv. Tests read it; none may write into it."""
+    return trained_result.checkpoint.parent

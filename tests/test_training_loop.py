@@ -102,13 +102,13 @@ def test_an_interrupted_run_resumes_to_the_same_losses_and_weights(
 
 
 @pytest.mark.slow
-def test_a_finished_run_can_be_extended(flowers16: Path, tmp_path: Path) -> None:
-    full = train(tiny_config(train={"steps": 20}), flowers16, tmp_path / "a", CPU, progress=False)
+def test_a_finished_run_can_be_extended(flowers16: Path, tmp_path: Path, trained_result) -> None:
+    full = trained_result  # the tiny config's 20 steps, as trained for the session
     first = train(tiny_config(train={"steps": 13}), flowers16, tmp_path / "b", CPU, progress=False)
     assert first.resumed_from == 0
     longer = train(tiny_config(train={"steps": 20}), flowers16, tmp_path / "b", CPU, progress=False)
     assert longer.resumed_from == 13 and longer.losses[0] == full.losses[0]
-    assert_same_weights(tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt")
+    assert_same_weights(full.checkpoint, tmp_path / "b" / "model.pt")
 
 
 @pytest.mark.slow

@@ -1,7 +1,9 @@
-"""What the tests share: one tiny config, one model trained once per test session, and `run`, the
-`ddpm` command as a real subprocess in a folder of the test's own, with an MLflow store of its own."""
+"""What the tests share: one tiny config, one model trained once per test session, an empty MLflow
+store made once per session, and `run`, the `ddpm` command as a real subprocess in a folder of the
+test's own, with an MLflow store of its own."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +90,21 @@ def invoke(*args: str, cwd: Path):  # noqa: ANN201
         os.chdir(previous)
 
 
+# The modules that take longest on 2 cores, longest first, ahead of the others (in their collected
+# order). A worker takes the next module when it has at most two tests of its last left, so the long
+# ones start at once and the short ones fill in at the end, and neither worker waits long for the
+# other at the end. pyproject.toml's --no-loadscope-reorder keeps this order: xdist's own would put
+# the modules with the most tests first and leave the DVC pipeline for last.
+LONGEST_FIRST = ("test_pipeline.py", "test_faults.py", "test_training_loop.py", "test_train_sample.py",
+                 "test_fast_path.py", "test_evaluate.py", "test_cli.py", "test_compare.py", "test_gpu_script.py",
+                 "test_data_stages.py", "test_convert.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a module's tests keep their order
+
+
 @pytest.fixture(autouse=True)
 def _seeded_and_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test starts from the same global seed, and without the caller's MLflow and DVC settings,
@@ -107,11 +124,34 @@ def flowers16(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained(flowers16: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model trained once for the session (20 steps, no tracking): its run folder, holding
-    model.pt, checkpoints/, train.json and losses.csv. Tests read it; none may write into it."""
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store with its tables made and no experiment in it: MLflow's table migrations
+    take seconds for every new store, so tests whose subject is not the store's creation copy this
+    one in as their mlflow.db (`copy_store`). ddpm adds its experiment, artifacts beside the copy."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def copy_store(empty_store: Path, folder: Path) -> None:
+    """`empty_store` as folder/mlflow.db, the store a command run in `folder` uses."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(empty_store, folder / "mlflow.db")
+
+
+@pytest.fixture(scope="session")
+def trained_result(flowers16: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """The tiny model trained once for the session (20 steps, no tracking): what `train` returned."""
     from ddpm.train import train
 
     folder = tmp_path_factory.mktemp("trained") / "linear"
-    train(tiny_config(), flowers16, folder, CPU, progress=False)
-    return folder
+    return train(tiny_config(), flowers16, folder, CPU, progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained(trained_result) -> Path:  # noqa: ANN001
+    """The session's tiny model's run folder, holding model.pt, checkpoints/, train.json and
+    losses.csv. Tests read it; none may write into it."""
+    return trained_result.checkpoint.parent

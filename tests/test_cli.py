@@ -106,6 +106,7 @@ def test_train_then_sample(flowers16: Path, tmp_path: Path) -> None:
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+@pytest.mark.slow
 def test_a_tracking_store_that_cannot_be_opened_stops_training_before_it_starts(
     flowers16: Path, tmp_path: Path
 ) -> None:
@@ -148,6 +149,7 @@ def test_bad_values_give_one_clear_line_and_write_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_bad_params_file_names_file_and_key(flowers16: Path, tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("train:\n  batch_size: abc\n")
     result = run("train", "--data", str(flowers16), cwd=tmp_path)
@@ -156,6 +158,7 @@ def test_a_bad_params_file_names_file_and_key(flowers16: Path, tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
+@pytest.mark.slow
 def test_missing_data_and_checkpoint_are_clear_errors(tmp_path: Path) -> None:
     result = run("train", "--model", "tiny", cwd=tmp_path)
     assert result.returncode == 2

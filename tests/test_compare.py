@@ -1,7 +1,8 @@
 """`ddpm evaluate` and `ddpm compare` on two tiny trained schedules, into a real MLflow store
 (SQLite, at the folder's root as in the pipeline). The commands run in this process (typer's
 CliRunner) to spare each one the seconds of importing torch and MLflow; tests/test_pipeline.py
-runs them as real processes through DVC."""
+runs them as real processes through DVC. The real pipeline runs for one seed; the means and spreads
+over seeds are checked on run folders written here with known numbers."""
 
 import csv
 import hashlib
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CPU, invoke, run, write_params
+from conftest import CPU, copy_store, invoke, tiny_config, write_params
 from PIL import Image
 
 from ddpm.config import load_config
@@ -23,17 +24,18 @@ EVALUATION = {
     "sample": {"num_samples": 40, "batch_size": 40},
     "evaluate": {"kid_subset_size": 20, "bootstrap": 50, "nll_images": 4},
     "sweep": {"steps": [2, 5], "num_samples": 20},
-    "seeds": [0, 1],
+    "seeds": [0],
 }
-RUNS = [(schedule, seed) for schedule in ("linear", "cosine") for seed in (0, 1)]
+RUNS = [(schedule, 0) for schedule in ("linear", "cosine")]  # one seed: test_seeds_* checks the aggregation
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, trained: Path) -> Path:
-    """A folder with params.yaml, prepared data (and held-out images) and two schedules trained and
-    sampled (in-process) with seeds 0 and 1: linear seed 0 is the session's model, the others are
+def project(tmp_path_factory: pytest.TempPathFactory, trained: Path, empty_store: Path) -> Path:
+    """A folder with params.yaml, prepared data (and held-out images), an empty MLflow store and two
+    schedules trained and sampled (in-process) with seed 0: linear is the session's model, cosine is
     trained here."""
     root = tmp_path_factory.mktemp("project")
+    copy_store(empty_store, root)
     write_params(root, schedules=["linear", "cosine"], **EVALUATION)
     data = root / "data" / "prepared" / "images.npy"
     save_images(data, synthetic_flowers(64, 16))
@@ -47,6 +49,87 @@ def project(tmp_path_factory: pytest.TempPathFactory, trained: Path) -> Path:
         if not folder.exists():
             train(config, data, folder, CPU, progress=False)
         sample(config.sample, folder / "model.pt", folder / "samples", CPU, False)
+    return root
+
+
+# What each run's stages write, with numbers chosen here: two schedules, two seeds each. The sweep's
+# FIDs are ddim2, ddim5 and ddpm50 (sweep.json's "ddim" and "ddpm"); train.json's steps are 20 in all.
+KNOWN = {
+    ("linear", 0): {"fid_randconv": 10.0, "fid_randconv_ci_low": 8.0, "fid_randconv_ci_high": 13.0,
+                    "kid_randconv_mean": 0.010, "kid_randconv_std": 0.002, "nll_bpd": 3.0, "nll_bpd_sem": 0.01,
+                    "nll_prior_bpd": 0.001, "ddim2": 40.0, "ddim5": 20.0, "ddpm50": 15.0, "final_loss": 0.08,
+                    "train_seconds": 10.0, "images_per_second": 16.0},
+    ("linear", 1): {"fid_randconv": 14.0, "fid_randconv_ci_low": 11.0, "fid_randconv_ci_high": 18.0,
+                    "kid_randconv_mean": 0.014, "kid_randconv_std": 0.004, "nll_bpd": 3.5, "nll_bpd_sem": 0.03,
+                    "nll_prior_bpd": 0.003, "ddim2": 44.0, "ddim5": 22.0, "ddpm50": 17.0, "final_loss": 0.06,
+                    "train_seconds": 12.0, "images_per_second": 14.0},
+    ("cosine", 0): {"fid_randconv": 20.0, "fid_randconv_ci_low": 17.0, "fid_randconv_ci_high": 24.0,
+                    "kid_randconv_mean": 0.014, "kid_randconv_std": 0.002, "nll_bpd": 2.0, "nll_bpd_sem": 0.02,
+                    "nll_prior_bpd": 0.001, "ddim2": 50.0, "ddim5": 30.0, "ddpm50": 25.0, "final_loss": 0.10,
+                    "train_seconds": 11.0, "images_per_second": 15.0},
+    ("cosine", 1): {"fid_randconv": 26.0, "fid_randconv_ci_low": 22.0, "fid_randconv_ci_high": 31.0,
+                    "kid_randconv_mean": 0.018, "kid_randconv_std": 0.002, "nll_bpd": 2.5, "nll_bpd_sem": 0.02,
+                    "nll_prior_bpd": 0.001, "ddim2": 60.0, "ddim5": 36.0, "ddpm50": 29.0, "final_loss": 0.12,
+                    "train_seconds": 13.0, "images_per_second": 13.0},
+}  # fmt: skip
+S = 2**0.5  # two seeds: the standard deviation (ddof = 1) of a and b is |a - b| / √2
+# The table's row of each schedule: the mean over its two seeds and, as <key>_std_seeds, their spread.
+MEANS = {
+    "linear": {"fid_randconv": (12.0, 4 / S), "kid_randconv_mean": (0.012, 0.004 / S),
+               "kid_randconv_std": (0.003, 0.002 / S), "fid_randconv_ci_low": (9.5, 3 / S),
+               "fid_randconv_ci_high": (15.5, 5 / S), "nll_bpd": (3.25, 0.5 / S), "nll_bpd_sem": (0.02, 0.02 / S),
+               "nll_prior_bpd": (0.002, 0.002 / S), "fid_randconv_ddim2": (42.0, 4 / S),
+               "fid_randconv_ddim5": (21.0, 2 / S), "fid_randconv_ddpm50": (16.0, 2 / S),
+               "final_loss": (0.07, 0.02 / S), "steps": (20.0, 0.0), "train_seconds": (11.0, 2 / S),
+               "images_per_second": (15.0, 2 / S)},
+    "cosine": {"fid_randconv": (23.0, 6 / S), "kid_randconv_mean": (0.016, 0.004 / S),
+               "kid_randconv_std": (0.002, 0.0), "fid_randconv_ci_low": (19.5, 5 / S),
+               "fid_randconv_ci_high": (27.5, 7 / S), "nll_bpd": (2.25, 0.5 / S), "nll_bpd_sem": (0.02, 0.0),
+               "nll_prior_bpd": (0.001, 0.0), "fid_randconv_ddim2": (55.0, 10 / S),
+               "fid_randconv_ddim5": (33.0, 6 / S), "fid_randconv_ddpm50": (27.0, 4 / S),
+               "final_loss": (0.11, 0.02 / S), "steps": (20.0, 0.0), "train_seconds": (12.0, 2 / S),
+               "images_per_second": (14.0, 2 / S)},
+}  # fmt: skip
+
+
+def write_run(folder: Path, model: Path, numbers: dict[str, float], seed: int) -> None:
+    """A run folder as train, sample, evaluate and sweep leave it, holding `numbers` and a copy of `model`."""
+    (folder / "samples").mkdir(parents=True)
+    shutil.copy(model, folder / "model.pt")
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    n = numbers
+    train_json = {"final_loss": n["final_loss"], "steps": 20, "train_seconds": n["train_seconds"],
+                  "images_per_second": n["images_per_second"], "nonfinite_steps": 0}  # fmt: skip
+    (folder / "train.json").write_text(json.dumps(train_json))
+    (folder / "losses.csv").write_text(f"step,loss\n10,{2 * n['final_loss']!r}\n20,{n['final_loss']!r}\n")
+    real = {"num_real": 64, "real_sha256": "ab" * 32, "feature_extractor": "randconv", "weights_sha256": None,
+            "resize": "none"}  # fmt: skip
+    scored = ("fid_randconv", "fid_randconv_ci_low", "fid_randconv_ci_high", "kid_randconv_mean", "kid_randconv_std",
+              "nll_bpd", "nll_bpd_sem", "nll_prior_bpd")  # fmt: skip
+    scores = {key: n[key] for key in scored}
+    evaluation = {**scores, "bootstrap": 50, "num_samples": 40, **real, "feature_dim": 224, "weights": "fixed seed",
+                  "nll_images": 4, "nll_variance": "fixed_small", "nll_clip_denoised": True,
+                  "checkpoint_sha256": digest}  # fmt: skip
+    (folder / "eval.json").write_text(json.dumps(evaluation))
+    swept = {"metric": "fid_randconv", "ddim": {"2": n["ddim2"], "5": n["ddim5"]}, "ddpm": {"50": n["ddpm50"]},
+             "num_samples": 20, "eta": 0.0, "variance": "fixed_large", "seed": 0, **real,
+             "checkpoint_sha256": digest}  # fmt: skip
+    (folder / "sweep.json").write_text(json.dumps(swept))
+    terms = np.full(50, (n["nll_bpd"] - n["nll_prior_bpd"]) / 50)  # T = 50 terms that sum to the bound
+    (folder / "nll_terms.csv").write_text("t,bpd\n" + "".join(f"{t},{v!r}\n" for t, v in enumerate(terms.tolist(), 1)))
+    Image.new("RGB", (36, 36), (40 * seed, 90, 160)).save(folder / "samples" / "grid.png")
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory, flowers16: Path) -> Path:
+    """A folder with params.yaml (seeds 0 and 1) and the four run folders of KNOWN, each holding a copy
+    of one model of the tiny config trained for a single step; nothing sampled or scored."""
+    root = tmp_path_factory.mktemp("seeded")
+    write_params(root, schedules=["linear", "cosine"], **EVALUATION | {"seeds": [0, 1]})
+    one_step = {"steps": 1, "warmup_steps": 1, "log_every": 1, "checkpoint_every": 1}
+    model = train(tiny_config(train=one_step), flowers16, root / "model", CPU, progress=False).checkpoint
+    for (schedule, seed), numbers in KNOWN.items():
+        write_run(root / "runs" / schedule / f"seed{seed}", model, numbers, seed)
     return root
 
 
@@ -97,21 +180,22 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
             picture.load()
             assert picture.size == size, name
     text = (report / "report.md").read_text()
-    header = ("| schedule | seeds | fid_randconv | kid_randconv_mean (± std) | NLL (bits/dim) | fid_randconv @ 2 steps "
-              "| fid_randconv @ 5 steps | final loss | steps | training time | img/s |")  # fmt: skip
-    assert header in text
-    assert header in compared.stdout and compared.stdout.count("\n| linear | 0 1 |") == 1  # the table, in the terminal
+    header = ("| schedule | seeds | fid_randconv [95 % CI] | kid_randconv_mean (± std) | NLL (bits/dim) | fid_randconv "
+              "@ 2 steps | fid_randconv @ 5 steps | final loss | steps | training time | img/s |")  # fmt: skip
+    assert header in text  # one seed: FID with its bootstrap interval (test_seeds_*: the spread over seeds)
+    assert header in compared.stdout and compared.stdout.count("\n| linear | 0 |") == 1  # the table, in the terminal
     assert all(f"]({name})" in text for name in sizes)
-    assert "Training seeds: 0, 1" in text and "on 4 held-out images" in text and "over 50 resamples" in text
+    assert "Training seeds: 0 (" in text and "on 4 held-out images" in text and "over 50 resamples" in text
     judged = [line for line in text.splitlines() if line.startswith("- ")]
-    assert len(judged) == 5 and all("(judged by the spread over 2 seeds)" in line for line in judged), judged
+    assert len(judged) == 5 and [line[line.rindex("(") :] for line in judged] == [
+        "(judged by FID's bootstrap interval, sampling noise only)", "(judged by the spread over KID's subsets)",
+        "(judged by the spread over the held-out images)", "(add seeds)", "(add seeds)",
+    ], judged  # fmt: skip
     rows = list(csv.DictReader((report / "comparison.csv").open()))
-    assert [r["schedule"] for r in rows] == ["linear", "cosine"] and rows[0]["seeds"] == "0 1"
-    linear = [json.loads((project / "runs" / "linear" / f"seed{k}" / "eval.json").read_text()) for k in (0, 1)]
-    assert float(rows[0]["fid_randconv"]) == pytest.approx((linear[0]["fid_randconv"] + linear[1]["fid_randconv"]) / 2)
-    assert float(rows[0]["nll_bpd_std_seeds"]) == pytest.approx(
-        abs(linear[0]["nll_bpd"] - linear[1]["nll_bpd"]) / 2**0.5
-    )
+    assert [r["schedule"] for r in rows] == ["linear", "cosine"] and rows[0]["seeds"] == "0"
+    linear = json.loads((project / "runs" / "linear" / "seed0" / "eval.json").read_text())
+    assert float(rows[0]["fid_randconv"]) == pytest.approx(linear["fid_randconv"])
+    assert float(rows[0]["nll_bpd"]) == pytest.approx(linear["nll_bpd"]) and "nll_bpd_std_seeds" not in rows[0]
     assert rows[0]["steps"] == "20.0"
 
     import mlflow
@@ -119,8 +203,7 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     found = mlflow_runs(project, every=True)
     kinds = [r.data.tags.get("ddpm.kind") for r in found]
-    assert sorted(kinds) == ["compare", "evaluation", "evaluation", "evaluation", "evaluation", "model", "model",
-                             "model", "model", "sweep", "sweep", "sweep", "sweep"]  # fmt: skip
+    assert sorted(kinds) == ["compare", "evaluation", "evaluation", "model", "model", "sweep", "sweep"]
     child = json.loads((folder / "mlflow_eval_run.json").read_text())["run_id"]
     scored = client.get_run(child)
     assert scored.info.run_name == "linear: DDIM 5 steps, 40 samples, randconv"
@@ -162,8 +245,10 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
 
 @pytest.mark.slow
 def test_evaluate_and_compare_errors_are_one_line_and_write_nothing(project: Path, tmp_path: Path) -> None:
-    bad_store = run("evaluate", "--set", "tracking.uri=bogus://nowhere", "--out", str(tmp_path / "e.json"), cwd=project)
-    assert bad_store.returncode == 2
+    bad_store = invoke(
+        "evaluate", "--set", "tracking.uri=bogus://nowhere", "--out", str(tmp_path / "e.json"), cwd=project
+    )
+    assert bad_store.exit_code == 2
     assert bad_store.stderr.startswith("ddpm: error: cannot use the MLflow tracking store bogus://nowhere (")
     assert not (tmp_path / "e.json").exists()
 
@@ -183,8 +268,8 @@ def test_evaluate_and_compare_errors_are_one_line_and_write_nothing(project: Pat
         assert refused.exit_code == 2 and refused.stderr.strip() == f"ddpm: error: {said}"
         assert not (tmp_path / "e.json").exists()
 
-    missing = run("compare", "quadratic", "--out", str(tmp_path / "r"), cwd=project)
-    assert missing.returncode == 2
+    missing = invoke("compare", "quadratic", "--out", str(tmp_path / "r"), cwd=project)
+    assert missing.exit_code == 2
     assert missing.stderr.strip() == (
         f"ddpm: error: {Path('runs/quadratic/seed0/model.pt')}: not found; "
         "run `ddpm train --beta-schedule quadratic` first"
@@ -202,10 +287,10 @@ def test_evaluate_and_compare_errors_are_one_line_and_write_nothing(project: Pat
     ],
 )
 def test_compare_refuses_scores_that_are_not_comparable(
-    project: Path, tmp_path: Path, key: str, value: object, what: str
+    seeded: Path, tmp_path: Path, key: str, value: object, what: str
 ) -> None:
     root = tmp_path / "project"
-    shutil.copytree(project / "runs", root / "runs")
+    shutil.copytree(seeded / "runs", root / "runs")
     scores = {"fid": 30.0, "kid_mean": 0.01, "kid_std": 0.001, "num_samples": 40, "num_real": 64,
               "real_sha256": "cd34", "feature_extractor": "inception", "feature_dim": 2048, "weights": "test",
               "weights_sha256": "6726", "resize": "legacy"}  # fmt: skip
@@ -217,9 +302,9 @@ def test_compare_refuses_scores_that_are_not_comparable(
     assert not (root / "reports").exists()
 
 
-def test_compare_refuses_scores_of_a_model_retrained_since(project: Path, tmp_path: Path) -> None:
+def test_compare_refuses_scores_of_a_model_retrained_since(seeded: Path, tmp_path: Path) -> None:
     root = tmp_path / "project"
-    shutil.copytree(project / "runs" / "linear" / "seed0", root / "runs" / "linear" / "seed0")
+    shutil.copytree(seeded / "runs" / "linear" / "seed0", root / "runs" / "linear" / "seed0")
     scores = {"fid": 30.0, "kid_mean": 0.01, "kid_std": 0.001, "num_samples": 40, "num_real": 64,
               "feature_extractor": "inception", "checkpoint_sha256": "0" * 64}  # fmt: skip
     (root / "runs" / "linear" / "seed0" / "eval.json").write_text(json.dumps(scores))
@@ -231,3 +316,43 @@ def test_compare_refuses_scores_of_a_model_retrained_since(project: Path, tmp_pa
         "--beta-schedule linear` again"
     )
     assert not (root / "reports").exists()
+
+
+def test_seeds_are_averaged_and_their_spread_judges_the_differences(seeded: Path) -> None:
+    compared = invoke("compare", "--set", "tracking.enabled=false", cwd=seeded)
+    assert compared.exit_code == 0, compared.stderr
+    report = seeded / "reports" / "compare"
+    text = (report / "report.md").read_text()
+    header = ("| schedule | seeds | fid_randconv | kid_randconv_mean (± std) | NLL (bits/dim) | fid_randconv @ 2 steps "
+              "| fid_randconv @ 5 steps | final loss | steps | training time | img/s |")  # fmt: skip
+    assert header in text
+    assert header in compared.stdout and compared.stdout.count("\n| linear | 0 1 |") == 1  # the table, in the terminal
+    assert ("\n| linear | 0 1 | 12.00 ± 2.83 | 0.0120 ± 0.0028 | 3.250 ± 0.354 | 42.00 ± 2.83 | 21.00 ± 1.41 "
+            "| 0.0700 ± 0.0141 | 20 | 0 min 11 s | 15 |\n") in compared.stdout  # fmt: skip
+    assert "Training seeds: 0, 1" in text and "on 4 held-out images" in text and "over 50 resamples" in text
+    judged = [line for line in text.splitlines() if line.startswith("- ")]
+    assert len(judged) == 5 and all("(judged by the spread over 2 seeds)" in line for line in judged), judged
+    # the standard error of a mean over 2 seeds: their standard deviation over √2
+    assert judged == [line + " (judged by the spread over 2 seeds)" for line in (
+        "- fid_randconv: linear is lower than cosine by 11, 3.1 combined standard errors: a real difference",
+        "- kid_randconv_mean: linear is lower than cosine by 0.004, within noise (1.4 combined standard errors)",
+        "- nll_bpd: cosine is lower than linear by 1, 2.8 combined standard errors: a real difference",
+        "- fid_randconv_ddim2: linear is lower than cosine by 13, 2.4 combined standard errors: a real difference",
+        "- fid_randconv_ddim5: linear is lower than cosine by 12, 3.8 combined standard errors: a real difference",
+    )]  # fmt: skip
+    rows = list(csv.DictReader((report / "comparison.csv").open()))
+    assert [r["schedule"] for r in rows] == ["linear", "cosine"] and rows[0]["seeds"] == "0 1"
+    linear = [KNOWN[("linear", k)] for k in (0, 1)]
+    assert float(rows[0]["fid_randconv"]) == pytest.approx((linear[0]["fid_randconv"] + linear[1]["fid_randconv"]) / 2)
+    assert float(rows[0]["nll_bpd_std_seeds"]) == pytest.approx(
+        abs(linear[0]["nll_bpd"] - linear[1]["nll_bpd"]) / 2**0.5
+    )
+    assert rows[0]["steps"] == "20.0"
+    # every number of the table: its mean over the two seeds and their standard deviation, as known
+    for row in json.loads((report / "comparison.json").read_text()):
+        known = MEANS[row.pop("schedule")]
+        assert row.pop("seeds") == "0 1"
+        expected = {key: mean for key, (mean, _) in known.items()} | {
+            f"{key}_std_seeds": std for key, (_, std) in known.items()
+        }
+        assert row == pytest.approx(expected)

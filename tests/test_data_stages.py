@@ -290,6 +290,7 @@ def test_synthetic_source_is_prepared_without_downloading(tmp_path: Path) -> Non
     assert np.array_equal(np.load(tmp_path / "out" / "images.npy"), synthetic_flowers(6, 16, seed=2))
 
 
+@pytest.mark.slow
 def test_download_and_prepare_commands(tmp_path: Path) -> None:
     closed = closed_port_url()
     result = subprocess.run(

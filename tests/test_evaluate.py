@@ -233,6 +233,7 @@ def empty_torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "torch"
 
 
+@pytest.mark.slow
 @needs_fid_helper
 def test_fid_equals_torchmetrics_fid_without_antialiasing(weights: Path, empty_torch_home: Path) -> None:
     from torchmetrics.image.fid import FrechetInceptionDistance
@@ -265,6 +266,7 @@ def test_fid_equals_torchmetrics_fid_without_antialiasing(weights: Path, empty_t
     assert antialiased.resize == "antialias" and antialiased.network.use_antialias  # torchmetrics' flag, set
 
 
+@pytest.mark.slow
 @needs_fid_helper
 def test_every_inception_source_gives_the_same_features(
     weights: Path, empty_torch_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

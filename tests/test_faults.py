@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CPU, clean_environment, invoke, run, tiny_config, write_params
+from conftest import CPU, clean_environment, copy_store, invoke, run, tiny_config, write_params
 from PIL import Image
 
 import ddpm.outbox
@@ -43,6 +43,13 @@ def project(tmp_path: Path, flowers16: Path, trained: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def store(project: Path, empty_store: Path) -> None:
+    """The project's MLflow store, its tables made ahead (conftest.empty_store), for the tests that log
+    to it; a new store is what test_two_processes_creating_one_new_store_both_succeed makes."""
+    copy_store(empty_store, project)
+
+
 def one_line_error(result: object, *parts: str) -> str:
     """The command's error, checked to be one line with exit status 2 that holds every one of `parts`."""
     assert result.exit_code == 2, (result.exit_code, result.stderr, result.exception)
@@ -56,6 +63,8 @@ def one_line_error(result: object, *parts: str) -> str:
 # --- silent garbage ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("store")
 def test_a_model_with_non_finite_weights_samples_nothing_and_logs_nothing(project: Path) -> None:
     checkpoint = project / "runs" / "linear" / "seed0" / "model.pt"
     state = torch.load(checkpoint, weights_only=True)
@@ -84,6 +93,7 @@ def poison_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     monkeypatch.setattr(ddpm.train, "training_step", training_step)
 
 
+@pytest.mark.slow
 def test_weights_made_non_finite_by_a_finite_loss_are_never_checkpointed(
     flowers16: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -95,6 +105,7 @@ def test_weights_made_non_finite_by_a_finite_loss_are_never_checkpointed(
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000005.pt"]
 
 
+@pytest.mark.slow
 def test_a_log_window_without_a_finite_loss_is_missing_not_zero(
     flowers16: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -134,6 +145,8 @@ def failing(monkeypatch: pytest.MonkeyPatch, operations: tuple[str, ...], fails:
     return calls
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("store")
 def test_training_goes_on_while_mlflow_is_away_and_sends_what_it_kept(
     project: Path, flowers16: Path, monkeypatch: pytest.MonkeyPatch, quick_retries: None
 ) -> None:
@@ -145,6 +158,8 @@ def test_training_goes_on_while_mlflow_is_away_and_sends_what_it_kept(
     assert model.info.status == "FINISHED" and {"final_loss", "train/loss"} <= model.data.metrics.keys()
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("store")
 def test_what_could_not_be_sent_is_kept_in_the_run_folder_and_the_next_command_sends_it(
     project: Path, monkeypatch: pytest.MonkeyPatch, quick_retries: None
 ) -> None:
@@ -163,6 +178,8 @@ def test_what_could_not_be_sent_is_kept_in_the_run_folder_and_the_next_command_s
     assert model.info.status == "FINISHED" and "final_loss" in model.data.metrics
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("store")
 def test_a_read_only_store_fails_in_one_line_before_any_work(project: Path) -> None:
     assert invoke("schedules", "--out", "pics", cwd=project).exit_code == 0
     from ddpm.config import TrackingConfig
@@ -194,6 +211,7 @@ class SilentServer:
                 return
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("server", ["refusing", "silent"])
 def test_an_unreachable_tracking_server_fails_in_one_line_within_15_seconds(project: Path, server: str) -> None:
     if server == "silent":
@@ -210,6 +228,8 @@ def test_an_unreachable_tracking_server_fails_in_one_line_within_15_seconds(proj
     assert not (project / "runs" / "linear" / "seed0" / "samples").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("store")
 def test_samples_and_scores_follow_the_checkpoint_not_the_params_schedule(project: Path) -> None:
     # params.yaml says linear; the model given is another run's
     shutil.move(project / "runs" / "linear" / "seed0", project / "runs" / "mine")
@@ -230,6 +250,7 @@ def test_samples_and_scores_follow_the_checkpoint_not_the_params_schedule(projec
 # --- two processes, one run --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_process_on_the_same_folder_stops_at_once_naming_the_first(project: Path) -> None:
     from ddpm.files import folder_lock
 
@@ -242,6 +263,7 @@ def test_a_second_process_on_the_same_folder_stops_at_once_naming_the_first(proj
     )
 
 
+@pytest.mark.slow
 def test_two_processes_creating_one_new_store_both_succeed(tmp_path: Path) -> None:
     code = (
         "from ddpm.config import TrackingConfig; from ddpm.tracking import open_store; "
@@ -280,6 +302,7 @@ def full_disk_on(monkeypatch: pytest.MonkeyPatch, target: object, name: str, whe
     monkeypatch.setattr(target, name, full)
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_training_keeps_the_previous_checkpoint_and_says_so_in_one_line(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -291,6 +314,7 @@ def test_a_full_disk_during_training_keeps_the_previous_checkpoint_and_says_so_i
     assert torch.load(folder / "step-00000010.pt", weights_only=True)["step"] == 10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["sample", "evaluate", "prepare"])
 def test_a_full_disk_in_the_other_stages_is_one_line(
     project: Path, monkeypatch: pytest.MonkeyPatch, command: str
@@ -321,6 +345,7 @@ def test_a_download_that_fills_the_disk_is_not_told_it_may_be_offline(
     assert "offline" not in line
 
 
+@pytest.mark.slow
 def test_an_unreadable_newest_checkpoint_is_passed_over_for_the_one_before(
     flowers16: Path, tmp_path: Path, capsys
 ) -> None:
@@ -335,6 +360,7 @@ def test_an_unreadable_newest_checkpoint_is_passed_over_for_the_one_before(
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["a missing weight", "a bad RNG state", "an empty optimizer state"])
 def test_a_checkpoint_with_inconsistent_contents_is_one_line_before_mlflow(project: Path, damage: str) -> None:
     folder = project / "runs" / "linear" / "seed0" / "checkpoints"
@@ -352,6 +378,8 @@ def test_a_checkpoint_with_inconsistent_contents_is_one_line_before_mlflow(proje
     assert not (project / "mlflow.db").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("store")
 def test_a_signal_during_the_final_save_says_so_and_the_mlflow_run_ends_killed(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -392,6 +420,7 @@ def test_odd_params_files_are_one_line(tmp_path: Path, text: bytes, message: str
     one_line_error(invoke("train", cwd=tmp_path), message)
 
 
+@pytest.mark.slow
 def test_compare_given_results_of_the_wrong_shape_is_one_line(project: Path) -> None:
     (project / "runs" / "linear" / "seed0" / "eval.json").write_text("{}\n")
     (project / "runs" / "linear" / "seed0" / "samples").mkdir()

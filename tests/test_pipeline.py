@@ -149,7 +149,7 @@ def server(project: tuple[Path, str]) -> str:
         cwd=root, env=environment(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     yield f"http://127.0.0.1:{port}/api/2.0/mlflow/"
-    os.killpg(process.pid, signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGKILL)  # thrown away with its folder: no graceful shutdown to wait for
     process.wait(timeout=60)
 
 

@@ -15,8 +15,9 @@ from ddpm.errors import UserError
 from ddpm.sample import generate, sample
 from ddpm.train import train
 
+pytestmark = pytest.mark.slow  # every test trains, or samples the session's trained model
 
-@pytest.mark.slow
+
 def test_training_the_tiny_model_lowers_the_loss(flowers16: Path, tmp_path: Path) -> None:
     config = tiny_config(train={"steps": 120, "log_every": 20, "checkpoint_every": 120, "lr": 3e-3})
     result = train(config, flowers16, tmp_path, CPU, progress=False)

@@ -56,6 +56,7 @@ def test_ema_warmup_forgets_the_initialisation_early() -> None:
     assert float(ema.current_decay()) == 0.9999
 
 
+@pytest.mark.slow
 def test_checkpoints_describe_their_run_and_only_the_last_k_are_kept(flowers16: Path, tmp_path: Path) -> None:
     from ddpm.unet import UNet
 
@@ -75,6 +76,7 @@ def test_checkpoints_describe_their_run_and_only_the_last_k_are_kept(flowers16: 
     assert state["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_to_the_same_losses_and_weights(
     flowers16: Path, tmp_path: Path, monkeypatch
 ) -> None:
@@ -99,15 +101,17 @@ def test_an_interrupted_run_resumes_to_the_same_losses_and_weights(
     assert_same_weights(tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt")
 
 
-def test_a_finished_run_can_be_extended(flowers16: Path, tmp_path: Path) -> None:
-    full = train(tiny_config(train={"steps": 20}), flowers16, tmp_path / "a", CPU, progress=False)
+@pytest.mark.slow
+def test_a_finished_run_can_be_extended(flowers16: Path, tmp_path: Path, trained_result) -> None:
+    full = trained_result  # the tiny config's 20 steps, as trained for the session
     first = train(tiny_config(train={"steps": 13}), flowers16, tmp_path / "b", CPU, progress=False)
     assert first.resumed_from == 0
     longer = train(tiny_config(train={"steps": 20}), flowers16, tmp_path / "b", CPU, progress=False)
     assert longer.resumed_from == 13 and longer.losses[0] == full.losses[0]
-    assert_same_weights(tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt")
+    assert_same_weights(full.checkpoint, tmp_path / "b" / "model.pt")
 
 
+@pytest.mark.slow
 def test_no_resume_starts_over(flowers16: Path, tmp_path: Path) -> None:
     config = tiny_config(train={"steps": 10, "checkpoint_every": 5})
     train(config, flowers16, tmp_path, CPU, progress=False)
@@ -118,6 +122,7 @@ def test_no_resume_starts_over(flowers16: Path, tmp_path: Path) -> None:
                                                                             "step-00000010.pt"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_resuming_with_other_settings_is_refused_and_says_what_differs(flowers16: Path, tmp_path: Path) -> None:
     train(tiny_config(train={"steps": 10}), flowers16, tmp_path, CPU, progress=False)
     changed = tiny_config(model={"channels": 64}, diffusion={"schedule": "cosine"}, train={"steps": 20})
@@ -132,6 +137,7 @@ def test_resuming_with_other_settings_is_refused_and_says_what_differs(flowers16
         train(tiny_config(train={"steps": 20, "seed": 3, "lr": 5e-4}), flowers16, tmp_path, CPU, progress=False)
 
 
+@pytest.mark.slow
 def test_a_planted_pickle_in_a_checkpoint_is_never_run(flowers16: Path, tmp_path: Path, capsys) -> None:
     class Payload:
         def __reduce__(self):  # noqa: ANN204
@@ -156,6 +162,7 @@ def nan_at(monkeypatch: pytest.MonkeyPatch, bad: "callable") -> None:
     monkeypatch.setattr(GaussianDiffusion, "training_loss", training_loss)
 
 
+@pytest.mark.slow
 def test_non_finite_losses_are_skipped_and_counted(flowers16: Path, tmp_path: Path, monkeypatch) -> None:
     nan_at(monkeypatch, lambda call: call in (3, 4, 11))
     result = train(tiny_config(train={"steps": 20, "max_nonfinite": 3}), flowers16, tmp_path, CPU, progress=False)
@@ -164,6 +171,7 @@ def test_non_finite_losses_are_skipped_and_counted(flowers16: Path, tmp_path: Pa
     assert all(torch.isfinite(w).all() for w in weights(result.checkpoint)["model"].values())
 
 
+@pytest.mark.slow
 def test_a_persistent_nan_stops_the_run_and_keeps_the_last_good_checkpoint(
     flowers16: Path, tmp_path: Path, monkeypatch
 ) -> None:

@@ -96,8 +96,8 @@ def invoke(*args: str, cwd: Path):  # noqa: ANN201
 # other at the end. pyproject.toml's --no-loadscope-reorder keeps this order: xdist's own would put
 # the modules with the most tests first and leave the DVC pipeline for last.
 LONGEST_FIRST = ("test_pipeline.py", "test_faults.py", "test_training_loop.py", "test_train_sample.py",
-                 "test_fast_path.py", "test_evaluate.py", "test_cli.py", "test_compare.py", "test_gpu_script.py",
-                 "test_data_stages.py", "test_convert.py")  # fmt: skip
+                 "test_fast_path.py", "test_evaluate.py", "test_tracking_faults.py", "test_cli.py", "test_compare.py",
+                 "test_gpu_script.py", "test_data_stages.py", "test_convert.py", "test_checkpoint.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

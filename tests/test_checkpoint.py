@@ -15,6 +15,8 @@ from ddpm.schedules import beta_schedule
 from ddpm.train import train
 from ddpm.unet import ARCH_VERSION, UNet
 
+pytestmark = pytest.mark.slow  # most of them train or resume the tiny model
+
 # the keys of each kind of file, as train.py (FINAL_KEYS, **extra), state.py and convert.py wrote them
 MODEL_KEYS = {"arch", "arch_version", "diffusion", "config", "model", "ema", "step", "data_sha256", "run_id"}
 RESUMABLE_KEYS = MODEL_KEYS | {"ema_updates", "optimizer", "generator", "rng", "record"}

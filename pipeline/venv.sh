@@ -28,8 +28,8 @@ if [ "$(cat "$_stamp" 2>/dev/null)" != "$_want" ]; then
         else
             # the CPU build: the default wheel brings several GB of CUDA libraries a CPU never uses
             echo "ddpm: installing PyTorch's CPU build (no GPU visible)" >&2
-            "$_venv/bin/pip" install "torch>=2.4" torchvision --retries 1 \
-                --index-url https://download.pytorch.org/whl/cpu
+            # torch alone: torchvision then comes with ddpm's dependencies and matches the torch it finds
+            "$_venv/bin/pip" install "torch>=2.4" --retries 1 --index-url https://download.pytorch.org/whl/cpu
         fi
     fi
     echo "ddpm: installing ddpm and its test tools into $_venv (pip install -e \".[dev]\")" >&2

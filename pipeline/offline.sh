@@ -6,14 +6,22 @@
 #   images, 200 DDIM samples (20 steps), bits/dim on 32 held-out images, a sweep of DDIM 5 and 20
 #   steps and DDPM 50 on 100 samples each, and FID/KID through the small `randconv` extractor, so
 #   the numbers are named fid_randconv etc.
-# It runs as a DVC experiment (`dvc exp show` lists it). Like every `dvc exp run`, it leaves
-# these values in the workspace's params.yaml (only those lines) and writes dvc.lock;
-# `git checkout params.yaml && rm dvc.lock` returns to the real experiment.
+# It runs as a DVC experiment (`dvc exp show` lists it with its values; `dvc exp apply NAME` brings
+# them back). `dvc exp run` leaves its values in the workspace's params.yaml; this script puts back
+# the params.yaml it found when it ends, however it ends, so that the preset never becomes what
+# `ddpm` and `dvc repro` read next. The workspace keeps the preset's outputs and DVC's record of
+# them (dvc.lock), so `dvc status` then lists the stages whose params differ from the outputs.
 # Extra arguments go to `dvc exp run` after these, so that they win (e.g. --name offline, -S train.steps=50).
 # DVC's stderr goes through pipeline/quiet_dvc.py, which drops its warnings about outputs not made yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . pipeline/venv.sh  # the project's virtual environment, made on the first run (Python ≥ 3.11 is all it needs)
+
+mkdir -p .dvc/tmp  # DVC's own scratch folder, ignored by git and on params.yaml's disk: putting it back is a rename
+found=$(mktemp .dvc/tmp/params.yaml.XXXXXX)
+cp -p params.yaml "$found"
+trap 'mv -f "$found" params.yaml' EXIT
+trap 'exit 130' INT; trap 'exit 143' TERM  # a signal ends the script through its EXIT trap too
 
 { dvc exp run \
     -S data.source=synthetic -S data.synthetic_count=1000 -S data.image_size=16 -S data.holdout=100 \

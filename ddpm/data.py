@@ -29,7 +29,7 @@ except ImportError:  # numpy 1
 
 from ddpm.config import DataConfig
 from ddpm.errors import UserError
-from ddpm.files import atomic_output, file_digest, sha256_hex, write_json
+from ddpm.files import atomic_output, file_digest, first_link, sha256_hex, write_json
 from ddpm.layout import EXTRACTED, HOLDOUT, IMAGES, MANIFEST
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -144,10 +144,10 @@ def prepare(cfg: DataConfig, raw_dir: Path, out_dir: Path, workers: int = 0, pro
         images = synthetic_flowers(cfg.synthetic_count, cfg.image_size, cfg.synthetic_seed)
         origin: dict[str, Any] = {"seed": cfg.synthetic_seed}
     elif cfg.source == "cifar10":
-        root = raw_dir / EXTRACTED["cifar10"]
+        root = extracted(raw_dir, "cifar10")
         images, origin = cifar10_training_images(root, cfg.image_size), {"root": str(root), "files": CIFAR10_BATCHES}
     else:
-        root = raw_dir / EXTRACTED[cfg.source] if cfg.source == "flowers102" else Path(cfg.folder or "")
+        root = extracted(raw_dir, cfg.source) if cfg.source == "flowers102" else Path(cfg.folder or "")
         files = image_files(root, cfg.source)
         arrays, skipped = _load_all(root, files, cfg.image_size, cfg.max_pixels, workers, progress)
         if not arrays:
@@ -178,6 +178,19 @@ def prepare(cfg: DataConfig, raw_dir: Path, out_dir: Path, workers: int = 0, pro
     }
     write_json(out_dir / MANIFEST, manifest, sort_keys=True)  # last, so a manifest describes its images
     return manifest
+
+
+def extracted(raw_dir: Path, source: str) -> Path:
+    """The folder `ddpm download` extracted `source`'s archive into, checked to hold no link: the
+    archives hold none, and one left there could lead anywhere. Nothing outside it is read through it."""
+    root = raw_dir / EXTRACTED[source]
+    link = first_link(root) if root.is_dir() else None
+    if link:
+        raise UserError(
+            f"{link}: a link (to {os.readlink(link)!r}) in what `ddpm download` extracted, whose archives hold "
+            f"none; refused without reading it: run `ddpm download --source {source}` again"
+        )
+    return root
 
 
 def holdout_indices(count: int, holdout: int, seed: int) -> np.ndarray:

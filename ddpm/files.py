@@ -92,6 +92,15 @@ def _umask() -> int:
     return mask
 
 
+def first_link(folder: Path) -> Path | None:
+    """The first symbolic link under `folder`, walked without following any, or None."""
+    for parent, folders, files in os.walk(folder):  # a link to a folder is listed, never entered
+        for name in sorted([*folders, *files]):
+            if os.path.islink(os.path.join(parent, name)):
+                return Path(parent, name)
+    return None
+
+
 def remove_partial_outputs(folder: Path) -> None:
     """Delete the temporary files `atomic_output` leaves behind when its process is killed."""
     for tmp in folder.glob(".*.tmp*") if folder.is_dir() else []:

@@ -121,10 +121,14 @@ def evil_archive(kind: str) -> bytes:
         member = tarfile.TarInfo({"dotdot": "../evil.txt", "absolute": "/tmp/evil.txt"}.get(kind, "jpg/x"))
         if kind == "symlink":
             member.type, member.linkname = tarfile.SYMTYPE, "../../outside.txt"
+        elif kind == "symlink inside":  # harmless alone, but a chain of such links can lead out
+            member.type, member.linkname = tarfile.SYMTYPE, "fine.txt"
         elif kind == "hardlink":
             member.type, member.linkname = tarfile.LNKTYPE, "../outside.txt"
         elif kind == "device":
             member.type = tarfile.CHRTYPE
+        elif kind == "unknown type":  # tarfile would write it as a file
+            member.type = b"Z"
         else:
             member.size = 4
         tar.addfile(member, io.BytesIO(b"evil") if member.isfile() else None)
@@ -136,9 +140,11 @@ def evil_archive(kind: str) -> bytes:
     [
         ("dotdot", "path with '..'"),
         ("absolute", "absolute path"),
-        ("symlink", "link pointing outside the archive"),
-        ("hardlink", "link pointing outside the archive"),
+        ("symlink", r"a link \(to '../../outside.txt'\), and the archives ddpm downloads hold none"),
+        ("symlink inside", r"a link \(to 'fine.txt'\)"),
+        ("hardlink", r"a link \(to '../outside.txt'\)"),
         ("device", "device file"),
+        ("unknown type", "neither a file nor a folder"),
     ],
 )
 def test_unsafe_archive_members_are_refused_and_nothing_is_written(tmp_path: Path, kind: str, reason: str) -> None:
@@ -148,6 +154,78 @@ def test_unsafe_archive_members_are_refused_and_nothing_is_written(tmp_path: Pat
     with pytest.raises(UserError, match=f"refusing to extract .*{reason}.*nothing was extracted"):
         extract_tar_safely(archive, tmp_path / "raw" / "out")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["evil.tar", "raw"]
+
+
+def test_a_link_past_the_member_checks_is_found_after_extraction_before_anything_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ddpm.download
+
+    monkeypatch.setattr(ddpm.download, "_unsafe_member", lambda member: None)  # as if a check had a hole
+    archive = tmp_path / "evil.tar"
+    archive.write_bytes(evil_archive("symlink inside"))
+    with pytest.raises(UserError, match=r"evil.tar: extracting it made a link, jpg/x; nothing was extracted$"):
+        extract_tar_safely(archive, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.tar"]
+
+
+def chained_links_archive(outside: str) -> bytes:
+    """A CIFAR-10 archive whose batch folder is a chain of links out of the extraction folder, each
+    link added before the ones it goes through exist, so that a check of each link as it is
+    extracted finds it inside: up3 → up2/.., up2 → up1/.., up1 → s/.., s → . make up3 the folder
+    three above the extraction folder."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, target in (("cifar-10-batches-py", f"up3/{outside}"), ("up3", "up2/.."), ("up2", "up1/.."),
+                             ("up1", "s/.."), ("s", ".")):  # fmt: skip
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = tarfile.SYMTYPE, target
+            tar.addfile(link)
+    return buffer.getvalue()
+
+
+def test_links_that_chain_out_of_the_archive_are_refused_and_nothing_is_read_through_them(tmp_path: Path) -> None:
+    batches = {f"data_batch_{i}": cifar10_batch(synthetic_flowers(1, 32, seed=i), [0]) for i in range(1, 6)}
+    for name, data in batches.items():  # outside the extraction folder tmp/data/raw/cifar10, three up
+        (tmp_path / "elsewhere" / "batches" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "elsewhere" / "batches" / name).write_bytes(data)
+    archive = chained_links_archive("elsewhere/batches")
+    server = FileServer({"/kriz/cifar-10-python.tar.gz": archive})
+    checksum = f"data.checksum=md5:{hashlib.md5(archive).hexdigest()}"
+    refused = invoke("download", "--source", "cifar10", "--set", f"data.url={server.root}/kriz/", "--set", checksum,
+                     cwd=tmp_path)  # fmt: skip
+    assert refused.exit_code == 2, refused.output
+    assert refused.stderr.strip().splitlines()[-1] == (  # after the progress bar
+        f"ddpm: error: {Path('data/raw/cifar-10-python.tar.gz')}: refusing to extract 'cifar-10-batches-py': a link "
+        "(to 'up3/elsewhere/batches'), and the archives ddpm downloads hold none; nothing was extracted"
+    )
+    assert sorted(p.name for p in (tmp_path / "data" / "raw").iterdir()) == ["cifar-10-python.tar.gz"]
+    nothing = invoke("prepare", "--source", "cifar10", "--image-size", "32", cwd=tmp_path)
+    assert nothing.exit_code == 2 and "data_batch_1: not found; run `ddpm download --source cifar10`" in nothing.stderr
+
+
+def test_a_link_left_in_an_extracted_folder_is_never_read_and_a_new_download_replaces_it(tmp_path: Path) -> None:
+    images = synthetic_flowers(5, 32, seed=3)
+    batches = {f"data_batch_{i + 1}": cifar10_batch(images[i : i + 1], [i]) for i in range(5)}
+    archive = cifar10_archive(batches)
+    server = FileServer({"/kriz/cifar-10-python.tar.gz": archive})
+    download = ["download", "--source", "cifar10", "--set", f"data.url={server.root}/kriz/", "--set",
+                f"data.checksum=md5:{hashlib.md5(archive).hexdigest()}"]  # fmt: skip
+    assert invoke(*download, cwd=tmp_path).exit_code == 0
+    batch = tmp_path / "data/raw/cifar10/cifar-10-batches-py/data_batch_1"
+    (tmp_path / "secret").write_bytes(batches["data_batch_2"])
+    batch.unlink()
+    batch.symlink_to(tmp_path / "secret")  # as an earlier ddpm, which let link chains through, may have left it
+    refused = invoke("prepare", "--source", "cifar10", "--image-size", "32", "--set", "data.holdout=0", cwd=tmp_path)
+    assert refused.exit_code == 2, refused.output
+    assert refused.stderr.strip() == (
+        f"ddpm: error: {Path('data/raw/cifar10/cifar-10-batches-py/data_batch_1')}: a link (to '{tmp_path}/secret') "
+        "in what `ddpm download` extracted, whose archives hold none; refused without reading it: run `ddpm "
+        "download --source cifar10` again"
+    )
+    assert not (tmp_path / "data" / "prepared").exists()
+    assert invoke(*download, cwd=tmp_path).exit_code == 0  # extracts the archive again, in place of the folder
+    assert not batch.is_symlink() and batch.read_bytes() == batches["data_batch_1"]
 
 
 def make_folder(root: Path) -> None:

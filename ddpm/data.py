@@ -45,6 +45,9 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
+NPY_MAGIC = b"\x93NUMPY"  # how every .npy file starts
+
+
 def save_images(path: Path, images: np.ndarray) -> None:
     """Write a uint8 (N, 3, H, W) array to `path` (.npy), atomically."""
     with atomic_output(path) as tmp:
@@ -55,11 +58,18 @@ def load_images(path: Path) -> np.ndarray:
     """Read a uint8 (N, 3, H, W) array written by `save_images`; a clear error for anything else."""
     expected = "a .npy file of uint8 images shaped (N, 3, H, W)"
     try:
-        images = np.load(path, mmap_mode="r", allow_pickle=False)
+        with open(path, "rb") as f:
+            magic = f.read(len(NPY_MAGIC))
+        images = np.load(path, mmap_mode="r", allow_pickle=False) if magic == NPY_MAGIC else None
     except FileNotFoundError:
         raise UserError(f"{path}: not found; expected {expected}") from None
-    except (ValueError, OSError) as e:
-        raise UserError(f"{path}: cannot read ({e}); expected {expected}") from None
+    except (ValueError, OSError, EOFError) as e:
+        # numpy's messages about objects advise loading them with pickle: never relay that
+        objects = "pickle" in str(e) or "Python objects" in str(e)
+        why = "holds Python objects, never loaded (unpickling them could run code)" if objects else f"cannot read ({e})"
+        raise UserError(f"{path}: {why}; expected {expected}") from None
+    if images is None:  # numpy would take any other file for a pickle, or return a .npz archive
+        raise UserError(f"{path}: {'empty (0 bytes)' if not magic else 'not a .npy file'}; expected {expected}")
     if images.dtype == np.uint8 and images.ndim == 4 and len(images) == 0:
         raise UserError(f"{path}: holds no images; expected {expected}")
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:

@@ -129,7 +129,7 @@ def held_out(path: Path, wanted: int) -> np.ndarray:
                         "or set evaluate.nll_images: 0 to skip the likelihood")  # fmt: skip
     try:  # counted first: load_images refuses an empty file (data.holdout: 0) in words about images in general
         count = len(np.load(path, mmap_mode="r", allow_pickle=False))
-    except (ValueError, OSError, TypeError):
+    except (ValueError, OSError, TypeError, EOFError):
         count = wanted  # not a plain array: load_images says what is wrong with it
     if count < wanted:
         raise UserError(

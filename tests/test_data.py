@@ -35,8 +35,11 @@ def test_save_load_round_trip_and_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"f.npy: holds float32 \(3, 3, 16, 16\); expected a .npy file of uint8"):
         load_images(tmp_path / "f.npy")
     (tmp_path / "junk.npy").write_bytes(b"not numpy")
-    with pytest.raises(UserError, match="junk.npy: cannot read"):
-        load_images(tmp_path / "junk.npy")
+    with pytest.raises(UserError, match=r"junk.npy: not a .npy file; expected a .npy file of uint8 images shaped"):
+        load_images(tmp_path / "junk.npy")  # numpy's own message took it for a pickle, to load "if you trust" it
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "a.npy").read_bytes()[:20])
+    with pytest.raises(UserError, match=r"cut.npy: cannot read \(EOF: reading array header"):
+        load_images(tmp_path / "cut.npy")
     with pytest.raises(UserError, match="missing.npy: not found"):
         load_images(tmp_path / "missing.npy")
 

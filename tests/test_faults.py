@@ -4,6 +4,7 @@ checkpoints, signals at the end, and files that are not what they claim."""
 
 import errno
 import json
+import pickle
 import shutil
 import signal
 import socket
@@ -427,6 +428,37 @@ def test_compare_given_results_of_the_wrong_shape_is_one_line(project: Path) -> 
     (project / "runs" / "linear" / "seed0" / "samples" / "grid.png").write_bytes(b"")
     result = invoke("compare", "linear", "--set", "tracking.enabled=false", cwd=project)
     one_line_error(result, f"{Path('runs/linear/seed0/eval.json')}: not the scores `ddpm evaluate` writes", "evaluate")
+
+
+EXPECTED_IMAGES = "expected a .npy file of uint8 images shaped (N, 3, H, W)"
+
+
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [
+        ("empty", f"empty (0 bytes); {EXPECTED_IMAGES}"),  # numpy's EOFError was click's "Aborted!"
+        ("pickled", f"not a .npy file; {EXPECTED_IMAGES}"),  # numpy said to unpickle it "if you trust the file"
+        ("object array", f"holds Python objects, never loaded (unpickling them could run code); {EXPECTED_IMAGES}"),
+    ],
+)
+def test_a_npy_file_that_is_empty_or_holds_objects_is_one_line_naming_it(project: Path, kind: str, said: str) -> None:
+    bad = project / "bad.npy"
+    if kind == "empty":
+        bad.write_bytes(b"")
+    elif kind == "pickled":
+        bad.write_bytes(pickle.dumps([1, 2]))
+    else:
+        np.save(bad, np.array([1, "a"], dtype=object), allow_pickle=True)
+    likelihood = ["--samples", "data/prepared/images.npy", "--checkpoint", "runs/linear/seed0/model.pt"]
+    for args in (
+        ["train", "--data", "bad.npy"],
+        ["evaluate", "--samples", "bad.npy"],
+        ["evaluate", *likelihood, "--holdout", "bad.npy", "--set", "evaluate.nll_images=2"],
+    ):
+        result = invoke(*args, "--set", "tracking.enabled=false", cwd=project)
+        assert one_line_error(result) == f"ddpm: error: bad.npy: {said}", args
+        assert "allow_pickle" not in result.stderr and "trust" not in result.stderr  # never advise unpickling
+    assert not (project / "runs" / "linear" / "seed0" / "eval.json").exists()
 
 
 def test_prepare_scales_16_bit_images_and_skips_bombs_unopened(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ from a .bin file with torch.load(weights_only=True): loading never runs code fro
 """
 
 import json
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +175,9 @@ def diffusion_process(folder: Path) -> tuple[dict[str, Any], Path]:
     return {"schedule": schedule, "timesteps": timesteps, "prediction": PREDICTIONS[prediction]}, path
 
 
+UNSAFE_ADVICE = ("weights_only", "weights only", "unsupported global", "trust")  # words of torch's advice to unpickle
+
+
 def read_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     """The UNet's tensors from the folder's safetensors file, else its .bin file (weights_only)."""
     path = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
@@ -184,10 +189,13 @@ def read_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
 
             tensors = load_file(path)
         else:
-            tensors = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's notes on pickle protocols: not the user's business
+                warnings.simplefilter("ignore")
+                tensors = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # safetensors and torch's unpickler raise many kinds; the message says which
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in detail or "Unsupported global" in detail:  # never relay torch's advice to unpickle
+        # torch's refusals advise loading the file anyway "if you trust" it: never relay that
+        if isinstance(e, pickle.UnpicklingError) or any(word in detail.lower() for word in UNSAFE_ADVICE):
             detail = "it holds objects other than tensors; refused without running them"
         raise UserError(f"{path}: not a readable weights file ({detail[:200]})") from None
     if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):

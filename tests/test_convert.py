@@ -4,8 +4,10 @@ be imported is one clear error with nothing written."""
 
 import json
 import pickle
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import CPU, invoke
@@ -148,6 +150,9 @@ def tamper(folder: Path, how: str) -> None:
     elif how == "code in a .bin":
         weights.unlink()
         (folder / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps({"conv_in.weight": Exploit()}))
+    elif how == "a numpy array in a torch .bin":  # torch.save's zip format: torch's message says to load it "if
+        weights.unlink()  # you trust the source", with weights_only=False
+        torch.save({"conv_in.weight": np.zeros(3)}, folder / "diffusion_pytorch_model.bin")
     elif how == "extra tensor":
         from safetensors.torch import load_file, save_file
 
@@ -179,12 +184,14 @@ def tamper(folder: Path, how: str) -> None:
         (lambda f: (f / "scheduler_config.json").unlink(), r"unet: no scheduler config \(.* or .*/scheduler/sch"),
         (lambda f: tamper(f, "truncated"), r"diffusion_pytorch_model.safetensors: not a readable weights file"),
         (lambda f: tamper(f, "code in a .bin"), r"model.bin: .* \(it holds objects other than tensors; refused"),
+        (lambda f: tamper(f, "a numpy array in a torch .bin"), r"model.bin: not a readable weights file \(it holds "
+         r"objects other than tensors; refused without running them\)$"),
         (lambda f: tamper(f, "extra tensor"), r"tensor 'extra.weight' has no place in the UNet"),
         (lambda f: tamper(f, "missing tensor"), r"no tensor 'conv_out.bias', which its config.json implies"),
         (lambda f: tamper(f, "wrong shape"), r"conv_in.bias is \(7,\); its config.json implies \(32,\)"),
     ],
     ids=["no config", "norm_eps", "two keys", "default flip", "heads", "up blocks", "unknown key", "class", "schedule",
-         "trained betas", "beta ends", "no scheduler", "truncated", "code in a .bin", "extra tensor",
+         "trained betas", "beta ends", "no scheduler", "truncated", "code in a .bin", "numpy in a .bin", "extra tensor",
          "missing tensor", "wrong shape"],
 )  # fmt: skip
 def test_what_cannot_be_imported_is_one_clear_error_and_nothing_is_written(
@@ -195,9 +202,10 @@ def test_what_cannot_be_imported_is_one_clear_error_and_nothing_is_written(
     folder = tmp_path / "unet"
     shutil.copytree(small_folder, folder)
     damage(folder)
-    with pytest.raises(UserError, match=message) as error:
+    with pytest.raises(UserError, match=message) as error, warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
         import_diffusers(folder, tmp_path / "out" / "model.pt")
-    assert "\n" not in str(error.value)
+    assert "\n" not in str(error.value) and [str(w.message) for w in warned] == []  # the one line, and nothing else
     assert not (tmp_path / "out").exists() and not (tmp_path / "pwned").exists()
 
 

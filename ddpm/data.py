@@ -6,12 +6,10 @@ writes images.npy, which `train` reads, and holdout.npy, the images kept out of 
 bits/dim evaluation. Training batches are floats in [-1, 1].
 """
 
-import codecs
 import hashlib
 import json
 import math
 import os
-import pickle
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -22,11 +20,7 @@ import torch
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-try:  # numpy ≥ 2 moved it; pickles name either place
-    from numpy._core.multiarray import _reconstruct
-except ImportError:  # numpy 1
-    from numpy.core.multiarray import _reconstruct
-
+from ddpm.cifar10 import CIFAR10_BATCHES, cifar10_training_images
 from ddpm.config import DataConfig
 from ddpm.errors import UserError
 from ddpm.files import atomic_output, file_digest, first_link, sha256_hex, write_json
@@ -230,51 +224,6 @@ def save_split(out_dir: Path, training: np.ndarray, held_out: np.ndarray) -> Non
         np.save(held_tmp, np.ascontiguousarray(held_out))
         with atomic_output(out_dir / IMAGES) as training_tmp:
             np.save(training_tmp, np.ascontiguousarray(training))
-
-
-CIFAR10_BATCHES = [f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)]  # the 50,000 training images
-
-
-def cifar10_training_images(root: Path, image_size: int) -> np.ndarray:
-    """CIFAR-10's training images as published (the python version's five batches, in order), uint8
-    (50000, 3, 32, 32): FID's reference set for CIFAR-10 models, so they are never resized."""
-    if image_size != 32:
-        raise UserError(f"data.image_size: CIFAR-10's images are 32×32, got {image_size}; set --image-size 32")
-    arrays = []
-    for name in CIFAR10_BATCHES:
-        path = root / name
-        if not path.is_file():
-            raise UserError(f"{path}: not found; run `ddpm download --source cifar10` first")
-        try:
-            with open(path, "rb") as f:
-                batch = _ArraysOnly(f, encoding="bytes").load()
-            data = batch[b"data"]
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError) as e:
-            raise UserError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
-        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-            raise UserError(
-                f"{path}: its data is not uint8 rows of 3 × 32 × 32 values, as CIFAR-10's python batches hold"
-            )
-        arrays.append(data.reshape(-1, 3, 32, 32))  # each row: the red plane, then green, then blue, row-major
-    return np.concatenate(arrays)
-
-
-class _ArraysOnly(pickle.Unpickler):
-    """CIFAR-10's batches are pickles of dicts of bytes, lists and numpy arrays: unpickle those and
-    nothing else. A file that names any other callable is refused before it is called."""
-
-    ALLOWED = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-        ("_codecs", "encode"): codecs.encode,  # bytes, as Python 3 pickles them at protocol 2
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"it names {module}.{name}, which is not data; refused without running it")
-        return self.ALLOWED[module, name]
 
 
 def _load_all(

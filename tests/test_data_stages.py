@@ -1,5 +1,6 @@
 """`download` and `prepare` through the real code: a loopback HTTP server, real archives, real image files."""
 
+import codecs
 import hashlib
 import io
 import json
@@ -15,6 +16,7 @@ from conftest import invoke
 from http_server import FileServer, closed_port_url
 from PIL import Image
 
+from ddpm.cifar10 import cifar10_training_images
 from ddpm.config import DataConfig
 from ddpm.data import holdout_indices, load_images, prepare, synthetic_flowers
 from ddpm.download import ARCHIVES, download, extract_tar_safely
@@ -358,6 +360,45 @@ def test_cifar10_is_downloaded_checked_and_prepared_as_published(tmp_path: Path)
     assert refused.exit_code == 2 and "data_batch_2: not a CIFAR-10 python batch" in refused.output
     assert "exec, which is not data; refused without running it" in refused.output
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "again").exists()
+
+
+RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy's _reconstruct, wherever this numpy keeps it
+
+
+class Reduced:
+    """Pickled as a call of `function` on `args`: a batch's own choice of the calls the unpickler allows."""
+
+    def __init__(self, function: object, *args: object) -> None:
+        self.function, self.args = function, args
+
+    def __reduce__(self) -> tuple:
+        return self.function, self.args
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (
+            Reduced(codecs.encode, "abc", "no-such-codec"),  # was LookupError
+            "it encodes text as 'no-such-codec', where a pickle of bytes uses latin1",
+        ),
+        (
+            Reduced(RECONSTRUCT, np.ndarray, (10**13,), b"b"),  # was MemoryError, asking for 9 TiB
+            "it calls numpy's _reconstruct with (10000000000000,), not as a pickle of an array does",
+        ),
+        (Reduced(np.ndarray, (10**13,)), "it calls numpy.ndarray, which a pickle of an array never does"),
+    ],
+    ids=["codec", "reconstruct", "ndarray"],
+)
+def test_a_cifar10_batch_that_misuses_an_allowed_call_is_one_line_naming_it(
+    tmp_path: Path, data: object, reason: str
+) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": data}, protocol=2))
+    with pytest.raises(UserError) as error:
+        cifar10_training_images(tmp_path, 32)
+    assert str(error.value) == f"{folder / 'data_batch_1'}: not a CIFAR-10 python batch (UnpicklingError: {reason})"
 
 
 def test_synthetic_source_is_prepared_without_downloading(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from pydantic.fields import FieldInfo
 from ddpm.errors import UserError
 from ddpm.schedules import SCHEDULES, beta_schedule
 from ddpm.unet import PRESETS, check_architecture, preset_architecture
+from ddpm.yamlfile import read_params
 
 DEFAULT_CONFIG = Path("params.yaml")
 
@@ -240,7 +241,7 @@ def load_config(path: Path | None = None, overrides: Sequence[Override] = ()) ->
         raw, label = {}, "defaults"
     else:
         path = path or DEFAULT_CONFIG
-        raw, label = _read_yaml(path), str(path)
+        raw, label = read_params(path), str(path)
     made: list[Override] = []  # sections only an override names: an error there is the override's
     for source, key, value in overrides:
         section, dot, name = key.partition(".")
@@ -283,29 +284,6 @@ def _check_combinations(config: Config, label: str, overrides: Sequence[Override
 def _arch_subset(config: Config) -> dict[str, Any]:
     arch = config.model.architecture(config.data.image_size)
     return {k: arch[k] for k in ("channels", "channel_mult", "attention_resolutions")}
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the config file ({e.strerror})") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); expected a YAML file of params") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where else ""
-        raise UserError(f"{path}: invalid YAML{line}: {getattr(e, 'problem', e)}") from None
-    if raw is None:  # an empty file is a mistake; no file at all means the defaults
-        raise UserError(f"{path}: the file holds no params; expected sections (data, model, ...), or no file for the "
-                        "built-in defaults")  # fmt: skip
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}")
-    return raw
 
 
 def _describe_error(err: dict[str, Any], label: str, overrides: Sequence[Override]) -> str:

@@ -82,6 +82,31 @@ def test_file_errors_name_the_file_key_expectation_and_value(tmp_path: Path, tex
     assert str(error.value).startswith(str(tmp_path / "params.yaml"))
 
 
+DUPLICATE = "the second would silently replace the first; keep one"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("train:\n  batch_size: 4\nsample: {}\ntrain:\n  lr: 0.1\n", "train: set twice, at lines 1 and 4"),
+        ("train:\n  batch_size: 4\n  lr: 0.1\n  batch_size: 8\n", "train.batch_size: set twice, at lines 2 and 4"),
+        ("train: {lr: 0.1, steps: 3, lr: 0.2}\n", "train.lr: set twice, at lines 1 and 1"),
+        ("model:\n  channel_mult: [{a: 1,\n    a: 2}]\n", "model.channel_mult[0].a: set twice, at lines 2 and 3"),
+    ],
+)  # fmt: skip
+def test_a_key_given_twice_is_refused_naming_it_and_both_lines(tmp_path: Path, text: str, message: str) -> None:
+    # YAML keeps the last of two equal keys: a second train: section dropped the first one's batch_size
+    with pytest.raises(UserError) as error:
+        load_config(write(tmp_path, text))
+    assert str(error.value) == f"{tmp_path / 'params.yaml'}: {message}; {DUPLICATE}"
+
+
+def test_a_key_that_overrides_a_merged_one_is_not_a_key_given_twice(tmp_path: Path) -> None:
+    text = "train: &common {seed: 3, batch_size: 8}\nsample:\n  <<: *common\n  batch_size: 4\n"  # YAML's merge key
+    sample = load_config(write(tmp_path, text)).sample
+    assert (sample.seed, sample.batch_size) == (3, 4)
+
+
 def test_override_errors_name_the_option(tmp_path: Path) -> None:
     path = write(tmp_path, "train: {}\n")
     with pytest.raises(UserError, match=r'^--batch-size \(train.batch_size\): expected a positive integer, got "abc"$'):

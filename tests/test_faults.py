@@ -411,6 +411,10 @@ def test_a_signal_during_the_final_save_says_so_and_the_mlflow_run_ends_killed(
             "params.yaml: the file holds no params; expected sections (data, model, ...), or no file for the built-in",
         ),
         (
+            b"train:\n  batch_size: 4\ntrain:\n  lr: 0.001\n",  # YAML alone would drop batch_size: 4 in silence
+            "params.yaml: train: set twice, at lines 1 and 3; the second would silently replace the first; keep one",
+        ),
+        (
             b"data:\n  url: example.com/flowers/\n",
             'data.url: expected an http:// or https:// URL, or null, got "example.com/flowers/"',
         ),

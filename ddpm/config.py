@@ -37,6 +37,8 @@ Int = Annotated[int, Strict()]
 PositiveInt = Annotated[int, Strict(), Field(gt=0)]
 # Every float param is finite: inf or nan makes no sense for any of them (pydantic would take "inf").
 Number = Annotated[float, Strict(False), BeforeValidator(_not_bool), AllowInfNan(False)]
+# What torch's and numpy's generators both take (numpy no negative seed, torch none from 2^64 up)
+Seed = Annotated[int, Strict(), Field(ge=0, lt=2**64, description="a seed, an integer from 0 to 2^64 - 1")]
 ScheduleName = Literal[tuple(SCHEDULES)]  # type: ignore[valid-type]
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
@@ -74,11 +76,11 @@ class DataConfig(Section):
     checksum: Checksum | None = Field(None, description='"algorithm:hex" with a hashlib algorithm, or null')
     folder: str | None = None  # source folder: a folder of images, searched recursively
     synthetic_count: PositiveInt = 8189  # source synthetic: as many images as Flowers-102 has
-    synthetic_seed: Int = 0
+    synthetic_seed: Seed = 0
     image_size: PositiveInt = 64
     max_pixels: PositiveInt = 50_000_000  # prepare skips larger images (decompression bombs) before decoding them
     holdout: Annotated[Int, Field(ge=0)] = 500  # images kept out of training (holdout.npy), for bits/dim; 0: none
-    holdout_seed: Annotated[Int, Field(ge=0)] = 0  # which are held out: a seeded draw, the same on every machine
+    holdout_seed: Seed = 0  # which are held out: a seeded draw, the same on every machine
 
 
 class ModelConfig(Section):
@@ -117,7 +119,7 @@ class TrainConfig(Section):
     checkpoint_every: PositiveInt = 5000
     keep_checkpoints: PositiveInt = 3
     max_nonfinite: PositiveInt = 20  # stop after this many non-finite losses in a row
-    seed: Int = 0
+    seed: Seed = 0
     log_every: PositiveInt = 100
     sample_every: PositiveInt = 5000  # a grid of EMA samples (DDIM) to MLflow every N steps and at the end
     # the fast path; "auto": on for a GPU, off for the CPU
@@ -140,7 +142,7 @@ class SampleConfig(Section):
     clip_denoised: bool = True
     num_samples: PositiveInt = 10_000
     batch_size: PositiveInt = 256
-    seed: Int = 0
+    seed: Seed = 0
     # the fast path, as in train; "auto": on for a GPU, off for the CPU
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16: autocast the UNet to bfloat16
     channels_last: Literal["auto"] | bool = "auto"  # NHWC memory format
@@ -187,6 +189,7 @@ class TrackingConfig(Section):
 
 
 DISTINCT_SCHEDULES = "a list of distinct schedule names (" + ", ".join(SCHEDULES) + ")"
+DISTINCT_SEEDS = "a list of distinct seeds, integers from 0 to 2^64 - 1"
 
 
 def _unique(values: list) -> list:
@@ -209,9 +212,7 @@ class Config(Section):
         list[ScheduleName], AfterValidator(_unique), Field(min_length=1, description=DISTINCT_SCHEDULES)
     ] = ["linear", "cosine"]
     # train.seed of each repeat: the pipeline trains every schedule once per seed
-    seeds: Annotated[
-        list[Int], AfterValidator(_unique), Field(min_length=1, description="a list of distinct integer seeds")
-    ] = [0]
+    seeds: Annotated[list[Seed], AfterValidator(_unique), Field(min_length=1, description=DISTINCT_SEEDS)] = [0]
 
     def arch(self) -> dict[str, Any]:
         """The UNet's keyword arguments, image size included: `UNet(**config.arch())`."""

@@ -125,6 +125,11 @@ def test_a_tracking_store_that_cannot_be_opened_stops_training_before_it_starts(
             'ddpm: error: --batch-size (train.batch_size): expected a positive integer, got "abc"',
         ),
         (
+            ["--seed", "1180591620717411303424", "--image-size", "16"],  # 2^70: was torch's OverflowError, unhandled
+            "ddpm: error: --seed (train.seed): expected a seed, an integer from 0 to 2^64 - 1, got "
+            "1180591620717411303424",
+        ),
+        (
             ["--beta-schedule", "cosin"],
             "ddpm: error: --beta-schedule (diffusion.schedule): expected one of linear, cosine, "
             'quadratic, sigmoid, got "cosin"',

@@ -8,6 +8,8 @@ from ddpm.config import Config, _describe_error, load_config, parse_value
 from ddpm.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
+SEED = "a seed, an integer from 0 to 2^64 - 1"  # what torch's and numpy's generators both take
+SEEDS = "a list of distinct seeds, integers from 0 to 2^64 - 1"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -65,7 +67,7 @@ def test_model_architecture_is_the_preset_with_overrides() -> None:
         ("model:\n  dropout: 1.0\n", "model.dropout: expected a number in [0, 1) or null, got 1.0"),
         ("sample:\n  clip_denoised: maybe\n", 'sample.clip_denoised: expected true or false, got "maybe"'),
         ("data:\n  holdout: -1\n", "params.yaml: data.holdout: expected a non-negative integer, got -1"),
-        ("data:\n  holdout_seed: -1\n", "params.yaml: data.holdout_seed: expected a non-negative integer, got -1"),
+        ("data:\n  holdout_seed: -1\n", f"params.yaml: data.holdout_seed: expected {SEED}, got -1"),
         ("train: 5\n", "params.yaml: train: expected a mapping with keys steps,"),
         ("- 1\n", "params.yaml: expected a mapping of sections"),
         ("train: [\n", "params.yaml: invalid YAML at line 2"),
@@ -157,8 +159,11 @@ def test_schedules_is_a_list_of_distinct_known_names(tmp_path: Path) -> None:
         ("train.steps", 1.5, "--set train.steps: expected a positive integer, got 1.5"),
         ("train.steps", None, "--set train.steps: expected a positive integer, got null"),
         ("train.warmup_steps", -1, "--set train.warmup_steps: expected a non-negative integer, got -1"),
-        ("train.seed", 1.0, "--set train.seed: expected an integer, got 1.0"),
-        ("data.synthetic_seed", "0", '--set data.synthetic_seed: expected an integer, got "0"'),
+        ("train.seed", 1.0, f"--set train.seed: expected {SEED}, got 1.0"),
+        ("train.seed", 2**70, f"--set train.seed: expected {SEED}, got 1180591620717411303424"),  # torch overflowed
+        ("sample.seed", 2**64, f"--set sample.seed: expected {SEED}, got 18446744073709551616"),
+        ("data.synthetic_seed", "0", f'--set data.synthetic_seed: expected {SEED}, got "0"'),
+        ("data.synthetic_seed", -1, f"--set data.synthetic_seed: expected {SEED}, got -1"),  # numpy's ValueError
         ("train.lr", True, "--set train.lr: expected a positive number, got true"),
         ("train.lr", math.inf, "--set train.lr: expected a positive number, got inf"),
         ("train.lr", "inf", '--set train.lr: expected a positive number, got "inf"'),
@@ -284,9 +289,10 @@ def test_schedules_is_a_list_of_distinct_known_names(tmp_path: Path) -> None:
                 'quadratic, sigmoid), got "cosin"'
             ),
         ),
-        ("seeds", [0, 0], "--set seeds: expected a list of distinct integer seeds, got [0, 0]"),
-        ("seeds", ["a"], '--set seeds (seeds[0]): expected a list of distinct integer seeds, got "a"'),
-        ("seeds", [True], "--set seeds (seeds[0]): expected a list of distinct integer seeds, got true"),
+        ("seeds", [0, 0], f"--set seeds: expected {SEEDS}, got [0, 0]"),
+        ("seeds", ["a"], f'--set seeds (seeds[0]): expected {SEEDS}, got "a"'),
+        ("seeds", [True], f"--set seeds (seeds[0]): expected {SEEDS}, got true"),
+        ("seeds", [-1], f"--set seeds (seeds[0]): expected {SEEDS}, got -1"),
         ("data.image_size", {"a": 1}, '--set data.image_size: expected a positive integer, got {"a": 1}'),
     ],
 )
@@ -318,7 +324,7 @@ def test_each_bad_override_gives_its_pinned_line(
                 "attention_resolutions, dropout"
             ),
         ),
-        ("seeds: [0, x]\n", 'params.yaml: seeds[1]: expected a list of distinct integer seeds, got "x"'),
+        ("seeds: [0, x]\n", f'params.yaml: seeds[1]: expected {SEEDS}, got "x"'),
         (
             "train:\n  adam_betas: [0.9, 2]\n",
             "params.yaml: train.adam_betas[1]: expected a list of numbers in [0, 1), got 2",

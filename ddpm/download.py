@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ddpm.config import DataConfig
 from ddpm.errors import UserError
-from ddpm.files import FULL_DISK, disk_full, file_digest, first_link, write_json
+from ddpm.files import FULL_DISK, disk_full, file_digest, first_link, make_folder, write_json
 from ddpm.layout import EXTRACTED, SOURCE
 
 MAX_ATTEMPTS = 20  # requests per download while each one makes progress
@@ -94,7 +94,7 @@ def fetch(url: str, dest: Path, checksum: str, progress: bool, offline_hint: str
     """Stream `url` to `dest`.part, resuming with an HTTP Range request where a previous attempt
     stopped; verify the checksum, then move the file to `dest`. A mismatch deletes the file.
     Where nothing can be fetched at all, the error ends with `offline_hint`."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(dest.parent)
     part = dest.with_name(dest.name + ".part")
     for _ in range(MAX_ATTEMPTS):
         offset = part.stat().st_size if part.exists() else 0

@@ -22,7 +22,7 @@ def atomic_output(path: Path, needed: int | None = None) -> Iterator[Path]:
     and a full disk becomes one line that names `path` and the space free and `needed` (bytes; by
     default the size of what was there, or of what got written)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent)
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     except OSError as e:
         raise disk_full(path, needed) if e.errno in FULL_DISK else e from None
@@ -49,6 +49,16 @@ def atomic_output(path: Path, needed: int | None = None) -> Iterator[Path]:
 
 
 FULL_DISK = {errno.ENOSPC, errno.EDQUOT}
+
+
+def make_folder(folder: Path) -> None:
+    """Make `folder` and the folders above it; one line where a file stands in the way (an --out
+    under a regular file)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        raise UserError(f"{folder}: cannot create the folder: {blocker} is a file, not a folder") from None
 
 
 def _full(error: BaseException) -> bool:
@@ -128,7 +138,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
     releases) for the block; a second process stops at once, naming the holder's PID. A folder
     made for the block is removed again if the block leaves nothing in it."""
     made = [p for p in (folder, *folder.parents) if not p.exists()]  # from the folder up
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     lock = folder / LOCK_FILE
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:

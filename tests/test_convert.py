@@ -209,6 +209,16 @@ def test_what_cannot_be_imported_is_one_clear_error_and_nothing_is_written(
     assert not (tmp_path / "out").exists() and not (tmp_path / "pwned").exists()
 
 
+def test_a_checkpoint_path_under_a_regular_file_is_one_line(small_folder: Path, tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("in the way\n")
+    with pytest.raises(UserError) as error:  # was NotADirectoryError, unhandled
+        import_diffusers(small_folder, tmp_path / "afile" / "model.pt")
+    assert (
+        str(error.value)
+        == f"{tmp_path / 'afile'}: cannot create the folder: {tmp_path / 'afile'} is a file, not a folder"
+    )
+
+
 @pytest.fixture(scope="module")
 def small_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("small") / "unet"

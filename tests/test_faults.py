@@ -434,6 +434,30 @@ def test_compare_given_results_of_the_wrong_shape_is_one_line(project: Path) -> 
     one_line_error(result, f"{Path('runs/linear/seed0/eval.json')}: not the scores `ddpm evaluate` writes", "evaluate")
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["download", "--source", "cifar10", "--set", "data.url=http://127.0.0.1:9/"],
+        ["prepare", "--source", "synthetic", "--set", "data.synthetic_count=4", "--set", "data.holdout=0"],
+        ["train"],
+        ["sample"],
+        ["evaluate", "--samples", "data/prepared/images.npy"],
+        ["sweep"],
+        ["compare", "linear"],
+        ["schedules"],
+    ],
+    ids=lambda args: args[0],
+)
+def test_an_output_folder_under_a_regular_file_is_one_line(project: Path, args: list[str]) -> None:
+    (project / "afile").write_text("in the way\n")
+    out = "afile/sub/out.json" if args[0] in ("evaluate", "sweep") else "afile/sub"  # a file for these two
+    result = invoke(*args, "--out", out, "--set", "tracking.enabled=false", cwd=project)
+    assert one_line_error(result) == (  # was NotADirectoryError or FileExistsError, unhandled
+        f"ddpm: error: {Path('afile/sub')}: cannot create the folder: afile is a file, not a folder"
+    )
+    assert (project / "afile").read_text() == "in the way\n"
+
+
 EXPECTED_IMAGES = "expected a .npy file of uint8 images shaped (N, 3, H, W)"
 
 

@@ -155,6 +155,19 @@ def _unique_steps(steps: list[int]) -> list[int]:
     return sorted(steps)
 
 
+# A 95 % interval leaves out 2.5 % of the bootstrap resamples at each end: with fewer than 1 / 0.025,
+# no resample lies beyond an end, and the interval is the extremes of the few there are
+MIN_BOOTSTRAP = 40
+BOOTSTRAP_COUNT = (f"0 (no interval) or at least {MIN_BOOTSTRAP} resamples: a 95 % interval leaves out 2.5 % of "
+                   f"them at each end, which takes {MIN_BOOTSTRAP} for one on each side")  # fmt: skip
+
+
+def _enough_resamples(count: int) -> int:
+    if 0 < count < MIN_BOOTSTRAP:
+        raise ValueError("too few resamples for a 95 % interval")
+    return count
+
+
 class EvaluateConfig(Section):
     # inception: the standard FID network (pt_inception-2015-12-05, 2048-d pool features);
     # randconv: a small fixed random network for offline smoke runs, its metrics named fid_randconv etc.
@@ -168,7 +181,7 @@ class EvaluateConfig(Section):
     kid_subsets: PositiveInt = 100
     kid_subset_size: PositiveInt = 1000
     # FID's 95 % interval from this many bootstrap resamples of the samples' features; 0: none
-    bootstrap: Annotated[Int, Field(ge=0)] = 200
+    bootstrap: Annotated[Int, Field(ge=0, description=BOOTSTRAP_COUNT), AfterValidator(_enough_resamples)] = 200
     # the negative log-likelihood bound (bits/dim) on this many held-out images (data.holdout); 0: none
     nll_images: Annotated[Int, Field(ge=0)] = 256
     nll_variance: Literal["fixed_small", "fixed_large"] = "fixed_small"  # the reverse variance of the bound
@@ -178,7 +191,11 @@ class SweepConfig(Section):
     """FID against the number of sampling steps: DDIM at each of `steps`, and DDPM at full length;
     the sampler's other settings (eta, variance, clipping, seed, batch size) are sample.*."""
 
-    steps: Annotated[list[PositiveInt], AfterValidator(_unique_steps), Field(min_length=1)] = [10, 20, 50, 100, 250]
+    steps: Annotated[
+        list[PositiveInt],
+        AfterValidator(_unique_steps),
+        Field(min_length=1, description="a list of distinct positive integers"),
+    ] = [10, 20, 50, 100, 250]
     num_samples: PositiveInt = 5000
 
 

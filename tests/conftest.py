@@ -35,7 +35,7 @@ TINY = {
         "feature_extractor": "randconv",
         "kid_subsets": 10,
         "kid_subset_size": 4,
-        "bootstrap": 20,
+        "bootstrap": 40,  # the fewest for a 95 % interval
         "nll_images": 0,
     },
     "sweep": {"steps": [2, 5], "num_samples": 8},

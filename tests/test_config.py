@@ -10,6 +10,10 @@ from ddpm.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 SEED = "a seed, an integer from 0 to 2^64 - 1"  # what torch's and numpy's generators both take
 SEEDS = "a list of distinct seeds, integers from 0 to 2^64 - 1"
+BOOTSTRAP = (
+    "0 (no interval) or at least 40 resamples: a 95 % interval leaves out 2.5 % of them at each end, "
+    "which takes 40 for one on each side"
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -136,6 +140,11 @@ def test_config_round_trips_through_json() -> None:
     assert Config.model_validate(config.model_dump(mode="json")) == config
 
 
+def test_the_bootstrap_takes_0_or_enough_resamples_for_a_95_percent_interval(tmp_path: Path) -> None:
+    for resamples in (0, 40, 200):
+        assert load_config(write(tmp_path, f"evaluate:\n  bootstrap: {resamples}\n")).evaluate.bootstrap == resamples
+
+
 def test_schedules_is_a_list_of_distinct_known_names(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "schedules: [cosine, sigmoid]\n")).schedules == ["cosine", "sigmoid"]
     for text, shown in (("[linear, linear]", '["linear", "linear"]'), ("[linear, cosin]", '"cosin"'), ("[]", "[]")):
@@ -245,8 +254,15 @@ def test_schedules_is_a_list_of_distinct_known_names(tmp_path: Path) -> None:
         ("data.folder", 5, "--set data.folder: expected a string or null, got 5"),
         ("tracking.experiment", None, "--set tracking.experiment: expected a string, got null"),
         ("tracking.enabled", "no", '--set tracking.enabled: expected true or false, got "no"'),
-        ("sweep.steps", [10, 10], "--set sweep.steps: expected a list of positive integers, got [10, 10]"),
-        ("sweep.steps", [0], "--set sweep.steps (sweep.steps[0]): expected a list of positive integers, got 0"),
+        ("sweep.steps", [10, 10], "--set sweep.steps: expected a list of distinct positive integers, got [10, 10]"),
+        (
+            "sweep.steps",
+            [0],
+            "--set sweep.steps (sweep.steps[0]): expected a list of distinct positive integers, got 0",
+        ),
+        ("evaluate.bootstrap", 1, f"--set evaluate.bootstrap: expected {BOOTSTRAP}, got 1"),  # was an interval
+        ("evaluate.bootstrap", 39, f"--set evaluate.bootstrap: expected {BOOTSTRAP}, got 39"),
+        ("evaluate.bootstrap", -1, f"--set evaluate.bootstrap: expected {BOOTSTRAP}, got -1"),
         ("sample.eta", -1, "--set sample.eta: expected a non-negative number, got -1"),
         (
             "train.foo",

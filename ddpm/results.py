@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ddpm.checkpoint import describe
+from ddpm.checkpoint import UnreadableCheckpoint, describe
 from ddpm.errors import UserError
 from ddpm.files import sha256_hex
 from ddpm.layout import RunFolder
@@ -62,8 +62,13 @@ def _read_run(folder: RunFolder, name: str, seed: int) -> RunResult:
         raise UserError(f"{folder.path}: unreadable results ({e}); run its stages again") from None
     for file, content, stage in ((folder.train_metrics, train, "train"), (folder.eval_metrics, evaluation, "evaluate")):
         _check_shape(file, content, stage, name)
+    try:  # read before the scores are checked against it: a damaged model.pt was taken for a retrained one
+        model = describe(folder.model)
+    except UnreadableCheckpoint as e:
+        scored = command.replace("--seed ", "--set train.seed=")
+        raise UserError(f"{e}; run `ddpm train {command}` again to write it anew from the run's checkpoints, then "
+                        f"`ddpm sample` and `ddpm evaluate {scored}`") from None  # fmt: skip
     _check_same_model(folder, {folder.eval_metrics: evaluation, folder.sweep: sweep}, command)
-    model = describe(folder.model)
     return RunResult(name, seed, model, train, evaluation, sweep, terms, losses, folder.grid, run_id)
 
 

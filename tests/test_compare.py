@@ -318,6 +318,21 @@ def test_compare_refuses_scores_of_a_model_retrained_since(seeded: Path, tmp_pat
     assert not (root / "reports").exists()
 
 
+def test_compare_says_a_truncated_model_is_damaged_not_retrained(seeded: Path, tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(seeded / "runs" / "linear" / "seed0", root / "runs" / "linear" / "seed0")
+    model = root / "runs" / "linear" / "seed0" / "model.pt"
+    model.write_bytes(model.read_bytes()[:5000])  # as a full disk or a killed copy leaves it
+    refused = invoke("compare", "linear", "--set", "tracking.enabled=false", cwd=root)
+    assert refused.exit_code == 2
+    assert refused.stderr.strip() == (  # was "eval.json: scores an earlier model than model.pt (retrained since)"
+        f"ddpm: error: {Path('runs/linear/seed0/model.pt')}: not a valid ddpm checkpoint (truncated, or not a file "
+        "torch.save wrote); run `ddpm train --beta-schedule linear` again to write it anew from the run's "
+        "checkpoints, then `ddpm sample` and `ddpm evaluate --beta-schedule linear`"
+    )
+    assert not (root / "reports").exists()
+
+
 def test_seeds_are_averaged_and_their_spread_judges_the_differences(seeded: Path) -> None:
     compared = invoke("compare", "--set", "tracking.enabled=false", cwd=seeded)
     assert compared.exit_code == 0, compared.stderr

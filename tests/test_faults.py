@@ -444,7 +444,7 @@ def test_compare_given_results_of_the_wrong_shape_is_one_line(project: Path) -> 
         ["evaluate", "--samples", "data/prepared/images.npy"],
         ["sweep"],
         ["compare", "linear"],
-        ["schedules"],
+        pytest.param(["schedules"], marks=pytest.mark.slow),  # draws its pictures first: 3 s
     ],
     ids=lambda args: args[0],
 )

@@ -4,13 +4,18 @@ ddpm checkpoint that `ddpm sample` and `ddpm evaluate` use as they use a trained
 The UNet is Ho et al.'s in both projects, laid out one to one, so the weights are mapped tensor by
 tensor; only self-attention differs in form (diffusers: three Linear layers q, k, v; here one 1×1
 convolution of the three stacked). A config this UNet cannot compute is refused, naming the key,
-and so is a schedule other than those in ddpm.schedules. Weights are read from safetensors, or
-from a .bin file with torch.load(weights_only=True): loading never runs code from the folder.
+and so is a schedule other than those in ddpm.schedules, a value of the wrong type or beyond the
+caps below, and weights that are not finite floating-point numbers. Every size the config implies
+is checked against the weights' own shapes (a safetensors header, read without loading a tensor)
+on a UNet built without memory, before anything is allocated. Weights are read from safetensors,
+or from a .bin file with torch.load(weights_only=True): loading never runs code from the folder.
 """
 
 import json
+import math
 import pickle
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +55,17 @@ UNET_REQUIRED: dict[str, Any] = {
 # diffusers' beta_schedule → ddpm's schedule of the same betas (linear ones checked for their ends)
 SCHEDULES = {"linear": "linear", "scaled_linear": "quadratic", "squaredcos_cap_v2": "cosine"}
 PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+# The schedulers whose betas come from beta_schedule, beta_start and beta_end as DDPMScheduler's do
+# (tests/test_convert.py compares them); others (KarrasVeScheduler, flow matching, ...) have no betas.
+SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "DPMSolverMultistepScheduler",
+              "DPMSolverSinglestepScheduler", "DEISMultistepScheduler", "UniPCMultistepScheduler",
+              "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
+              "LMSDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler")  # fmt: skip
+# Caps on what the weights cannot bound: ddpm sample holds whole images of sample_size² pixels, a
+# UNet of layers_per_block × levels blocks is built to check the shapes, and T sets the schedule's length.
+MAX_IMAGE_SIZE, MAX_LAYERS, MAX_TIMESTEPS = 1024, 16, 100_000
+MAX_WIDTH = 8192  # block_out_channels: Ho et al.'s widest is 512
+FLOATS = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 
 
 def import_diffusers(folder: Path, out: Path) -> dict[str, Any]:
@@ -64,8 +80,9 @@ def import_diffusers(folder: Path, out: Path) -> dict[str, Any]:
                         f"{' or '.join(WEIGHT_FILES)}){hint}")  # fmt: skip
     arch = unet_architecture(_read_json(config_path), config_path)
     diffusion, scheduler_path = diffusion_process(folder)
-    weights_path, theirs = read_weights(folder)
-    state = unet_state_dict(theirs, arch, weights_path)
+    weights_path = weights_file(folder)
+    unet_state_dict(weight_shapes(weights_path), arch, weights_path)  # every size, before allocating one
+    state = unet_state_dict(read_weights(weights_path), arch, weights_path)
     imported = {
         "format": "diffusers",
         "folder": str(folder.resolve()),
@@ -89,51 +106,59 @@ def _read_json(path: Path) -> dict[str, Any]:
     return content
 
 
+def _shown(value: Any) -> str:
+    """`value` as the JSON file has it, cut short for a one-line message."""
+    text = json.dumps(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _count(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def unet_architecture(config: dict[str, Any], path: Path) -> dict[str, Any]:
     """The ddpm UNet's keyword arguments for a diffusers UNet2DModel config; a UserError naming every
     key whose value sets another function than this UNet's, or else the first value it cannot represent."""
-    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
-        raise UserError(f"{path}: _class_name = {config['_class_name']!r}; ddpm imports UNet2DModel only")
-    unknown = sorted(k for k in config if k not in UNET_DEFAULTS and not k.startswith("_"))
-    if unknown:
-        raise UserError(f"{path}: unknown UNet2DModel key {unknown[0]!r}; this ddpm cannot tell what it changes")
-    c = {**UNET_DEFAULTS, **config}
+    c = _unet_config(config, path)
 
     def refuse(key: str, expected: str) -> UserError:
-        return UserError(f"{path}: {key} = {json.dumps(c[key])}; the ddpm UNet computes {expected} only")
+        return UserError(f"{path}: {key} = {_shown(c[key])}; the ddpm UNet computes {expected} only")
 
-    wrong = [f"{key} = {json.dumps(c[key])} (ddpm: {json.dumps(value)})" for key, value in UNET_REQUIRED.items()
-             if c[key] != value]  # fmt: skip
-    if wrong:  # every one at once; editing the file would not help, the weights compute that function
-        raise UserError(f"{path}: this model computes another function than the ddpm UNet (Ho et al.'s) and "
-                        f"cannot be imported: {'; '.join(wrong)}")  # fmt: skip
     size = c["sample_size"]
     if isinstance(size, list) and len(size) == 2 and size[0] == size[1]:
         size = size[0]
-    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-        raise refuse("sample_size", "square images (a positive integer)")
+    if not _count(1, MAX_IMAGE_SIZE)(size):
+        raise refuse("sample_size", f"square images (a positive integer of at most {MAX_IMAGE_SIZE})")
     widths = c["block_out_channels"]
-    channels = widths[0] if isinstance(widths, list) and widths and isinstance(widths[0], int) else 0
-    if channels <= 0 or any(not isinstance(w, int) or w % channels for w in widths):
-        raise refuse("block_out_channels", "multiples of the first width")
+    if not (isinstance(widths, list) and widths and all(_count(1, MAX_WIDTH)(w) for w in widths)) or any(
+        w % widths[0] for w in widths
+    ):
+        raise refuse("block_out_channels", f"positive multiples of the first width, each at most {MAX_WIDTH},")
+    channels = widths[0]
     if c["time_embedding_dim"] not in (None, 4 * channels):
         raise refuse("time_embedding_dim", f"4 × block_out_channels[0] = {4 * channels}")
     if c["attn_norm_num_groups"] not in (None, GROUPS):
         raise refuse("attn_norm_num_groups", f"{GROUPS}")
     down, up = c["down_block_types"], c["up_block_types"]
-    if not isinstance(down, list) or len(down) != len(widths) or set(down) - {"DownBlock2D", "AttnDownBlock2D"}:
+    kinds = ("DownBlock2D", "AttnDownBlock2D")
+    if not isinstance(down, list) or len(down) != len(widths) or any(kind not in kinds for kind in down):
         raise refuse("down_block_types", "DownBlock2D or AttnDownBlock2D, one per block_out_channels entry")
     mirror = [kind.replace("Down", "Up") for kind in reversed(down)]
     if up != mirror:
         raise refuse("up_block_types", f"the mirror of down_block_types, {json.dumps(mirror)},")
-    layers = c["layers_per_block"]
-    if not isinstance(layers, int) or layers <= 0:
-        raise refuse("layers_per_block", "a positive integer")
+    if not _count(1, MAX_LAYERS)(c["layers_per_block"]):
+        raise refuse("layers_per_block", f"a positive integer of at most {MAX_LAYERS}")
+    if not (_finite(c["dropout"]) and 0 <= c["dropout"] < 1):
+        raise UserError(f"{path}: dropout = {_shown(c['dropout'])}; expected a number from 0 to below 1")
     arch = {
         "image_size": size,
         "channels": channels,
         "channel_mult": [w // channels for w in widths],
-        "num_res_blocks": layers,
+        "num_res_blocks": c["layers_per_block"],
         "attention_resolutions": [size // 2**level for level, kind in enumerate(down) if kind == "AttnDownBlock2D"],
         "dropout": float(c["dropout"]),
     }
@@ -142,6 +167,23 @@ def unet_architecture(config: dict[str, Any], path: Path) -> dict[str, Any]:
     except ValueError as e:
         raise UserError(f"{path}: {e}") from None
     return arch
+
+
+def _unet_config(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`config` over diffusers' defaults, once its class, its keys and the function it computes are
+    those of the ddpm UNet."""
+    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise UserError(f"{path}: _class_name = {_shown(config['_class_name'])}; ddpm imports UNet2DModel only")
+    unknown = sorted(k for k in config if k not in UNET_DEFAULTS and not k.startswith("_"))
+    if unknown:
+        raise UserError(f"{path}: unknown UNet2DModel key {unknown[0]!r}; this ddpm cannot tell what it changes")
+    c = {**UNET_DEFAULTS, **config}
+    wrong = [f"{key} = {_shown(c[key])} (ddpm: {json.dumps(value)})" for key, value in UNET_REQUIRED.items()
+             if c[key] != value]  # fmt: skip
+    if wrong:  # every one at once; editing the file would not help, the weights compute that function
+        raise UserError(f"{path}: this model computes another function than the ddpm UNet (Ho et al.'s) and "
+                        f"cannot be imported: {'; '.join(wrong)}")  # fmt: skip
+    return c
 
 
 def diffusion_process(folder: Path) -> tuple[dict[str, Any], Path]:
@@ -153,36 +195,70 @@ def diffusion_process(folder: Path) -> tuple[dict[str, Any], Path]:
         raise UserError(f"{folder}: no scheduler config ({' or '.join(map(str, candidates))}); "
                         "it says which beta schedule the model was trained with")  # fmt: skip
     c = _read_json(path)
+    kind = c.get("_class_name", "DDPMScheduler")
+    if kind not in SCHEDULERS:
+        raise UserError(f"{path}: _class_name = {_shown(kind)}; expected a scheduler whose betas come from "
+                        f"beta_schedule ({', '.join(SCHEDULERS[:3])}, ...)")  # fmt: skip
     timesteps, name = c.get("num_train_timesteps", 1000), c.get("beta_schedule", "linear")
     for key, bad in (("trained_betas", lambda v: v is not None), ("rescale_betas_zero_snr", bool)):
         if bad(c.get(key)):
-            raise UserError(f"{path}: {key} = {json.dumps(c[key])}; ddpm computes its betas from a named schedule")
-    if name not in SCHEDULES:
-        raise UserError(f"{path}: beta_schedule = {json.dumps(name)}; ddpm imports {', '.join(SCHEDULES)} only")
-    if not isinstance(timesteps, int) or isinstance(timesteps, bool) or timesteps < 2:
-        raise UserError(f"{path}: num_train_timesteps = {json.dumps(timesteps)}; expected an integer of at least 2")
-    if name != "squaredcos_cap_v2":  # ddpm's linear and quadratic run from 1e-4 to 0.02, scaled by 1000/T
-        ends = (c.get("beta_start", 0.0001), c.get("beta_end", 0.02))
-        expected = (1e-4 * 1000 / timesteps, 0.02 * 1000 / timesteps)
-        if any(abs(a - b) > 1e-9 * b for a, b in zip(ends, expected, strict=True)):
-            raise UserError(f"{path}: beta_start, beta_end = {ends[0]}, {ends[1]}; ddpm's {SCHEDULES[name]} schedule "
-                            f"at T = {timesteps} runs from {expected[0]:.6g} to {expected[1]:.6g}")  # fmt: skip
+            raise UserError(f"{path}: {key} = {_shown(c[key])}; ddpm computes its betas from a named schedule")
+    if not isinstance(name, str) or name not in SCHEDULES:
+        raise UserError(f"{path}: beta_schedule = {_shown(name)}; ddpm imports {', '.join(SCHEDULES)} only")
+    if not _count(2, MAX_TIMESTEPS)(timesteps):
+        raise UserError(f"{path}: num_train_timesteps = {_shown(timesteps)}; expected an integer from 2 to "
+                        f"{MAX_TIMESTEPS}")  # fmt: skip
+    if name != "squaredcos_cap_v2":
+        _check_beta_ends(c, path, SCHEDULES[name], timesteps)
     prediction = c.get("prediction_type", "epsilon")
-    if prediction not in PREDICTIONS:
-        raise UserError(f"{path}: prediction_type = {json.dumps(prediction)}; expected one of {', '.join(PREDICTIONS)}")
+    if not isinstance(prediction, str) or prediction not in PREDICTIONS:
+        raise UserError(f"{path}: prediction_type = {_shown(prediction)}; expected one of {', '.join(PREDICTIONS)}")
     schedule = SCHEDULES[name]
     beta_schedule(schedule, timesteps)  # a schedule that cannot be built at this T raises here, not at sampling
     return {"schedule": schedule, "timesteps": timesteps, "prediction": PREDICTIONS[prediction]}, path
 
 
-UNSAFE_ADVICE = ("weights_only", "weights only", "unsupported global", "trust")  # words of torch's advice to unpickle
+def _check_beta_ends(c: dict[str, Any], path: Path, schedule: str, timesteps: int) -> None:
+    """ddpm's linear and quadratic schedules run from 1e-4 to 0.02, scaled by 1000/T: the config's
+    beta_start and beta_end must be those."""
+    ends = (c.get("beta_start", 0.0001), c.get("beta_end", 0.02))
+    for key, value in zip(("beta_start", "beta_end"), ends, strict=True):
+        if not _finite(value):
+            raise UserError(f"{path}: {key} = {_shown(value)}; expected a finite number")
+    expected = (1e-4 * 1000 / timesteps, 0.02 * 1000 / timesteps)
+    if any(abs(a - b) > 1e-9 * b for a, b in zip(ends, expected, strict=True)):
+        raise UserError(f"{path}: beta_start, beta_end = {ends[0]}, {ends[1]}; ddpm's {schedule} schedule "
+                        f"at T = {timesteps} runs from {expected[0]:.6g} to {expected[1]:.6g}")  # fmt: skip
 
 
-def read_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
-    """The UNet's tensors from the folder's safetensors file, else its .bin file (weights_only)."""
+def weights_file(folder: Path) -> Path:
+    """The folder's safetensors file, else its .bin file."""
     path = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
     if path is None:
         raise UserError(f"{folder}: no weights file; expected {' or '.join(WEIGHT_FILES)}")
+    return path
+
+
+def weight_shapes(path: Path) -> dict[str, torch.Tensor]:
+    """The weights at `path` as tensors without memory (the meta device): their names, shapes and
+    types, from a safetensors header without loading a tensor (a .bin file is loaded, as large as it is)."""
+    if path.suffix != ".safetensors":
+        return {name: tensor.to("meta") for name, tensor in read_weights(path).items()}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            header = {name: (f.get_slice(name).get_shape(), f.get_slice(name).get_dtype()) for name in f.keys()}
+    except Exception as e:  # safetensors raises its own kinds; the message says which
+        raise _unreadable(path, e) from None
+    for name, (_, kind) in header.items():
+        if kind not in FLOATS:
+            raise UserError(f"{path}: tensor {name!r} holds {kind} values; expected floating-point weights")
+    return {name: torch.empty(shape, dtype=FLOATS[kind], device="meta") for name, (shape, kind) in header.items()}
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The UNet's tensors from a safetensors file, or a .bin file (weights_only): floating-point and finite."""
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -193,14 +269,27 @@ def read_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
                 warnings.simplefilter("ignore")
                 tensors = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # safetensors and torch's unpickler raise many kinds; the message says which
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        # torch's refusals advise loading the file anyway "if you trust" it: never relay that
-        if isinstance(e, pickle.UnpicklingError) or any(word in detail.lower() for word in UNSAFE_ADVICE):
-            detail = "it holds objects other than tensors; refused without running them"
-        raise UserError(f"{path}: not a readable weights file ({detail[:200]})") from None
+        raise _unreadable(path, e) from None
     if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
         raise UserError(f"{path}: expected a mapping of tensor names to tensors")
-    return path, tensors
+    for name, tensor in tensors.items():
+        if tensor.dtype not in FLOATS.values():
+            kind = str(tensor.dtype).removeprefix("torch.")
+            raise UserError(f"{path}: tensor {name!r} holds {kind} values; expected floating-point weights")
+        if not torch.isfinite(tensor).all():
+            raise UserError(f"{path}: tensor {name!r} holds NaN or infinite values; expected finite weights")
+    return tensors
+
+
+UNSAFE_ADVICE = ("weights_only", "weights only", "unsupported global", "trust")  # words of torch's advice to unpickle
+
+
+def _unreadable(path: Path, error: Exception) -> UserError:
+    detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+    # torch's refusals advise loading the file anyway "if you trust" it: never relay that
+    if isinstance(error, pickle.UnpicklingError) or any(word in detail.lower() for word in UNSAFE_ADVICE):
+        detail = "it holds objects other than tensors; refused without running them"
+    return UserError(f"{path}: not a readable weights file ({detail[:200]})")
 
 
 def _resblock(ours: str, theirs: str, has_skip: bool) -> dict[str, str]:
@@ -238,8 +327,10 @@ def module_map(model: UNet) -> tuple[dict[str, str], dict[str, str]]:
 
 def unet_state_dict(theirs: dict[str, torch.Tensor], arch: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
     """The ddpm UNet's state dict (float32) from diffusers' tensors; a UserError naming the first tensor
-    missing, left over or of the wrong shape."""
-    model = UNet(**arch)
+    missing, left over or of the wrong shape. With tensors on the meta device (`weight_shapes`), this
+    checks every shape and allocates nothing: the UNet is only a plan of names and shapes, on meta too."""
+    with torch.device("meta"):
+        model = UNet(**arch)
     expected = model.state_dict()
     plain, attention = module_map(model)
     used: set[str] = set()

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ddpm.cifar10 import CIFAR10_BATCHES, cifar10_training_images
 from ddpm.config import DataConfig
 from ddpm.errors import UserError
-from ddpm.files import atomic_output, file_digest, first_link, sha256_hex, write_json
+from ddpm.files import atomic_output, file_digest, first_link, npy_size, sha256_hex, write_json
 from ddpm.layout import EXTRACTED, HOLDOUT, IMAGES, MANIFEST
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -44,8 +44,9 @@ NPY_MAGIC = b"\x93NUMPY"  # how every .npy file starts
 
 def save_images(path: Path, images: np.ndarray) -> None:
     """Write a uint8 (N, 3, H, W) array to `path` (.npy), atomically."""
-    with atomic_output(path) as tmp:
-        np.save(tmp, np.ascontiguousarray(images))
+    images = np.ascontiguousarray(images)
+    with atomic_output(path, needed=npy_size(images)) as tmp:
+        np.save(tmp, images)
 
 
 def load_images(path: Path) -> np.ndarray:
@@ -220,10 +221,12 @@ def save_split(out_dir: Path, training: np.ndarray, held_out: np.ndarray) -> Non
     images.npy is renamed first: a run stopped between the two renames leaves an images.npy that the
     old manifest no longer matches, which `training_images` refuses, rather than a new holdout.npy
     that may hold images the old images.npy trains on."""
-    with atomic_output(out_dir / HOLDOUT) as held_tmp:
-        np.save(held_tmp, np.ascontiguousarray(held_out))
-        with atomic_output(out_dir / IMAGES) as training_tmp:
-            np.save(training_tmp, np.ascontiguousarray(training))
+    training, held_out = np.ascontiguousarray(training), np.ascontiguousarray(held_out)
+    needed = npy_size(training) + npy_size(held_out)  # the two are on the disk together before the renames
+    with atomic_output(out_dir / HOLDOUT, needed) as held_tmp:
+        np.save(held_tmp, held_out)
+        with atomic_output(out_dir / IMAGES, needed) as training_tmp:
+            np.save(training_tmp, training)
 
 
 def _load_all(

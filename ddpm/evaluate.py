@@ -19,7 +19,7 @@ from ddpm.data import load_images, to_unit_range
 from ddpm.errors import UserError
 from ddpm.fastpath import FastPath
 from ddpm.features import extract_features, load_extractor, real_features
-from ddpm.files import atomic_output, folder_lock, sha256_hex, write_json
+from ddpm.files import folder_lock, sha256_hex, write_bytes, write_json
 from ddpm.layout import NLL_TERMS, SAMPLES_ORIGIN, RunFolder
 from ddpm.metrics import fid_basic_interval, fid_bootstrap, frechet_distance, kernel_distance
 from ddpm.sample import generate, read_origin
@@ -142,8 +142,8 @@ def held_out(path: Path, wanted: int) -> np.ndarray:
 def write_terms(terms: np.ndarray | list[float], path: Path) -> None:
     """The bound's per-timestep terms as CSV: t (the paper's, 1 = the decoder L_0), bits/dim; no
     terms, the header alone."""
-    with atomic_output(path) as tmp:
-        tmp.write_text("t,bpd\n" + "".join(f"{t},{v!r}\n" for t, v in enumerate(np.asarray(terms).tolist(), start=1)))
+    rows = "".join(f"{t},{v!r}\n" for t, v in enumerate(np.asarray(terms).tolist(), start=1))
+    write_bytes(path, f"t,bpd\n{rows}".encode())
 
 
 # --- FID against the number of sampling steps --------------------------------------------------------

@@ -33,7 +33,7 @@ from ddpm.config import EvaluateConfig
 from ddpm.data import load_images
 from ddpm.download import fetch
 from ddpm.errors import UserError
-from ddpm.files import atomic_output, file_digest, sha256_hex
+from ddpm.files import atomic_output, file_digest, npy_size, sha256_hex
 from ddpm.layout import feature_cache
 
 INCEPTION_URL = (
@@ -223,6 +223,6 @@ def real_features(
     if cache.is_file():
         return torch.from_numpy(np.load(cache)), True
     features = extract_features(extractor, load_images(real_path), batch_size, device, "features real", progress)
-    with atomic_output(cache) as tmp:
+    with atomic_output(cache, needed=npy_size(features.numpy())) as tmp:
         np.save(tmp, features.numpy())
     return features, False

@@ -6,13 +6,18 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ddpm.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @contextmanager
@@ -49,6 +54,10 @@ def atomic_output(path: Path, needed: int | None = None) -> Iterator[Path]:
 
 
 FULL_DISK = {errno.ENOSPC, errno.EDQUOT}
+# How writers report a full disk without an errno: numpy's short write (ndarray.tofile), and
+# torch.save's C++ stream (torch 2.14) and zip writer ("unexpected pos", before 2.14 "file write failed").
+SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+TORCH_WRITE_FAILED = ("basic_ios::clear: iostream error", "unexpected pos", "file write failed")
 
 
 def make_folder(folder: Path) -> None:
@@ -62,20 +71,20 @@ def make_folder(folder: Path) -> None:
 
 
 def _full(error: BaseException) -> bool:
-    """Whether a failed write looks like a full disk. torch.save reports one as a RuntimeError of its
-    zip writer ("... file write failed"), without the errno."""
+    """Whether a failed write looks like a full disk (or a quota reached)."""
     if isinstance(error, OSError):
-        return error.errno in FULL_DISK
-    return isinstance(error, RuntimeError) and "write failed" in str(error)
+        return error.errno in FULL_DISK or (error.errno is None and SHORT_WRITE.fullmatch(str(error)) is not None)
+    return isinstance(error, RuntimeError) and any(shape in str(error) for shape in TORCH_WRITE_FAILED)
 
 
-def disk_full(path: Path, needed: int | None) -> UserError:
-    """The one-line error for a write to `path` that found the disk full."""
-    folder = path.parent if path.parent.exists() else Path(".")
+def disk_full(path: Path, needed: int | None, failed: str = "cannot write it") -> UserError:
+    """The one-line error for a write to `path` that found the disk full, with the space free in the
+    nearest folder there is and the `needed` bytes, where known."""
+    folder = next(p for p in (path, *path.parents) if p.is_dir())
     free = shutil.disk_usage(folder).free
     more = f", about {_size(needed)} needed" if needed else ""
     return UserError(
-        f"{path}: cannot write it, the disk is full ({_size(free)} free in {folder.resolve()}{more}); free some "
+        f"{path}: {failed}, the disk is full ({_size(free)} free in {folder.resolve()}{more}); free some "
         "space and run the same command again"
     )
 
@@ -92,8 +101,21 @@ def _size(count: float) -> str:
 
 def write_json(path: Path, value: object, sort_keys: bool = False) -> None:
     """`value` as indented JSON with a final newline, written atomically."""
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(value, indent=2, sort_keys=sort_keys) + "\n")
+    write_bytes(path, (json.dumps(value, indent=2, sort_keys=sort_keys) + "\n").encode())
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """`data` at `path`, written atomically: a full disk says how much the whole file needs."""
+    with atomic_output(path, needed=len(data)) as tmp:
+        tmp.write_bytes(data)
+
+
+NPY_HEADER = 128  # np.save's header for an array of a few dimensions (format 1.0 pads it to 64-byte blocks)
+
+
+def npy_size(array: "np.ndarray") -> int:
+    """About the bytes np.save writes for `array`: its data and the header; what a full disk needs."""
+    return array.nbytes + NPY_HEADER
 
 
 def _umask() -> int:
@@ -136,26 +158,53 @@ LOCK_FILE = ".ddpm.lock"
 def folder_lock(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on `folder` (an OS lock on its LOCK_FILE, which a killed process
     releases) for the block; a second process stops at once, naming the holder's PID. A folder
-    made for the block is removed again if the block leaves nothing in it."""
+    made for the block is removed again if the block leaves nothing in it. A disk too full to
+    record the lock stops the command here, before its work, in one line."""
     made = [p for p in (folder, *folder.parents) if not p.exists()]  # from the folder up
-    make_folder(folder)
-    lock = folder / LOCK_FILE
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _acquire(folder, made)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise UserError(
-                f"{folder} is in use by another ddpm process (PID {holder}); wait for it to end, or use --out "
-                "for another folder"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        if made and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
-            lock.unlink()
-            for empty in made:
-                empty.rmdir()
+        _remove_if_empty(made, folder)
         os.close(fd)  # releases the lock
+
+
+def _acquire(folder: Path, made: list[Path]) -> int:
+    """The open LOCK_FILE of `folder`, locked by this process; the folders `made` for it are removed
+    again if that fails."""
+    fd = None
+    try:
+        make_folder(folder)
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        _hold(fd, folder)
+        return fd
+    except BaseException as e:
+        _remove_if_empty(made, folder)
+        if fd is not None:
+            os.close(fd)
+        if isinstance(e, OSError) and e.errno in FULL_DISK:  # even the PID did not fit: stop before the work
+            raise disk_full(folder, None, "cannot lock it for this command") from None
+        raise
+
+
+def _hold(fd: int, folder: Path) -> None:
+    """Take the lock on the open LOCK_FILE `fd` and write this process's PID into it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        raise UserError(
+            f"{folder} is in use by another ddpm process (PID {holder}); wait for it to end, or use --out "
+            "for another folder"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
+def _remove_if_empty(made: list[Path], folder: Path) -> None:
+    """Remove the folders `made` for the lock (from `folder` up) where they hold nothing else."""
+    if made and folder.is_dir() and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+        (folder / LOCK_FILE).unlink()
+    for empty in made:
+        if empty.is_dir() and not any(empty.iterdir()):
+            empty.rmdir()

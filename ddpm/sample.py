@@ -4,6 +4,7 @@ Besides the samples, the first few of the first batch are recorded along the way
 x_0, for a picture of the denoising and an animated GIF of it.
 """
 
+import io
 import itertools
 import json
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from ddpm.data import save_images, to_uint8
 from ddpm.diffusion import GaussianDiffusion, Model
 from ddpm.errors import UserError
 from ddpm.fastpath import FastPath
-from ddpm.files import atomic_output, folder_lock, write_json
+from ddpm.files import folder_lock, write_bytes, write_json
 from ddpm.layout import GRID, PROGRESSION_GIF, PROGRESSION_PICTURE, SAMPLES_ARRAY, SAMPLES_ORIGIN
 
 GRID_IMAGES = 64
@@ -159,8 +160,10 @@ def read_origin(samples: Path) -> dict | None:
 
 
 def write_png(picture: np.ndarray, path: Path) -> None:
-    with atomic_output(path) as tmp:
-        Image.fromarray(picture).save(tmp)
+    """`picture` (uint8, (H, W, 3)) as a PNG: encoded first, so that a full disk says the whole size."""
+    encoded = io.BytesIO()
+    Image.fromarray(picture).save(encoded, format="PNG")
+    write_bytes(path, encoded.getvalue())
 
 
 def write_progression(frames: list[torch.Tensor], picture: Path, gif: Path) -> None:
@@ -172,9 +175,9 @@ def write_progression(frames: list[torch.Tensor], picture: Path, gif: Path) -> N
     stacked = torch.stack(columns, dim=1).flatten(0, 1)  # (k · columns, 3, H, W), row by row
     write_png(grid_picture(stacked, len(columns)), picture)
     pictures = [Image.fromarray(grid_picture(frame, len(frame))) for frame in frames]
-    with atomic_output(gif) as tmp:
-        durations = [80] * (len(pictures) - 1) + [2000]
-        pictures[0].save(tmp, save_all=True, append_images=pictures[1:], duration=durations, loop=0)
+    encoded, durations = io.BytesIO(), [80] * (len(pictures) - 1) + [2000]
+    pictures[0].save(encoded, format="GIF", save_all=True, append_images=pictures[1:], duration=durations, loop=0)
+    write_bytes(gif, encoded.getvalue())
 
 
 def stage(config: Config, checkpoint: Path, out_dir: Path, device: torch.device) -> tuple[torch.Tensor, Trained]:

@@ -35,7 +35,7 @@ from ddpm.diffusion import GaussianDiffusion
 from ddpm.distributed import ONE_PROCESS, Ranks, agree_to_stop, join_process_group, stop_requests
 from ddpm.errors import Interrupted, UserError
 from ddpm.fastpath import FastPath
-from ddpm.files import atomic_output, folder_lock, remove_partial_outputs, write_json
+from ddpm.files import folder_lock, remove_partial_outputs, write_bytes, write_json
 from ddpm.layout import RunFolder, checkpoint_path, step_checkpoints
 from ddpm.sample import preview
 from ddpm.state import Record, TrainState, Window, starting_point
@@ -330,8 +330,8 @@ def _finish(
     save_checkpoint(result.checkpoint, state.checkpoint(config, device).final())
     folder = RunFolder(result.checkpoint.parent)
     write_json(folder.train_metrics, result.metrics())
-    with atomic_output(folder.losses) as tmp:
-        tmp.write_text("step,loss\n" + "".join(f"{step},{loss:.6f}\n" for step, loss in result.losses))
+    rows = "".join(f"{step},{loss:.6f}\n" for step, loss in result.losses)
+    write_bytes(folder.losses, f"step,loss\n{rows}".encode())
     if tracker:
         tracker.finish(result, [result.checkpoint, folder.train_metrics, folder.losses])
 

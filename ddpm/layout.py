@@ -105,6 +105,10 @@ class RunFolder:
         return self.samples / SAMPLES_ARRAY
 
     @property
+    def samples_origin(self) -> Path:
+        return self.samples / SAMPLES_ORIGIN
+
+    @property
     def grid(self) -> Path:
         return self.samples / GRID
 
@@ -127,6 +131,12 @@ class RunFolder:
     @property
     def mlflow_eval_run(self) -> Path:
         return self.path / MLFLOW_EVAL_RUN
+
+
+def run_folder_of(samples: Path) -> Path:
+    """The run folder a samples file lies in: the folder holding its samples/ folder, or, for samples
+    anywhere else, their own folder."""
+    return samples.parent.parent if samples.parent.name == SAMPLES else samples.parent
 
 
 def checkpoint_path(folder: Path, step: int) -> Path:

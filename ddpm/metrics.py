@@ -9,8 +9,13 @@ import torch
 
 
 def gaussian(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and (unbiased) covariance of features (N, D), in float64."""
+    """Mean and (unbiased) covariance of features (N, D), in float64. Fewer than 2 rows or a value
+    that is not finite is a ValueError: the eigenvalue routines would end the process (MKL's DGEBAL)."""
     x = features.double()
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"features {tuple(x.shape)}: a covariance needs at least 2 rows of (N, D)")
+    if not torch.isfinite(x).all():
+        raise ValueError("features hold values that are not finite")
     return x.mean(0), torch.cov(x.T)
 
 

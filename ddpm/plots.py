@@ -14,7 +14,7 @@ from PIL import Image
 from ddpm.data import first_image, to_uint8, to_unit_range
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import UserError
-from ddpm.files import atomic_output
+from ddpm.files import atomic_outputs
 from ddpm.layout import FORWARD_PICTURE, SCHEDULES_PICTURE
 from ddpm.results import RunResult, by_schedule, label, metric_names
 from ddpm.schedules import SCHEDULES, beta_schedule
@@ -33,8 +33,8 @@ def _pyplot():  # noqa: ANN202
 
 
 def _save(fig, path: Path) -> None:  # noqa: ANN001
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=100)
+    """The figure as the picture `path` (a temporary file of `atomic_outputs`: the callers write sets)."""
+    fig.savefig(path, dpi=100)
     _pyplot().close(fig)
 
 
@@ -166,8 +166,9 @@ def schedule_pictures(
     names = checked_names(names or list(SCHEDULES), timesteps)
     image = first_image(data, image_size)
     curves, forward = out_dir / SCHEDULES_PICTURE, out_dir / FORWARD_PICTURE
-    plot_schedules(names, timesteps, curves)
-    forward_strip(names, timesteps, image, forward)
+    with atomic_outputs() as output:
+        plot_schedules(names, timesteps, output(curves))
+        forward_strip(names, timesteps, image, output(forward))
     return [curves, forward]
 
 

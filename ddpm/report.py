@@ -2,14 +2,17 @@
 verdicts and every picture, and the table as comparison.csv and .json.
 """
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ddpm import layout
 from ddpm.config import Config
 from ddpm.data import first_image
-from ddpm.files import atomic_output, folder_lock, write_json
+from ddpm.files import atomic_outputs, folder_lock
 from ddpm.plots import (
     checked_names,
     forward_strip,
@@ -39,47 +42,52 @@ def compare(
     image size are the checkpoints'. Returns the rows, the files and each run's MLflow child run
     (where tracked). `ready` is called once every input is read."""
     results = read_results(names, seeds, runs_dir)
+    image = first_image(data, results[0].model["arch"]["image_size"])  # checked, like every input, before any write
     if ready:
         ready()
     rows = table_rows(results)
-    pictures = _draw_pictures(names, seeds, results, rows, data, out_dir)
-    tables = _write_tables(rows, results, out_dir)
+    with atomic_outputs() as output:  # the report is renamed into place only once every file of it is written
+        pictures = _draw_pictures(names, seeds, results, rows, image, out_dir, output)
+        tables = _write_tables(rows, results, out_dir, output)
     linked = {label(r): r.run_id for r in results if r.run_id}
     return rows, [*tables, *pictures], linked
 
 
 def _draw_pictures(
-    names: list[str], seeds: list[int], results: list[RunResult], rows: list[dict[str, Any]], data: Path, out_dir: Path
-) -> list[Path]:
-    """Every picture of the report; the schedules' at the checkpoints' T and image size."""
-    timesteps, image_size = results[0].model["diffusion"]["timesteps"], results[0].model["arch"]["image_size"]
-    image = first_image(data, image_size)
+    names: list[str], seeds: list[int], results: list[RunResult], rows: list[dict[str, Any]], image: np.ndarray,
+    out_dir: Path, output: Callable[[Path], Path],
+) -> list[Path]:  # fmt: skip
+    """Every picture of the report, each written to `output(path)`; the schedules' at the checkpoints'
+    T, `image` (the first real one) noised by each."""
+    timesteps = results[0].model["diffusion"]["timesteps"]
     files = [out_dir / name for name in PICTURES]
     schedules, nll_terms, sweep, losses, forward, samples = files
-    plot_schedules(names, timesteps, schedules)
-    plot_nll_terms(results, nll_terms)
-    plot_sweep(results, sweep)
-    plot_losses(results, losses)
-    forward_strip(names, timesteps, image, forward)
-    plot_sample_grids([r for r in results if r.seed == seeds[0]], rows, samples)
+    plot_schedules(names, timesteps, output(schedules))
+    plot_nll_terms(results, output(nll_terms))
+    plot_sweep(results, output(sweep))
+    plot_losses(results, output(losses))
+    forward_strip(names, timesteps, image, output(forward))
+    plot_sample_grids([r for r in results if r.seed == seeds[0]], rows, output(samples))
     return files
 
 
-def _write_tables(rows: list[dict[str, Any]], results: list[RunResult], out_dir: Path) -> list[Path]:
-    """report.md, and the table as comparison.json, comparison.csv and scores.csv (long form, for DVC's bar plot)."""
+def _write_tables(
+    rows: list[dict[str, Any]], results: list[RunResult], out_dir: Path, output: Callable[[Path], Path]
+) -> list[Path]:
+    """report.md, and the table as comparison.json, comparison.csv and scores.csv (long form, for DVC's
+    bar plot), each written to `output(path)`."""
     tables = [out_dir / name for name in (layout.REPORT, layout.COMPARISON_JSON, layout.COMPARISON_CSV, layout.SCORES)]
     report, as_json, as_csv, scores = tables
-    write_json(as_json, rows)
+    output(as_json).write_text(json.dumps(rows, indent=2) + "\n")
     keys = list(dict.fromkeys(key for row in rows for key in row))
-    with atomic_output(as_csv) as tmp:
-        tmp.write_text(
-            ",".join(keys) + "\n" + "".join(",".join(str(row.get(k, "")) for k in keys) + "\n" for row in rows)
-        )
+    output(as_csv).write_text(
+        ",".join(keys) + "\n" + "".join(",".join(str(row.get(k, "")) for k in keys) + "\n" for row in rows)
+    )
     fid = metric_names(rows[0])[0]
-    with atomic_output(scores) as tmp:
-        tmp.write_text("schedule,metric,score\n" + "".join(f"{row['schedule']},{fid},{row[fid]}\n" for row in rows))
-    with atomic_output(report) as tmp:
-        tmp.write_text(markdown_report(rows, results, results[0].model["diffusion"]["timesteps"]))
+    output(scores).write_text(
+        "schedule,metric,score\n" + "".join(f"{row['schedule']},{fid},{row[fid]}\n" for row in rows)
+    )
+    output(report).write_text(markdown_report(rows, results, results[0].model["diffusion"]["timesteps"]))
     return tables
 
 

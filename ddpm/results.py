@@ -4,17 +4,20 @@ into one table row per schedule, the mean over the seeds.
 """
 
 import json
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from ddpm.checkpoint import UnreadableCheckpoint, describe
 from ddpm.errors import UserError
 from ddpm.files import sha256_hex
-from ddpm.layout import RunFolder
+from ddpm.layout import GRID, SAMPLES_ARRAY, RunFolder
+from ddpm.origin import read_origin
 
 
 @dataclass
@@ -42,37 +45,130 @@ def read_results(names: list[str], seeds: list[int], runs_dir: Path) -> list[Run
 
 
 def _read_run(folder: RunFolder, name: str, seed: int) -> RunResult:
-    command = f"--beta-schedule {name}" + (f" --seed {seed}" if seed else "")
+    """One run folder's results, each file checked to hold what its stage writes, and the files of a
+    stage checked to belong together (their sha256s): a one-line error naming the command to rerun."""
+    run = RunFiles(folder, name, seed)
     makers = {folder.model: "train", folder.train_metrics: "train", folder.losses: "train",
               folder.eval_metrics: "evaluate", folder.grid: "sample"}  # fmt: skip
     for file, stage in makers.items():
         if not file.is_file():
-            selects = command if stage == "train" else command.replace("--seed", "--set train.seed=").replace("= ", "=")
-            raise UserError(f"{file}: not found; run `ddpm {stage} {selects}` first")
-    try:
-        train, evaluation = (json.loads(f.read_text()) for f in (folder.train_metrics, folder.eval_metrics))
-        sweep = json.loads(folder.sweep.read_text()) if folder.sweep.is_file() else None
-        losses = np.loadtxt(folder.losses, delimiter=",", skiprows=1, ndmin=2)
-        terms = None
-        if "nll_bpd" in evaluation and folder.nll_terms.is_file():
-            terms = np.loadtxt(folder.nll_terms, delimiter=",", skiprows=1, ndmin=2)[:, 1]
-        linked = folder.mlflow_eval_run
-        run_id = json.loads(linked.read_text())["run_id"] if linked.is_file() else None
-    except (ValueError, KeyError, TypeError, IndexError) as e:
-        raise UserError(f"{folder.path}: unreadable results ({e}); run its stages again") from None
-    for file, content, stage in ((folder.train_metrics, train, "train"), (folder.eval_metrics, evaluation, "evaluate")):
-        _check_shape(file, content, stage, name)
+            raise UserError(f"{file}: not found; run {run.command(stage)} first")
+    train = run.checked(folder.train_metrics, "train", TRAIN_KEYS)
+    evaluation = run.checked(folder.eval_metrics, "evaluate", scores_keys(run.mapping(folder.eval_metrics, "evaluate")))
+    sweep = run.checked(folder.sweep, "sweep", SWEEP_KEYS) if folder.sweep.is_file() else None
+    linked = run.checked(folder.mlflow_eval_run, "evaluate", LINK_KEYS) if folder.mlflow_eval_run.is_file() else {}
+    losses = run.losses()
     try:  # read before the scores are checked against it: a damaged model.pt was taken for a retrained one
         model = describe(folder.model)
     except UnreadableCheckpoint as e:
-        scored = command.replace("--seed ", "--set train.seed=")
-        raise UserError(f"{e}; run `ddpm train {command}` again to write it anew from the run's checkpoints, then "
-                        f"`ddpm sample` and `ddpm evaluate {scored}`") from None  # fmt: skip
-    _check_same_model(folder, {folder.eval_metrics: evaluation, folder.sweep: sweep}, command)
-    return RunResult(name, seed, model, train, evaluation, sweep, terms, losses, folder.grid, run_id)
+        raise UserError(f"{e}; run {run.command('train')} again to write it anew from the run's checkpoints, then "
+                        f"{run.command('sample')} and {run.command('evaluate')}") from None  # fmt: skip
+    _check_same_model(folder, {folder.eval_metrics: evaluation, folder.sweep: sweep}, run)
+    run.check_samples(evaluation)
+    terms = run.nll_terms(evaluation, model["diffusion"]["timesteps"]) if "nll_bpd" in evaluation else None
+    return RunResult(name, seed, model, train, evaluation, sweep, terms, losses, folder.grid, linked.get("run_id"))
 
 
-def _check_same_model(folder: RunFolder, scored: dict[Path, dict[str, Any] | None], command: str) -> None:
+@dataclass
+class RunFiles:
+    """The files of one run folder, read and checked; every error names the file and the command
+    that writes it again."""
+
+    folder: RunFolder
+    name: str
+    seed: int
+
+    def command(self, stage: str) -> str:
+        """`ddpm <stage>` of this run: train takes --seed, the others pick the run by train.seed."""
+        seed = "" if not self.seed else f" --seed {self.seed}" if stage == "train" else f" --set train.seed={self.seed}"
+        return f"`ddpm {stage} --beta-schedule {self.name}{seed}`"
+
+    def error(self, file: Path, problem: str, stage: str) -> UserError:
+        return UserError(f"{file}: {problem}; run {self.command(stage)} again")
+
+    def mapping(self, file: Path, stage: str) -> dict[str, Any]:
+        """The JSON mapping in `file`."""
+        try:
+            content = json.loads(file.read_text())
+        except (OSError, ValueError) as e:
+            raise self.error(file, f"not JSON ({str(e).splitlines()[0]})", stage) from None
+        if not isinstance(content, dict):
+            raise self.error(file, "expected a mapping", stage)
+        return content
+
+    def checked(self, file: Path, stage: str, keys: dict[str, tuple[str, bool]]) -> dict[str, Any]:
+        """The mapping in `file`, with every key of `keys` it must hold (kind, required: True) there
+        and each value of the kind named (KINDS)."""
+        content = self.mapping(file, stage)
+        missing = [key for key, (_, required) in keys.items() if required and key not in content]
+        if missing:
+            what = {"train": "numbers", "evaluate": "scores"}.get(stage, "results")
+            wanted = ", ".join(key for key, (_, required) in keys.items() if required)
+            raise self.error(file, f"not the {what} `ddpm {stage}` writes (expected {wanted}; missing "
+                                   f"{', '.join(missing)})", stage)  # fmt: skip
+        for key, (kind, _) in keys.items():
+            if key in content and (problem := value_problem(key, content[key], kind)):
+                raise self.error(file, problem, stage)
+        return content
+
+    def losses(self) -> np.ndarray:
+        """losses.csv: (k, 2) rows of step, loss, k ≥ 1."""
+        file = self.folder.losses
+        try:
+            with warnings.catch_warnings():  # numpy warns of a file without rows: said below
+                warnings.simplefilter("ignore", UserWarning)
+                losses = np.loadtxt(file, delimiter=",", skiprows=1, ndmin=2)
+        except (OSError, ValueError):
+            raise self.error(file, "expected rows of step,loss", "train") from None
+        if losses.size == 0:
+            raise self.error(file, "no losses (the header alone)", "train")
+        if losses.shape[1] != 2:
+            raise self.error(file, "expected rows of step,loss", "train")
+        return losses
+
+    def check_samples(self, evaluation: dict[str, Any]) -> None:
+        """The grid is a picture, and, where samples.json records sha256s (`ddpm sample` writes them
+        with the samples, last), the grid and the scored samples are the ones it describes."""
+        grid, origin = self.folder.grid, self.folder.samples_origin
+        try:
+            with Image.open(grid) as picture:
+                picture.load()
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise self.error(grid, f"not a picture ({str(e).splitlines()[0]})", "sample") from None
+        digests = (read_origin(self.folder.samples_array) or {}).get("sha256")
+        if not digests:
+            return  # drawn elsewhere, or before ddpm recorded the sha256s
+        if sha256_hex(grid) != digests[GRID]:
+            problem = (
+                f"not the picture of the samples {origin} describes (another sha256: an interrupted `ddpm sample`)"
+            )
+            raise self.error(grid, problem, "sample")
+        if evaluation.get("samples_sha256", digests[SAMPLES_ARRAY]) != digests[SAMPLES_ARRAY]:
+            problem = f"scores other samples than {self.folder.samples_array} (sampled since)"
+            raise self.error(self.folder.eval_metrics, problem, "evaluate")
+
+    def nll_terms(self, evaluation: dict[str, Any], timesteps: int) -> np.ndarray | None:
+        """The bound's term at each of the model's `timesteps` (T,), where nll_terms.csv is there:
+        the one whose sha256 eval.json records, where it records one."""
+        file = self.folder.nll_terms
+        if not file.is_file():
+            return None
+        if evaluation.get("nll_terms_sha256", sha256_hex(file)) != sha256_hex(file):
+            problem = (
+                f"not the terms of the bound in {self.folder.eval_metrics} (another sha256: an interrupted "
+                "`ddpm evaluate`)"
+            )
+            raise self.error(file, problem, "evaluate")
+        try:
+            terms = np.loadtxt(file, delimiter=",", skiprows=1, ndmin=2)
+        except (OSError, ValueError):
+            terms = np.empty((0, 0))
+        if terms.shape != (timesteps, 2):
+            raise self.error(file, f"expected {timesteps} rows of t,bpd, one per timestep of the model", "evaluate")
+        return terms[:, 1]
+
+
+def _check_same_model(folder: RunFolder, scored: dict[Path, dict[str, Any] | None], run: RunFiles) -> None:
     """A one-line error where eval.json or sweep.json scored another model than the model.pt beside it
     (retrained since): a table must never pair one model's training with another's scores."""
     model = None
@@ -82,9 +178,69 @@ def _check_same_model(folder: RunFolder, scored: dict[Path, dict[str, Any] | Non
             continue
         model = model or sha256_hex(folder.model)
         if recorded != model:
-            redo = "sample` and `ddpm evaluate" if file == folder.eval_metrics else "sweep"
-            raise UserError(f"{file}: scores an earlier model than {folder.model} (retrained since); "
-                            f"run `ddpm {redo} {command.replace('--seed ', '--set train.seed=')}` again")  # fmt: skip
+            scores = file == folder.eval_metrics
+            redo = f"`ddpm sample` and {run.command('evaluate')}" if scores else run.command("sweep")
+            raise UserError(f"{file}: scores an earlier model than {folder.model} (retrained since); run {redo} again")
+
+
+# The kinds of value the results hold: a test of the value, and what it is in words.
+KINDS = {
+    "number": (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    "integer": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "text": (lambda v: isinstance(v, str), "a string"),
+    "text or null": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "flag": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def value_problem(key: str, value: Any, kind: str) -> str | None:
+    """What is wrong with `value` at `key` as a value of `kind` (a KINDS name, or "by steps": a
+    sweep's scores by number of steps); None if nothing."""
+    if kind == "by steps":
+        return _by_steps(key, value)
+    test, words = KINDS[kind]
+    return None if test(value) else f"{key} is {json.dumps(value)}; expected {words}"
+
+
+def _by_steps(key: str, value: Any) -> str | None:
+    if not isinstance(value, dict) or not value:
+        return f"{key} is {json.dumps(value)}; expected a mapping of step counts to scores"
+    for steps, score in value.items():
+        if not (steps.isascii() and steps.isdigit() and int(steps) > 0):
+            return f"{key} has the key {json.dumps(steps)}; expected whole numbers of steps"
+        if problem := value_problem(f"{key}[{json.dumps(steps)}]", score, "number"):
+            return problem
+    return None
+
+
+# What each file holds: key → (kind, required). eval.json's metric names depend on the extractor (`scores_keys`).
+TRAIN_KEYS = {"final_loss": ("number", True), "steps": ("integer", True), "train_seconds": ("number", True),
+              "images_per_second": ("number", True)}  # fmt: skip
+SCORES_KEYS = {"num_samples": ("integer", True), "num_real": ("integer", True), "feature_extractor": ("text", True),
+               "feature_dim": ("integer", True), "weights": ("text", True), "resize": ("text", True),
+               "bootstrap": ("integer", False), "nll_bpd": ("number", False), "nll_bpd_sem": ("number", False),
+               "nll_prior_bpd": ("number", False), "nll_images": ("integer", False), "nll_variance": ("text", False),
+               "nll_clip_denoised": ("flag", False), "real_sha256": ("text", False),
+               "weights_sha256": ("text or null", False), "holdout_sha256": ("text", False),
+               "checkpoint_sha256": ("text", False), "samples_sha256": ("text", False),
+               "nll_terms_sha256": ("text", False)}  # fmt: skip
+SWEEP_KEYS = {"metric": ("text", True), "ddim": ("by steps", True), "ddpm": ("by steps", True),
+              "num_samples": ("integer", True), "eta": ("number", True), "variance": ("text", True),
+              "seed": ("integer", True), "feature_extractor": ("text", True), "checkpoint_sha256": ("text", False),
+              "weights_sha256": ("text or null", False), "real_sha256": ("text", False)}  # fmt: skip
+LINK_KEYS = {"run_id": ("text or null", True)}
+
+
+def scores_keys(scores: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """What eval.json must hold: SCORES_KEYS, its FID and KID under the extractor's names, the FID's
+    interval ends together, and with the likelihood what the report says it was measured with."""
+    fid = next((k for k in scores if k.startswith("fid") and not k.endswith(("_ci_low", "_ci_high"))), "fid…")
+    kid = fid.replace("fid", "kid", 1)
+    interval = f"{fid}_ci_low" in scores or f"{fid}_ci_high" in scores
+    likelihood = "nll_bpd" in scores
+    keys = {fid: ("number", True), f"{kid}_mean": ("number", True), f"{kid}_std": ("number", True), **SCORES_KEYS}
+    keys |= {f"{fid}_ci_low": ("number", interval), f"{fid}_ci_high": ("number", interval)}
+    return keys | {k: (SCORES_KEYS[k][0], likelihood) for k in ("nll_images", "nll_variance", "nll_clip_denoised")}
 
 
 def _check_comparable(results: list[RunResult]) -> None:
@@ -111,25 +267,6 @@ def _check_comparable(results: list[RunResult]) -> None:
 
 def label(r: RunResult) -> str:
     return f"{r.name} seed {r.seed}" if r.seed else r.name
-
-
-# What train.json and eval.json hold, at least (eval.json also holds a fid or fid_<extractor>).
-EXPECTED = {"train": ("final_loss", "steps", "train_seconds", "images_per_second"),
-            "evaluate": ("num_samples", "num_real", "feature_extractor")}  # fmt: skip
-
-
-def _check_shape(path: Path, content: Any, stage: str, name: str) -> None:
-    """A one-line error unless `content` (read from `path`) has what `ddpm <stage>` writes there."""
-    wanted = EXPECTED[stage] + (("fid…",) if stage == "evaluate" else ())
-    keys = content.keys() if isinstance(content, dict) else set()
-    missing = [k for k in EXPECTED[stage] if k not in keys]
-    if stage == "evaluate" and not any(k.startswith("fid") for k in keys):
-        missing.append("fid…")
-    if missing:
-        what = "scores" if stage == "evaluate" else "numbers"
-        expected = f"expected {', '.join(wanted)}; missing {', '.join(missing)}"
-        raise UserError(f"{path}: not the {what} `ddpm {stage}` writes ({expected}); run `ddpm {stage} "
-                        f"--beta-schedule {name}` again")  # fmt: skip
 
 
 def metric_names(keys: Iterable[str]) -> tuple[str, str, str]:

@@ -4,11 +4,13 @@ Besides the samples, the first few of the first batch are recorded along the way
 x_0, for a picture of the denoising and an animated GIF of it.
 """
 
+import hashlib
 import io
 import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,11 +19,11 @@ from tqdm import tqdm
 
 from ddpm.checkpoint import Trained, load_trained
 from ddpm.config import Config, SampleConfig
-from ddpm.data import save_images, to_uint8
+from ddpm.data import to_uint8
 from ddpm.diffusion import GaussianDiffusion, Model
 from ddpm.errors import UserError
 from ddpm.fastpath import FastPath
-from ddpm.files import folder_lock, write_bytes, write_json
+from ddpm.files import atomic_outputs, folder_lock, npy_size, sha256_hex
 from ddpm.layout import GRID, PROGRESSION_GIF, PROGRESSION_PICTURE, SAMPLES_ARRAY, SAMPLES_ORIGIN
 
 GRID_IMAGES = 64
@@ -135,12 +137,30 @@ def sample(
         images, frames = generate(trained.model, trained.diffusion, cfg, trained.image_size, device, progress)
     except NonFiniteSamples as e:
         raise NonFiniteSamples(f"{checkpoint}: {e}; its weights or the sample settings are broken") from None
-    save_images(out_dir / SAMPLES_ARRAY, images.numpy())
-    write_json(out_dir / SAMPLES_ORIGIN, origin(trained, cfg))
-    write_png(grid_picture(images[:GRID_IMAGES], int(np.ceil(np.sqrt(min(len(images), GRID_IMAGES))))),
-              out_dir / GRID)  # fmt: skip
-    write_progression(frames, out_dir / PROGRESSION_PICTURE, out_dir / PROGRESSION_GIF)
+    write_samples(out_dir, images, frames, origin(trained, cfg))
     return images, trained
+
+
+def write_samples(out_dir: Path, images: torch.Tensor, frames: list[torch.Tensor], record: dict[str, Any]) -> None:
+    """samples.npy, its pictures and samples.json (`record` and the sha256 of each of the others) in
+    `out_dir`, as one set: a failure leaves the previous set whole, and a set that a kill mixed
+    between two renames fails `ddpm.origin.check_samples`. The pictures are encoded first, so that a
+    full disk says the whole size of each file."""
+    array = images.numpy()
+    columns = int(np.ceil(np.sqrt(min(len(images), GRID_IMAGES))))
+    pictures = {
+        GRID: png_bytes(grid_picture(images[:GRID_IMAGES], columns)),
+        PROGRESSION_PICTURE: png_bytes(progression_picture(frames)),
+        PROGRESSION_GIF: gif_bytes(frames),
+    }
+    with atomic_outputs() as output:
+        np.save(tmp := output(out_dir / SAMPLES_ARRAY, npy_size(array)), array)
+        digests = {SAMPLES_ARRAY: sha256_hex(tmp)}
+        for name, data in pictures.items():
+            output(out_dir / name, len(data)).write_bytes(data)
+            digests[name] = hashlib.sha256(data).hexdigest()
+        described = (json.dumps(record | {"sha256": digests}, indent=2) + "\n").encode()
+        output(out_dir / SAMPLES_ORIGIN, len(described)).write_bytes(described)
 
 
 def origin(trained: Trained, cfg: SampleConfig) -> dict:
@@ -151,33 +171,28 @@ def origin(trained: Trained, cfg: SampleConfig) -> dict:
     }  # fmt: skip
 
 
-def read_origin(samples: Path) -> dict | None:
-    """The samples.json beside `samples`, if `ddpm sample` wrote them."""
-    try:
-        return json.loads((samples.parent / SAMPLES_ORIGIN).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_png(picture: np.ndarray, path: Path) -> None:
-    """`picture` (uint8, (H, W, 3)) as a PNG: encoded first, so that a full disk says the whole size."""
+def png_bytes(picture: np.ndarray) -> bytes:
+    """`picture` (uint8, (H, W, 3)) encoded as a PNG."""
     encoded = io.BytesIO()
     Image.fromarray(picture).save(encoded, format="PNG")
-    write_bytes(path, encoded.getvalue())
+    return encoded.getvalue()
 
 
-def write_progression(frames: list[torch.Tensor], picture: Path, gif: Path) -> None:
-    """A picture with one row per sample and PROGRESSION_COLUMNS of the frames as columns, and a GIF
-    of every frame (each a row of the samples) that holds the last one."""
+def progression_picture(frames: list[torch.Tensor]) -> np.ndarray:
+    """A row per sample followed through the chain, PROGRESSION_COLUMNS of the frames as columns."""
     columns = [
         frames[i] for i in np.linspace(0, len(frames) - 1, min(PROGRESSION_COLUMNS, len(frames))).round().astype(int)
     ]
     stacked = torch.stack(columns, dim=1).flatten(0, 1)  # (k · columns, 3, H, W), row by row
-    write_png(grid_picture(stacked, len(columns)), picture)
+    return grid_picture(stacked, len(columns))
+
+
+def gif_bytes(frames: list[torch.Tensor]) -> bytes:
+    """An animated GIF of every frame (each a row of the samples) that holds the last one."""
     pictures = [Image.fromarray(grid_picture(frame, len(frame))) for frame in frames]
     encoded, durations = io.BytesIO(), [80] * (len(pictures) - 1) + [2000]
     pictures[0].save(encoded, format="GIF", save_all=True, append_images=pictures[1:], duration=durations, loop=0)
-    write_bytes(gif, encoded.getvalue())
+    return encoded.getvalue()
 
 
 def stage(config: Config, checkpoint: Path, out_dir: Path, device: torch.device) -> tuple[torch.Tensor, Trained]:

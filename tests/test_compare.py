@@ -5,6 +5,7 @@ runs them as real processes through DVC. The real pipeline runs for one seed; th
 over seeds are checked on run folders written here with known numbers."""
 
 import csv
+import errno
 import hashlib
 import json
 import shutil
@@ -306,7 +307,8 @@ def test_compare_refuses_scores_of_a_model_retrained_since(seeded: Path, tmp_pat
     root = tmp_path / "project"
     shutil.copytree(seeded / "runs" / "linear" / "seed0", root / "runs" / "linear" / "seed0")
     scores = {"fid": 30.0, "kid_mean": 0.01, "kid_std": 0.001, "num_samples": 40, "num_real": 64,
-              "feature_extractor": "inception", "checkpoint_sha256": "0" * 64}  # fmt: skip
+              "feature_extractor": "inception", "feature_dim": 2048, "weights": "test", "resize": "legacy",
+              "checkpoint_sha256": "0" * 64}  # fmt: skip
     (root / "runs" / "linear" / "seed0" / "eval.json").write_text(json.dumps(scores))
     refused = invoke("compare", "linear", "--set", "tracking.enabled=false", cwd=root)
     assert refused.exit_code == 2
@@ -328,7 +330,7 @@ def test_compare_says_a_truncated_model_is_damaged_not_retrained(seeded: Path, t
     assert refused.stderr.strip() == (  # was "eval.json: scores an earlier model than model.pt (retrained since)"
         f"ddpm: error: {Path('runs/linear/seed0/model.pt')}: not a valid ddpm checkpoint (truncated, or not a file "
         "torch.save wrote); run `ddpm train --beta-schedule linear` again to write it anew from the run's "
-        "checkpoints, then `ddpm sample` and `ddpm evaluate --beta-schedule linear`"
+        "checkpoints, then `ddpm sample --beta-schedule linear` and `ddpm evaluate --beta-schedule linear`"
     )
     assert not (root / "reports").exists()
 
@@ -371,3 +373,130 @@ def test_seeds_are_averaged_and_their_spread_judges_the_differences(seeded: Path
             f"{key}_std_seeds": std for key, (_, std) in known.items()
         }
         assert row == pytest.approx(expected)
+
+
+def edit_json(path: Path, change: "callable") -> None:
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+
+
+LINEAR = Path("runs/linear/seed0")
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "said"),
+    [
+        ("train.json", lambda d: d | {"final_loss": "abc"}, 'final_loss is "abc"; expected a number'),
+        ("train.json", lambda d: d | {"steps": None}, "steps is null; expected an integer"),
+        ("eval.json", lambda d: d | {"fid_randconv": [1, 2]}, "fid_randconv is [1, 2]; expected a number"),
+        ("eval.json", lambda d: d | {"num_samples": 40.5}, "num_samples is 40.5; expected an integer"),
+        (
+            "eval.json",
+            lambda d: {k: v for k, v in d.items() if k != "kid_randconv_std"},
+            "not the scores `ddpm evaluate` writes (expected fid_randconv, kid_randconv_mean, kid_randconv_std, "
+            "num_samples, num_real, feature_extractor, feature_dim, weights, resize, nll_images, nll_variance, "
+            "nll_clip_denoised, fid_randconv_ci_low, fid_randconv_ci_high; missing kid_randconv_std)",
+        ),  # fmt: skip
+        ("sweep.json", lambda d: d | {"ddim": {"two": 3.0}}, 'ddim has the key "two"; expected whole numbers of steps'),
+        ("sweep.json", lambda d: d | {"ddpm": {"50": None}}, 'ddpm["50"] is null; expected a number'),
+        ("sweep.json", lambda d: None, "expected a mapping"),
+        ("mlflow_eval_run.json", lambda d: {"run_id": 5}, "run_id is 5; expected a string or null"),
+    ],
+)
+def test_compare_refuses_bad_values_in_one_line_before_writing(
+    seeded: Path, tmp_path: Path, name: str, change: "callable", said: str
+) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(seeded / "runs", root / "runs")
+    (root / LINEAR / "mlflow_eval_run.json").write_text('{"run_id": null}')
+    edit_json(root / LINEAR / name, change)
+    refused = invoke("compare", "linear", "cosine", "--set", "tracking.enabled=false", cwd=root)
+    assert refused.exit_code == 2 and "Traceback" not in refused.output, refused.output
+    stage = {"train.json": "train", "sweep.json": "sweep"}.get(name, "evaluate")
+    selects = "--beta-schedule linear"
+    assert refused.stderr.strip() == (f"ddpm: error: {LINEAR / name}: {said}; run `ddpm {stage} {selects}` again")
+    assert not (root / "reports").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [("step,loss\n", "no losses (the header alone)"), ("step,loss\n10,0.5,7\n", "expected rows of step,loss")],
+)
+def test_compare_refuses_a_loss_curve_without_losses(seeded: Path, tmp_path: Path, content: str, said: str) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(seeded / "runs", root / "runs")
+    (root / LINEAR / "losses.csv").write_text(content)
+    refused = invoke("compare", "linear", "cosine", "--set", "tracking.enabled=false", cwd=root)
+    expected = f"ddpm: error: {LINEAR / 'losses.csv'}: {said}; run `ddpm train --beta-schedule linear` again"
+    assert refused.exit_code == 2 and refused.stderr.strip() == expected, refused.output
+
+
+def report_files(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {p.name: (p.stat().st_ino, p.read_bytes()) for p in sorted(folder.iterdir()) if not p.name.startswith(".")}
+
+
+REPORT = ("report.md", "comparison.json", "comparison.csv", "scores.csv", "schedules.png", "nll_terms.png",
+          "sweep.png", "losses.png", "forward.png", "samples.png")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_compare_writes_its_report_as_one_set_or_leaves_the_last_one(
+    seeded: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(seeded / "runs", root / "runs")
+    report = root / "reports" / "compare"
+    report.mkdir(parents=True)
+    for name in REPORT:  # the last comparison's report
+        (report / name).write_text(f"the last {name}")
+    before = report_files(report)
+    grid = root / LINEAR / "samples" / "grid.png"
+    grid.write_bytes(b"not a PNG")
+    refused = invoke("compare", "linear", "cosine", "--set", "tracking.enabled=false", cwd=root)
+    assert refused.exit_code == 2 and refused.stderr.startswith(
+        f"ddpm: error: {grid.relative_to(root)}: not a picture (cannot identify image file"
+    ), refused.output
+    assert refused.stderr.strip().endswith("); run `ddpm sample --beta-schedule linear` again")
+    assert report_files(report) == before
+    shutil.copy(seeded / LINEAR / "samples" / "grid.png", grid)
+    real = Path.write_text
+
+    def write_text(self: Path, *args: object, **kwargs: object) -> int:  # the last file of the report
+        if "report.md" in self.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    full = invoke("compare", "linear", "cosine", "--set", "tracking.enabled=false", cwd=root)
+    assert full.exit_code == 2 and "report.md: cannot write it, the disk is full (" in full.stderr, full.output
+    assert report_files(report) == before  # not one picture renamed
+
+
+@pytest.mark.parametrize("mixed", ["grid", "samples", "terms"])
+def test_compare_refuses_a_set_mixed_by_an_interrupted_stage(seeded: Path, tmp_path: Path, mixed: str) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(seeded / "runs", root / "runs")
+    folder = root / LINEAR
+    sha = lambda path: hashlib.sha256(path.read_bytes()).hexdigest()  # noqa: E731
+    digests = {"samples.npy": "5a" * 32, "grid.png": sha(folder / "samples" / "grid.png"),
+               "progression.png": "00" * 32, "progression.gif": "00" * 32}  # fmt: skip
+    edit_json(folder / "eval.json", lambda e: e | {"samples_sha256": "5a" * 32,
+                                                   "nll_terms_sha256": sha(folder / "nll_terms.csv")})  # fmt: skip
+    origin = {"checkpoint": str(folder / "model.pt"), "run_dir": str(folder), "model_run_id": None, "step": 1,
+              "image_size": 16, "schedule": "linear", "timesteps": 50, "sample": {"num_samples": 40},
+              "sha256": digests}  # fmt: skip
+    (folder / "samples" / "samples.json").write_text(json.dumps(origin))  # one set, before `mixed` is mixed in
+    if mixed == "grid":  # the pictures of other samples than samples.json describes
+        Image.new("RGB", (36, 36)).save(folder / "samples" / "grid.png")
+        said = (f"{LINEAR / 'samples' / 'grid.png'}: not the picture of the samples "
+                f"{LINEAR / 'samples' / 'samples.json'} describes (another sha256: an interrupted `ddpm sample`); "
+                "run `ddpm sample --beta-schedule linear` again")  # fmt: skip
+    elif mixed == "samples":  # scores of the samples drawn before
+        edit_json(folder / "eval.json", lambda e: e | {"samples_sha256": "77" * 32})
+        said = (f"{LINEAR / 'eval.json'}: scores other samples than {LINEAR / 'samples' / 'samples.npy'} (sampled "
+                "since); run `ddpm evaluate --beta-schedule linear` again")  # fmt: skip
+    else:  # the terms of another bound than eval.json's
+        (folder / "nll_terms.csv").write_text((folder / "nll_terms.csv").read_text() + "51,0.001\n")
+        said = (f"{LINEAR / 'nll_terms.csv'}: not the terms of the bound in {LINEAR / 'eval.json'} (another sha256: "
+                "an interrupted `ddpm evaluate`); run `ddpm evaluate --beta-schedule linear` again")  # fmt: skip
+    refused = invoke("compare", "linear", "cosine", "--set", "tracking.enabled=false", cwd=root)
+    assert refused.exit_code == 2 and refused.stderr.strip() == f"ddpm: error: {said}", refused.output

@@ -314,3 +314,40 @@ def test_a_local_weights_file_must_exist_and_match_its_checksum(tmp_path: Path) 
     expected = r"other.pth: checksum sha256:\w+, expected evaluate.inception_checksum sha256:6726825d"
     with pytest.raises(UserError, match=expected):
         feat.load_extractor(EvaluateConfig(inception_weights=str(tmp_path / "other.pth")), CPU)
+
+
+@pytest.mark.parametrize(
+    ("bad", "fault"),
+    [
+        (np.full((20, 224), np.nan), "holds values that are not finite"),
+        (np.ones((1, 224)), "holds float64 (1, 224); expected (20, 224), a row of 224 features per real image"),
+        (np.ones((20, 223)), "holds float64 (20, 223); expected (20, 224), a row of 224 features per real image"),
+        (np.ones(20 * 224), "holds float64 (4480,); expected (20, 224), a row of 224 features per real image"),
+        (b"\x93NUMPY garbage", "cannot be read as a .npy array"),
+        (b"a pickle, perhaps", "cannot be read as a .npy array"),
+    ],
+)
+def test_a_bad_feature_cache_is_computed_again_with_a_note(
+    tmp_path: Path, flowers: np.ndarray, capsys: pytest.CaptureFixture, bad: np.ndarray | bytes, fault: str
+) -> None:
+    real = write(tmp_path, "r.npy", flowers[:20])
+    digest = hashlib.sha256(real.read_bytes()).hexdigest()
+    extractor = feat.load_extractor(SMALL, CPU)
+    cache = tmp_path / "c" / f"real-{digest[:16]}-randconv.npy"
+    cache.parent.mkdir()
+    cache.write_bytes(bad) if isinstance(bad, bytes) else np.save(cache, bad)
+    got, cached = feat.real_features(extractor, real, digest, 10, tmp_path / "c", CPU, False)
+    assert not cached and got.equal(features(flowers[:20]))
+    [note] = capsys.readouterr().err.splitlines()
+    assert note == f"ddpm: note: {cache}: {fault}; computing the real features again"
+    assert np.array_equal(np.load(cache), got.numpy())  # the cache, made good
+    assert feat.real_features(extractor, real, digest, 10, tmp_path / "c", CPU, False)[1]
+
+
+def test_frechet_distance_refuses_features_without_a_covariance() -> None:
+    # torch.linalg.eigvals of a NaN matrix ends the process in MKL (DGEBAL): never reach it
+    good = torch.randn(10, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"features \(1, 4\): a covariance needs at least 2 rows"):
+        stats.frechet_distance(good[:1], good)
+    with pytest.raises(ValueError, match="features hold values that are not finite"):
+        stats.frechet_distance(good, torch.full((10, 4), float("nan"), dtype=torch.float64))

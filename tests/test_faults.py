@@ -5,6 +5,7 @@ checkpoints, signals at the end, and files that are not what they claim."""
 import errno
 import io
 import json
+import os
 import pickle
 import re
 import shutil
@@ -697,3 +698,166 @@ def test_training_refuses_images_that_no_longer_match_their_manifest(tmp_path: P
     write_params(tmp_path, tracking={"enabled": False})
     one_line_error(invoke("train", cwd=tmp_path), "images.npy does not match", "run `ddpm prepare` again")
     assert json.loads((tmp_path / "data" / "prepared" / "manifest.json").read_text())["count"] == 8
+
+
+# --- where scores go, and outputs that belong together -----------------------------------------------
+
+
+def sampled(project: Path, **settings: object) -> Path:
+    """`sample` of the project's model into its samples folder (in this process, no MLflow): that folder."""
+    from ddpm.sample import sample
+
+    folder = project / "runs" / "linear" / "seed0"
+    sample(tiny_config(sample=settings).sample, folder / "model.pt", folder / "samples", CPU, progress=False)
+    return folder / "samples"
+
+
+def rewrite_json(path: Path, change: "callable") -> None:
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+
+
+def test_evaluate_writes_where_its_arguments_say_never_where_samples_json_points(project: Path) -> None:
+    samples = sampled(project)
+    cosine = project / "runs" / "cosine" / "seed0"
+    cosine.mkdir(parents=True)
+    shutil.copy(project / "runs" / "linear" / "seed0" / "model.pt", cosine / "model.pt")
+    (cosine / "eval.json").write_text('{"fid_randconv": 1.0}\n')
+    elsewhere = {"run_dir": str(cosine), "checkpoint": str(cosine / "model.pt")}
+    rewrite_json(samples / "samples.json", lambda o: o | elsewhere)
+    result = invoke("evaluate", "--beta-schedule", "linear", "--set", "tracking.enabled=false", cwd=project)
+    linear = Path("runs/linear/seed0")
+    assert one_line_error(result) == (
+        f"ddpm: error: {linear / 'samples' / 'samples.json'}: says {cosine / 'model.pt'} drew these samples, but "
+        f"their scores would go to {linear / 'eval.json'}, beside another model ({linear / 'model.pt'}); draw that "
+        f"model's samples (`ddpm sample --checkpoint {linear / 'model.pt'}`), or give --out"
+    )
+    assert (cosine / "eval.json").read_text() == '{"fid_randconv": 1.0}\n'  # cosine's scores, untouched
+    assert not (project / linear / "eval.json").exists()
+    # the model named on the command line must be the one samples.json names, too
+    own = {"run_dir": str(project / linear), "checkpoint": str(project / linear / "model.pt")}
+    rewrite_json(samples / "samples.json", lambda o: o | own)
+    other = invoke("evaluate", "--checkpoint", str(cosine / "model.pt"), "--set", "tracking.enabled=false", cwd=project)
+    assert one_line_error(other) == (
+        f"ddpm: error: --checkpoint {cosine / 'model.pt'}: {linear / 'samples' / 'samples.json'} says "
+        f"{project / linear / 'model.pt'} drew these samples; give that checkpoint, or leave --checkpoint out"
+    )
+    assert (cosine / "eval.json").read_text() == '{"fid_randconv": 1.0}\n'
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda o: {k: v for k, v in o.items() if k != "run_dir"}, "missing run_dir"),
+        (lambda o: o | {"checkpoint": 7}, "checkpoint is 7, expected a string"),
+        (lambda o: o | {"sample": "ddpm"}, 'sample is "ddpm", expected a mapping'),
+        (lambda o: [o], "expected a mapping"),
+    ],
+)
+def test_a_samples_json_not_as_sample_writes_it_is_one_line(project: Path, change: "callable", expected: str) -> None:
+    samples = sampled(project)
+    rewrite_json(samples / "samples.json", change)
+    result = invoke("evaluate", "--set", "tracking.enabled=false", cwd=project)
+    line = one_line_error(result, f"{Path('runs/linear/seed0/samples/samples.json')}: not what `ddpm sample` writes (")
+    assert line.endswith(f"{expected}); run `ddpm sample` again")
+    assert not (project / "runs" / "linear" / "seed0" / "eval.json").exists()
+
+
+def test_samples_interrupted_between_two_renames_are_refused(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    samples = sampled(project)  # 4 DDIM samples
+    real, renamed = os.replace, []
+
+    def replace(source: object, target: object) -> None:  # the process dies after the first rename of a set
+        if renamed:
+            raise KeyboardInterrupt
+        renamed.append(target)
+        real(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        sampled(project, num_samples=8, batch_size=8, seed=1)
+    monkeypatch.undo()
+    result = invoke("evaluate", "--set", "tracking.enabled=false", cwd=project)
+    model = Path(json.loads((samples / "samples.json").read_text())["checkpoint"])
+    assert one_line_error(result) == (
+        f"ddpm: error: {Path('runs/linear/seed0/samples/samples.npy')}: not the samples "
+        f"{Path('runs/linear/seed0/samples/samples.json')} describes (another sha256: an interrupted `ddpm sample`); "
+        f"run `ddpm sample --checkpoint {model} --out {Path('runs/linear/seed0/samples')}` again"
+    )
+    assert not (project / "runs" / "linear" / "seed0" / "eval.json").exists()
+
+
+def no_space_for(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Writing the content of an output called `name` (its temporary file) finds the disk full."""
+    real = Path.write_bytes
+
+    def write_bytes(self: Path, data: bytes) -> int:
+        if self.name.startswith(f".{name}."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+
+
+def test_a_full_disk_while_sampling_keeps_the_previous_set_whole(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    samples = sampled(project)
+    files = lambda: {p.name: (p.stat().st_ino, p.read_bytes()) for p in samples.glob("[!.]*")}  # noqa: E731
+    before = files()
+    no_space_for(monkeypatch, "grid.png")  # a picture, written after samples.npy
+    result = invoke("sample", "--set", "sample.seed=1", "--set", "tracking.enabled=false", cwd=project)
+    one_line_error(result, "grid.png: cannot write it, the disk is full (")
+    assert files() == before and len(before) == 5
+
+
+def test_a_full_disk_while_evaluating_keeps_the_terms_and_scores_together(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sampled(project)
+    folder = project / "runs" / "linear" / "seed0"
+    before = {"eval.json": b'{"fid_randconv": 1.0}\n', "nll_terms.csv": b"t,bpd\n"}  # scores without a likelihood
+    for name, content in before.items():
+        (folder / name).write_bytes(content)
+    save_images(project / "held.npy", synthetic_flowers(2, 16, seed=3))
+    no_space_for(monkeypatch, "eval.json")  # written after nll_terms.csv
+    args = ["--set", "evaluate.nll_images=2", "--holdout", "held.npy", "--set", "tracking.enabled=false"]
+    one_line_error(invoke("evaluate", *args, cwd=project), "eval.json: cannot write it, the disk is full (")
+    assert {name: (folder / name).read_bytes() for name in before} == before  # not the new terms
+
+
+def test_samples_from_before_their_digests_are_checked_by_count_and_noted(project: Path) -> None:
+    samples = sampled(project)
+    rewrite_json(samples / "samples.json", lambda o: {k: v for k, v in o.items() if k != "sha256"})
+    accepted = invoke("evaluate", "--set", "tracking.enabled=false", cwd=project)
+    assert accepted.exit_code == 0, accepted.stderr
+    origin = Path("runs/linear/seed0/samples/samples.json")
+    assert (
+        f"ddpm: note: {origin} records no sha256 of samples.npy (written before ddpm did); the samples are checked "
+        "by their count and size only" in accepted.stderr
+    )
+    rewrite_json(samples / "samples.json", lambda o: o | {"sample": o["sample"] | {"num_samples": 256}})
+    assert one_line_error(invoke("evaluate", "--set", "tracking.enabled=false", cwd=project)) == (
+        f"ddpm: error: {Path('runs/linear/seed0/samples/samples.npy')}: not the samples {origin} describes "
+        f"(4 images of 16×16, not 256 of 16×16: an interrupted `ddpm sample`); run `ddpm sample --checkpoint "
+        f"{json.loads((samples / 'samples.json').read_text())['checkpoint']} --out {origin.parent}` again"
+    )
+
+
+# --- sweep's inputs ----------------------------------------------------------------------------------
+
+
+def test_sweep_refuses_counts_without_a_covariance_and_bad_real_images_before_mlflow(project: Path) -> None:
+    missing = invoke("sweep", "--data", "nope.npy", cwd=project)
+    assert one_line_error(missing) == (
+        "ddpm: error: nope.npy: not found; expected a .npy file of uint8 images shaped (N, 3, H, W)"
+    )
+    save_images(project / "big.npy", synthetic_flowers(4, 32))
+    assert one_line_error(invoke("sweep", "--data", "big.npy", cwd=project)) == (
+        f"ddpm: error: big.npy: real images are 32×32, but the model ({Path('runs/linear/seed0/model.pt')}) makes "
+        "16×16; give the images it was trained on (--data)"
+    )
+    one = invoke("sweep", "--set", "sweep.num_samples=1", "--set", "sweep.steps=[5]", cwd=project)
+    assert one_line_error(one) == (
+        "ddpm: error: sweep.num_samples: 1 image per step count gives FID no covariance; expected at least 2"
+    )
+    assert not (project / "mlflow.db").exists() and not (project / "runs" / "linear" / "seed0" / "sweep.json").exists()

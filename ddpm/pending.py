@@ -100,7 +100,7 @@ def remove_sent(files: set[Path]) -> None:
     """The pictures and copies beside the pending file whose writes were sent, and the copies' folders."""
     for path in files:
         path.unlink(missing_ok=True)
-        if PENDING_COPY.fullmatch(path.parent.name) and not any(path.parent.iterdir()):
+        if PENDING_COPY.fullmatch(path.parent.name) and path.parent.is_dir() and not any(path.parent.iterdir()):
             path.parent.rmdir()
 
 
@@ -155,7 +155,8 @@ class _Reader:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.made: set[str] = set()
-        self.files: set[Path] = set()
+        self.files: set[Path] = set()  # those of the lines read
+        self.named: set[Path] = set()  # those of the line being read, until it is found good
         # each kind of argument: what it is, and its check (a ValueError for an argument not of the kind)
         self.kinds: dict[str, tuple[str, Callable[[Any], Any]]] = {
             "run": ("a run id or a run made by an earlier line", self._run),
@@ -174,6 +175,7 @@ class _Reader:
 
     def write(self, text: bytes) -> Write:
         """The Write in one line of the file, its arguments checked and read (pictures, paths)."""
+        self.named = set()
         try:
             line = json.loads(text)
         except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, or nested past Python's stack
@@ -197,6 +199,7 @@ class _Reader:
         if not makes and gives is not None:
             raise _Skipped(f'{operation} makes no run: "gives" must be null')
         self.made |= {gives} if makes else set()
+        self.files |= self.named
         return Write(operation, tuple(values), gives)
 
     def _argument(self, operation: str, position: int, kind: str, value: Any) -> Any:
@@ -211,33 +214,34 @@ class _Reader:
 
     def _upload(self, value: Any) -> str:
         """A file ddpm uploads, named by its path inside the folder, that lies there, links resolved."""
-        path = (self.folder / _valid(value, isinstance(value, str) and not Path(value).is_absolute())).resolve()
+        path = (self.folder / _valid(value, isinstance(value, str))).resolve()  # an older ddpm's are absolute
         _valid(value, path.is_relative_to(self.folder.resolve()) and path.name in PENDING_UPLOADS and path.is_file())
         if PENDING_COPY.fullmatch(path.parent.name):  # a copy from outside (`_copied`): it goes once sent
-            self.files.add(path)
+            self.named.add(path)
         return str(path)
 
     def _record(self, value: Any) -> str:
         """The record of an evaluation's run (ddpm.tracking.log_evaluation) that waits for its id: the
         only file the outbox writes, and only there; it may lie outside the folder (evaluate --out)."""
         path = self.folder / _valid(value, isinstance(value, str))
-        try:
-            waiting = not path.is_symlink() and json.loads(path.read_bytes()) == {"run_id": None}
-        except (OSError, ValueError):
+        try:  # a regular file (a FIFO would never answer), not a link to one elsewhere
+            waiting = path.is_file() and not path.is_symlink() and json.loads(path.read_bytes()) == {"run_id": None}
+        except (OSError, ValueError, RecursionError):
             waiting = False
         return str(_valid(path, path.name == MLFLOW_EVAL_RUN and waiting))
 
     def _picture(self, value: Any) -> np.ndarray:
         """A uint8 (H, W, 3) picture saved beside the pending file, under the digest of its pixels."""
         named = isinstance(value, str) and PENDING_PICTURE.fullmatch(value)
-        path = self.folder / _valid(value, bool(named) and not (self.folder / value).is_symlink())
+        path = self.folder / _valid(value, bool(named) and (self.folder / value).is_file())
+        _valid(value, not path.is_symlink())
         try:  # memory-mapped first, so that a foreign header cannot make numpy allocate what it claims
             picture = np.array(np.load(path, mmap_mode="r"))
         except (OSError, ValueError, EOFError):
             raise ValueError(value) from None
         _valid(value, picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[2] == 3)
         _valid(value, hashlib.sha256(picture.tobytes()).hexdigest().startswith(named["digest"]))
-        self.files.add(path)
+        self.named.add(path)
         return picture
 
 

@@ -5,6 +5,7 @@ made while the store is away."""
 import hashlib
 import inspect
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +242,8 @@ UNMADE = "pending:" + "0" * 32
 WRITES = 'an object of "operation", "args" and, where needed, "gives" and "pictures"'
 UPLOAD = "a file that ddpm uploads, inside {folder}"
 PICTURE = "a picture saved beside the pending file"
+BLACK = np.zeros((2, 3, 3), np.uint8)
+SAVED = f".mlflow-pending-{hashlib.sha256(BLACK.tobytes()).hexdigest()[:12]}.npy"  # BLACK, as the outbox saves it
 
 
 def line(operation: object, *args: object, **more: object) -> str:
@@ -274,13 +277,18 @@ HOSTILE = {  # a line → why it is skipped ({folder}: the run folder, {outside}
     "waiting for its run's id: '{outside}/params.yaml'",
     line("record_run", "{outside}/mlflow_eval_run.json", RUN): "record_run: argument 1 is not an mlflow_eval_run.json "
     "waiting for its run's id: '{outside}/mlflow_eval_run.json'",
+    line("record_run", "mlflow_eval_run.json", RUN): "record_run: argument 1 is not an mlflow_eval_run.json "
+    "waiting for its run's id: 'mlflow_eval_run.json'",
+    line("record_run", "{outside}/fifo/mlflow_eval_run.json", RUN): "record_run: argument 1 is not an "
+    "mlflow_eval_run.json waiting for its run's id: '{outside}/fifo/mlflow_eval_run.json'",
     line("log_image", RUN, None, "samples", 1): f"log_image: argument 2 is not {PICTURE}: None",
     line("log_image", RUN, None, "samples", 1, pictures={"1": "../images.npy"}): f"log_image: argument 2 is not "
     f"{PICTURE}: '../images.npy'",
     line("log_image", RUN, None, "samples", 1, pictures={"1": ".mlflow-pending-000000000000.npy"}): "log_image: "
     f"argument 2 is not {PICTURE}: '.mlflow-pending-000000000000.npy'",
-    line("log_image", RUN, None, "../x", 1, pictures={"1": ".mlflow-pending-000000000000.npy"}): "log_image: "
-    f"argument 2 is not {PICTURE}: '.mlflow-pending-000000000000.npy'",
+    line("log_image", RUN, None, "../x", 1, pictures={"1": SAVED}): "log_image: argument 3 is not a plain name: '../x'",
+    line("log_image", RUN, None, "samples", 1, pictures={"1": ".mlflow-pending-111111111111.npy"}): "log_image: "
+    f"argument 2 is not {PICTURE}: '.mlflow-pending-111111111111.npy'",
 }
 
 
@@ -292,16 +300,20 @@ def planted(tmp_path: Path) -> tuple[Path, Path]:
     outside.mkdir()
     for name in ("grid.png", "params.yaml", "secret.txt"):
         (outside / name).write_text(f"the user's {name}")
-    (outside / "mlflow_eval_run.json").write_text('{"run_id": "abc"}')  # a record that has its run already
+    (folder / "mlflow_eval_run.json").write_text('{"run_id": "abc"}')  # a record that has its run already
     (folder / "secret.txt").write_text("not an artifact of ddpm's")
     (folder / "grid.png").write_text("a picture ddpm drew")
     (folder / "link").symlink_to(outside)
     np.save(tmp_path / "images.npy", np.zeros((2, 3, 3), np.uint8))
     np.save(folder / ".mlflow-pending-000000000000.npy", np.zeros((2, 3, 3), np.uint8))  # not that digest
+    np.save(folder / SAVED, BLACK)
+    os.mkfifo(folder / ".mlflow-pending-111111111111.npy")  # reading it would wait for ever
+    (outside / "fifo").mkdir()
+    os.mkfifo(outside / "fifo" / "mlflow_eval_run.json")
     return folder, outside
 
 
-@pytest.mark.parametrize("hostile", HOSTILE)
+@pytest.mark.parametrize("hostile", HOSTILE, ids=[reason.split(" (")[0][:40] for reason in HOSTILE.values()])
 def test_a_line_that_is_not_a_write_ddpm_makes_is_skipped_with_one_warning_and_the_rest_are_sent(
     hostile: str, planted: tuple[Path, Path], client: Client, clock: Clock, capsys: pytest.CaptureFixture
 ) -> None:
@@ -368,8 +380,9 @@ def test_uploads_wait_as_paths_inside_the_run_folder_and_files_from_outside_as_c
     [(_, _, copy, into), (_, _, inside, _)] = client.calls
     assert Path(copy).name == "grid.png" and Path(copy).parent.parent == folder and into == "samples"
     assert inside == str(folder / "grid.png")
-    assert sorted(p.name for p in folder.iterdir()) == [".mlflow-pending-000000000000.npy", "grid.png", "link",
-                                                        "secret.txt"]  # fmt: skip  # the copy went once sent
+    planted_names = {".mlflow-pending-000000000000.npy", ".mlflow-pending-111111111111.npy", SAVED, "grid.png", "link",
+                     "mlflow_eval_run.json", "secret.txt"}  # fmt: skip
+    assert {p.name for p in folder.iterdir()} == planted_names  # the copy went once sent
 
 
 def test_an_eval_run_record_waiting_for_its_run_may_lie_outside_the_run_folder(
@@ -413,9 +426,20 @@ def test_the_writes_a_pending_file_may_hold_are_the_operations_ddpm_sends() -> N
     from ddpm.outbox import Operations
     from ddpm.pending import OPERATIONS
 
+    sent = {name for name in vars(Operations) if not name.startswith("_")} - {"model_run"}  # that one is direct
+    assert sent == OPERATIONS.keys()
     for name, (kinds, _) in OPERATIONS.items():
         parameters = list(inspect.signature(getattr(Operations, name)).parameters)[1:]
         assert len(parameters) == len(kinds), name
+
+
+def test_an_upload_an_older_ddpm_kept_by_its_absolute_path_inside_the_run_folder_is_sent(
+    client: Client, clock: Clock, planted: tuple[Path, Path]
+) -> None:
+    folder, _ = planted
+    (folder / "mlflow-pending.jsonl").write_text(line("log_artifact", RUN, str(folder / "grid.png"), "samples") + "\n")
+    Outbox(client).replay(folder)
+    assert client.calls == [("log_artifact", RUN, str(folder / "grid.png"), "samples")]
 
 
 # --- a real store -----------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ module of ddpm spells one out (tests/test_layout.py checks that). A trained mode
         samples/            samples.npy, samples.json, grid.png, progression.png/.gif   ddpm sample
         eval.json           FID, KID, bits/dim; nll_terms.csv; mlflow_eval_run.json  ddpm evaluate
         sweep.json          FID against sampling steps                    ddpm sweep
-        mlflow-pending.jsonl  MLflow writes kept for the next command there
+        mlflow-pending.jsonl  MLflow writes kept for the next command there (ddpm.pending),
+        .mlflow-pending-*     with the pictures and copies of files that they upload
 """
 
 import re
@@ -53,6 +54,10 @@ SWEEP = "sweep.json"
 MLFLOW_RUN = "mlflow_run.json"  # the model's parent run
 MLFLOW_EVAL_RUN = "mlflow_eval_run.json"  # beside eval.json: the child run that holds those scores
 MLFLOW_PENDING = "mlflow-pending.jsonl"  # writes that could not be sent, for the next command there
+# the files of a run folder whose MLflow uploads may wait in its pending file (nothing else is uploaded from it)
+PENDING_UPLOADS = (MODEL, TRAIN_METRICS, LOSSES, *PICTURES, EVAL_METRICS, NLL_TERMS, SWEEP)
+PENDING_PICTURE = re.compile(r"\.mlflow-pending-(?P<digest>[0-9a-f]{12})\.npy")  # `pending_picture`'s names
+PENDING_COPY = re.compile(r"\.mlflow-pending-[0-9a-f]{12}")  # the folders of `pending_copy`
 STEP_FILE = re.compile(r"step-(\d+)\.pt")
 
 # --- the comparison report -------------------------------------------------------------------------
@@ -163,5 +168,11 @@ def feature_cache(folder: Path, digest: str, extractor: str, resize: str) -> Pat
 
 
 def pending_picture(folder: Path, digest: str) -> Path:
-    """A picture an MLflow write kept for later, beside the pending file."""
+    """A picture an MLflow write kept for later, beside the pending file (`digest`: its sha256)."""
     return folder / f".mlflow-pending-{digest[:12]}.npy"
+
+
+def pending_copy(folder: Path, digest: str, name: str) -> Path:
+    """The copy, under its own `name`, of a file from outside the run folder `folder` whose upload was kept
+    for later (`digest`: its sha256), so that the pending file names only files inside the folder."""
+    return folder / f".mlflow-pending-{digest[:12]}" / name

@@ -5,41 +5,32 @@ run a configuration's scores go to), so that the query waits with them while the
 `Run` is one run, named by its id, or by a placeholder until the call that makes it is sent. The
 `Outbox` sends them in order, each retried briefly; one that still fails while the store is away is
 kept, and the ones after it wait behind it; what is kept when the command ends goes to a file in its
-run folder, which the next command there sends first. There a placeholder still stands for the run
-that its call makes, once sent.
+run folder (ddpm.pending), which the next command there sends first, those of its lines that are
+writes ddpm makes. There a placeholder still stands for the run that its call makes, once sent.
 
 The outbox itself knows nothing of MLflow but its error codes: it calls the methods of its client by
 name, with arguments that are JSON values or numpy arrays (pictures, kept as .npy files beside the
 pending file); tests give it a client of their own.
 """
 
-import hashlib
 import json
 import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-from ddpm.files import atomic_output, write_json
-from ddpm.layout import MLFLOW_PENDING, pending_picture
+from ddpm.files import write_json
+from ddpm.layout import MLFLOW_PENDING
+from ddpm.pending import PLACEHOLDER, Write, read_pending, remove_sent, write_pending
 
 WRITE_ATTEMPTS, WRITE_BACKOFF = 3, 1.0  # a write is tried this many times, waiting 1 s, 2 s in between
 RETRY_KEPT_AFTER = 60.0  # seconds between tries of the kept writes
-PLACEHOLDER = "pending:"  # a run's name until the write that makes it is sent
 PARENT = "mlflow.parentRunId"  # MLflow's tag of a nested run
 # MLflow's error codes for a store that is away or busy rather than refusing the write
 PASSING_CODES = ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED")
-
-
-class Write(NamedTuple):
-    """client.`operation`(*args); the run id it returns replaces the placeholder `gives`."""
-
-    operation: str
-    args: tuple
-    gives: str | None = None
 
 
 class Outbox:
@@ -52,7 +43,7 @@ class Outbox:
         self.retry_at = 0.0  # when to try the kept writes again
         self.dropped = 0  # writes the store refused
         self.warned = False
-        self.pictures: set[Path] = set()  # the pictures of the pending file `replay` read
+        self.files: set[Path] = set()  # the pictures and copies beside the pending file `replay` read
 
     def actual(self, run: str) -> str:
         """The id of `run`: the run's own once the write that makes it was sent, else the placeholder."""
@@ -153,51 +144,26 @@ class Outbox:
                   f"ddpm command there to send{lost}", file=sys.stderr)  # fmt: skip
 
     def replay(self, folder: Path) -> None:
-        """Send what an earlier command kept in `folder`/MLFLOW_PENDING, ahead of this command's writes;
-        the file goes once all of it was sent (else `close` rewrites it)."""
-        pending = folder / MLFLOW_PENDING
-        if not pending.is_file():
+        """Send what an earlier command kept in `folder`/MLFLOW_PENDING (the lines that are writes ddpm
+        makes: ddpm.pending), ahead of this command's writes; the file goes once all of it was sent (else
+        `close` rewrites it)."""
+        read = read_pending(folder)
+        if read is None:
             return
-        lines = [json.loads(line) for line in pending.read_text().splitlines() if line.strip()]
-        self.kept = [self._restored(line, folder) for line in lines] + self.kept
+        writes, self.files = read
+        self.kept = writes + self.kept
         if self.flush(now=True):
             self._keep_in(folder)
-            note(f"sent {len(lines)} MLflow writes an earlier command had kept in {pending}")
+            if writes:
+                note(f"sent {len(writes)} MLflow writes an earlier command had kept in {folder / MLFLOW_PENDING}")
 
     def _keep_in(self, folder: Path) -> None:
         """`folder`/MLFLOW_PENDING: the kept writes, written whole or not at all; no file if none is kept."""
-        pending, read = folder / MLFLOW_PENDING, self.pictures
-        self.pictures = set()
-        if self.kept:
-            lines = [json.dumps(self._portable(write, folder)) + "\n" for write in self.kept]
-            with atomic_output(pending) as tmp:
-                tmp.write_text("".join(lines))
-        else:
-            pending.unlink(missing_ok=True)
-        for picture in read - self.pictures:  # sent
-            picture.unlink(missing_ok=True)
-
-    def _portable(self, write: Write, folder: Path) -> dict[str, Any]:
-        """A kept write as JSON: the runs made since by their ids, pictures saved beside the pending file
-        (their names under "pictures", by argument position)."""
-        args, pictures = [], {}
-        for position, arg in enumerate(write.args):
-            if isinstance(arg, np.ndarray):
-                path = pending_picture(folder, hashlib.sha256(arg.tobytes()).hexdigest())
-                np.save(path, arg)
-                self.pictures.add(path)
-                pictures[str(position)] = path.name
-                arg = None
-            args.append(self.actual(arg) if isinstance(arg, str) else arg)
-        return {"operation": write.operation, "args": args, "gives": write.gives, "pictures": pictures}
-
-    def _restored(self, line: dict[str, Any], folder: Path) -> Write:
-        """The Write `_portable` turned into `line`, its pictures read back from `folder`."""
-        args = line["args"]
-        for position, name in line.get("pictures", {}).items():  # a file of an older ddpm has none: its
-            self.pictures.add(folder / name)  # writes fail, and are dropped with a warning, not a traceback
-            args[int(position)] = np.load(folder / name)
-        return Write(line["operation"], tuple(args), line.get("gives"))
+        read = self.files
+        self.files = write_pending(folder, self.kept, self.actual) if self.kept else set()
+        if not self.kept:
+            (folder / MLFLOW_PENDING).unlink(missing_ok=True)
+        remove_sent(read - self.files)
 
 
 class Operations:
@@ -281,14 +247,8 @@ class Operations:
     def log_artifact(self, run_id: str, path: str, folder: str | None) -> None:
         self.client.log_artifact(run_id, path, folder)
 
-    def log_artifacts(self, run_id: str, path: str, folder: str | None) -> None:
-        self.client.log_artifacts(run_id, path, folder)
-
     def log_image(self, run_id: str, picture: np.ndarray, key: str, step: int) -> None:
         self.client.log_image(run_id, picture, key=key, step=step)
-
-    def update_run(self, run_id: str, status: str) -> None:
-        self.client.update_run(run_id, status)
 
     def set_terminated(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status)
@@ -326,7 +286,7 @@ class Run:
 
     def log_artifacts(self, paths: list[Path], folder: str | None = None) -> None:
         for path in paths:  # absolute: the command that sends a kept one may run elsewhere
-            self.send("log_artifacts" if path.is_dir() else "log_artifact", str(path.resolve()), folder)
+            self.send("log_artifact", str(path.resolve()), folder)
 
     def log_image(self, picture: np.ndarray, key: str, step: int) -> None:
         self.send("log_image", picture, key, step)

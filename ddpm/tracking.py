@@ -16,12 +16,11 @@ command kept in the run folder is sent; a store that cannot be used stops the co
 line. After that, every MLflow call goes through the command's outbox (ddpm.outbox), the queries that
 pick a write's run included, and none can stop the work. The default store is a SQLite file at the
 repository root: DVC's root when DVC runs the stage (so queued experiments, which run in temporary
-copies, share it), else the working directory.
+copies, share it), else the working directory, whatever its name (ddpm.store_uri).
 
 Only this module and ddpm.outbox import mlflow, and only when tracking is on (`tracking.enabled`).
 """
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -40,6 +39,7 @@ from ddpm.errors import Interrupted, UserError
 from ddpm.files import write_json
 from ddpm.layout import MLFLOW_EVAL_RUN, MLFLOW_RUN, NLL_TERMS, sample_pictures
 from ddpm.outbox import Operations, Outbox, Run, first_line, note, show
+from ddpm.store_uri import local_folder, repository_root, sqlite_database, store_creation, tracking_uri
 
 KIND_TAG = "mlflow.experimentKind"  # MLflow 3 shows it as the experiment's kind ("Machine learning")
 MODEL_TRAINING = "custom_model_development"
@@ -49,17 +49,6 @@ CHECK_TIMEOUT = 4  # seconds per HTTP request while the store is checked, with o
 # dead server for 4 minutes per request; a write here fails in under a minute and is kept instead
 HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "15", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}  # fmt: skip
-
-
-def repository_root() -> Path:
-    """Where the default store lives: DVC's root when DVC runs the stage, else the working directory."""
-    return Path(os.environ.get("DVC_ROOT") or ".").resolve()
-
-
-def tracking_uri(cfg: TrackingConfig) -> str:
-    if cfg.uri:
-        return cfg.uri
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repository_root() / 'mlflow.db'}"
 
 
 class Store:
@@ -82,7 +71,7 @@ class Store:
         if http:
             note(f"checking the MLflow server at {self.uri} (up to {2 * CHECK_TIMEOUT} s)")
         with _unusable(self.uri):
-            with _short_http_requests(http), _store_creation(self.uri):
+            with _short_http_requests(http), store_creation(self.uri):
                 self.client = mlflow.MlflowClient(self.uri)
                 self.experiment_id = self._experiment(cfg.experiment)
                 # a write, the kind every stage makes, so that a read-only store fails now, not after the work
@@ -95,16 +84,15 @@ class Store:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
-        artifacts = None
-        if self.uri.startswith("sqlite:///"):  # artifacts beside the database, not in the working directory
-            artifacts = Path(self.uri.removeprefix("sqlite:///")).parent.joinpath("mlartifacts").resolve().as_uri()
+        database, artifacts = sqlite_database(self.uri), None
+        if database is not None:  # artifacts beside the database, not in the working directory
+            artifacts = database.parent.joinpath("mlartifacts").resolve().as_uri()
         return self.client.create_experiment(name, artifact_location=artifacts)
 
     def _check_artifacts(self) -> None:
-        location = self.client.get_experiment(self.experiment_id).artifact_location
-        if not location.startswith("file:"):
+        folder = local_folder(self.client.get_experiment(self.experiment_id).artifact_location)
+        if folder is None:
             return  # a server's artifact store: the server writes it
-        folder = Path(location.removeprefix("file://"))
         try:
             folder.mkdir(parents=True, exist_ok=True)
             tempfile.TemporaryFile(dir=folder).close()
@@ -376,24 +364,3 @@ def _short_http_requests(http: bool) -> Iterator[None]:
         yield
     finally:
         os.environ.update(saved)
-
-
-@contextmanager
-def _store_creation(uri: str) -> Iterator[None]:
-    """Serialise opening a SQLite store, so that two processes never create (migrate) the same new
-    database at once; and say where a new one is."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    database = Path(uri.removeprefix("sqlite:///"))
-    database.parent.mkdir(parents=True, exist_ok=True)
-    folder = os.open(database.parent, os.O_RDONLY)
-    try:
-        fcntl.flock(folder, fcntl.LOCK_EX)  # released when this process ends, however it ends
-        new = not database.exists()
-        yield
-        if new:
-            note(f"created the MLflow store {database} (artifacts beside it); `mlflow ui` there shows it, "
-                 "under 'Model training'")  # fmt: skip
-    finally:
-        os.close(folder)

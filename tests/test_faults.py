@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -194,6 +195,49 @@ def test_a_read_only_store_fails_in_one_line_before_any_work(project: Path) -> N
     result = invoke("sample", "--set", f"tracking.uri={read_only}", cwd=project)
     one_line_error(result, "cannot use the MLflow tracking store", "readonly database")
     assert not (project / "runs" / "linear" / "seed0" / "samples").exists()
+    assert not (project / "file:").exists()  # SQLite's own URI is read as SQLite reads it: no stray folder
+
+
+@pytest.mark.parametrize("name", ["x?y", "p%20q", "a#b", "blüte"])
+def test_the_default_store_and_its_artifacts_lie_in_the_working_folder_whatever_its_name(
+    name: str, tmp_path: Path, empty_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ddpm.config import TrackingConfig
+    from ddpm.outbox import Run
+    from ddpm.tracking import open_store
+
+    folder = tmp_path / name
+    copy_store(empty_store, folder)
+    (folder / "eval.json").write_text("{}\n")
+    monkeypatch.chdir(folder)
+    store = open_store(TrackingConfig())  # the default: sqlite:///<working folder>/mlflow.db
+    run = Run(store.outbox, store.operations.new_run("scores", {}))
+    run.log_artifacts([folder / "eval.json"])
+    [uploaded] = (folder / "mlartifacts").rglob("eval.json")
+    assert uploaded.relative_to(folder / "mlartifacts").parts == (run.id, "artifacts", "eval.json")
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no database cut short at `?`, no percent-encoded folder
+    with sqlite3.connect(folder / "mlflow.db") as db:
+        assert db.execute(
+            "select name from experiments where experiment_id = ?", (store.experiment_id,)
+        ).fetchall() == [("ddpm-flowers",)]
+
+
+def test_a_working_folder_that_an_sqlite_uri_cannot_name_is_refused_in_one_line_before_any_work(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlalchemy.engine.url
+
+    monkeypatch.setattr(sqlalchemy.engine.url, "unquote", lambda text: text)  # an SQLAlchemy that does not decode
+    folder = project / "x?y"
+    folder.mkdir()
+    for entry in [p for p in project.iterdir() if p != folder]:
+        entry.rename(folder / entry.name)
+    result = invoke("sample", cwd=folder)
+    one_line_error(
+        result, f"the default MLflow store {folder / 'mlflow.db'} cannot be named by an SQLite URI", "tracking.uri"
+    )
+    assert not (folder / "runs" / "linear" / "seed0" / "samples").exists()
+    assert [p.name for p in project.iterdir()] == ["x?y"] and not (folder / "mlflow.db").exists()
 
 
 class SilentServer:

@@ -156,15 +156,18 @@ def _unique_steps(steps: list[int]) -> list[int]:
 
 
 # A 95 % interval leaves out 2.5 % of the bootstrap resamples at each end: with fewer than 1 / 0.025,
-# no resample lies beyond an end, and the interval is the extremes of the few there are
-MIN_BOOTSTRAP = 40
-BOOTSTRAP_COUNT = (f"0 (no interval) or at least {MIN_BOOTSTRAP} resamples: a 95 % interval leaves out 2.5 % of "
-                   f"them at each end, which takes {MIN_BOOTSTRAP} for one on each side")  # fmt: skip
+# no resample lies beyond an end, and the interval is the extremes of the few there are. The
+# resamples' indices are held at once (resamples × samples), so a count past MAX_BOOTSTRAP asks for
+# memory the ends' precision no longer needs.
+MIN_BOOTSTRAP, MAX_BOOTSTRAP = 40, 10_000
+BOOTSTRAP_COUNT = (f"0 (no interval) or from {MIN_BOOTSTRAP} to {MAX_BOOTSTRAP} resamples: a 95 % interval leaves out "
+                   f"2.5 % of them at each end, which takes {MIN_BOOTSTRAP} for one on each side; past "
+                   f"{MAX_BOOTSTRAP} the resamples' indices cost memory, not precision")  # fmt: skip
 
 
 def _enough_resamples(count: int) -> int:
-    if 0 < count < MIN_BOOTSTRAP:
-        raise ValueError("too few resamples for a 95 % interval")
+    if 0 < count < MIN_BOOTSTRAP or count > MAX_BOOTSTRAP:
+        raise ValueError("a resample count outside the range")
     return count
 
 

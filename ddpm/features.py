@@ -252,4 +252,7 @@ def _read_cache(cache: Path, count: int, dim: int | None) -> tuple[torch.Tensor 
         return None, f"holds {features.dtype} {features.shape}; {expected}"
     if not np.isfinite(features).all():
         return None, "holds values that are not finite"
+    with np.errstate(over="ignore"):  # squares past float64's range: the covariance would not be finite
+        if not np.isfinite(np.square(features).sum(0)).all():
+            return None, "holds values too large for a covariance in float64"
     return torch.from_numpy(features), None

@@ -9,14 +9,18 @@ import torch
 
 
 def gaussian(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and (unbiased) covariance of features (N, D), in float64. Fewer than 2 rows or a value
-    that is not finite is a ValueError: the eigenvalue routines would end the process (MKL's DGEBAL)."""
+    """Mean and (unbiased) covariance of features (N, D), in float64. Fewer than 2 rows, a value that
+    is not finite or one too large for the covariance to be finite is a ValueError: the eigenvalue
+    routines would end the process (MKL's DGEBAL)."""
     x = features.double()
     if x.ndim != 2 or len(x) < 2:
         raise ValueError(f"features {tuple(x.shape)}: a covariance needs at least 2 rows of (N, D)")
     if not torch.isfinite(x).all():
         raise ValueError("features hold values that are not finite")
-    return x.mean(0), torch.cov(x.T)
+    mean, covariance = x.mean(0), torch.cov(x.T)
+    if not torch.isfinite(covariance).all():
+        raise ValueError("features hold values too large for a covariance in float64")
+    return mean, covariance
 
 
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:

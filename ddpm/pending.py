@@ -222,10 +222,15 @@ class _Reader:
 
     def _record(self, value: Any) -> str:
         """The record of an evaluation's run (ddpm.tracking.log_evaluation) that waits for its id: the
-        only file the outbox writes, and only there; it may lie outside the folder (evaluate --out)."""
+        only file the outbox writes, and only there. It may lie outside the folder (evaluate --out), but
+        never outside the working folder (the project) either, links resolved: a planted line cannot
+        reach a file elsewhere."""
         path = self.folder / _valid(value, isinstance(value, str))
+        where = path.resolve()
+        inside = where.is_relative_to(self.folder.resolve()) or where.is_relative_to(Path.cwd().resolve())
         try:  # a regular file (a FIFO would never answer), not a link to one elsewhere
-            waiting = path.is_file() and not path.is_symlink() and json.loads(path.read_bytes()) == {"run_id": None}
+            waiting = inside and path.is_file() and not path.is_symlink()
+            waiting = waiting and json.loads(path.read_bytes()) == {"run_id": None}
         except (OSError, ValueError, RecursionError):
             waiting = False
         return str(_valid(path, path.name == MLFLOW_EVAL_RUN and waiting))

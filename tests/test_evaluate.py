@@ -320,6 +320,7 @@ def test_a_local_weights_file_must_exist_and_match_its_checksum(tmp_path: Path) 
     ("bad", "fault"),
     [
         (np.full((20, 224), np.nan), "holds values that are not finite"),
+        (np.full((20, 224), 1e200), "holds values too large for a covariance in float64"),
         (np.ones((1, 224)), "holds float64 (1, 224); expected (20, 224), a row of 224 features per real image"),
         (np.ones((20, 223)), "holds float64 (20, 223); expected (20, 224), a row of 224 features per real image"),
         (np.ones(20 * 224), "holds float64 (4480,); expected (20, 224), a row of 224 features per real image"),
@@ -351,3 +352,5 @@ def test_frechet_distance_refuses_features_without_a_covariance() -> None:
         stats.frechet_distance(good[:1], good)
     with pytest.raises(ValueError, match="features hold values that are not finite"):
         stats.frechet_distance(good, torch.full((10, 4), float("nan"), dtype=torch.float64))
+    with pytest.raises(ValueError, match="features hold values too large for a covariance in float64"):
+        stats.frechet_distance(good, good * 1e200)  # finite, but their covariance is not (found by the re-campaign)

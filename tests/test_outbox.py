@@ -386,9 +386,10 @@ def test_uploads_wait_as_paths_inside_the_run_folder_and_files_from_outside_as_c
 
 
 def test_an_eval_run_record_waiting_for_its_run_may_lie_outside_the_run_folder(
-    client: Client, clock: Clock, planted: tuple[Path, Path]
+    client: Client, clock: Clock, planted: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder, outside = planted
+    monkeypatch.chdir(folder.parent)  # the project: `ddpm evaluate --out outside/eval.json` ran here
     record = outside / "mlflow_eval_run.json"
     record.write_text('{"run_id": null}\n')  # what `ddpm evaluate --out` writes before its run is made
     outbox = Outbox(client)
@@ -398,6 +399,33 @@ def test_an_eval_run_record_waiting_for_its_run_may_lie_outside_the_run_folder(
     client.error = None
     Outbox(client).replay(folder)
     assert client.calls == [("record_run", str(record), RUN)]
+
+
+@pytest.mark.parametrize("named", ["absolute", "relative"])
+def test_a_waiting_record_outside_the_working_folder_is_never_written(
+    client: Client,
+    clock: Clock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    named: str,
+) -> None:
+    """Found by the hostile re-campaign: a planted record_run line filled a waiting record anywhere."""
+    project, victim = tmp_path / "project", tmp_path / "elsewhere" / "mlflow_eval_run.json"
+    folder = project / "runs" / "linear" / "seed0"
+    folder.mkdir(parents=True)
+    victim.parent.mkdir()
+    victim.write_text('{"run_id": null}\n')
+    monkeypatch.chdir(project)
+    value = str(victim) if named == "absolute" else "../../../../elsewhere/mlflow_eval_run.json"
+    pending = folder / "mlflow-pending.jsonl"
+    pending.write_text(json.dumps({"operation": "record_run", "args": [value, RUN]}) + "\n")
+    Outbox(client).replay(folder)
+    assert capsys.readouterr().err.splitlines() == [
+        f"ddpm: warning: {pending}:1: record_run: argument 1 is not an mlflow_eval_run.json waiting for its run's "
+        f"id: {value!r}; the line is skipped"
+    ]
+    assert client.calls == [] and victim.read_text() == '{"run_id": null}\n'
 
 
 def test_a_kill_while_the_pending_file_is_rewritten_leaves_the_old_one_and_its_pictures_whole(

@@ -6,17 +6,14 @@ and key path, e.g. `params.yaml: train.batch_size: expected a positive integer, 
 """
 
 import hashlib
-import json
-import math
-import types
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeGuard, Union, get_args, get_origin
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
-from pydantic.fields import FieldInfo
 
+from ddpm.config_errors import Override, describe_error
 from ddpm.errors import UserError
 from ddpm.schedules import SCHEDULES, beta_schedule
 from ddpm.unet import PRESETS, check_architecture, preset_architecture
@@ -243,9 +240,6 @@ class Config(Section):
 
 TOP_LEVEL_KEYS = {"schedules", "seeds"}  # params outside any section
 
-# An override of one param: (where it came from, e.g. "--batch-size"; dotted key; value).
-Override = tuple[str, str, Any]
-
 
 def parse_value(text: str) -> Any:
     """A command-line value read as YAML, as it would be in params.yaml ("64" → 64, "true" → True)."""
@@ -279,7 +273,7 @@ def load_config(path: Path | None = None, overrides: Sequence[Override] = ()) ->
     try:
         config = Config.model_validate(raw)
     except ValidationError as e:
-        lines = [_describe_error(err, label, [*overrides, *made]) for err in e.errors()]
+        lines = [describe_error(err, label, [*overrides, *made], Config) for err in e.errors()]
         raise UserError("\n".join(dict.fromkeys(lines))) from None  # a union's branches give the same line
     _check_combinations(config, label, overrides)
     return config
@@ -305,94 +299,3 @@ def _check_combinations(config: Config, label: str, overrides: Sequence[Override
 def _arch_subset(config: Config) -> dict[str, Any]:
     arch = config.model.architecture(config.data.image_size)
     return {k: arch[k] for k in ("channels", "channel_mult", "attention_resolutions")}
-
-
-def _describe_error(err: dict[str, Any], label: str, overrides: Sequence[Override]) -> str:
-    """One line for one pydantic error: source, dotted key path, what was expected, what was given."""
-    keys, parent, field = _walk(err["loc"])
-    path = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).lstrip(".")
-    source = next((s for s, key, _ in overrides if path == key or path.startswith((key + ".", key + "["))), None)
-    if source is None:
-        prefix = f"{label}: {path}"
-    else:  # "--set train.lr" names its key already; "--lr" gets it in brackets
-        prefix = source if path in source else f"{source} ({path})"
-    if field is None:
-        return f"{prefix}: unknown key; expected one of: {', '.join(parent.model_fields)}"
-    expected = field.description or _expected(field.annotation, field.metadata)
-    return f"{prefix}: expected {expected}, got {_show(err['input'])}"
-
-
-def _walk(loc: Sequence[int | str]) -> tuple[list[int | str], type[BaseModel], FieldInfo | None]:
-    """Follow an error's location through our models: the keys to print, the last model passed
-    through, and the field the error is in (None where the location ends at a key that model does
-    not declare: an unknown key)."""
-    keys: list[int | str] = []
-    parent: type[BaseModel] = Config
-    field: FieldInfo | None = None
-    for part in loc:
-        if field is None or _is_section(field.annotation):  # part is a key of one of our models
-            parent = field.annotation if field else parent
-            field = parent.model_fields.get(str(part))
-            keys.append(part)
-            if field is None:
-                break
-        elif isinstance(part, int):  # an index into a list field
-            keys.append(part)
-        # any other part below a field is pydantic's name for a union's branch, however spelt: no key
-    return keys, parent, field
-
-
-def _is_section(annotation: Any) -> TypeGuard[type[BaseModel]]:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
-
-
-def _expected(annotation: Any, metadata: Sequence[Any] = ()) -> str:
-    """A few words for what a field accepts, e.g. "a positive integer" or "one of ddpm, ddim"."""
-    origin = get_origin(annotation)
-    if origin is Annotated:  # a Field(...) in it keeps its bounds in its own metadata
-        inner, *extra = get_args(annotation)
-        flat = [m for e in extra for m in (e.metadata if isinstance(e, FieldInfo) else [e])]
-        return _expected(inner, [*metadata, *flat])
-    if origin in (Union, types.UnionType):
-        options = [a for a in get_args(annotation) if a is not type(None)]
-        null = " or null" if type(None) in get_args(annotation) else ""
-        return " or ".join(_expected(a, metadata) for a in options) + null
-    if origin is Literal:
-        return "one of " + ", ".join(str(a) for a in get_args(annotation))
-    if origin is list:
-        return f"a list of {_plural(_expected(get_args(annotation)[0]))}"
-    if _is_section(annotation):
-        return "a mapping with keys " + ", ".join(annotation.model_fields)
-    if annotation is bool:
-        return "true or false"
-    if annotation in (int, float):
-        # the bounds (annotated_types' Gt, Ge, Lt, Le) by the attribute each one has
-        bounds = {k: v for m in metadata for k in ("gt", "ge", "lt", "le") if (v := getattr(m, k, None)) is not None}
-        return _number(annotation is int, bounds)
-    return "a string"
-
-
-def _number(integer: bool, bounds: dict[str, Any]) -> str:
-    noun = "integer" if integer else "number"
-    if bounds == {"gt": 0}:
-        return f"a positive {noun}"
-    if bounds == {"ge": 0}:
-        return f"a non-negative {noun}"
-    if {"ge", "lt"} <= bounds.keys():
-        return f"a {noun} in [{bounds['ge']}, {bounds['lt']})"
-    return f"an {noun}" if integer else f"a {noun}"
-
-
-def _plural(phrase: str) -> str:
-    """The plural of a phrase from _expected: "a number in [0, 1)" → "numbers in [0, 1)"."""
-    head, sep, tail = phrase.removeprefix("a ").removeprefix("an ").partition(" in ")
-    return head + "s" + sep + tail
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)  # inf, nan (JSON would say Infinity)
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ddpm.config import Config, _describe_error, load_config, parse_value
+from ddpm.config import Config, load_config, parse_value
+from ddpm.config_errors import describe_error
 from ddpm.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -383,8 +384,8 @@ def test_error_locations_are_read_through_our_fields_not_pydantics_branch_names(
     # version spells it, the line names the field and what the field's annotation accepts.
     for tag in ("bool", "literal['auto']", "a-spelling-from-the-future"):
         error = {"loc": ("train", "compile", tag), "type": "bool_type", "msg": "", "input": 2}
-        assert _describe_error(error, "params.yaml", []) == (
+        assert describe_error(error, "params.yaml", [], Config) == (
             "params.yaml: train.compile: expected one of auto or true or false, got 2"
         )
     error = {"loc": ("train", "adam_betas", 1), "type": "float_type", "msg": "", "input": "x"}
-    assert _describe_error(error, "params.yaml", []).startswith("params.yaml: train.adam_betas[1]: expected")
+    assert describe_error(error, "params.yaml", [], Config).startswith("params.yaml: train.adam_betas[1]: expected")

@@ -23,6 +23,7 @@ from ddpm.fastpath import FastPath
 from ddpm.features import extract_features, load_extractor, real_features
 from ddpm.files import atomic_outputs, folder_lock, sha256_hex, write_json
 from ddpm.layout import MODEL, NLL_TERMS, SAMPLES_ORIGIN, RunFolder, run_folder_of
+from ddpm.memorization import measure
 from ddpm.metrics import fid_basic_interval, fid_bootstrap, frechet_distance, kernel_distance
 from ddpm.origin import check_samples, read_origin
 from ddpm.sample import generate
@@ -81,6 +82,7 @@ def evaluate(
         "weights": extractor.source,
         "weights_sha256": extractor.weights_sha256,
         "resize": extractor.resize,
+        **measure(fake, real, fake_f, real_f, device),  # how near the samples lie to the training images
     }
     return metrics, cached
 

@@ -71,6 +71,7 @@ NLL_TERMS_PICTURE = "nll_terms.png"
 SWEEP_PICTURE = "sweep.png"
 LOSSES_PICTURE = "losses.png"
 SAMPLES_PICTURE = "samples.png"
+NEAREST_PICTURE = "nearest.png"  # the samples closest to a training image, each above it
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,31 @@ def plot_sample_grids(results: list[RunResult], rows: list[dict[str, Any]], path
     _save(fig, path)
 
 
+def plot_nearest(closest: dict[str, tuple[list[list[int | float]], np.ndarray, np.ndarray]], path: Path) -> None:
+    """Each run's closest sample–training pairs, a column per pair: the sample above, its nearest
+    training image below (as the distance was measured: itself or its mirror), the pixel distance on
+    top. `closest`: run label → (closest_pairs, the samples (k, 3, H, W), the training images (k, 3, H, W))."""
+    columns = max((len(pairs) for pairs, _, _ in closest.values()), default=1)
+    rows = 2 * max(len(closest), 1)
+    fig, axes = _pyplot().subplots(rows, columns, figsize=(1.3 * columns + 1, 1.4 * rows + 0.5), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    if not closest:
+        _empty(axes[0, 0], "nearest neighbours not measured (scored by an earlier `ddpm evaluate`)")
+    for r, (run, (pairs, samples, training)) in enumerate(closest.items()):
+        for c, ((i, j, distance), sample, image) in enumerate(zip(pairs, samples, training, strict=True)):
+            above, below = axes[2 * r, c], axes[2 * r + 1, c]
+            above.imshow(sample.transpose(1, 2, 0), interpolation="nearest")
+            below.imshow(image.transpose(1, 2, 0), interpolation="nearest")
+            above.set_title(f"d₁ = {distance:.2f}", fontsize=8)
+            above.text(0, -0.05, f"sample {i}", transform=above.transAxes, va="top", fontsize=6)
+            below.text(0, -0.05, f"training {j}", transform=below.transAxes, va="top", fontsize=6)
+        axes[2 * r, 0].text(-0.15, 0, run, transform=axes[2 * r, 0].transAxes, rotation=90, ha="right", fontsize=9)
+    fig.suptitle("the samples nearest to a training image (above) and that image (below), pixel distance d₁")
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def schedule_pictures(
     names: list[str] | None, timesteps: int, data: Path, image_size: int, out_dir: Path
 ) -> list[Path]:

@@ -11,12 +11,15 @@ import numpy as np
 
 from ddpm import layout
 from ddpm.config import Config
-from ddpm.data import first_image
-from ddpm.files import atomic_outputs, folder_lock
+from ddpm.data import first_image, load_images
+from ddpm.errors import UserError
+from ddpm.files import atomic_outputs, folder_lock, sha256_hex
+from ddpm.memorization import RATIO, as_measured
 from ddpm.plots import (
     checked_names,
     forward_strip,
     plot_losses,
+    plot_nearest,
     plot_nll_terms,
     plot_sample_grids,
     plot_schedules,
@@ -38,19 +41,22 @@ def compare(
     every picture; the table as comparison.csv and .json; scores.csv (FID per schedule);
     schedules.png (alphā, log-SNR); nll_terms.png (bits/dim per timestep); sweep.png (FID against
     sampling steps); losses.png; forward.png (the first image of `data`, or a synthetic flower,
-    noised by each schedule); samples.png (the first seed's sample grids side by side). T and the
+    noised by each schedule); samples.png (the first seed's sample grids side by side); nearest.png
+    (the first seed's samples closest to a training image, ddpm.memorization). T and the
     image size are the checkpoints'. Returns the rows, the files and each run's MLflow child run
     (where tracked). `ready` is called once every input is read."""
     results = read_results(names, seeds, runs_dir)
     image = first_image(data, results[0].model["arch"]["image_size"])  # checked, like every input, before any write
+    closest = closest_images([r for r in results if r.seed == seeds[0]], runs_dir, data)
     if ready:
         ready()
     rows = table_rows(results)
     with atomic_outputs() as output:  # the report is renamed into place only once every file of it is written
         pictures = _draw_pictures(names, seeds, results, rows, image, out_dir, output)
+        plot_nearest(closest, output(out_dir / layout.NEAREST_PICTURE))
         tables = _write_tables(rows, results, out_dir, output)
     linked = {label(r): r.run_id for r in results if r.run_id}
-    return rows, [*tables, *pictures], linked
+    return rows, [*tables, *pictures, out_dir / layout.NEAREST_PICTURE], linked
 
 
 def _draw_pictures(
@@ -210,8 +216,61 @@ def markdown_report(rows: list[dict[str, Any]], results: list[RunResult], timest
             "",
             f"![sample grids]({layout.SAMPLES_PICTURE})",
             "",
+            *memorization_section(results),
         ]
     )
+
+
+def closest_images(
+    results: list[RunResult], runs_dir: Path, data: Path
+) -> dict[str, tuple[list[list[int | float]], np.ndarray, np.ndarray]]:
+    """Each run's closest sample–training pairs (eval.json's closest_pairs) with the images: run label →
+    (pairs, the samples, the training images as measured); runs evaluated before ddpm measured them are
+    left out. A one-line error where the pairs name images that the samples or `data` do not hold."""
+    closest, digest = {}, None
+    for r in results:
+        pairs = r.evaluation.get("closest_pairs")
+        if not pairs:
+            continue
+        folder = layout.RunFolder.of(r.name, r.seed, runs_dir)
+        digest = digest or sha256_hex(data)
+        samples, training = load_images(folder.samples_array), load_images(data)
+        recorded = r.evaluation.get("real_sha256", digest)
+        outside = [p for p in pairs if not (0 <= p[0] < len(samples) and 0 <= p[1] < len(training))]
+        if recorded != digest or outside:
+            raise UserError(f"{folder.eval_metrics}: its closest pairs are of other images than {data} and "
+                            f"{folder.samples_array}; run `ddpm evaluate` of that run again")  # fmt: skip
+        shown = [np.array(samples[i]) for i, _, _ in pairs]
+        seen = [as_measured(x, np.array(training[j])) for x, (_, j, _) in zip(shown, pairs, strict=True)]
+        closest[label(r)] = (pairs, np.stack(shown), np.stack(seen))
+    return closest
+
+
+def memorization_section(results: list[RunResult]) -> list[str]:
+    """The report's lines on memorization: what is measured, each run's numbers, the closest pairs."""
+    lines = [
+        "## Memorization",
+        "",
+        "FID and KID are measured against the training images, so a model that copies them scores well. For each "
+        "sample, d₁ and d₂ are the distances to its nearest and second-nearest training image; a sample counts as "
+        f"memorized when d₁/d₂ < {RATIO:.2g} (Yoon et al. 2023): it lies three times closer to one training image "
+        "than to any other, a copy of that image rather than something new. Pixel distances are Euclidean over the "
+        "3·H·W values in [0, 1], a training image's mirror counting as the image (training saw both); feature "
+        "distances are in the features FID uses.",
+        "",
+        "| run | memorized (pixels) | memorized (features) | median d₁ (pixels) | median d₁ (features) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        e = r.evaluation
+        if "memorized_fraction" not in e:
+            lines.append(f"| {label(r)} | – | – | – | – |")
+            continue
+        lines.append(f"| {label(r)} | {e['memorized_fraction']:.1%} | {e['memorized_fraction_features']:.1%} | "
+                     f"{e['nn_pixels_median']:.3g} | {e['nn_features_median']:.3g} |")  # fmt: skip
+    lines += ["", "The samples nearest to a training image (first seed), each above that image:", "",
+              f"![closest sample–training pairs]({layout.NEAREST_PICTURE})", ""]  # fmt: skip
+    return lines
 
 
 def _duration(seconds: float) -> str:

@@ -190,7 +190,14 @@ KINDS = {
     "text": (lambda v: isinstance(v, str), "a string"),
     "text or null": (lambda v: v is None or isinstance(v, str), "a string or null"),
     "flag": (lambda v: isinstance(v, bool), "true or false"),
+    "pairs": (lambda v: isinstance(v, list) and all(_is_pair(p) for p in v), "a list of [sample, training, distance]"),
 }
+
+
+def _is_pair(pair: Any) -> bool:
+    """[sample_index, training_index, pixel_distance], as ddpm.memorization's closest pairs are."""
+    integer, number = KINDS["integer"][0], KINDS["number"][0]
+    return isinstance(pair, list) and len(pair) == 3 and integer(pair[0]) and integer(pair[1]) and number(pair[2])
 
 
 def value_problem(key: str, value: Any, kind: str) -> str | None:
@@ -223,7 +230,9 @@ SCORES_KEYS = {"num_samples": ("integer", True), "num_real": ("integer", True), 
                "nll_clip_denoised": ("flag", False), "real_sha256": ("text", False),
                "weights_sha256": ("text or null", False), "holdout_sha256": ("text", False),
                "checkpoint_sha256": ("text", False), "samples_sha256": ("text", False),
-               "nll_terms_sha256": ("text", False)}  # fmt: skip
+               "nll_terms_sha256": ("text", False), "memorized_fraction": ("number", False),
+               "memorized_fraction_features": ("number", False), "nn_pixels_median": ("number", False),
+               "nn_features_median": ("number", False), "closest_pairs": ("pairs", False)}  # fmt: skip
 SWEEP_KEYS = {"metric": ("text", True), "ddim": ("by steps", True), "ddpm": ("by steps", True),
               "num_samples": ("integer", True), "eta": ("number", True), "variance": ("text", True),
               "seed": ("integer", True), "feature_extractor": ("text", True), "checkpoint_sha256": ("text", False),

@@ -162,13 +162,16 @@ def plot_nearest(closest: dict[str, tuple[list[list[int | float]], np.ndarray, n
     """Each run's closest sample–training pairs, a column per pair: the sample above, its nearest
     training image below (as the distance was measured: itself or its mirror), the pixel distance on
     top. `closest`: run label → (closest_pairs, the samples (k, 3, H, W), the training images (k, 3, H, W))."""
-    columns = max((len(pairs) for pairs, _, _ in closest.values()), default=1)
-    rows = 2 * max(len(closest), 1)
+    if not closest:
+        fig, ax = _pyplot().subplots(figsize=(8, 1.5))
+        _empty(ax, "nearest neighbours not measured (scored by an earlier `ddpm evaluate`)")
+        _save(fig, path)
+        return
+    columns = max(len(pairs) for pairs, _, _ in closest.values())
+    rows = 2 * len(closest)
     fig, axes = _pyplot().subplots(rows, columns, figsize=(1.3 * columns + 1, 1.4 * rows + 0.5), squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
-    if not closest:
-        _empty(axes[0, 0], "nearest neighbours not measured (scored by an earlier `ddpm evaluate`)")
     for r, (run, (pairs, samples, training)) in enumerate(closest.items()):
         for c, ((i, j, distance), sample, image) in enumerate(zip(pairs, samples, training, strict=True)):
             above, below = axes[2 * r, c], axes[2 * r + 1, c]

@@ -12,7 +12,6 @@ import numpy as np
 from ddpm import layout
 from ddpm.config import Config
 from ddpm.data import first_image, load_images
-from ddpm.errors import UserError
 from ddpm.files import atomic_outputs, folder_lock, sha256_hex
 from ddpm.memorization import RATIO, as_measured
 from ddpm.plots import (
@@ -25,7 +24,7 @@ from ddpm.plots import (
     plot_schedules,
     plot_sweep,
 )
-from ddpm.results import RunResult, label, metric_names, read_results, sweep_columns, table_rows
+from ddpm.results import RunFiles, RunResult, label, metric_names, read_results, sweep_columns, table_rows
 from ddpm.verdicts import SPREAD_FACTOR, differences
 
 
@@ -233,13 +232,12 @@ def closest_images(
         if not pairs:
             continue
         folder = layout.RunFolder.of(r.name, r.seed, runs_dir)
+        samples, training = load_images(folder.samples_array), load_images(data)  # a one-line error if missing
         digest = digest or sha256_hex(data)
-        samples, training = load_images(folder.samples_array), load_images(data)
-        recorded = r.evaluation.get("real_sha256", digest)
         outside = [p for p in pairs if not (0 <= p[0] < len(samples) and 0 <= p[1] < len(training))]
-        if recorded != digest or outside:
-            raise UserError(f"{folder.eval_metrics}: its closest pairs are of other images than {data} and "
-                            f"{folder.samples_array}; run `ddpm evaluate` of that run again")  # fmt: skip
+        if r.evaluation.get("real_sha256", digest) != digest or outside:
+            problem = f"its closest_pairs name other images than {folder.samples_array} and {data} hold"
+            raise RunFiles(folder, r.name, r.seed).error(folder.eval_metrics, problem, "evaluate")
         shown = [np.array(samples[i]) for i, _, _ in pairs]
         seen = [as_measured(x, np.array(training[j])) for x, (_, j, _) in zip(shown, pairs, strict=True)]
         closest[label(r)] = (pairs, np.stack(shown), np.stack(seen))

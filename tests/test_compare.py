@@ -161,6 +161,7 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
     assert "fid" not in metrics and metrics["fid_randconv"] > 0
     assert metrics["fid_randconv_ci_low"] < metrics["fid_randconv_ci_high"] and metrics["bootstrap"] == 50
     assert metrics["nll_images"] == 4 and metrics["nll_variance"] == "fixed_small" and metrics["nll_bpd"] > 0
+    assert 0 <= metrics["memorized_fraction"] <= 1 and len(metrics["closest_pairs"]) == 8  # tests/test_memorization.py
     terms = list(csv.DictReader((folder / "nll_terms.csv").open()))
     assert [int(row["t"]) for row in terms] == list(range(1, 51))  # T = 50, the decoder first
     total = sum(float(row["bpd"]) for row in terms) + metrics["nll_prior_bpd"]
@@ -176,6 +177,7 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
     report = project / "reports" / "compare"
     sizes = {"schedules.png": (1000, 400), "forward.png": (1250, 320), "losses.png": (800, 450)}
     sizes |= {"samples.png": (900, 500), "nll_terms.png": (800, 450), "sweep.png": (800, 450)}  # two grids
+    sizes |= {"nearest.png": (1140, 610)}  # 8 pairs of each schedule's first seed
     for name, size in sizes.items():
         with Image.open(report / name) as picture:
             picture.load()

@@ -11,6 +11,7 @@ from PIL import Image
 from scipy.spatial.distance import cdist
 
 from ddpm.data import synthetic_flowers
+from ddpm.errors import UserError
 from ddpm.features import RandConv
 from ddpm.layout import RunFolder
 from ddpm.memorization import Neighbours, as_measured, closest_pairs, distinct_images, measure, memorized, nearest_two
@@ -117,3 +118,10 @@ def test_the_report_shows_each_pair_as_measured(tmp_path: Path) -> None:
     with Image.open(picture) as drawn:
         assert drawn.size[0] > drawn.size[1]  # two pairs side by side, two rows
     assert "| linear | 100.0% | " in "\n".join(memorization_section([run]))
+    run.evaluation = scored | {"real_sha256": "ab" * 32}  # scored against other training images than `data`
+    with pytest.raises(UserError) as refused:
+        closest_images([run], tmp_path / "runs", data)
+    assert str(refused.value) == (
+        f"{folder.eval_metrics}: its closest_pairs name other images than {folder.samples_array} and {data} hold; "
+        "run `ddpm evaluate --beta-schedule linear` again"
+    )

@@ -300,7 +300,7 @@ def write_scores(
 ) -> None:
     """eval.json (`metrics`), the bound's per-timestep terms in nll_terms.csv and `draws` in
     resamples.npz beside it, as one set, eval.json recording the sha256 of the files it goes with
-    (compare checks them). The terms as CSV: t (the paper's, 1 = the decoder L_0), bits/dim; no terms,
+    (compare checks nll_terms.csv's). The terms as CSV: t (the paper's, 1 = the decoder L_0), bits/dim; no terms,
     the header alone. `draws`: arrays keyed by the eval.json key whose spread they give (e.g. nll_bpd:
     each held-out image's bound), for the paired verdicts."""
     rows = "".join(f"{t},{v!r}\n" for t, v in enumerate(np.asarray(terms).tolist(), start=1))

@@ -170,7 +170,7 @@ def conditions(results: list[RunResult]) -> str:
 
 
 def _decoder_floors(results: list[RunResult]) -> list[str]:
-    """What the decoder's fixed width costs each schedule, where eval.json says (it has since issue 23)."""
+    """What the decoder's fixed width costs each schedule, where eval.json holds it (an older one does not)."""
     floors = {r.name: r.evaluation["nll_decoder_floor_bpd"] for r in results if "nll_decoder_floor_bpd" in r.evaluation}
     if not floors:
         return []

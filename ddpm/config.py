@@ -182,8 +182,8 @@ class EvaluateConfig(Section):
     kid_subset_size: PositiveInt = 1000
     # FID's 95 % interval from this many bootstrap resamples of the samples' features; 0: none
     bootstrap: Annotated[Int, Field(ge=0, description=BOOTSTRAP_COUNT), AfterValidator(_enough_resamples)] = 200
-    # the negative log-likelihood bound (bits/dim) on this many held-out images (data.holdout); 0: none
-    nll_images: Annotated[Int, Field(ge=0)] = 256
+    # the negative log-likelihood bound (bits/dim) on all the held-out images (data.holdout) or this many; 0: none
+    nll_images: Literal["all"] | Annotated[Int, Field(ge=0)] = "all"
     nll_variance: Literal["fixed_small", "fixed_large"] = "fixed_small"  # the reverse variance of the bound
 
 

@@ -301,6 +301,18 @@ class GaussianDiffusion(nn.Module):
         table = self.log_betas_clipped if variance == "fixed_large" else self.posterior_log_variance_clipped
         return extract(table, t, x)
 
+    def decoder_floor_bpd(self, variance: Variance) -> float:
+        """The least the decoder L_0 = −log p(x_0 | x_1) (the discretized Gaussian of eq. 13) costs even a
+        model that predicts x_0 exactly, in bits per dimension: −log₂(2Φ(1/(255σ₁)) − 1).
+
+        Then the decoder's mean is x_0 itself (eq. 7 at t = 0: coefficients 1 on x_0, 0 on x_1) and an
+        interior pixel's bin, x_0 ± 1/255, holds 2Φ(1/(255σ₁)) − 1 = erf(1/(255σ₁√2)) of the mass, σ₁
+        the decoder's fixed standard deviation (`p_log_variance` at t = 0). The two edge bins, open to
+        ±∞, hold more, so an image of extreme pixels pays a little less."""
+        t = self.betas.new_zeros(1, dtype=torch.long)
+        sigma = (0.5 * self.p_log_variance(variance, t, self.betas[:1])).exp()
+        return -math.log2(torch.erf(1 / (255 * sigma * math.sqrt(2))).item())
+
     def vb_term_bpd(
         self, model: Model, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, variance: Variance, clip: bool
     ) -> torch.Tensor:

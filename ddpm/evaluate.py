@@ -6,11 +6,12 @@ and the bootstrap resamples are drawn from fixed seeds, so the same images give 
 """
 
 import hashlib
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from ddpm.errors import UserError
 from ddpm.fastpath import FastPath
 from ddpm.features import extract_features, load_extractor, real_features
 from ddpm.files import atomic_outputs, folder_lock, sha256_hex, write_json
-from ddpm.layout import MODEL, NLL_TERMS, SAMPLES_ORIGIN, RunFolder, run_folder_of
+from ddpm.layout import MODEL, NLL_TERMS, RESAMPLES, SAMPLES_ORIGIN, RunFolder, run_folder_of
 from ddpm.memorization import measure
 from ddpm.metrics import fid_basic_interval, fid_bootstrap, frechet_distance, kernel_distance
 from ddpm.origin import check_samples, read_origin
@@ -92,51 +93,65 @@ def evaluate(
 
 def likelihood(
     cfg: EvaluateConfig, sample: SampleConfig, trained: Trained, holdout_path: Path, device: torch.device
-) -> tuple[dict[str, Any], np.ndarray]:
-    """The variational bound (Ho et al. eq. 5) of the model in `trained` on the first evaluate.nll_images
-    held-out images, in bits/dim: the metrics, and each timestep's term averaged over the images (T,),
-    the paper's t = 1 (the decoder L_0) first. The UNet runs as in sampling (sample.precision,
-    sample.channels_last), in batches of sample.batch_size (image, timestep) pairs, clipping the
-    predicted x_0 where sample.clip_denoised says so; the noise is drawn from a generator seeded 0."""
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """The variational bound (Ho et al. eq. 5) of the model in `trained` on the held-out images (all,
+    or the first evaluate.nll_images), in bits/dim: the metrics, each timestep's term averaged over the
+    images (T,), the paper's t = 1 (the decoder L_0) first, and each image's bound (M,), in the file's
+    order. The UNet runs in float32 whatever sample.precision says: for the linear schedule (T = 1000,
+    fixed_small) a unit of ε mean-squared error at every step adds 14.7 bits/dim to the sum, so bf16's
+    rounding of ε would move the bound, not only the samples. It runs in
+    sample.channels_last's layout, in batches of sample.batch_size (image, timestep) pairs, clipping
+    the predicted x_0 where sample.clip_denoised says so; the noise is drawn from a generator seeded 0,
+    so every model meets the same images and the same noise (paired)."""
     holdout = held_out(holdout_path, cfg.nll_images)
     if holdout.shape[1:] != (3, trained.image_size, trained.image_size):
         raise UserError(
             f"{holdout_path}: held-out images are {holdout.shape[3]}×{holdout.shape[2]}, but the model "
             f"({trained.path}) makes {trained.image_size}×{trained.image_size}; prepare the data it was trained on"
         )
-    x0 = to_unit_range(torch.from_numpy(np.array(holdout[: cfg.nll_images]))).to(device)
-    fast = FastPath.resolve(sample, device)
+    count = len(holdout) if cfg.nll_images == "all" else cfg.nll_images
+    x0 = to_unit_range(torch.from_numpy(np.array(holdout[:count]))).to(device)
+    fast = FastPath.resolve(sample, device)  # its layout only: never its autocast
     network = fast.place(trained.model)
 
     def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with fast.autocast(device):
-            return network(fast.memory_format(x_t), t)
+        return network(fast.memory_format(x_t), t)
 
     generator = torch.Generator(device).manual_seed(0)
     bound = trained.diffusion.nll_bpd(model, x0, cfg.nll_variance, sample.clip_denoised, generator, sample.batch_size)
-    total = bound.total.double().cpu()
+    total, terms = bound.total.double().cpu(), bound.terms.double().cpu()
     metrics = {
         "nll_bpd": float(total.mean()),
         "nll_bpd_sem": float(total.std() / len(total) ** 0.5) if len(total) > 1 else 0.0,  # standard error
+        # the bound in three parts that sum to it: L_0, L_1 + ... + L_{T-1} and L_T (eq. 5)
+        "nll_decoder_bpd": float(terms[:, 0].mean()),
+        "nll_diffusion_bpd": float(terms[:, 1:].sum(1).mean()),
         "nll_prior_bpd": float(bound.prior.double().mean()),
+        "nll_decoder_floor_bpd": trained.diffusion.decoder_floor_bpd(cfg.nll_variance),
         "nll_images": len(total),
         "nll_variance": cfg.nll_variance,
         "nll_clip_denoised": sample.clip_denoised,
+        "nll_precision": "fp32",
         "holdout_sha256": sha256_hex(holdout_path),
     }
-    return metrics, bound.terms.double().mean(0).cpu().numpy()
+    return metrics, terms.mean(0).numpy(), total.numpy()
 
 
-def held_out(path: Path, wanted: int) -> np.ndarray:
-    """The held-out images at `path`, at least `wanted` of them; a one-line error otherwise."""
+def held_out(path: Path, wanted: int | Literal["all"]) -> np.ndarray:
+    """The held-out images at `path`: at least `wanted` of them, or at least one for "all"; a one-line
+    error otherwise."""
     if not path.is_file():
         raise UserError(f"{path}: not found; `ddpm prepare` writes the held-out images there (data.holdout), "
                         "or set evaluate.nll_images: 0 to skip the likelihood")  # fmt: skip
+    least = 1 if wanted == "all" else wanted
     try:  # counted first: load_images refuses an empty file (data.holdout: 0) in words about images in general
         count = len(np.load(path, mmap_mode="r", allow_pickle=False))
     except (ValueError, OSError, TypeError, EOFError):
-        count = wanted  # not a plain array: load_images says what is wrong with it
-    if count < wanted:
+        count = least  # not a plain array: load_images says what is wrong with it
+    if count < least and wanted == "all":
+        raise UserError(f"{path}: no held-out images; raise data.holdout and run `ddpm prepare` again, "
+                        "or set evaluate.nll_images: 0 to skip the likelihood")  # fmt: skip
+    if count < least:
         raise UserError(
             f"{path}: {count} held-out images, fewer than evaluate.nll_images = {wanted}; raise data.holdout "
             "and run `ddpm prepare` again, or lower evaluate.nll_images (0 skips the likelihood)"
@@ -250,11 +265,11 @@ def stage(
         metrics["samples_sha256"] = samples_sha256  # so that compare never pairs these with other samples
         if checkpoint is not None and checkpoint.is_file():  # nor with another model
             metrics["checkpoint_sha256"] = sha256_hex(checkpoint)
-        terms = []  # without the likelihood, a header alone: the file the pipeline expects is there
+        terms, draws = [], {}  # without the likelihood, a header alone: the file the pipeline expects is there
         if trained:
-            bound, terms = likelihood(config.evaluate, config.sample, trained, holdout, device)
+            bound, terms, draws["nll_bpd"] = likelihood(config.evaluate, config.sample, trained, holdout, device)
             metrics |= bound
-        write_scores(metrics, terms, out)
+        write_scores(metrics, terms, draws, out)
         if tracked.store and drawn:
             log_evaluation(tracked.store, drawn, config.evaluate.model_dump(mode="json"), metrics, samples.parent, out)
         elif tracked.store:
@@ -282,16 +297,25 @@ def _scored_model(samples: Path, drawn: dict[str, Any] | None, checkpoint: Path 
                     f"(`ddpm sample --checkpoint {beside}`), or give --out")  # fmt: skip
 
 
-def write_scores(metrics: dict[str, Any], terms: np.ndarray | list[float], out: Path) -> None:
-    """eval.json (`metrics`) and the bound's per-timestep terms in nll_terms.csv beside it, as one set,
-    eval.json recording the sha256 of the terms it goes with (compare checks it). The terms as CSV:
-    t (the paper's, 1 = the decoder L_0), bits/dim; no terms, the header alone."""
+def write_scores(
+    metrics: dict[str, Any], terms: np.ndarray | list[float], draws: dict[str, np.ndarray], out: Path
+) -> None:
+    """eval.json (`metrics`), the bound's per-timestep terms in nll_terms.csv and `draws` in
+    resamples.npz beside it, as one set, eval.json recording the sha256 of the files it goes with
+    (compare checks nll_terms.csv's). The terms as CSV: t (the paper's, 1 = the decoder L_0), bits/dim; no terms,
+    the header alone. `draws`: arrays keyed by the eval.json key whose spread they give (e.g. nll_bpd:
+    each held-out image's bound), for the paired verdicts."""
     rows = "".join(f"{t},{v!r}\n" for t, v in enumerate(np.asarray(terms).tolist(), start=1))
     table = f"t,bpd\n{rows}".encode()  # encoded first, so that a full disk says the whole size
     metrics["nll_terms_sha256"] = hashlib.sha256(table).hexdigest()
+    archive = io.BytesIO()
+    np.savez(archive, **draws)
+    resamples = archive.getvalue()
+    metrics["resamples_sha256"] = hashlib.sha256(resamples).hexdigest()
     scores = (json.dumps(metrics, indent=2) + "\n").encode()
     with atomic_outputs() as output:
         output(out.parent / NLL_TERMS, len(table)).write_bytes(table)
+        output(out.parent / RESAMPLES, len(resamples)).write_bytes(resamples)
         output(out, len(scores)).write_bytes(scores)
 
 

@@ -230,7 +230,9 @@ SCORES_KEYS = {"num_samples": ("integer", True), "num_real": ("integer", True), 
                "nll_clip_denoised": ("flag", False), "real_sha256": ("text", False),
                "weights_sha256": ("text or null", False), "holdout_sha256": ("text", False),
                "checkpoint_sha256": ("text", False), "samples_sha256": ("text", False),
-               "nll_terms_sha256": ("text", False), "memorized_fraction": ("number", False),
+               "nll_terms_sha256": ("text", False), "nll_decoder_bpd": ("number", False),
+               "nll_diffusion_bpd": ("number", False), "nll_decoder_floor_bpd": ("number", False),
+               "memorized_fraction": ("number", False),
                "memorized_fraction_features": ("number", False), "nn_pixels_median": ("number", False),
                "nn_features_median": ("number", False), "closest_pairs": ("pairs", False)}  # fmt: skip
 SWEEP_KEYS = {"metric": ("text", True), "ddim": ("by steps", True), "ddpm": ("by steps", True),
@@ -291,8 +293,15 @@ def _run_numbers(r: RunResult) -> dict[str, float]:
     fid, kid, kid_std = metric_names(r.evaluation)
     e = r.evaluation
     numbers = {fid: e[fid], kid: e[kid], kid_std: e[kid_std]}
-    numbers |= {k: e[k] for k in (f"{fid}_ci_low", f"{fid}_ci_high", "nll_bpd", "nll_bpd_sem", "nll_prior_bpd")
-                if k in e}  # fmt: skip
+    likelihood = (
+        "nll_bpd",
+        "nll_bpd_sem",
+        "nll_prior_bpd",
+        "nll_decoder_bpd",
+        "nll_diffusion_bpd",
+        "nll_decoder_floor_bpd",
+    )
+    numbers |= {k: e[k] for k in (f"{fid}_ci_low", f"{fid}_ci_high", *likelihood) if k in e}
     if r.sweep:
         numbers |= {f"{fid}_ddim{k}": v for k, v in r.sweep["ddim"].items()}
         numbers |= {f"{fid}_ddpm{k}": v for k, v in r.sweep["ddpm"].items()}

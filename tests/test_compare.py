@@ -166,6 +166,13 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
     assert [int(row["t"]) for row in terms] == list(range(1, 51))  # T = 50, the decoder first
     total = sum(float(row["bpd"]) for row in terms) + metrics["nll_prior_bpd"]
     assert total == pytest.approx(metrics["nll_bpd"], rel=1e-9)
+    parts = metrics["nll_decoder_bpd"] + metrics["nll_diffusion_bpd"] + metrics["nll_prior_bpd"]  # L_0, middle, L_T
+    assert parts == pytest.approx(metrics["nll_bpd"], abs=1e-9) and metrics["nll_precision"] == "fp32"
+    resamples = (folder / "resamples.npz").read_bytes()
+    assert metrics["resamples_sha256"] == hashlib.sha256(resamples).hexdigest()
+    per_image = np.load(folder / "resamples.npz")["nll_bpd"]  # each held-out image's bound, for paired verdicts
+    assert per_image.shape == (4,) and per_image.dtype == np.float64
+    assert per_image.mean() == pytest.approx(metrics["nll_bpd"], rel=1e-12)
     model_sha256 = hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest()
     assert metrics["checkpoint_sha256"] == model_sha256  # what compare checks against model.pt
     sweep = json.loads((folder / "sweep.json").read_text())
@@ -200,6 +207,15 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
     assert float(rows[0]["fid_randconv"]) == pytest.approx(linear["fid_randconv"])
     assert float(rows[0]["nll_bpd"]) == pytest.approx(linear["nll_bpd"]) and "nll_bpd_std_seeds" not in rows[0]
     assert rows[0]["steps"] == "20.0"
+    # the decoder's floor, each schedule's, and the bound in its three parts (T = 50: floors of 3.711 and 3.464)
+    cosine = json.loads((project / "runs" / "cosine" / "seed0" / "eval.json").read_text())
+    assert [linear["nll_decoder_floor_bpd"], cosine["nll_decoder_floor_bpd"]] == pytest.approx(
+        [3.7106, 3.4641], abs=1e-4
+    )
+    assert "even a network predicting x_0 exactly pays, −log₂(2Φ(1/(255σ₁)) − 1)" in text
+    assert "which the schedule's first steps set: linear 3.711, cosine 3.464 bits/dim;" in text
+    parts = ("nll_decoder_bpd", "nll_decoder_floor_bpd", "nll_diffusion_bpd", "nll_prior_bpd", "nll_bpd")
+    assert "| linear | " + " | ".join(f"{linear[k]:.3f}" for k in parts) + " |" in text
 
     import mlflow
 

@@ -14,9 +14,12 @@ from torchvision.transforms.functional import gaussian_blur
 import ddpm.evaluate as ev
 import ddpm.features as feat
 import ddpm.metrics as stats
-from ddpm.config import EvaluateConfig
-from ddpm.data import save_images, synthetic_flowers
+from ddpm.config import EvaluateConfig, SampleConfig
+from ddpm.data import save_images, synthetic_flowers, to_unit_range
+from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import UserError
+from ddpm.schedules import beta_schedule
+from ddpm.unet import UNet
 
 CPU = torch.device("cpu")
 SMALL = EvaluateConfig(feature_extractor="randconv", kid_subsets=20, kid_subset_size=50)
@@ -354,3 +357,58 @@ def test_frechet_distance_refuses_features_without_a_covariance() -> None:
         stats.frechet_distance(good, torch.full((10, 4), float("nan"), dtype=torch.float64))
     with pytest.raises(ValueError, match="features hold values too large for a covariance in float64"):
         stats.frechet_distance(good, good * 1e200)  # finite, but their covariance is not (found by the re-campaign)
+
+
+# --- the likelihood bound on held-out images ---------------------------------------------------------
+
+
+def trained_tiny(tmp_path: Path) -> "ev.Trained":
+    """The tiny UNet (untrained, seeded) at 8×8 with a linear schedule of T = 50, as a loaded checkpoint."""
+    torch.manual_seed(0)
+    model = UNet.from_preset("tiny", 8).eval()
+    with torch.no_grad():  # the output layer starts at zero, which predicts ε = 0 at any precision
+        for parameter in model.parameters():
+            if not parameter.any():
+                parameter.normal_(0, 0.1)
+    diffusion = GaussianDiffusion(beta_schedule("linear", 50))
+    return ev.Trained(model, diffusion, {}, 8, 0, None, tmp_path / "model.pt")
+
+
+def test_the_likelihood_is_float32_whatever_the_sampling_precision(tmp_path: Path) -> None:
+    holdout = tmp_path / "holdout.npy"
+    save_images(holdout, synthetic_flowers(3, 8, seed=3))
+    trained = trained_tiny(tmp_path)
+    bounds = {
+        precision: ev.likelihood(
+            EvaluateConfig(), SampleConfig(precision=precision, batch_size=64), trained, holdout, CPU
+        )
+        for precision in ("fp32", "bf16")
+    }
+    (metrics, terms, per_image), (bf16, bf16_terms, bf16_per_image) = bounds["fp32"], bounds["bf16"]
+    assert bf16 == metrics and np.array_equal(bf16_terms, terms) and np.array_equal(bf16_per_image, per_image)
+    # every held-out image (evaluate.nll_images: all), each one's bound in the file's order, as the math core gives it
+    x0 = to_unit_range(torch.from_numpy(synthetic_flowers(3, 8, seed=3)))
+    direct = trained.diffusion.nll_bpd(trained.model, x0, "fixed_small", True, torch.Generator().manual_seed(0), 64)
+    assert per_image.dtype == np.float64 and np.array_equal(per_image, direct.total.numpy())
+    assert metrics["nll_images"] == 3 and metrics["nll_precision"] == "fp32"
+    assert metrics["nll_bpd"] == pytest.approx(per_image.mean(), rel=1e-12)
+    assert metrics["nll_decoder_bpd"] == pytest.approx(direct.terms[:, 0].mean().item(), rel=1e-12)
+    assert metrics["nll_prior_bpd"] == pytest.approx(direct.prior.mean().item(), rel=1e-12)
+    parts = metrics["nll_decoder_bpd"] + metrics["nll_diffusion_bpd"] + metrics["nll_prior_bpd"]
+    assert parts == pytest.approx(metrics["nll_bpd"], abs=1e-9)
+    assert metrics["nll_decoder_floor_bpd"] == trained.diffusion.decoder_floor_bpd("fixed_small")
+    assert metrics["nll_decoder_bpd"] > metrics["nll_decoder_floor_bpd"]  # an untrained model pays more
+
+
+def test_the_likelihood_on_a_count_takes_the_first_images_and_all_needs_one(tmp_path: Path) -> None:
+    holdout = tmp_path / "holdout.npy"
+    save_images(holdout, synthetic_flowers(3, 8, seed=3))
+    metrics, _, per_image = ev.likelihood(
+        EvaluateConfig(nll_images=2), SampleConfig(), trained_tiny(tmp_path), holdout, CPU
+    )
+    assert metrics["nll_images"] == 2 and per_image.shape == (2,)
+    save_images(holdout, synthetic_flowers(3, 8, seed=3)[:0])
+    with pytest.raises(UserError) as said:
+        ev.held_out(holdout, "all")
+    assert str(said.value) == (f"{holdout}: no held-out images; raise data.holdout and run `ddpm prepare` again, "
+                               "or set evaluate.nll_images: 0 to skip the likelihood")  # fmt: skip

@@ -867,6 +867,7 @@ def test_a_full_disk_while_evaluating_keeps_the_terms_and_scores_together(
     args = ["--set", "evaluate.nll_images=2", "--holdout", "held.npy", "--set", "tracking.enabled=false"]
     one_line_error(invoke("evaluate", *args, cwd=project), "eval.json: cannot write it, the disk is full (")
     assert {name: (folder / name).read_bytes() for name in before} == before  # not the new terms
+    assert not (folder / "resamples.npz").exists()  # nor each image's bound
 
 
 def test_samples_from_before_their_digests_are_checked_by_count_and_noted(project: Path) -> None:

@@ -254,3 +254,46 @@ def test_a_trained_model_has_a_finite_positive_bound_below_the_untrained_one() -
     after = diffusion.nll_bpd(model.eval(), x0[:2], "fixed_large", True, torch.Generator().manual_seed(0), 128)
     assert np.isfinite(after.terms.numpy()).all() and np.isfinite(after.prior.numpy()).all()
     assert (after.total > 0).all() and (after.total < before.total).all()
+
+
+# --- the decoder's floor -----------------------------------------------------------------------------
+
+
+def beta_tilde_2(betas: torch.Tensor) -> float:
+    """The decoder's variance at the paper's t = 1: β̃ of t = 2 (β̃₁ is 0), as improved-diffusion clips
+    it, from eq. 7 written out: β̃₂ = (1 − ᾱ₁)/(1 − ᾱ₂)·β₂ with ᾱ₁ = 1 − β₁, ᾱ₂ = (1 − β₁)(1 − β₂)."""
+    b1, b2 = betas[0].item(), betas[1].item()
+    return b1 / (1 - (1 - b1) * (1 - b2)) * b2
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "sigmoid"])
+@pytest.mark.parametrize("timesteps", [50, 1000])
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
+def test_the_decoder_floor_is_the_mass_of_a_bin_centred_on_its_mean(name: str, timesteps: int, variance: str) -> None:
+    betas = beta_schedule(name, timesteps)
+    sigma = math.sqrt(beta_tilde_2(betas))  # both variances take β̃₂ at t = 1, so that their decoders agree
+    expected = -math.log2(stats.norm.cdf(1 / (255 * sigma)) - stats.norm.cdf(-1 / (255 * sigma)))
+    assert GaussianDiffusion(betas).decoder_floor_bpd(variance) == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_decoder_floor_is_what_the_issue_says_for_linear_and_cosine() -> None:
+    # issue 23: the width √β̃ alone costs a perfect model 1.30 bits/dim (linear) and 0.74 (cosine) at T = 1000
+    linear = GaussianDiffusion(beta_schedule("linear", 1000)).decoder_floor_bpd("fixed_small")
+    cosine = GaussianDiffusion(beta_schedule("cosine", 1000)).decoder_floor_bpd("fixed_small")
+    assert linear == pytest.approx(1.30538, abs=1e-5) and cosine == pytest.approx(0.73900, abs=1e-5)
+    assert linear - cosine == pytest.approx(0.566, abs=1e-3)
+
+
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
+def test_a_model_that_knows_x0_pays_the_floor_on_interior_pixels(variance: str) -> None:
+    # with x_0 predicted exactly the decoder's mean is x_0; the edge bins (0, 255) reach ±∞ and hold more
+    diffusion = GaussianDiffusion(beta_schedule("linear", 50), prediction="x0")
+    pixels = torch.randint(1, 255, (3, 3, 4, 4), generator=torch.Generator().manual_seed(0))
+    x0 = LEVELS[pixels]
+    t = torch.zeros(3, dtype=torch.long)
+    x_1 = diffusion.q_sample(x0, t, torch.randn(x0.shape, generator=torch.Generator().manual_seed(1), dtype=F64))
+    decoder = diffusion.vb_term_bpd(lambda x_t, t: x0, x0, x_1, t, variance, clip=True)
+    assert decoder.tolist() == pytest.approx([diffusion.decoder_floor_bpd(variance)] * 3, rel=1e-12)
+    edges = LEVELS[torch.tensor([0, 255])].repeat(3, 3, 4, 2)  # every pixel at an edge: less than the floor
+    at_edges = diffusion.vb_term_bpd(lambda x_t, t: edges, edges, edges, t, variance, clip=True)
+    assert (at_edges < diffusion.decoder_floor_bpd(variance)).all()

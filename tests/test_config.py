@@ -288,7 +288,7 @@ def test_schedules_is_a_list_of_distinct_known_names(tmp_path: Path) -> None:
             3,
             (
                 "--set trian.steps: unknown key; expected one of: data, model, diffusion, train, sample, evaluate, "
-                "sweep, tracking, schedules, seeds"
+                "sweep, compare, tracking, schedules, seeds"
             ),
         ),
         (

@@ -147,7 +147,7 @@ def legend(rows: list[dict[str, Any]]) -> str:
     """What each column of the table estimates, in words."""
     fid, kid, _ = metric_names(rows[0])
     return (
-        f"What each number estimates (lower is better on all but img/s). **{fid} (N)**: the Fréchet distance "
+        f"What each number estimates (lower is better for every score). **{fid} (N)**: the Fréchet distance "
         f"between the features of these N samples and of the real images, FID_N; a finite N biases it upwards, so "
         f"it compares only at equal N. **{fid}_inf**: FID_∞ (Chong & Forsyth 2020), FID_N at several N fitted "
         f"linearly in 1/N and extrapolated to infinitely many samples. **{kid}**: KID, the unbiased estimate of "
@@ -196,20 +196,24 @@ def verdicts_section(verdicts: list[Verdict], primary: str, fid: str) -> list[st
     if not verdicts:
         return ["One schedule: nothing to compare."]
     judged = sum(v.judged for v in verdicts)
+    declared = (
+        f"The primary test, declared in advance (compare.primary: {primary}, the metric {primary_metric(fid, primary)})"
+    )
+    first = f"{declared}, is listed first." if any(v.primary for v in verdicts) else f"{declared}, was not measured."
     text = [
         "Every pair of schedules is tested on every metric below; gap = first − second, lower is better. With "
         "several training seeds the test is a paired Student t on the per-seed differences (n − 1 degrees of "
         "freedom): a seed gives both schedules the same initial weights, batches and x_T. With one seed, FID, "
-        "FID_∞ and KID are tested by a paired bootstrap (the same resampled samples on both sides; p = 2(1 − Φ(|gap| "
-        "/ SE)), SE the standard deviation of the resampled gaps) and NLL by a paired t over the held-out images: "
-        "that measures sampling noise at this training seed only.",
+        "FID_∞ and KID are tested by a paired bootstrap (the same resampled samples on both sides; SE the standard "
+        "deviation of the resampled gaps, p from Student's t at N − 1 degrees of freedom, the normal at thousands of "
+        "samples) and NLL by a paired t over the held-out images: that measures sampling noise at this training seed "
+        "only.",
         "",
         f"The {judged} tests are one family, corrected by Holm–Bonferroni at a family-wise error rate α = "
-        f"{ALPHA:g}: a difference is called real when its Holm-adjusted p ≤ {ALPHA:g}. The primary test, declared "
-        f"in advance (compare.primary: {primary}, the metric {primary_metric(fid, primary)}), is listed first; the "
-        "others are secondary, in the same family under the same correction, so testing them does not raise the "
-        "chance of any false verdict. Not judged: the training loss (the same ε-loss is a different task under "
-        "each schedule) and the sweep's columns (no measure of their noise).",
+        f"{ALPHA:g}: a difference is called real when its Holm-adjusted p ≤ {ALPHA:g}. {first} The others are "
+        "secondary, in the same family under the same correction, so testing them does not raise the chance of any "
+        "false verdict. Not judged: the training loss (the same ε-loss is a different task under each schedule) and "
+        "the sweep's columns (no measure of their noise).",
         "",
     ]
     if verdicts[0].seeds == 1:

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import stats
 
 from ddpm.layout import RESAMPLES
-from ddpm.results import RunResult, metric_names
+from ddpm.results import RunResult, label, metric_names
 
 ALPHA = 0.05  # the family-wise error rate of one report's verdicts
 ONE_SEED = "beyond sampling noise at this training seed; training-seed variance unmeasured (add seeds)"
@@ -201,4 +201,6 @@ def _why_not(results: list[RunResult], metric: str) -> str:
     """Why a metric of one seed has no test: nothing measured its sampling noise."""
     if any(r.evaluation.get("bootstrap", 0) == 0 for r in results) and metric != NLL:
         return "one seed and evaluate.bootstrap is 0, so no resamples (add seeds, or set evaluate.bootstrap)"
-    return f"one seed and no {RESAMPLES} for every run (run `ddpm evaluate` again, or add seeds)"
+    lacking = next(r for r in results if metric not in r.draws)
+    where = f"no {RESAMPLES}" if not lacking.draws else f"no {metric} in {RESAMPLES}"
+    return f"one seed and {where} for {label(lacking)} (run `ddpm evaluate` again, or add seeds)"

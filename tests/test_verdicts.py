@@ -240,12 +240,15 @@ def test_one_seed_is_judged_on_the_paired_resamples_and_says_it_measured_samplin
     assert nll.test == "paired t over 3 held-out images" and nll.p == pytest.approx(1 - t / math.sqrt(2 + t * t))
     assert nll.p_holm == pytest.approx(nll.p)  # the larger of two: max(2 p_fid, 1 p_nll)
     assert not kid.judged and kid.p is None and kid.gap == pytest.approx(-0.01)
-    assert (
-        kid.words()
-        == "not judged: one seed and no resamples.npz for every run (run `ddpm evaluate` again, or add seeds)"
+    assert kid.words() == (
+        "not judged: one seed and no kid_r_mean in resamples.npz for linear (run `ddpm evaluate` again, or add seeds)"
     )
     as_json = fid.as_json()
     assert as_json["p_holm"] == fid.p_holm and as_json["verdict"] == fid.words() and as_json["primary"] is True
+    bare = [fake(r.name, 0, None, fid_r=r.evaluation["fid_r"], kid_r_mean=0.0) for r in runs]  # no resamples.npz
+    assert judge(bare, "fid")[0].words() == (
+        "not judged: one seed and no resamples.npz for linear (run `ddpm evaluate` again, or add seeds)"
+    )
     off = [fake(r.name, 0, None, fid_r=r.evaluation["fid_r"], kid_r_mean=0.0, bootstrap=0) for r in runs]
     assert judge(off, "fid")[0].words() == (
         "not judged: one seed and evaluate.bootstrap is 0, so no resamples (add seeds, or set evaluate.bootstrap)"

@@ -172,8 +172,8 @@ def conditions(results: list[RunResult]) -> str:
     e, sweep = results[0].evaluation, results[0].sweep
     seeds = sorted({r.seed for r in results})
     lines = [
-        f"Training seeds: {', '.join(map(str, seeds))} (each schedule trained once per seed; a ± is the standard "
-        "deviation over the seeds).",
+        f"Training seeds: {', '.join(map(str, seeds))} (each schedule trained once per seed, the same seeds for "
+        "every schedule).",
         f"{e['num_samples']} samples per run against {e['num_real']} real (training) images; features: "
         f"{e['feature_extractor']} ({e['feature_dim']}-d; weights: {e['weights']}; resize: "
         f"{RESIZES.get(e['resize'], e['resize'])}).",

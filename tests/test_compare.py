@@ -316,7 +316,7 @@ def test_compare_refuses_scores_that_are_not_comparable(
 ) -> None:
     root = tmp_path / "project"
     shutil.copytree(seeded / "runs", root / "runs")
-    scores = {"fid": 30.0, "kid_mean": 0.01, "kid_std": 0.001, "num_samples": 40, "num_real": 64,
+    scores = {"fid": 30.0, "kid_mean": 0.01, "kid_se": 0.001, "num_samples": 40, "num_real": 64,
               "real_sha256": "cd34", "feature_extractor": "inception", "feature_dim": 2048, "weights": "test",
               "weights_sha256": "6726", "resize": "legacy"}  # fmt: skip
     (root / "runs" / "linear" / "seed0" / "eval.json").write_text(json.dumps(scores))
@@ -332,7 +332,7 @@ def test_compare_refuses_scores_that_are_not_comparable(
 def test_compare_refuses_scores_of_a_model_retrained_since(seeded: Path, tmp_path: Path) -> None:
     root = tmp_path / "project"
     shutil.copytree(seeded / "runs" / "linear" / "seed0", root / "runs" / "linear" / "seed0")
-    scores = {"fid": 30.0, "kid_mean": 0.01, "kid_std": 0.001, "num_samples": 40, "num_real": 64,
+    scores = {"fid": 30.0, "kid_mean": 0.01, "kid_se": 0.001, "num_samples": 40, "num_real": 64,
               "feature_extractor": "inception", "feature_dim": 2048, "weights": "test", "resize": "legacy",
               "checkpoint_sha256": "0" * 64}  # fmt: skip
     (root / "runs" / "linear" / "seed0" / "eval.json").write_text(json.dumps(scores))

@@ -6,9 +6,10 @@ anything real at most ALPHA of the time.
   differences, n − 1 degrees of freedom. One seed gives both schedules the same initial weights, batch
   order and x_T, so their runs share much of their noise, and the difference cancels it.
 - One seed: a paired bootstrap of the gap. Entry b of each run's resamples.npz is its statistic on the
-  same resampled sample rows (sample i of every run starts from the same x_T), so gap_b = a_b − b_b and
-  the gap's standard error is their standard deviation. NLL: a paired t over the held-out images (the
-  same images and ε for every run). This measures sampling noise at this training seed only.
+  same resampled sample rows (sample i of every run starts from the same x_T), so gap_b = a_b − b_b
+  and the gap's standard error is their standard deviation (paired_bootstrap says how it is judged).
+  NLL: a paired t over the held-out images (the same images and ε for every run). This measures
+  sampling noise at this training seed only.
 
 The functions below take a leading batch shape (...), so a simulation of many reports
 (tests/test_verdicts.py) runs the very code a report runs.
@@ -111,10 +112,9 @@ def pair_tests(values: dict[str, np.ndarray], draws: dict[str, np.ndarray], samp
     for metric, x in values.items():
         if x.shape[-1] > 1:
             tested[metric] = paired_t(x, "seeds")
-        elif metric == NLL and metric in draws:
-            tested[metric] = paired_t(draws[metric], "held-out images")
-        elif metric in draws and draws[metric].shape[-1] > 1:
-            tested[metric] = paired_bootstrap(x[..., 0], draws[metric], samples)
+        elif metric in draws and draws[metric].shape[-1] > 1:  # one draw has no spread
+            one_seed = paired_t(draws[metric], "held-out images") if metric == NLL else None
+            tested[metric] = one_seed or paired_bootstrap(x[..., 0], draws[metric], samples)
     return tested
 
 
@@ -201,6 +201,8 @@ def _why_not(results: list[RunResult], metric: str) -> str:
     """Why a metric of one seed has no test: nothing measured its sampling noise."""
     if any(r.evaluation.get("bootstrap", 0) == 0 for r in results) and metric != NLL:
         return "one seed and evaluate.bootstrap is 0, so no resamples (add seeds, or set evaluate.bootstrap)"
-    lacking = next(r for r in results if metric not in r.draws)
+    lacking = next((r for r in results if metric not in r.draws), None)
+    if lacking is None:
+        return f"one seed and a single {metric} in {RESAMPLES}, so no spread (add seeds)"
     where = f"no {RESAMPLES}" if not lacking.draws else f"no {metric} in {RESAMPLES}"
     return f"one seed and {where} for {label(lacking)} (run `ddpm evaluate` again, or add seeds)"

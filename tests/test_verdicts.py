@@ -245,6 +245,11 @@ def test_one_seed_is_judged_on_the_paired_resamples_and_says_it_measured_samplin
     )
     as_json = fid.as_json()
     assert as_json["p_holm"] == fid.p_holm and as_json["verdict"] == fid.words() and as_json["primary"] is True
+    single = [fake(r.name, 0, {"fid_r": r.draws["fid_r"][:1]}, fid_r=r.evaluation["fid_r"]) for r in runs]
+    assert (
+        judge(single, "fid")[0].words()
+        == "not judged: one seed and a single fid_r in resamples.npz, so no spread (add seeds)"
+    )
     bare = [fake(r.name, 0, None, fid_r=r.evaluation["fid_r"], kid_r_mean=0.0) for r in runs]  # no resamples.npz
     assert judge(bare, "fid")[0].words() == (
         "not judged: one seed and no resamples.npz for linear (run `ddpm evaluate` again, or add seeds)"

@@ -362,7 +362,7 @@ def test_compare_says_a_truncated_model_is_damaged_not_retrained(seeded: Path, t
 
 
 def test_seeds_are_averaged_and_their_paired_differences_judge_the_schedules(seeded: Path) -> None:
-    compared = invoke("compare", "--set", "tracking.enabled=false", cwd=seeded)
+    compared = invoke("compare", "--set", "tracking.enabled=false", "--set", "compare.primary=nll", cwd=seeded)
     assert compared.exit_code == 0, compared.stderr
     report = seeded / "reports" / "compare"
     text = (report / "report.md").read_text()
@@ -379,17 +379,18 @@ def test_seeds_are_averaged_and_their_paired_differences_judge_the_schedules(see
     # −0.004) and NLL (1, 1): no spread at all, so p = 0; Holm: 0, 0, then 1·p_FID
     p_fid = 1 - 2 / math.pi * math.atan(11)
     judged = json.loads((report / "comparison.json").read_text())
-    assert (judged["alpha"], judged["correction"], judged["primary"]) == (0.05, "holm", "fid")
+    assert (judged["alpha"], judged["correction"], judged["primary"]) == (0.05, "holm", "nll")
     verdicts = [(v["metric"], v["gap"], v["p"], v["p_holm"], v["test"], v["verdict"]) for v in judged["verdicts"]]
-    assert verdicts == [
+    assert verdicts == [  # compare.primary: nll, the primary test first
+        ("nll_bpd", 1.0, 0.0, 0.0, "paired t over 2 seeds", "cosine lower, a real difference"),
         ("fid_randconv", -11.0, pytest.approx(p_fid), pytest.approx(p_fid), "paired t over 2 seeds", "within noise"),
         ("kid_randconv_mean", pytest.approx(-0.004), pytest.approx(0, abs=1e-9), pytest.approx(0, abs=1e-9),
          "paired t over 2 seeds", "linear lower, a real difference"),
-        ("nll_bpd", 1.0, 0.0, 0.0, "paired t over 2 seeds", "cosine lower, a real difference"),
     ]  # fmt: skip
     lines = [line for line in text.splitlines() if line.startswith("| linear − cosine |")]
     assert [line.split(" | ")[-1] for line in lines] == [v[-1] + " |" for v in verdicts]
-    assert "| **fid_randconv** (primary) | -11 | 1 | 0.0577 | 0.0577 | paired t over 2 seeds |" in lines[0]
+    assert "| **nll_bpd** (primary) | 1 | 0 | 0 | 0 | paired t over 2 seeds |" in lines[0]
+    assert "| fid_randconv | -11 | 1 | 0.0577 | 0.0577 | paired t over 2 seeds |" in lines[1]
     rows = list(csv.DictReader((report / "comparison.csv").open()))
     assert [r["schedule"] for r in rows] == ["linear", "cosine"] and rows[0]["seeds"] == "0 1"
     linear = [KNOWN[("linear", k)] for k in (0, 1)]

@@ -451,6 +451,14 @@ def test_one_seed_is_judged_on_the_paired_resamples_of_resamples_npz(seeded: Pat
         f"ddpm: error: {Path('runs/cosine/seed1/resamples.npz')}: fid_randconv: expected 50 finite numbers, got "
         "shape (7,); run `ddpm evaluate --beta-schedule cosine --set train.seed=1` again"
     )
+    resamples.write_bytes(b"not an archive")
+    edit_json(resamples.parent / "eval.json",
+              lambda e: e | {"resamples_sha256": hashlib.sha256(resamples.read_bytes()).hexdigest()})  # fmt: skip
+    refused = invoke("compare", "cosine", "--set", "seeds=[1]", "--set", "tracking.enabled=false", cwd=root)
+    assert refused.exit_code == 2 and refused.stderr.strip() == (
+        f"ddpm: error: {Path('runs/cosine/seed1/resamples.npz')}: not a numpy .npz archive; run `ddpm evaluate "
+        "--beta-schedule cosine --set train.seed=1` again"
+    )
 
 
 def edit_json(path: Path, change: "callable") -> None:

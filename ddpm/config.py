@@ -199,6 +199,13 @@ class SweepConfig(Section):
     num_samples: PositiveInt = 5000
 
 
+class CompareConfig(Section):
+    """`ddpm compare`'s verdicts: every pair of schedules on every judged metric, Holm-adjusted as one family."""
+
+    # the pre-declared test, reported first: FID_N, FID_∞, KID (training or held-out images) or NLL
+    primary: Literal["fid", "fid_inf", "kid", "kid_holdout", "nll"] = "fid"
+
+
 class TrackingConfig(Section):
     enabled: bool = True  # false: no MLflow at all (it need not even be installed)
     uri: str | None = None  # MLflow tracking URI; null: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db
@@ -223,6 +230,7 @@ class Config(Section):
     sample: SampleConfig = SampleConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     sweep: SweepConfig = SweepConfig()
+    compare: CompareConfig = CompareConfig()
     tracking: TrackingConfig = TrackingConfig()
     # the beta schedules the pipeline trains and compares, one run each
     schedules: Annotated[

@@ -50,7 +50,7 @@ PROGRESSION_GIF = "progression.gif"
 PICTURES = (GRID, PROGRESSION_PICTURE, PROGRESSION_GIF)  # what MLflow gets of a sample folder
 EVAL_METRICS = "eval.json"
 NLL_TERMS = "nll_terms.csv"  # beside eval.json: the likelihood bound's term at each timestep
-RESAMPLES = "resamples.npz"  # beside eval.json: the per-resample (per-image) statistics, for paired verdicts
+RESAMPLES = "resamples.npz"  # beside eval.json: each bootstrap resample's statistic, each held-out image's bpd
 SWEEP = "sweep.json"
 MLFLOW_RUN = "mlflow_run.json"  # the model's parent run
 MLFLOW_EVAL_RUN = "mlflow_eval_run.json"  # beside eval.json: the child run that holds those scores
@@ -126,6 +126,10 @@ class RunFolder:
     @property
     def nll_terms(self) -> Path:
         return self.path / NLL_TERMS
+
+    @property
+    def resamples(self) -> Path:
+        return self.path / RESAMPLES
 
     @property
     def sweep(self) -> Path:

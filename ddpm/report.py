@@ -25,7 +25,7 @@ from ddpm.plots import (
     plot_sweep,
 )
 from ddpm.results import RunFiles, RunResult, label, metric_names, read_results, sweep_columns, table_rows
-from ddpm.verdicts import SPREAD_FACTOR, differences
+from ddpm.verdicts import ALPHA, ONE_SEED, Verdict, judge, primary_metric
 
 
 def compare(
@@ -35,6 +35,7 @@ def compare(
     data: Path,
     out_dir: Path,
     ready: Callable[[], None] | None = None,
+    primary: str = "fid",
 ) -> tuple[list[dict[str, Any]], list[Path], dict[str, str]]:
     """The comparison report in `out_dir`: report.md with the table, what its differences mean, and
     every picture; the table as comparison.csv and .json; scores.csv (FID per schedule);
@@ -43,17 +44,19 @@ def compare(
     noised by each schedule); samples.png (the first seed's sample grids side by side); nearest.png
     (the first seed's samples closest to a training image, ddpm.memorization). T and the
     image size are the checkpoints'. Returns the rows, the files and each run's MLflow child run
-    (where tracked). `ready` is called once every input is read."""
+    (where tracked). `ready` is called once every input is read; `primary` is compare.primary, the
+    pre-declared test."""
     results = read_results(names, seeds, runs_dir)
     image = first_image(data, results[0].model["arch"]["image_size"])  # checked, like every input, before any write
     closest = closest_images([r for r in results if r.seed == seeds[0]], runs_dir, data)
     if ready:
         ready()
     rows = table_rows(results)
+    verdicts = judge(results, primary)
     with atomic_outputs() as output:  # the report is renamed into place only once every file of it is written
         pictures = _draw_pictures(names, seeds, results, rows, image, out_dir, output)
         plot_nearest(closest, output(out_dir / layout.NEAREST_PICTURE))
-        tables = _write_tables(rows, results, out_dir, output)
+        tables = _write_tables(rows, verdicts, primary, results, out_dir, output)
     linked = {label(r): r.run_id for r in results if r.run_id}
     return rows, [*tables, *pictures, out_dir / layout.NEAREST_PICTURE], linked
 
@@ -77,13 +80,16 @@ def _draw_pictures(
 
 
 def _write_tables(
-    rows: list[dict[str, Any]], results: list[RunResult], out_dir: Path, output: Callable[[Path], Path]
-) -> list[Path]:
-    """report.md, and the table as comparison.json, comparison.csv and scores.csv (long form, for DVC's
-    bar plot), each written to `output(path)`."""
+    rows: list[dict[str, Any]], verdicts: list[Verdict], primary: str, results: list[RunResult], out_dir: Path,
+    output: Callable[[Path], Path],
+) -> list[Path]:  # fmt: skip
+    """report.md; comparison.json: the table's rows and the verdicts with their raw and Holm-adjusted
+    p-values; the table as comparison.csv and scores.csv (long form, for DVC's bar plot); each written
+    to `output(path)`."""
     tables = [out_dir / name for name in (layout.REPORT, layout.COMPARISON_JSON, layout.COMPARISON_CSV, layout.SCORES)]
     report, as_json, as_csv, scores = tables
-    output(as_json).write_text(json.dumps(rows, indent=2) + "\n")
+    judged = {"alpha": ALPHA, "correction": "holm", "primary": primary, "verdicts": [v.as_json() for v in verdicts]}
+    output(as_json).write_text(json.dumps({"rows": rows, **judged}, indent=2) + "\n")
     keys = list(dict.fromkeys(key for row in rows for key in row))
     output(as_csv).write_text(
         ",".join(keys) + "\n" + "".join(",".join(str(row.get(k, "")) for k in keys) + "\n" for row in rows)
@@ -92,7 +98,7 @@ def _write_tables(
     output(scores).write_text(
         "schedule,metric,score\n" + "".join(f"{row['schedule']},{fid},{row[fid]}\n" for row in rows)
     )
-    output(report).write_text(markdown_report(rows, results, results[0].model["diffusion"]["timesteps"]))
+    output(report).write_text(markdown_report(rows, verdicts, primary, results))
     return tables
 
 
@@ -100,45 +106,63 @@ PICTURES = (layout.SCHEDULES_PICTURE, layout.NLL_TERMS_PICTURE, layout.SWEEP_PIC
             layout.FORWARD_PICTURE, layout.SAMPLES_PICTURE)  # fmt: skip
 
 
-def _cell(row: dict[str, Any], key: str, digits: str) -> str:
-    """A number, ± its spread over the seeds where there are several; the FID with its bootstrap interval."""
+def _cell(row: dict[str, Any], key: str, digits: str, spread: str | None = None) -> str:
+    """A number ± its spread over the seeds where there are several, else ± `spread` (its bootstrap sd
+    or standard error) where measured, or [ci_low, ci_high] where `spread` is "interval"."""
     if key not in row:
         return "–"
     text = f"{row[key]:{digits}}"
     if f"{key}_std_seeds" in row:
         return f"{text} ± {row[f'{key}_std_seeds']:{digits}}"
-    if f"{key}_ci_low" in row:
+    if spread == "interval" and f"{key}_ci_low" in row:
         return f"{text} [{row[f'{key}_ci_low']:{digits}}, {row[f'{key}_ci_high']:{digits}}]"
+    if spread in row:
+        return f"{text} ± {row[spread]:{digits}}"
     return text
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The comparison table, as report.md holds it and `ddpm compare` prints it."""
-    fid, kid, kid_std = metric_names(rows[0])
+    """The comparison table, as report.md holds it and `ddpm compare` prints it; LEGEND says what each
+    column estimates."""
+    fid, kid, kid_se = metric_names(rows[0])
+    holdout = kid.replace("_mean", "_holdout_mean")
     sweeps = sweep_columns(rows[0])
-    interval = " [95 % CI]" if f"{fid}_ci_low" in rows[0] and "seeds" in rows[0] and " " not in rows[0]["seeds"] else ""
-    header = [
-        f"{fid}{interval}",
-        f"{kid} (± std)",
-        "NLL (bits/dim)",
-        *[k.replace("_ddim", " @ ") + " steps" for k in sweeps],
+    columns = [  # (header, key, digits, spread)
+        (f"{fid} (N = {rows[0]['num_samples']}) ± sd", fid, ".2f", f"{fid}_sd"),
+        (f"{fid}_inf [95 %]", f"{fid}_inf", ".2f", "interval"),
+        (f"{kid} ± SE", kid, ".4f", kid_se),
+        (f"{holdout} ± SE", holdout, ".4f", holdout.replace("_mean", "_se")),
+        ("NLL (bits/dim) ± SE", "nll_bpd", ".3f", "nll_bpd_sem"),
+        *[(k.replace("_ddim", " @ ") + " steps", k, ".2f", None) for k in sweeps],
+        ("final loss", "final_loss", ".4f", None),
     ]
+    columns = [c for c in columns if any(c[1] in row for row in rows)]
     lines = [
-        "| schedule | seeds | " + " | ".join(header) + " | final loss | steps | training time | img/s |",
-        "|---|---|" + "---:|" * (len(header) + 4),
+        "| schedule | seeds | " + " | ".join(c[0] for c in columns) + " | steps | training time | img/s |",
+        "|---|---|" + "---:|" * (len(columns) + 3),
     ]
     for row in rows:
-        kid_cell = _cell(row, kid, ".4f") if f"{kid}_std_seeds" in row else f"{row[kid]:.4f} ± {row[kid_std]:.4f}"
-        cells = [
-            _cell(row, fid, ".2f"),
-            kid_cell,
-            _cell(row, "nll_bpd", ".3f"),
-            *[_cell(row, k, ".2f") for k in sweeps],
-        ]
-        cells += [_cell(row, "final_loss", ".4f"), f"{row['steps']:.0f}", _duration(row["train_seconds"]),
-                  f"{row['images_per_second']:.0f}"]  # fmt: skip
+        cells = [_cell(row, key, digits, spread) for _, key, digits, spread in columns]
+        cells += [f"{row['steps']:.0f}", _duration(row["train_seconds"]), f"{row['images_per_second']:.0f}"]
         lines.append(f"| {row['schedule']} | {row['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def legend(rows: list[dict[str, Any]]) -> str:
+    """What each column of the table estimates, in words."""
+    fid, kid, _ = metric_names(rows[0])
+    return (
+        f"What each number estimates (lower is better for every score). **{fid} (N)**: the Fréchet distance "
+        f"between the features of these N samples and of the real images, FID_N; a finite N biases it upwards, so "
+        f"it compares only at equal N. **{fid}_inf**: FID_∞ (Chong & Forsyth 2020), FID_N at several N fitted "
+        f"linearly in 1/N and extrapolated to infinitely many samples. **{kid}**: KID, the unbiased estimate of "
+        "the squared MMD (kernel (x·y/d + 1)³) between all samples and all real images, unbiased at any N; the "
+        "held-out column measures it against images never trained on. **NLL**: the variational bound on the "
+        "negative log-likelihood of held-out images, bits/dim. With one seed, ± is the bootstrap standard "
+        "deviation over resamples of the samples (standard error for KID, over the images for NLL) and [95 %] "
+        "is ± 1.96 of it: sampling noise only. With several seeds, ± is the standard deviation over the seeds. "
+        "The sweep's columns (other N; see above) and the training loss are shown, not judged."
+    )
 
 
 # evaluate.resize, in words (`none`: the randconv stand-in takes the images as they are)
@@ -153,16 +177,15 @@ def conditions(results: list[RunResult]) -> str:
     e, sweep = results[0].evaluation, results[0].sweep
     seeds = sorted({r.seed for r in results})
     lines = [
-        f"Training seeds: {', '.join(map(str, seeds))} (each schedule trained once per seed; a ± is the standard "
-        "deviation over the seeds).",
+        f"Training seeds: {', '.join(map(str, seeds))} (each schedule trained once per seed, the same seeds for "
+        "every schedule).",
         f"{e['num_samples']} samples per run against {e['num_real']} real (training) images; features: "
         f"{e['feature_extractor']} ({e['feature_dim']}-d; weights: {e['weights']}; resize: "
         f"{RESIZES.get(e['resize'], e['resize'])}).",
     ]
     if "bootstrap" in e:
-        lines.append(f"FID intervals: 95 %, basic bootstrap over {e['bootstrap']} resamples of the samples' features, "
-                     "the real statistics fixed; they bound the FID of infinitely many samples, which lies below "
-                     "the score of a finite set, so an interval may sit below its FID.")  # fmt: skip
+        lines.append(f"Bootstrap: {e['bootstrap']} resamples of the samples' features, the real statistics fixed, the "
+                     "same resampled rows for every run.")  # fmt: skip
     if "nll_bpd" in e:
         lines.append(f"Likelihood: the variational bound (Ho et al. eq. 5) in bits/dim on {e['nll_images']} held-out "
                      f"images never trained on, every timestep, the UNet in float32, reverse variance "
@@ -200,8 +223,44 @@ def likelihood_table(rows: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
-def markdown_report(rows: list[dict[str, Any]], results: list[RunResult], timesteps: int) -> str:
-    said = differences(rows)
+def verdicts_section(verdicts: list[Verdict], primary: str, fid: str) -> list[str]:
+    """The section "Which differences are real": what is tested, how it is corrected, and the table of verdicts."""
+    if not verdicts:
+        return ["One schedule: nothing to compare."]
+    judged = sum(v.judged for v in verdicts)
+    declared = (
+        f"The primary test, declared in advance (compare.primary: {primary}, the metric {primary_metric(fid, primary)})"
+    )
+    first = f"{declared}, is listed first." if any(v.primary for v in verdicts) else f"{declared}, was not measured."
+    text = [
+        "Every pair of schedules is tested on every metric below; gap = first − second, lower is better. With "
+        "several training seeds the test is a paired Student t on the per-seed differences (n − 1 degrees of "
+        "freedom): a seed gives both schedules the same initial weights, batches and x_T. With one seed, FID, "
+        "FID_∞ and KID are tested by a paired bootstrap (the same resampled samples on both sides; SE the standard "
+        "deviation of the resampled gaps, p from Student's t at N − 1 degrees of freedom, the normal at thousands of "
+        "samples) and NLL by a paired t over the held-out images: that measures sampling noise at this training seed "
+        "only.",
+        "",
+        f"The {judged} tests are one family, corrected by Holm–Bonferroni at a family-wise error rate α = "
+        f"{ALPHA:g}: a difference is called real when its Holm-adjusted p ≤ {ALPHA:g}. {first} The others are "
+        "secondary, in the same family under the same correction, so testing them does not raise the chance of any "
+        "false verdict. Not judged: the training loss (the same ε-loss is a different task under each schedule) and "
+        "the sweep's columns (no measure of their noise).",
+        "",
+    ]
+    if verdicts[0].seeds == 1:
+        text += [f"**One training seed**: a real difference below is {ONE_SEED}.", ""]
+    text += ["| pair | metric | gap | SE | p | p (Holm) | test | verdict |", "|---|---|---:|---:|---:|---:|---|---|"]
+    for v in verdicts:
+        numbers = [f"{x:.3g}" if x is not None else "–" for x in (v.gap, v.se, v.p, v.p_holm)]
+        metric = f"**{v.metric}** (primary)" if v.primary else v.metric
+        test = v.test if v.judged else "–"
+        text.append(f"| {v.first} − {v.second} | {metric} | " + " | ".join(numbers) + f" | {test} | {v.words()} |")
+    return text
+
+
+def markdown_report(rows: list[dict[str, Any]], verdicts: list[Verdict], primary: str, results: list[RunResult]) -> str:
+    timesteps = results[0].model["diffusion"]["timesteps"]
     return "\n".join(
         [
             "# Beta schedules compared",
@@ -210,13 +269,11 @@ def markdown_report(rows: list[dict[str, Any]], results: list[RunResult], timest
             "",
             markdown_table(rows),
             "",
+            legend(rows),
+            "",
             "## Which differences are real",
             "",
-            f"A difference is called real when it exceeds {SPREAD_FACTOR:g} combined standard errors of the two "
-            "schedules; otherwise it is within noise. Lower is better for every metric judged here (the training "
-            "loss is not judged: the same ε-loss is a different task under each schedule).",
-            "",
-            *(said or ["One schedule: nothing to compare."]),
+            *verdicts_section(verdicts, primary, metric_names(rows[0])[0]),
             "",
             "## Where each schedule spends its bits",
             "",
@@ -312,7 +369,9 @@ def stage(config: Config, names: list[str], runs_dir: Path, data: Path, out_dir:
 
     checked_names(names)
     with folder_lock(out_dir), session(config.tracking, None) as tracked:
-        rows, files, linked = compare(names, config.seeds, runs_dir, data, out_dir, ready=tracked.open)
+        rows, files, linked = compare(
+            names, config.seeds, runs_dir, data, out_dir, ready=tracked.open, primary=config.compare.primary
+        )
         if tracked.store:
             compare_run(tracked.store, names, rows, files, linked)
     return rows

@@ -5,8 +5,9 @@ into one table row per schedule, the mean over the seeds.
 
 import json
 import warnings
+import zipfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,9 @@ class RunResult:
     losses: np.ndarray  # (k, 2): step, loss
     grid: Path
     run_id: str | None  # the MLflow child run holding the scores, where tracking was on
+    # resamples.npz, where evaluate wrote it: each bootstrap resample's statistic (B,) by eval.json key,
+    # and nll_bpd (M,), each held-out image's bits/dim; the same rows and images for every run (paired)
+    draws: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def read_results(names: list[str], seeds: list[int], runs_dir: Path) -> list[RunResult]:
@@ -66,7 +70,10 @@ def _read_run(folder: RunFolder, name: str, seed: int) -> RunResult:
     _check_same_model(folder, {folder.eval_metrics: evaluation, folder.sweep: sweep}, run)
     run.check_samples(evaluation)
     terms = run.nll_terms(evaluation, model["diffusion"]["timesteps"]) if "nll_bpd" in evaluation else None
-    return RunResult(name, seed, model, train, evaluation, sweep, terms, losses, folder.grid, linked.get("run_id"))
+    draws = run.draws(evaluation)
+    return RunResult(
+        name, seed, model, train, evaluation, sweep, terms, losses, folder.grid, linked.get("run_id"), draws
+    )
 
 
 @dataclass
@@ -167,6 +174,29 @@ class RunFiles:
             raise self.error(file, f"expected {timesteps} rows of t,bpd, one per timestep of the model", "evaluate")
         return terms[:, 1]
 
+    def draws(self, evaluation: dict[str, Any]) -> dict[str, np.ndarray]:
+        """resamples.npz's arrays, where it is there: the one whose sha256 eval.json records, each a 1-d
+        array of finite numbers, B of them (M for nll_bpd, one per held-out image)."""
+        file = self.folder.resamples
+        if not file.is_file():
+            return {}
+        if evaluation.get("resamples_sha256") != sha256_hex(file):
+            problem = (
+                f"not the resamples of the scores in {self.folder.eval_metrics} (another sha256: an interrupted "
+                "`ddpm evaluate`)"
+            )
+            raise self.error(file, problem, "evaluate")
+        try:
+            with np.load(file, allow_pickle=False) as archive:
+                arrays = {key: np.asarray(archive[key], dtype=np.float64) for key in archive.files}
+        except (OSError, ValueError, TypeError, zipfile.BadZipFile):
+            raise self.error(file, "not a numpy .npz archive", "evaluate") from None
+        for key, values in arrays.items():
+            wanted = evaluation.get("nll_images" if key == "nll_bpd" else "bootstrap")
+            if values.ndim != 1 or len(values) != wanted or not np.isfinite(values).all():
+                raise self.error(file, f"{key}: expected {wanted} finite numbers, got shape {values.shape}", "evaluate")
+        return arrays
+
 
 def _check_same_model(folder: RunFolder, scored: dict[Path, dict[str, Any] | None], run: RunFiles) -> None:
     """A one-line error where eval.json or sweep.json scored another model than the model.pt beside it
@@ -225,16 +255,17 @@ TRAIN_KEYS = {"final_loss": ("number", True), "steps": ("integer", True), "train
               "images_per_second": ("number", True)}  # fmt: skip
 SCORES_KEYS = {"num_samples": ("integer", True), "num_real": ("integer", True), "feature_extractor": ("text", True),
                "feature_dim": ("integer", True), "weights": ("text", True), "resize": ("text", True),
-               "bootstrap": ("integer", False), "nll_bpd": ("number", False), "nll_bpd_sem": ("number", False),
-               "nll_prior_bpd": ("number", False), "nll_images": ("integer", False), "nll_variance": ("text", False),
-               "nll_clip_denoised": ("flag", False), "real_sha256": ("text", False),
-               "weights_sha256": ("text or null", False), "holdout_sha256": ("text", False),
-               "checkpoint_sha256": ("text", False), "samples_sha256": ("text", False),
-               "nll_terms_sha256": ("text", False), "nll_decoder_bpd": ("number", False),
-               "nll_diffusion_bpd": ("number", False), "nll_decoder_floor_bpd": ("number", False),
-               "memorized_fraction": ("number", False),
-               "memorized_fraction_features": ("number", False), "nn_pixels_median": ("number", False),
-               "nn_features_median": ("number", False), "closest_pairs": ("pairs", False)}  # fmt: skip
+               "bootstrap": ("integer", False), "bootstrap_seed": ("integer", False), "nll_bpd": ("number", False),
+               "nll_bpd_sem": ("number", False), "nll_decoder_bpd": ("number", False),
+               "nll_diffusion_bpd": ("number", False), "nll_prior_bpd": ("number", False),
+               "nll_decoder_floor_bpd": ("number", False), "nll_images": ("integer", False),
+               "nll_variance": ("text", False), "nll_clip_denoised": ("flag", False), "nll_precision": ("text", False),
+               "memorized_fraction": ("number", False), "memorized_fraction_features": ("number", False),
+               "nn_pixels_median": ("number", False), "nn_features_median": ("number", False),
+               "real_sha256": ("text", False), "weights_sha256": ("text or null", False),
+               "holdout_sha256": ("text", False), "checkpoint_sha256": ("text", False),
+               "samples_sha256": ("text", False), "nll_terms_sha256": ("text", False),
+               "resamples_sha256": ("text", False), "closest_pairs": ("pairs", False)}  # fmt: skip
 SWEEP_KEYS = {"metric": ("text", True), "ddim": ("by steps", True), "ddpm": ("by steps", True),
               "num_samples": ("integer", True), "eta": ("number", True), "variance": ("text", True),
               "seed": ("integer", True), "feature_extractor": ("text", True), "checkpoint_sha256": ("text", False),
@@ -243,14 +274,18 @@ LINK_KEYS = {"run_id": ("text or null", True)}
 
 
 def scores_keys(scores: dict[str, Any]) -> dict[str, tuple[str, bool]]:
-    """What eval.json must hold: SCORES_KEYS, its FID and KID under the extractor's names, the FID's
-    interval ends together, and with the likelihood what the report says it was measured with."""
-    fid = next((k for k in scores if k.startswith("fid") and not k.endswith(("_ci_low", "_ci_high"))), "fid…")
+    """What eval.json must hold: SCORES_KEYS, its FID, FID_∞ and KID under the extractor's names, an
+    estimate's spread and interval ends together, and with the likelihood what the report says it was
+    measured with."""
+    fid = _fid_name(scores) or "fid…"
     kid = fid.replace("fid", "kid", 1)
-    interval = f"{fid}_ci_low" in scores or f"{fid}_ci_high" in scores
+    keys = {fid: ("number", True), f"{kid}_mean": ("number", True), **SCORES_KEYS}
+    for estimate in (fid, f"{fid}_inf"):  # FID_N and FID_∞ with their bootstrap sd and interval, all together
+        spread = [f"{estimate}_{x}" for x in ("sd", "ci_low", "ci_high")]
+        together = any(k in scores for k in spread)
+        keys |= {k: ("number", together or k == fid) for k in (estimate, *spread)}
+    keys |= {f"{kid}_{x}": ("number", False) for x in ("se", "holdout_mean", "holdout_se")}
     likelihood = "nll_bpd" in scores
-    keys = {fid: ("number", True), f"{kid}_mean": ("number", True), f"{kid}_std": ("number", True), **SCORES_KEYS}
-    keys |= {f"{fid}_ci_low": ("number", interval), f"{fid}_ci_high": ("number", interval)}
     return keys | {k: (SCORES_KEYS[k][0], likelihood) for k in ("nll_images", "nll_variance", "nll_clip_denoised")}
 
 
@@ -265,7 +300,7 @@ def _check_comparable(results: list[RunResult]) -> None:
         ("real image sets", [(e.get("num_real"), e.get("real_sha256")) for e in scored]),
         ("held-out sets of the likelihood (evaluate.nll_images, data.holdout)",
          [(e.get("nll_images"), e.get("holdout_sha256"), e.get("nll_variance")) for e in scored]),
-        ("bootstrap resamples (evaluate.bootstrap)", [e.get("bootstrap") for e in scored]),
+        ("bootstrap resamples (evaluate.bootstrap)", [(e.get("bootstrap"), e.get("bootstrap_seed")) for e in scored]),
         ("sweeps (sweep.steps, sweep.num_samples)",
          [(sorted(s.get("ddim", {}), key=int), s.get("num_samples"), s.get("feature_extractor")) for s in swept]),
         ("numbers of timesteps T", [r.model["diffusion"]["timesteps"] for r in results]),
@@ -280,28 +315,31 @@ def label(r: RunResult) -> str:
     return f"{r.name} seed {r.seed}" if r.seed else r.name
 
 
+def _fid_name(keys: Iterable[str]) -> str | None:
+    """fid, or fid_<extractor> for a stand-in: the shortest name starting with fid, as every other
+    (fid_sd, fid_inf, fid_ddim10, …) extends it."""
+    return min((k for k in keys if k.startswith("fid")), key=len, default=None)
+
+
 def metric_names(keys: Iterable[str]) -> tuple[str, str, str]:
-    """The FID, KID mean and KID std names among `keys`: fid, kid_mean, kid_std for the Inception
-    network, fid_<extractor> and so on for a stand-in, so no proxy is ever shown as FID."""
-    fid = next(k for k in keys if k.startswith("fid"))
-    kid = fid.replace("fid", "kid", 1) + "_mean"
-    return fid, kid, kid.removesuffix("_mean") + "_std"
+    """The FID, KID mean and KID standard error names among `keys`: fid, kid_mean, kid_se for the
+    Inception network, fid_<extractor> and so on for a stand-in, so no proxy is ever shown as FID."""
+    fid = _fid_name(keys)
+    if fid is None:
+        raise ValueError("no FID among the keys")
+    kid = fid.replace("fid", "kid", 1)
+    return fid, f"{kid}_mean", f"{kid}_se"
 
 
 def _run_numbers(r: RunResult) -> dict[str, float]:
     """One run's numbers under the table's names: its scores, the sweep's FIDs, the training figures."""
-    fid, kid, kid_std = metric_names(r.evaluation)
+    fid, kid, _ = metric_names(r.evaluation)
     e = r.evaluation
-    numbers = {fid: e[fid], kid: e[kid], kid_std: e[kid_std]}
-    likelihood = (
-        "nll_bpd",
-        "nll_bpd_sem",
-        "nll_prior_bpd",
-        "nll_decoder_bpd",
-        "nll_diffusion_bpd",
-        "nll_decoder_floor_bpd",
-    )
-    numbers |= {k: e[k] for k in (f"{fid}_ci_low", f"{fid}_ci_high", *likelihood) if k in e}
+    estimates = [f"{fid}{x}" for x in ("", "_inf")] + [kid.replace("_mean", x) for x in ("_mean", "_holdout_mean")]
+    keys = [f"{k}{x}" for k in estimates[:2] for x in ("", "_sd", "_ci_low", "_ci_high")]
+    keys += [k.replace("_mean", x) for k in estimates[2:] for x in ("_mean", "_se")]
+    keys += [k for k, (kind, _) in SCORES_KEYS.items() if kind == "number"]
+    numbers = {k: e[k] for k in keys if k in e}
     if r.sweep:
         numbers |= {f"{fid}_ddim{k}": v for k, v in r.sweep["ddim"].items()}
         numbers |= {f"{fid}_ddpm{k}": v for k, v in r.sweep["ddpm"].items()}
@@ -310,13 +348,14 @@ def _run_numbers(r: RunResult) -> dict[str, float]:
 
 def table_rows(results: list[RunResult]) -> list[dict[str, Any]]:
     """One row per schedule: each number's mean over the seeds, and with two or more seeds its
-    standard deviation over them as `<name>_std_seeds`. The FID and KID columns keep the metric's
-    own name (fid, or fid_<extractor>)."""
+    standard deviation over them as `<name>_std_seeds`; num_samples, the N of FID_N (the same for
+    every run). The FID and KID columns keep the metric's own name (fid, or fid_<extractor>)."""
     rows = []
     for name in dict.fromkeys(r.name for r in results):
         runs = [_run_numbers(r) for r in results if r.name == name]
         seeds = [r.seed for r in results if r.name == name]
-        row: dict[str, Any] = {"schedule": name, "seeds": " ".join(map(str, seeds))}
+        row: dict[str, Any] = {"schedule": name, "seeds": " ".join(map(str, seeds)),
+                               "num_samples": results[0].evaluation["num_samples"]}  # fmt: skip
         for key in runs[0]:
             values = np.array([run[key] for run in runs], dtype=np.float64)
             row[key] = float(values.mean())

@@ -8,6 +8,7 @@ import csv
 import errno
 import hashlib
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -15,11 +16,15 @@ import numpy as np
 import pytest
 from conftest import CPU, copy_store, invoke, tiny_config, write_params
 from PIL import Image
+from scipy import stats
 
 from ddpm.config import load_config
 from ddpm.data import save_images, synthetic_flowers
+from ddpm.report import verdicts_section
+from ddpm.results import read_results
 from ddpm.sample import sample
 from ddpm.train import train
+from ddpm.verdicts import ONE_SEED, judge
 
 EVALUATION = {
     "sample": {"num_samples": 40, "batch_size": 40},
@@ -57,19 +62,23 @@ def project(tmp_path_factory: pytest.TempPathFactory, trained: Path, empty_store
 # FIDs are ddim2, ddim5 and ddpm50 (sweep.json's "ddim" and "ddpm"); train.json's steps are 20 in all.
 KNOWN = {
     ("linear", 0): {"fid_randconv": 10.0, "fid_randconv_ci_low": 8.0, "fid_randconv_ci_high": 13.0,
-                    "kid_randconv_mean": 0.010, "kid_randconv_std": 0.002, "nll_bpd": 3.0, "nll_bpd_sem": 0.01,
+                    "kid_randconv_mean": 0.010, "kid_randconv_se": 0.002, "fid_randconv_sd": 1.0, "nll_bpd": 3.0,
+                    "nll_bpd_sem": 0.01,
                     "nll_prior_bpd": 0.001, "ddim2": 40.0, "ddim5": 20.0, "ddpm50": 15.0, "final_loss": 0.08,
                     "train_seconds": 10.0, "images_per_second": 16.0},
     ("linear", 1): {"fid_randconv": 14.0, "fid_randconv_ci_low": 11.0, "fid_randconv_ci_high": 18.0,
-                    "kid_randconv_mean": 0.014, "kid_randconv_std": 0.004, "nll_bpd": 3.5, "nll_bpd_sem": 0.03,
+                    "kid_randconv_mean": 0.014, "kid_randconv_se": 0.004, "fid_randconv_sd": 2.0, "nll_bpd": 3.5,
+                    "nll_bpd_sem": 0.03,
                     "nll_prior_bpd": 0.003, "ddim2": 44.0, "ddim5": 22.0, "ddpm50": 17.0, "final_loss": 0.06,
                     "train_seconds": 12.0, "images_per_second": 14.0},
     ("cosine", 0): {"fid_randconv": 20.0, "fid_randconv_ci_low": 17.0, "fid_randconv_ci_high": 24.0,
-                    "kid_randconv_mean": 0.014, "kid_randconv_std": 0.002, "nll_bpd": 2.0, "nll_bpd_sem": 0.02,
+                    "kid_randconv_mean": 0.014, "kid_randconv_se": 0.002, "fid_randconv_sd": 1.5, "nll_bpd": 2.0,
+                    "nll_bpd_sem": 0.02,
                     "nll_prior_bpd": 0.001, "ddim2": 50.0, "ddim5": 30.0, "ddpm50": 25.0, "final_loss": 0.10,
                     "train_seconds": 11.0, "images_per_second": 15.0},
     ("cosine", 1): {"fid_randconv": 26.0, "fid_randconv_ci_low": 22.0, "fid_randconv_ci_high": 31.0,
-                    "kid_randconv_mean": 0.018, "kid_randconv_std": 0.002, "nll_bpd": 2.5, "nll_bpd_sem": 0.02,
+                    "kid_randconv_mean": 0.018, "kid_randconv_se": 0.002, "fid_randconv_sd": 2.5, "nll_bpd": 2.5,
+                    "nll_bpd_sem": 0.02,
                     "nll_prior_bpd": 0.001, "ddim2": 60.0, "ddim5": 36.0, "ddpm50": 29.0, "final_loss": 0.12,
                     "train_seconds": 13.0, "images_per_second": 13.0},
 }  # fmt: skip
@@ -77,20 +86,32 @@ S = 2**0.5  # two seeds: the standard deviation (ddof = 1) of a and b is |a - b|
 # The table's row of each schedule: the mean over its two seeds and, as <key>_std_seeds, their spread.
 MEANS = {
     "linear": {"fid_randconv": (12.0, 4 / S), "kid_randconv_mean": (0.012, 0.004 / S),
-               "kid_randconv_std": (0.003, 0.002 / S), "fid_randconv_ci_low": (9.5, 3 / S),
+               "kid_randconv_se": (0.003, 0.002 / S), "fid_randconv_sd": (1.5, 1 / S),
+               "fid_randconv_ci_low": (9.5, 3 / S),
                "fid_randconv_ci_high": (15.5, 5 / S), "nll_bpd": (3.25, 0.5 / S), "nll_bpd_sem": (0.02, 0.02 / S),
                "nll_prior_bpd": (0.002, 0.002 / S), "fid_randconv_ddim2": (42.0, 4 / S),
                "fid_randconv_ddim5": (21.0, 2 / S), "fid_randconv_ddpm50": (16.0, 2 / S),
                "final_loss": (0.07, 0.02 / S), "steps": (20.0, 0.0), "train_seconds": (11.0, 2 / S),
                "images_per_second": (15.0, 2 / S)},
     "cosine": {"fid_randconv": (23.0, 6 / S), "kid_randconv_mean": (0.016, 0.004 / S),
-               "kid_randconv_std": (0.002, 0.0), "fid_randconv_ci_low": (19.5, 5 / S),
+               "kid_randconv_se": (0.002, 0.0), "fid_randconv_sd": (2.0, 1 / S), "fid_randconv_ci_low": (19.5, 5 / S),
                "fid_randconv_ci_high": (27.5, 7 / S), "nll_bpd": (2.25, 0.5 / S), "nll_bpd_sem": (0.02, 0.0),
                "nll_prior_bpd": (0.001, 0.0), "fid_randconv_ddim2": (55.0, 10 / S),
                "fid_randconv_ddim5": (33.0, 6 / S), "fid_randconv_ddpm50": (27.0, 4 / S),
                "final_loss": (0.11, 0.02 / S), "steps": (20.0, 0.0), "train_seconds": (12.0, 2 / S),
                "images_per_second": (14.0, 2 / S)},
 }  # fmt: skip
+
+
+def resamples(schedule: str, seed: int, numbers: dict[str, float]) -> dict[str, np.ndarray]:
+    """resamples.npz of a run, as evaluate writes it: 50 bootstrap resamples of FID and KID, each the
+    run's score plus a part every schedule of this seed shares (the same resampled rows) and its own; and
+    each of the 4 held-out images' bits/dim, the image's shared difficulty plus the run's own."""
+    shared, own = np.random.default_rng(seed), np.random.default_rng([seed, *map(ord, schedule)])
+    fid, kid, images = shared.normal(0, 3, 50), shared.normal(0, 0.003, 50), shared.normal(0, 0.5, 4)
+    return {"fid_randconv": numbers["fid_randconv"] + fid + own.normal(0, 0.5, 50),
+            "kid_randconv_mean": numbers["kid_randconv_mean"] + kid + own.normal(0, 0.001, 50),
+            "nll_bpd": numbers["nll_bpd"] + images - images.mean() + own.normal(0, 0.05, 4)}  # fmt: skip
 
 
 def write_run(folder: Path, model: Path, numbers: dict[str, float], seed: int) -> None:
@@ -105,9 +126,12 @@ def write_run(folder: Path, model: Path, numbers: dict[str, float], seed: int) -
     (folder / "losses.csv").write_text(f"step,loss\n10,{2 * n['final_loss']!r}\n20,{n['final_loss']!r}\n")
     real = {"num_real": 64, "real_sha256": "ab" * 32, "feature_extractor": "randconv", "weights_sha256": None,
             "resize": "none"}  # fmt: skip
-    scored = ("fid_randconv", "fid_randconv_ci_low", "fid_randconv_ci_high", "kid_randconv_mean", "kid_randconv_std",
-              "nll_bpd", "nll_bpd_sem", "nll_prior_bpd")  # fmt: skip
+    scored = ("fid_randconv", "fid_randconv_sd", "fid_randconv_ci_low", "fid_randconv_ci_high", "kid_randconv_mean",
+              "kid_randconv_se", "nll_bpd", "nll_bpd_sem", "nll_prior_bpd")  # fmt: skip
     scores = {key: n[key] for key in scored}
+    draws = resamples(folder.parent.name, seed, n)
+    np.savez(folder / "resamples.npz", **draws)
+    scores["resamples_sha256"] = hashlib.sha256((folder / "resamples.npz").read_bytes()).hexdigest()
     evaluation = {**scores, "bootstrap": 50, "num_samples": 40, **real, "feature_dim": 224, "weights": "fixed seed",
                   "nll_images": 4, "nll_variance": "fixed_small", "nll_clip_denoised": True,
                   "checkpoint_sha256": digest}  # fmt: skip
@@ -190,17 +214,17 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
             picture.load()
             assert picture.size == size, name
     text = (report / "report.md").read_text()
-    header = ("| schedule | seeds | fid_randconv [95 % CI] | kid_randconv_mean (± std) | NLL (bits/dim) | fid_randconv "
-              "@ 2 steps | fid_randconv @ 5 steps | final loss | steps | training time | img/s |")  # fmt: skip
-    assert header in text  # one seed: FID with its bootstrap interval (test_seeds_*: the spread over seeds)
+    header = ("| schedule | seeds | fid_randconv (N = 40) ± sd | fid_randconv_inf [95 %] | kid_randconv_mean ± SE "
+              "| kid_randconv_holdout_mean ± SE | NLL (bits/dim) ± SE | fid_randconv @ 2 steps "
+              "| fid_randconv @ 5 steps | final loss | steps | training time | img/s |")  # fmt: skip
+    assert header in text  # one seed: each estimate with its bootstrap spread (test_seeds_*: the spread over seeds)
     assert header in compared.stdout and compared.stdout.count("\n| linear | 0 |") == 1  # the table, in the terminal
     assert all(f"]({name})" in text for name in sizes)
-    assert "Training seeds: 0 (" in text and "on 4 held-out images" in text and "over 50 resamples" in text
-    judged = [line for line in text.splitlines() if line.startswith("- ")]
-    assert len(judged) == 5 and [line[line.rindex("(") :] for line in judged] == [
-        "(judged by FID's bootstrap interval, sampling noise only)", "(judged by the spread over KID's subsets)",
-        "(judged by the spread over the held-out images)", "(add seeds)", "(add seeds)",
-    ], judged  # fmt: skip
+    assert "Training seeds: 0 (" in text and "on 4 held-out images" in text and "Bootstrap: 50 resamples" in text
+    # one seed: each metric judged on evaluate's resamples.npz, paired, and said to be sampling noise only
+    judged = [line.split(" | ")[6] for line in text.splitlines() if line.startswith("| linear − cosine |")]
+    assert judged == ["paired bootstrap over 50 resamples"] * 4 + ["paired t over 4 held-out images"], judged
+    assert "**One training seed**" in text
     rows = list(csv.DictReader((report / "comparison.csv").open()))
     assert [r["schedule"] for r in rows] == ["linear", "cosine"] and rows[0]["seeds"] == "0"
     linear = json.loads((project / "runs" / "linear" / "seed0" / "eval.json").read_text())
@@ -310,11 +334,13 @@ def test_compare_refuses_scores_that_are_not_comparable(
 ) -> None:
     root = tmp_path / "project"
     shutil.copytree(seeded / "runs", root / "runs")
-    scores = {"fid": 30.0, "kid_mean": 0.01, "kid_std": 0.001, "num_samples": 40, "num_real": 64,
+    scores = {"fid": 30.0, "kid_mean": 0.01, "kid_se": 0.001, "num_samples": 40, "num_real": 64,
               "real_sha256": "cd34", "feature_extractor": "inception", "feature_dim": 2048, "weights": "test",
               "weights_sha256": "6726", "resize": "legacy"}  # fmt: skip
     (root / "runs" / "linear" / "seed0" / "eval.json").write_text(json.dumps(scores))
     (root / "runs" / "cosine" / "seed0" / "eval.json").write_text(json.dumps({**scores, key: value}))
+    for name in ("linear", "cosine"):  # scores without resamples
+        (root / "runs" / name / "seed0" / "resamples.npz").unlink()
     refused = invoke("compare", "linear", "cosine", "--set", "tracking.enabled=false", cwd=root)
     assert refused.exit_code == 2
     assert f"the schedules were run with different {what}" in refused.output
@@ -324,7 +350,7 @@ def test_compare_refuses_scores_that_are_not_comparable(
 def test_compare_refuses_scores_of_a_model_retrained_since(seeded: Path, tmp_path: Path) -> None:
     root = tmp_path / "project"
     shutil.copytree(seeded / "runs" / "linear" / "seed0", root / "runs" / "linear" / "seed0")
-    scores = {"fid": 30.0, "kid_mean": 0.01, "kid_std": 0.001, "num_samples": 40, "num_real": 64,
+    scores = {"fid": 30.0, "kid_mean": 0.01, "kid_se": 0.001, "num_samples": 40, "num_real": 64,
               "feature_extractor": "inception", "feature_dim": 2048, "weights": "test", "resize": "legacy",
               "checkpoint_sha256": "0" * 64}  # fmt: skip
     (root / "runs" / "linear" / "seed0" / "eval.json").write_text(json.dumps(scores))
@@ -353,28 +379,36 @@ def test_compare_says_a_truncated_model_is_damaged_not_retrained(seeded: Path, t
     assert not (root / "reports").exists()
 
 
-def test_seeds_are_averaged_and_their_spread_judges_the_differences(seeded: Path) -> None:
-    compared = invoke("compare", "--set", "tracking.enabled=false", cwd=seeded)
+def test_seeds_are_averaged_and_their_paired_differences_judge_the_schedules(seeded: Path) -> None:
+    compared = invoke("compare", "--set", "tracking.enabled=false", "--set", "compare.primary=nll", cwd=seeded)
     assert compared.exit_code == 0, compared.stderr
     report = seeded / "reports" / "compare"
     text = (report / "report.md").read_text()
-    header = ("| schedule | seeds | fid_randconv | kid_randconv_mean (± std) | NLL (bits/dim) | fid_randconv @ 2 steps "
-              "| fid_randconv @ 5 steps | final loss | steps | training time | img/s |")  # fmt: skip
+    header = ("| schedule | seeds | fid_randconv (N = 40) ± sd | kid_randconv_mean ± SE | NLL (bits/dim) ± SE "
+              "| fid_randconv @ 2 steps | fid_randconv @ 5 steps | final loss | steps | training time "
+              "| img/s |")  # fmt: skip
     assert header in text
     assert header in compared.stdout and compared.stdout.count("\n| linear | 0 1 |") == 1  # the table, in the terminal
     assert ("\n| linear | 0 1 | 12.00 ± 2.83 | 0.0120 ± 0.0028 | 3.250 ± 0.354 | 42.00 ± 2.83 | 21.00 ± 1.41 "
             "| 0.0700 ± 0.0141 | 20 | 0 min 11 s | 15 |\n") in compared.stdout  # fmt: skip
-    assert "Training seeds: 0, 1" in text and "on 4 held-out images" in text and "over 50 resamples" in text
-    judged = [line for line in text.splitlines() if line.startswith("- ")]
-    assert len(judged) == 5 and all("(judged by the spread over 2 seeds)" in line for line in judged), judged
-    # the standard error of a mean over 2 seeds: their standard deviation over √2
-    assert judged == [line + " (judged by the spread over 2 seeds)" for line in (
-        "- fid_randconv: linear is lower than cosine by 11, 3.1 combined standard errors: a real difference",
-        "- kid_randconv_mean: linear is lower than cosine by 0.004, within noise (1.4 combined standard errors)",
-        "- nll_bpd: cosine is lower than linear by 1, 2.8 combined standard errors: a real difference",
-        "- fid_randconv_ddim2: linear is lower than cosine by 13, 2.4 combined standard errors: a real difference",
-        "- fid_randconv_ddim5: linear is lower than cosine by 12, 3.8 combined standard errors: a real difference",
-    )]  # fmt: skip
+    assert "Training seeds: 0, 1" in text and "on 4 held-out images" in text and "Bootstrap: 50 resamples" in text
+    assert "The 3 tests are one family, corrected by Holm–Bonferroni" in text and "One training seed" not in text
+    # the per-seed differences linear − cosine: FID (−10, −12): Student's t at 1 df, t = 11; KID (−0.004,
+    # −0.004) and NLL (1, 1): no spread at all, so p = 0; Holm: 0, 0, then 1·p_FID
+    p_fid = 1 - 2 / math.pi * math.atan(11)
+    judged = json.loads((report / "comparison.json").read_text())
+    assert (judged["alpha"], judged["correction"], judged["primary"]) == (0.05, "holm", "nll")
+    verdicts = [(v["metric"], v["gap"], v["p"], v["p_holm"], v["test"], v["verdict"]) for v in judged["verdicts"]]
+    assert verdicts == [  # compare.primary: nll, the primary test first
+        ("nll_bpd", 1.0, 0.0, 0.0, "paired t over 2 seeds", "cosine lower, a real difference"),
+        ("fid_randconv", -11.0, pytest.approx(p_fid), pytest.approx(p_fid), "paired t over 2 seeds", "within noise"),
+        ("kid_randconv_mean", pytest.approx(-0.004), pytest.approx(0, abs=1e-9), pytest.approx(0, abs=1e-9),
+         "paired t over 2 seeds", "linear lower, a real difference"),
+    ]  # fmt: skip
+    lines = [line for line in text.splitlines() if line.startswith("| linear − cosine |")]
+    assert [line.split(" | ")[-1] for line in lines] == [v[-1] + " |" for v in verdicts]
+    assert "| **nll_bpd** (primary) | 1 | 0 | 0 | 0 | paired t over 2 seeds |" in lines[0]
+    assert "| fid_randconv | -11 | 1 | 0.0577 | 0.0577 | paired t over 2 seeds |" in lines[1]
     rows = list(csv.DictReader((report / "comparison.csv").open()))
     assert [r["schedule"] for r in rows] == ["linear", "cosine"] and rows[0]["seeds"] == "0 1"
     linear = [KNOWN[("linear", k)] for k in (0, 1)]
@@ -384,13 +418,65 @@ def test_seeds_are_averaged_and_their_spread_judges_the_differences(seeded: Path
     )
     assert rows[0]["steps"] == "20.0"
     # every number of the table: its mean over the two seeds and their standard deviation, as known
-    for row in json.loads((report / "comparison.json").read_text()):
+    for row in judged["rows"]:
         known = MEANS[row.pop("schedule")]
-        assert row.pop("seeds") == "0 1"
+        assert row.pop("seeds") == "0 1" and row.pop("num_samples") == 40
         expected = {key: mean for key, (mean, _) in known.items()} | {
             f"{key}_std_seeds": std for key, (_, std) in known.items()
         }
         assert row == pytest.approx(expected)
+
+
+def test_one_seed_is_judged_on_the_paired_resamples_of_resamples_npz(seeded: Path, tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(seeded / "runs", root / "runs")
+    # compare's reading and judging, without its pictures (test_seeds_* runs the whole command)
+    judged = judge(read_results(["linear", "cosine"], [1], root / "runs"), "fid")
+    verdicts, text = [v.as_json() for v in judged], "\n".join(verdicts_section(judged, "fid", "fid_randconv"))
+    a, b = (dict(np.load(root / "runs" / name / "seed1" / "resamples.npz")) for name in ("linear", "cosine"))
+    # independently: SE = sd(a_b − b_b)·√(N/(N − 1)) with N = 40 samples, p = 2 P(T_39 > |gap|/SE)
+    expected = []
+    for key in ("fid_randconv", "kid_randconv_mean"):
+        gap = KNOWN[("linear", 1)][key] - KNOWN[("cosine", 1)][key]
+        se = np.std(a[key] - b[key], ddof=1) * math.sqrt(40 / 39)
+        p = 2 * stats.t.sf(abs(gap) / se, 39)
+        expected.append((key, pytest.approx(gap), pytest.approx(se), pytest.approx(p)))
+    d = a["nll_bpd"] - b["nll_bpd"]  # each held-out image's difference: Student's t at 3 df
+    se = d.std(ddof=1) / 2
+    expected.append(
+        ("nll_bpd", pytest.approx(d.mean()), pytest.approx(se), pytest.approx(2 * stats.t.sf(abs(d.mean()) / se, 3)))
+    )
+    assert [(v["metric"], v["gap"], v["se"], v["p"]) for v in verdicts] == expected
+    assert [v["test"] for v in verdicts] == ["paired bootstrap over 50 resamples"] * 2 + [
+        "paired t over 4 held-out images"
+    ]
+    assert verdicts[0]["verdict"] == f"linear lower, {ONE_SEED}" and "**One training seed**: a real" in text
+    for line in text.splitlines():
+        assert "a real difference" not in line or ONE_SEED in line, line
+
+    resamples = root / "runs" / "cosine" / "seed1" / "resamples.npz"
+    np.savez(resamples, fid_randconv=np.zeros(7))  # another evaluation's, or a half-written one
+    refused = invoke("compare", "cosine", "--set", "seeds=[1]", "--set", "tracking.enabled=false", cwd=root)
+    assert refused.exit_code == 2 and refused.stderr.strip() == (
+        f"ddpm: error: {Path('runs/cosine/seed1/resamples.npz')}: not the resamples of the scores in "
+        f"{Path('runs/cosine/seed1/eval.json')} (another sha256: an interrupted `ddpm evaluate`); run `ddpm evaluate "
+        "--beta-schedule cosine --set train.seed=1` again"
+    )
+    edit_json(resamples.parent / "eval.json",
+              lambda e: e | {"resamples_sha256": hashlib.sha256(resamples.read_bytes()).hexdigest()})  # fmt: skip
+    refused = invoke("compare", "cosine", "--set", "seeds=[1]", "--set", "tracking.enabled=false", cwd=root)
+    assert refused.exit_code == 2 and refused.stderr.strip() == (
+        f"ddpm: error: {Path('runs/cosine/seed1/resamples.npz')}: fid_randconv: expected 50 finite numbers, got "
+        "shape (7,); run `ddpm evaluate --beta-schedule cosine --set train.seed=1` again"
+    )
+    resamples.write_bytes(b"not an archive")
+    edit_json(resamples.parent / "eval.json",
+              lambda e: e | {"resamples_sha256": hashlib.sha256(resamples.read_bytes()).hexdigest()})  # fmt: skip
+    refused = invoke("compare", "cosine", "--set", "seeds=[1]", "--set", "tracking.enabled=false", cwd=root)
+    assert refused.exit_code == 2 and refused.stderr.strip() == (
+        f"ddpm: error: {Path('runs/cosine/seed1/resamples.npz')}: not a numpy .npz archive; run `ddpm evaluate "
+        "--beta-schedule cosine --set train.seed=1` again"
+    )
 
 
 def edit_json(path: Path, change: "callable") -> None:
@@ -409,10 +495,10 @@ LINEAR = Path("runs/linear/seed0")
         ("eval.json", lambda d: d | {"num_samples": 40.5}, "num_samples is 40.5; expected an integer"),
         (
             "eval.json",
-            lambda d: {k: v for k, v in d.items() if k != "kid_randconv_std"},
-            "not the scores `ddpm evaluate` writes (expected fid_randconv, kid_randconv_mean, kid_randconv_std, "
+            lambda d: {k: v for k, v in d.items() if k != "fid_randconv_sd"},  # an interval without its sd
+            "not the scores `ddpm evaluate` writes (expected fid_randconv, kid_randconv_mean, "
             "num_samples, num_real, feature_extractor, feature_dim, weights, resize, nll_images, nll_variance, "
-            "nll_clip_denoised, fid_randconv_ci_low, fid_randconv_ci_high; missing kid_randconv_std)",
+            "nll_clip_denoised, fid_randconv_sd, fid_randconv_ci_low, fid_randconv_ci_high; missing fid_randconv_sd)",
         ),  # fmt: skip
         ("sweep.json", lambda d: d | {"ddim": {"two": 3.0}}, 'ddim has the key "two"; expected whole numbers of steps'),
         ("sweep.json", lambda d: d | {"ddpm": {"50": None}}, 'ddpm["50"] is null; expected a number'),

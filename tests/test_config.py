@@ -71,6 +71,7 @@ def test_model_architecture_is_the_preset_with_overrides() -> None:
         ),
         ("model:\n  dropout: 1.0\n", "model.dropout: expected a number in [0, 1) or null, got 1.0"),
         ("sample:\n  clip_denoised: maybe\n", 'sample.clip_denoised: expected true or false, got "maybe"'),
+        ("compare:\n  primary: is\n", 'compare.primary: expected one of fid, fid_inf, kid, kid_holdout, nll, got "is"'),
         ("data:\n  holdout: -1\n", "params.yaml: data.holdout: expected a non-negative integer, got -1"),
         ("data:\n  holdout_seed: -1\n", f"params.yaml: data.holdout_seed: expected {SEED}, got -1"),
         ("train: 5\n", "params.yaml: train: expected a mapping with keys steps,"),
@@ -288,7 +289,7 @@ def test_schedules_is_a_list_of_distinct_known_names(tmp_path: Path) -> None:
             3,
             (
                 "--set trian.steps: unknown key; expected one of: data, model, diffusion, train, sample, evaluate, "
-                "sweep, tracking, schedules, seeds"
+                "sweep, compare, tracking, schedules, seeds"
             ),
         ),
         (

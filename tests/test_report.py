@@ -6,7 +6,9 @@ from PIL import Image
 
 from ddpm.data import synthetic_flowers
 from ddpm.plots import STRIP_STEPS, noised_strip
-from ddpm.verdicts import differences, standard_error
+from ddpm.report import legend, markdown_table, verdicts_section
+from ddpm.results import RunResult
+from ddpm.verdicts import ONE_SEED, judge
 
 
 def test_the_strip_goes_from_the_image_to_noise_and_rows_differ_only_by_schedule() -> None:
@@ -36,33 +38,52 @@ def test_schedules_command_draws_both_pictures(tmp_path: Path) -> None:
     )
 
 
-def row(schedule: str, seeds: str = "0", **numbers: float) -> dict:
-    return {"schedule": schedule, "seeds": seeds, "kid_mean": 0.01, "kid_std": 0.002, **numbers}
+def fake(name: str, seed: int, draws: dict, **evaluation: float) -> RunResult:
+    scores = {"num_samples": 50, "bootstrap": 4, "nll_images": 3, **evaluation}
+    return RunResult(name, seed, {}, {}, scores, None, None, np.zeros((1, 2)), Path("g"), None, draws)
 
 
-def test_a_difference_beyond_twice_the_combined_standard_error_is_called_real_and_one_within_it_noise() -> None:
-    # one seed: FID judged by its bootstrap intervals, the half-width of each 1.96 standard errors
-    a = row("linear", fid=10.0, fid_ci_low=10.0 - 1.959964, fid_ci_high=10.0 + 1.959964, final_loss=0.05)
-    b = row(
-        "cosine", fid=13.0, fid_ci_low=13.0 - 1.959964, fid_ci_high=13.0 + 1.959964, final_loss=0.04, kid_mean=0.012
+def test_with_one_seed_nothing_is_called_a_real_difference_without_saying_it_is_sampling_noise_only() -> None:
+    a = {"fid": np.array([10.0, 10.4, 9.8, 10.1]), "nll_bpd": np.array([3.0, 3.2, 2.9])}
+    b = {"fid": np.array([12.0, 12.1, 12.0, 12.2]), "nll_bpd": np.array([3.0, 3.3, 2.9])}
+    runs = [fake("linear", 0, a, fid=10.0, kid_mean=0.01, nll_bpd=3.1),
+            fake("cosine", 0, b, fid=12.0, kid_mean=0.02, nll_bpd=3.2)]  # fmt: skip
+    verdicts = judge(runs, "nll")
+    text = "\n".join(verdicts_section(verdicts, "nll", "fid"))
+    assert "The 2 tests are one family, corrected by Holm–Bonferroni at a family-wise error rate α = 0.05" in text
+    assert "(compare.primary: nll, the metric nll_bpd), is listed first" in text
+    assert f"**One training seed**: a real difference below is {ONE_SEED}." in text
+    table = [line for line in text.splitlines() if line.startswith("| linear − cosine")]
+    fid = next(v for v in verdicts if v.metric == "fid")
+    assert table == [
+        "| linear − cosine | **nll_bpd** (primary) | -0.0333 | 0.0333 | 0.423 | 0.423 | paired t over 3 held-out "
+        "images | within noise |",
+        f"| linear − cosine | fid | -2 | {fid.se:.3g} | {fid.p:.3g} | {fid.p_holm:.3g} | paired bootstrap over 4 "
+        f"resamples | linear lower, {ONE_SEED} |",
+        "| linear − cosine | kid_mean | -0.01 | – | – | – | – | not judged: one seed and no kid_mean in resamples.npz "
+        "for linear (run `ddpm evaluate` again, or add seeds) |",
+    ]
+    for line in text.splitlines():  # "a real difference" only ever with the one-seed wording
+        assert "a real difference" not in line or ONE_SEED in line, line
+    assert verdicts_section([], "fid", "fid") == ["One schedule: nothing to compare."]
+
+
+def test_the_table_labels_fid_with_its_n_and_each_estimate_with_its_spread() -> None:
+    one = {"schedule": "linear", "seeds": "0", "num_samples": 10000, "fid": 12.345, "fid_sd": 0.2,
+           "fid_inf": 10.0, "fid_inf_sd": 0.5, "fid_inf_ci_low": 9.02, "fid_inf_ci_high": 10.98, "kid_mean": 0.01234,
+           "kid_se": 0.00051, "nll_bpd": 3.4567, "nll_bpd_sem": 0.0123, "final_loss": 0.031, "steps": 100.0,
+           "train_seconds": 3725.0, "images_per_second": 99.6}  # fmt: skip
+    lines = markdown_table([one]).splitlines()
+    assert lines[0] == (
+        "| schedule | seeds | fid (N = 10000) ± sd | fid_inf [95 %] | kid_mean ± SE | NLL (bits/dim) ± SE | final loss "
+        "| steps | training time | img/s |"
     )
-    said = differences([a, b])
-    assert said[0] == (
-        "- fid: linear is lower than cosine by 3, 2.1 combined standard errors: a real difference "
-        "(judged by FID's bootstrap interval, sampling noise only)"
+    assert lines[2] == (
+        "| linear | 0 | 12.35 ± 0.20 | 10.00 [9.02, 10.98] | 0.0123 ± 0.0005 | 3.457 ± 0.012 | 0.0310 | 100 "
+        "| 1 h 02 min | 100 |"
     )
-    assert said[1] == (  # KID: judged by the spread of KID's subsets
-        "- kid_mean: linear is lower than cosine by 0.002, within noise (0.7 combined standard errors) "
-        "(judged by the spread over KID's subsets)"
-    )
-    assert len(said) == 2  # the loss is not judged: each schedule sets it another task
-    b["fid"] = b["fid_ci_low"] + 1.959964 - 0.2  # 2.8: under 2 · √2
-    assert "within noise (2.0 combined standard errors)" in differences([a, b])[0]
-
-
-def test_over_seeds_the_standard_error_is_the_seeds_spread_over_the_root_of_their_number() -> None:
-    a = row("linear", "0 1 2 3", nll_bpd=3.0, nll_bpd_std_seeds=0.2, nll_bpd_sem=0.001)
-    assert standard_error(a, "nll_bpd") == (0.1, "the spread over 4 seeds")  # not the held-out images' 0.001
-    del a["nll_bpd_std_seeds"]
-    assert standard_error(a, "nll_bpd") == (0.001, "the spread over the held-out images")
-    assert standard_error(a, "final_loss") is None
+    seeds = one | {"seeds": "0 1", "fid_std_seeds": 1.5, "fid_inf_std_seeds": 2.0}  # several seeds: their spread
+    assert markdown_table([seeds]).splitlines()[2].startswith("| linear | 0 1 | 12.35 ± 1.50 | 10.00 ± 2.00 |")
+    words = legend([one])
+    assert "**fid (N)**: the Fréchet distance" in words and "FID_∞ (Chong & Forsyth 2020)" in words
+    assert "With several seeds, ± is the standard deviation over the seeds." in words

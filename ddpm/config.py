@@ -178,9 +178,7 @@ class EvaluateConfig(Section):
     # with antialiasing (clean-fid's argument). Only FIDs with the same resize can be compared.
     resize: Literal["legacy", "antialias"] = "legacy"
     batch_size: PositiveInt = 200  # images per forward pass of the extractor
-    kid_subsets: PositiveInt = 100
-    kid_subset_size: PositiveInt = 1000
-    # FID's 95 % interval from this many bootstrap resamples of the samples' features; 0: none
+    # bootstrap resamples of the samples' features, for the SDs of FID and FID_∞ and the SE of KID; 0: none
     bootstrap: Annotated[Int, Field(ge=0, description=BOOTSTRAP_COUNT), AfterValidator(_enough_resamples)] = 200
     # the negative log-likelihood bound (bits/dim) on this many held-out images (data.holdout); 0: none
     nll_images: Annotated[Int, Field(ge=0)] = 256

@@ -109,12 +109,12 @@ def _cell(row: dict[str, Any], key: str, digits: str) -> str:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The comparison table, as report.md holds it and `ddpm compare` prints it."""
-    fid, kid, kid_std = metric_names(rows[0])
+    fid, kid, kid_se = metric_names(rows[0])
     sweeps = sweep_columns(rows[0])
     interval = " [95 % CI]" if f"{fid}_ci_low" in rows[0] and "seeds" in rows[0] and " " not in rows[0]["seeds"] else ""
     header = [
         f"{fid}{interval}",
-        f"{kid} (± std)",
+        f"{kid} (± SE)",
         "NLL (bits/dim)",
         *[k.replace("_ddim", " @ ") + " steps" for k in sweeps],
     ]
@@ -123,7 +123,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         "|---|---|" + "---:|" * (len(header) + 4),
     ]
     for row in rows:
-        kid_cell = _cell(row, kid, ".4f") if f"{kid}_std_seeds" in row else f"{row[kid]:.4f} ± {row[kid_std]:.4f}"
+        kid_cell = _cell(row, kid, ".4f")  # over seeds: their spread
+        if f"{kid}_std_seeds" not in row and kid_se in row:
+            kid_cell = f"{row[kid]:.4f} ± {row[kid_se]:.4f}"
         cells = [
             _cell(row, fid, ".2f"),
             kid_cell,

@@ -232,14 +232,16 @@ LINK_KEYS = {"run_id": ("text or null", True)}
 
 
 def scores_keys(scores: dict[str, Any]) -> dict[str, tuple[str, bool]]:
-    """What eval.json must hold: SCORES_KEYS, its FID and KID under the extractor's names, the FID's
-    interval ends together, and with the likelihood what the report says it was measured with."""
-    fid = next((k for k in scores if k.startswith("fid") and not k.endswith(("_ci_low", "_ci_high"))), "fid…")
+    """What eval.json must hold: SCORES_KEYS, its FID and KID under the extractor's names (FID's the
+    shortest name starting with fid), the FID's interval ends and KID's standard error together (the
+    bootstrap gives them), and with the likelihood what the report says it was measured with."""
+    fid = min((k for k in scores if k.startswith("fid")), key=len, default="fid…")
     kid = fid.replace("fid", "kid", 1)
     interval = f"{fid}_ci_low" in scores or f"{fid}_ci_high" in scores
     likelihood = "nll_bpd" in scores
-    keys = {fid: ("number", True), f"{kid}_mean": ("number", True), f"{kid}_std": ("number", True), **SCORES_KEYS}
+    keys = {fid: ("number", True), f"{kid}_mean": ("number", True), **SCORES_KEYS}
     keys |= {f"{fid}_ci_low": ("number", interval), f"{fid}_ci_high": ("number", interval)}
+    keys |= {f"{kid}_se": ("number", interval), f"{fid}_sd": ("number", False), f"{fid}_inf": ("number", False)}
     return keys | {k: (SCORES_KEYS[k][0], likelihood) for k in ("nll_images", "nll_variance", "nll_clip_denoised")}
 
 
@@ -270,19 +272,19 @@ def label(r: RunResult) -> str:
 
 
 def metric_names(keys: Iterable[str]) -> tuple[str, str, str]:
-    """The FID, KID mean and KID std names among `keys`: fid, kid_mean, kid_std for the Inception
-    network, fid_<extractor> and so on for a stand-in, so no proxy is ever shown as FID."""
-    fid = next(k for k in keys if k.startswith("fid"))
+    """The FID, KID mean and KID standard error names among `keys`: fid, kid_mean, kid_se for the
+    Inception network, fid_<extractor> and so on for a stand-in, so no proxy is ever shown as FID."""
+    fid = min((k for k in keys if k.startswith("fid")), key=len)
     kid = fid.replace("fid", "kid", 1) + "_mean"
-    return fid, kid, kid.removesuffix("_mean") + "_std"
+    return fid, kid, kid.removesuffix("_mean") + "_se"
 
 
 def _run_numbers(r: RunResult) -> dict[str, float]:
     """One run's numbers under the table's names: its scores, the sweep's FIDs, the training figures."""
-    fid, kid, kid_std = metric_names(r.evaluation)
+    fid, kid, kid_se = metric_names(r.evaluation)
     e = r.evaluation
-    numbers = {fid: e[fid], kid: e[kid], kid_std: e[kid_std]}
-    numbers |= {k: e[k] for k in (f"{fid}_ci_low", f"{fid}_ci_high", "nll_bpd", "nll_bpd_sem", "nll_prior_bpd")
+    numbers = {fid: e[fid], kid: e[kid]}
+    numbers |= {k: e[k] for k in (kid_se, f"{fid}_ci_low", f"{fid}_ci_high", "nll_bpd", "nll_bpd_sem", "nll_prior_bpd")
                 if k in e}  # fmt: skip
     if r.sweep:
         numbers |= {f"{fid}_ddim{k}": v for k, v in r.sweep["ddim"].items()}

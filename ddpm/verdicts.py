@@ -14,8 +14,8 @@ Z_95 = 1.959964  # the normal quantile of a two-sided 95 % interval
 
 def standard_error(row: dict[str, Any], key: str) -> tuple[float, str] | None:
     """How far `key` of this row could move by chance, and from what: the spread over the seeds where
-    there are several, else the noise one run measures (FID's bootstrap, the KID subsets, the
-    held-out images); None where there is nothing to judge by."""
+    there are several, else the noise one run measures (FID's and KID's bootstrap over the samples,
+    the held-out images); None where there is nothing to judge by."""
     seeds = len(row["seeds"].split())
     if f"{key}_std_seeds" in row:
         return row[f"{key}_std_seeds"] / np.sqrt(seeds), f"the spread over {seeds} seeds"
@@ -25,8 +25,8 @@ def standard_error(row: dict[str, Any], key: str) -> tuple[float, str] | None:
         ), "FID's bootstrap interval, sampling noise only"
     if key == "nll_bpd" and "nll_bpd_sem" in row:
         return row["nll_bpd_sem"], "the spread over the held-out images"
-    if key.startswith("kid") and key.endswith("_mean"):
-        return row[key.removesuffix("_mean") + "_std"], "the spread over KID's subsets"
+    if key.startswith("kid") and key.endswith("_mean") and key.removesuffix("_mean") + "_se" in row:
+        return row[key.removesuffix("_mean") + "_se"], "KID's bootstrap standard error, sampling noise only"
     return None
 
 

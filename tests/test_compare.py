@@ -23,7 +23,7 @@ from ddpm.train import train
 
 EVALUATION = {
     "sample": {"num_samples": 40, "batch_size": 40},
-    "evaluate": {"kid_subset_size": 20, "bootstrap": 50, "nll_images": 4},
+    "evaluate": {"bootstrap": 50, "nll_images": 4},
     "sweep": {"steps": [2, 5], "num_samples": 20},
     "seeds": [0],
 }
@@ -57,19 +57,19 @@ def project(tmp_path_factory: pytest.TempPathFactory, trained: Path, empty_store
 # FIDs are ddim2, ddim5 and ddpm50 (sweep.json's "ddim" and "ddpm"); train.json's steps are 20 in all.
 KNOWN = {
     ("linear", 0): {"fid_randconv": 10.0, "fid_randconv_ci_low": 8.0, "fid_randconv_ci_high": 13.0,
-                    "kid_randconv_mean": 0.010, "kid_randconv_std": 0.002, "nll_bpd": 3.0, "nll_bpd_sem": 0.01,
+                    "kid_randconv_mean": 0.010, "kid_randconv_se": 0.002, "nll_bpd": 3.0, "nll_bpd_sem": 0.01,
                     "nll_prior_bpd": 0.001, "ddim2": 40.0, "ddim5": 20.0, "ddpm50": 15.0, "final_loss": 0.08,
                     "train_seconds": 10.0, "images_per_second": 16.0},
     ("linear", 1): {"fid_randconv": 14.0, "fid_randconv_ci_low": 11.0, "fid_randconv_ci_high": 18.0,
-                    "kid_randconv_mean": 0.014, "kid_randconv_std": 0.004, "nll_bpd": 3.5, "nll_bpd_sem": 0.03,
+                    "kid_randconv_mean": 0.014, "kid_randconv_se": 0.004, "nll_bpd": 3.5, "nll_bpd_sem": 0.03,
                     "nll_prior_bpd": 0.003, "ddim2": 44.0, "ddim5": 22.0, "ddpm50": 17.0, "final_loss": 0.06,
                     "train_seconds": 12.0, "images_per_second": 14.0},
     ("cosine", 0): {"fid_randconv": 20.0, "fid_randconv_ci_low": 17.0, "fid_randconv_ci_high": 24.0,
-                    "kid_randconv_mean": 0.014, "kid_randconv_std": 0.002, "nll_bpd": 2.0, "nll_bpd_sem": 0.02,
+                    "kid_randconv_mean": 0.014, "kid_randconv_se": 0.002, "nll_bpd": 2.0, "nll_bpd_sem": 0.02,
                     "nll_prior_bpd": 0.001, "ddim2": 50.0, "ddim5": 30.0, "ddpm50": 25.0, "final_loss": 0.10,
                     "train_seconds": 11.0, "images_per_second": 15.0},
     ("cosine", 1): {"fid_randconv": 26.0, "fid_randconv_ci_low": 22.0, "fid_randconv_ci_high": 31.0,
-                    "kid_randconv_mean": 0.018, "kid_randconv_std": 0.002, "nll_bpd": 2.5, "nll_bpd_sem": 0.02,
+                    "kid_randconv_mean": 0.018, "kid_randconv_se": 0.002, "nll_bpd": 2.5, "nll_bpd_sem": 0.02,
                     "nll_prior_bpd": 0.001, "ddim2": 60.0, "ddim5": 36.0, "ddpm50": 29.0, "final_loss": 0.12,
                     "train_seconds": 13.0, "images_per_second": 13.0},
 }  # fmt: skip
@@ -77,14 +77,14 @@ S = 2**0.5  # two seeds: the standard deviation (ddof = 1) of a and b is |a - b|
 # The table's row of each schedule: the mean over its two seeds and, as <key>_std_seeds, their spread.
 MEANS = {
     "linear": {"fid_randconv": (12.0, 4 / S), "kid_randconv_mean": (0.012, 0.004 / S),
-               "kid_randconv_std": (0.003, 0.002 / S), "fid_randconv_ci_low": (9.5, 3 / S),
+               "kid_randconv_se": (0.003, 0.002 / S), "fid_randconv_ci_low": (9.5, 3 / S),
                "fid_randconv_ci_high": (15.5, 5 / S), "nll_bpd": (3.25, 0.5 / S), "nll_bpd_sem": (0.02, 0.02 / S),
                "nll_prior_bpd": (0.002, 0.002 / S), "fid_randconv_ddim2": (42.0, 4 / S),
                "fid_randconv_ddim5": (21.0, 2 / S), "fid_randconv_ddpm50": (16.0, 2 / S),
                "final_loss": (0.07, 0.02 / S), "steps": (20.0, 0.0), "train_seconds": (11.0, 2 / S),
                "images_per_second": (15.0, 2 / S)},
     "cosine": {"fid_randconv": (23.0, 6 / S), "kid_randconv_mean": (0.016, 0.004 / S),
-               "kid_randconv_std": (0.002, 0.0), "fid_randconv_ci_low": (19.5, 5 / S),
+               "kid_randconv_se": (0.002, 0.0), "fid_randconv_ci_low": (19.5, 5 / S),
                "fid_randconv_ci_high": (27.5, 7 / S), "nll_bpd": (2.25, 0.5 / S), "nll_bpd_sem": (0.02, 0.0),
                "nll_prior_bpd": (0.001, 0.0), "fid_randconv_ddim2": (55.0, 10 / S),
                "fid_randconv_ddim5": (33.0, 6 / S), "fid_randconv_ddpm50": (27.0, 4 / S),
@@ -105,7 +105,7 @@ def write_run(folder: Path, model: Path, numbers: dict[str, float], seed: int) -
     (folder / "losses.csv").write_text(f"step,loss\n10,{2 * n['final_loss']!r}\n20,{n['final_loss']!r}\n")
     real = {"num_real": 64, "real_sha256": "ab" * 32, "feature_extractor": "randconv", "weights_sha256": None,
             "resize": "none"}  # fmt: skip
-    scored = ("fid_randconv", "fid_randconv_ci_low", "fid_randconv_ci_high", "kid_randconv_mean", "kid_randconv_std",
+    scored = ("fid_randconv", "fid_randconv_ci_low", "fid_randconv_ci_high", "kid_randconv_mean", "kid_randconv_se",
               "nll_bpd", "nll_bpd_sem", "nll_prior_bpd")  # fmt: skip
     scores = {key: n[key] for key in scored}
     evaluation = {**scores, "bootstrap": 50, "num_samples": 40, **real, "feature_dim": 224, "weights": "fixed seed",
@@ -181,7 +181,7 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
             picture.load()
             assert picture.size == size, name
     text = (report / "report.md").read_text()
-    header = ("| schedule | seeds | fid_randconv [95 % CI] | kid_randconv_mean (± std) | NLL (bits/dim) | fid_randconv "
+    header = ("| schedule | seeds | fid_randconv [95 % CI] | kid_randconv_mean (± SE) | NLL (bits/dim) | fid_randconv "
               "@ 2 steps | fid_randconv @ 5 steps | final loss | steps | training time | img/s |")  # fmt: skip
     assert header in text  # one seed: FID with its bootstrap interval (test_seeds_*: the spread over seeds)
     assert header in compared.stdout and compared.stdout.count("\n| linear | 0 |") == 1  # the table, in the terminal
@@ -189,7 +189,8 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
     assert "Training seeds: 0 (" in text and "on 4 held-out images" in text and "over 50 resamples" in text
     judged = [line for line in text.splitlines() if line.startswith("- ")]
     assert len(judged) == 5 and [line[line.rindex("(") :] for line in judged] == [
-        "(judged by FID's bootstrap interval, sampling noise only)", "(judged by the spread over KID's subsets)",
+        "(judged by FID's bootstrap interval, sampling noise only)",
+        "(judged by KID's bootstrap standard error, sampling noise only)",
         "(judged by the spread over the held-out images)", "(add seeds)", "(add seeds)",
     ], judged  # fmt: skip
     rows = list(csv.DictReader((report / "comparison.csv").open()))
@@ -212,7 +213,7 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
     assert scored.data.metrics["nll_bpd"] == pytest.approx(metrics["nll_bpd"])
     assert scored.data.metrics["fid_randconv_ci_high"] == pytest.approx(metrics["fid_randconv_ci_high"])
     assert scored.data.tags["feature_extractor"] == "randconv" and scored.data.tags["num_samples"] == "40"
-    assert scored.data.params["evaluate.kid_subset_size"] == "20" and scored.data.params["sample.num_samples"] == "40"
+    assert scored.data.params["evaluate.bootstrap"] == "50" and scored.data.params["sample.num_samples"] == "40"
     assert "num_samples" not in scored.data.metrics  # counts are tags, not metrics drawn as bar charts
     assert {a.path for a in client.list_artifacts(child)} == {"eval.json", "nll_terms.csv", "samples"}
     # the samples were drawn outside MLflow here, so evaluate made the model's run: one per checkpoint
@@ -235,13 +236,13 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
     assert "real features from the cache" in again.stdout
     assert len(mlflow_runs(project, every=True)) == len(found)
     # another evaluation configuration of the same samples is a new child, beside the first
-    other = invoke("evaluate", "--beta-schedule", "linear", "--set", "evaluate.kid_subsets=5", cwd=project)
+    other = invoke("evaluate", "--beta-schedule", "linear", "--set", "evaluate.bootstrap=40", cwd=project)
     assert other.exit_code == 0, other.stderr
     children = [
         r for r in mlflow_runs(project, every=True)
         if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and r.data.tags["ddpm.kind"] == "evaluation"
     ]  # fmt: skip
-    assert sorted(r.data.params["evaluate.kid_subsets"] for r in children) == ["10", "5"]
+    assert sorted(r.data.params["evaluate.bootstrap"] for r in children) == ["40", "50"]
 
 
 @pytest.mark.slow
@@ -292,7 +293,7 @@ def test_compare_refuses_scores_that_are_not_comparable(
 ) -> None:
     root = tmp_path / "project"
     shutil.copytree(seeded / "runs", root / "runs")
-    scores = {"fid": 30.0, "kid_mean": 0.01, "kid_std": 0.001, "num_samples": 40, "num_real": 64,
+    scores = {"fid": 30.0, "kid_mean": 0.01, "kid_se": 0.001, "num_samples": 40, "num_real": 64,
               "real_sha256": "cd34", "feature_extractor": "inception", "feature_dim": 2048, "weights": "test",
               "weights_sha256": "6726", "resize": "legacy"}  # fmt: skip
     (root / "runs" / "linear" / "seed0" / "eval.json").write_text(json.dumps(scores))
@@ -306,7 +307,7 @@ def test_compare_refuses_scores_that_are_not_comparable(
 def test_compare_refuses_scores_of_a_model_retrained_since(seeded: Path, tmp_path: Path) -> None:
     root = tmp_path / "project"
     shutil.copytree(seeded / "runs" / "linear" / "seed0", root / "runs" / "linear" / "seed0")
-    scores = {"fid": 30.0, "kid_mean": 0.01, "kid_std": 0.001, "num_samples": 40, "num_real": 64,
+    scores = {"fid": 30.0, "kid_mean": 0.01, "kid_se": 0.001, "num_samples": 40, "num_real": 64,
               "feature_extractor": "inception", "feature_dim": 2048, "weights": "test", "resize": "legacy",
               "checkpoint_sha256": "0" * 64}  # fmt: skip
     (root / "runs" / "linear" / "seed0" / "eval.json").write_text(json.dumps(scores))
@@ -340,7 +341,7 @@ def test_seeds_are_averaged_and_their_spread_judges_the_differences(seeded: Path
     assert compared.exit_code == 0, compared.stderr
     report = seeded / "reports" / "compare"
     text = (report / "report.md").read_text()
-    header = ("| schedule | seeds | fid_randconv | kid_randconv_mean (± std) | NLL (bits/dim) | fid_randconv @ 2 steps "
+    header = ("| schedule | seeds | fid_randconv | kid_randconv_mean (± SE) | NLL (bits/dim) | fid_randconv @ 2 steps "
               "| fid_randconv @ 5 steps | final loss | steps | training time | img/s |")  # fmt: skip
     assert header in text
     assert header in compared.stdout and compared.stdout.count("\n| linear | 0 1 |") == 1  # the table, in the terminal
@@ -391,10 +392,10 @@ LINEAR = Path("runs/linear/seed0")
         ("eval.json", lambda d: d | {"num_samples": 40.5}, "num_samples is 40.5; expected an integer"),
         (
             "eval.json",
-            lambda d: {k: v for k, v in d.items() if k != "kid_randconv_std"},
-            "not the scores `ddpm evaluate` writes (expected fid_randconv, kid_randconv_mean, kid_randconv_std, "
-            "num_samples, num_real, feature_extractor, feature_dim, weights, resize, nll_images, nll_variance, "
-            "nll_clip_denoised, fid_randconv_ci_low, fid_randconv_ci_high; missing kid_randconv_std)",
+            lambda d: {k: v for k, v in d.items() if k != "kid_randconv_se"},
+            "not the scores `ddpm evaluate` writes (expected fid_randconv, kid_randconv_mean, num_samples, "
+            "num_real, feature_extractor, feature_dim, weights, resize, fid_randconv_ci_low, fid_randconv_ci_high, "
+            "kid_randconv_se, nll_images, nll_variance, nll_clip_denoised; missing kid_randconv_se)",
         ),  # fmt: skip
         ("sweep.json", lambda d: d | {"ddim": {"two": 3.0}}, 'ddim has the key "two"; expected whole numbers of steps'),
         ("sweep.json", lambda d: d | {"ddpm": {"50": None}}, 'ddpm["50"] is null; expected a number'),

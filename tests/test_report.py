@@ -37,7 +37,7 @@ def test_schedules_command_draws_both_pictures(tmp_path: Path) -> None:
 
 
 def row(schedule: str, seeds: str = "0", **numbers: float) -> dict:
-    return {"schedule": schedule, "seeds": seeds, "kid_mean": 0.01, "kid_std": 0.002, **numbers}
+    return {"schedule": schedule, "seeds": seeds, "kid_mean": 0.01, "kid_se": 0.002, **numbers}
 
 
 def test_a_difference_beyond_twice_the_combined_standard_error_is_called_real_and_one_within_it_noise() -> None:
@@ -51,9 +51,9 @@ def test_a_difference_beyond_twice_the_combined_standard_error_is_called_real_an
         "- fid: linear is lower than cosine by 3, 2.1 combined standard errors: a real difference "
         "(judged by FID's bootstrap interval, sampling noise only)"
     )
-    assert said[1] == (  # KID: judged by the spread of KID's subsets
+    assert said[1] == (  # KID: judged by its bootstrap standard error
         "- kid_mean: linear is lower than cosine by 0.002, within noise (0.7 combined standard errors) "
-        "(judged by the spread over KID's subsets)"
+        "(judged by KID's bootstrap standard error, sampling noise only)"
     )
     assert len(said) == 2  # the loss is not judged: each schedule sets it another task
     b["fid"] = b["fid_ci_low"] + 1.959964 - 0.2  # 2.8: under 2 · √2

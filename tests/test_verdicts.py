@@ -14,7 +14,7 @@ from ddpm.results import RunResult, metric_names, sweep_columns, table_rows
 from ddpm.verdicts import SPREAD_FACTOR, Z_95, differences, standard_error
 
 BOOTSTRAP = "FID's bootstrap interval, sampling noise only"
-KID = "the spread over KID's subsets"
+KID = "KID's bootstrap standard error, sampling noise only"
 
 
 def test_the_constants_are_two_standard_errors_and_the_normal_95_quantile() -> None:
@@ -29,7 +29,7 @@ def row(schedule: str, seeds: str = "0", **numbers: float) -> dict:
 def test_the_standard_error_over_seeds_is_their_spread_over_the_root_of_their_number() -> None:
     nine = row("linear", " ".join(map(str, range(9))), fid=5.0, fid_std_seeds=0.3, fid_ci_low=1.0, fid_ci_high=9.0)
     assert standard_error(nine, "fid") == (pytest.approx(0.1), "the spread over 9 seeds")  # not the interval's
-    two = row("linear", "0 1", kid_mean=0.01, kid_mean_std_seeds=0.004, kid_std=1.0)  # not KID's subsets
+    two = row("linear", "0 1", kid_mean=0.01, kid_mean_std_seeds=0.004, kid_se=1.0)  # not the bootstrap's
     assert standard_error(two, "kid_mean") == (pytest.approx(0.004 / math.sqrt(2)), "the spread over 2 seeds")
 
 
@@ -45,10 +45,10 @@ def test_with_one_seed_the_likelihood_gives_its_held_out_images_spread() -> None
     assert standard_error(row("cosine", nll_bpd=3.5), "nll_bpd") is None
 
 
-def test_with_one_seed_kid_gives_its_subsets_spread() -> None:
-    one = row("cosine", kid_randconv_mean=0.02, kid_randconv_std=0.005, kid_std=9.0, fid_mean=1.0)
+def test_with_one_seed_kid_gives_its_bootstrap_standard_error() -> None:
+    one = row("cosine", kid_randconv_mean=0.02, kid_randconv_se=0.005, kid_se=9.0, fid_mean=1.0)
     assert standard_error(one, "kid_randconv_mean") == (0.005, KID)
-    assert standard_error(one, "kid_randconv_std") is None  # the std itself: nothing measures its noise
+    assert standard_error(one, "kid_randconv_se") is None  # the SE itself: nothing measures its noise
     assert standard_error(one, "fid_mean") is None  # a "_mean" that is not KID's
 
 
@@ -98,7 +98,7 @@ def interval(fid: float, se: float) -> dict[str, float]:
 
 
 def test_every_pair_every_metric_in_order_with_the_lower_named_first() -> None:
-    kid = {"kid_mean": 0.01, "kid_std": 0.001}
+    kid = {"kid_mean": 0.01, "kid_se": 0.001}
     a = row("linear", **interval(10.0, 1.0), **kid, nll_bpd=3.0, nll_bpd_sem=0.01, fid_ddim10=21.0, fid_ddim50=12.0)
     b = row("cosine", **interval(8.0, 1.0), **kid, nll_bpd=3.5, fid_ddim10=20.0, fid_ddim50=15.0)  # no nll_bpd_sem
     c = row("sigmoid", **interval(7.0, 0.1), nll_bpd=3.0, nll_bpd_sem=0.01, fid_ddim10=30.0)  # no KID, no ddim50
@@ -134,8 +134,8 @@ def test_the_sources_of_both_standard_errors_are_named_once_each() -> None:
 
 
 def test_metric_names_follow_the_extractor_and_change_only_the_first_fid() -> None:
-    assert metric_names(["final_loss", "fid", "kid_mean"]) == ("fid", "kid_mean", "kid_std")
-    assert metric_names(["steps", "fid_clipfid"]) == ("fid_clipfid", "kid_clipfid_mean", "kid_clipfid_std")
+    assert metric_names(["final_loss", "fid", "kid_mean"]) == ("fid", "kid_mean", "kid_se")
+    assert metric_names(["steps", "fid_clipfid"]) == ("fid_clipfid", "kid_clipfid_mean", "kid_clipfid_se")
 
 
 def test_the_sweep_columns_are_10_and_50_steps_else_the_first_two_counts() -> None:

@@ -394,8 +394,8 @@ LINEAR = Path("runs/linear/seed0")
             "eval.json",
             lambda d: {k: v for k, v in d.items() if k != "kid_randconv_se"},
             "not the scores `ddpm evaluate` writes (expected fid_randconv, kid_randconv_mean, num_samples, "
-            "num_real, feature_extractor, feature_dim, weights, resize, fid_randconv_ci_low, fid_randconv_ci_high, "
-            "kid_randconv_se, nll_images, nll_variance, nll_clip_denoised; missing kid_randconv_se)",
+            "num_real, feature_extractor, feature_dim, weights, resize, nll_images, nll_variance, nll_clip_denoised, "
+            "fid_randconv_ci_low, fid_randconv_ci_high, kid_randconv_se; missing kid_randconv_se)",
         ),  # fmt: skip
         ("sweep.json", lambda d: d | {"ddim": {"two": 3.0}}, 'ddim has the key "two"; expected whole numbers of steps'),
         ("sweep.json", lambda d: d | {"ddpm": {"50": None}}, 'ddpm["50"] is null; expected a number'),

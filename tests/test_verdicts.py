@@ -153,7 +153,7 @@ def test_the_sweep_columns_are_10_and_50_steps_else_the_first_two_counts() -> No
 def run(name: str, seed: int, fid: float, loss: float, swept: bool = True, **evaluation: float) -> RunResult:
     """One run as read_results returns it, with FID `fid` and its sweep at fid + 1, + 0.5 (DDIM), − 0.5 (DDPM)."""
     train = {"final_loss": loss, "steps": 100, "train_seconds": 60 + seed, "images_per_second": 2.5}
-    scores = {"fid_randconv": fid, "kid_randconv_mean": 0.01 * fid, "kid_randconv_std": 0.001, **evaluation}
+    scores = {"fid_randconv": fid, "kid_randconv_mean": 0.01 * fid, "kid_randconv_se": 0.001, **evaluation}
     scores |= {"num_samples": 50, "feature_extractor": "randconv", "checkpoint_sha256": "ab"}  # not table numbers
     sweep = {"ddim": {"10": fid + 1, "50": fid + 0.5}, "ddpm": {"100": fid - 0.5}, "num_samples": 8}
     return RunResult(name, seed, {}, train, scores, sweep if swept else None, None, np.zeros((1, 2)), Path("g"), None)
@@ -175,9 +175,9 @@ def test_table_rows_are_the_mean_and_the_sample_std_over_seeds() -> None:
     # FID over the seeds 1, 2, 4: mean 7/3, std with ddof 1: √(((1 − 7/3)² + (2 − 7/3)² + (4 − 7/3)²)/2) = √(7/3)
     assert linear["fid_randconv"] == pytest.approx(7 / 3, rel=1e-15)
     assert linear["fid_randconv_std_seeds"] == pytest.approx(math.sqrt(7 / 3), rel=1e-15)
-    assert linear["kid_randconv_mean"] == pytest.approx(0.07 / 3) and linear["kid_randconv_std"] == 0.001
+    assert linear["kid_randconv_mean"] == pytest.approx(0.07 / 3) and linear["kid_randconv_se"] == 0.001
     assert linear["kid_randconv_mean_std_seeds"] == pytest.approx(math.sqrt(7 / 3) / 100)
-    assert linear["kid_randconv_std_std_seeds"] == 0.0
+    assert linear["kid_randconv_se_std_seeds"] == 0.0
     assert linear["fid_randconv_ci_low"] == 1.5 and linear["fid_randconv_ci_high"] == pytest.approx(10 / 3)
     assert linear["nll_bpd"] == 3.5 and linear["nll_bpd_std_seeds"] == 0.5
     assert linear["fid_randconv_ddim10"] == pytest.approx(10 / 3)
@@ -189,7 +189,7 @@ def test_table_rows_are_the_mean_and_the_sample_std_over_seeds() -> None:
     assert linear["images_per_second"] == 2.5
     # one seed: its own numbers, no spread; nothing it did not measure, and no non-number
     assert cosine == {
-        "schedule": "cosine", "seeds": "0", "fid_randconv": 5.0, "kid_randconv_mean": 0.05, "kid_randconv_std": 0.001,
+        "schedule": "cosine", "seeds": "0", "fid_randconv": 5.0, "kid_randconv_mean": 0.05, "kid_randconv_se": 0.001,
         "fid_randconv_ddim10": 6.0, "fid_randconv_ddim50": 5.5, "fid_randconv_ddpm100": 4.5,
         "final_loss": 0.2, "steps": 100.0, "train_seconds": 60.0, "images_per_second": 2.5,
     }  # fmt: skip
@@ -204,7 +204,7 @@ def test_table_rows_are_the_mean_and_the_sample_std_over_seeds() -> None:
 def test_a_run_without_a_sweep_keeps_the_likelihoods_numbers() -> None:
     [only] = table_rows([run("cosine", 2, 5.0, 0.2, False, nll_bpd=3.0, nll_bpd_sem=0.01, nll_prior_bpd=0.001)])
     assert only == {
-        "schedule": "cosine", "seeds": "2", "fid_randconv": 5.0, "kid_randconv_mean": 0.05, "kid_randconv_std": 0.001,
+        "schedule": "cosine", "seeds": "2", "fid_randconv": 5.0, "kid_randconv_mean": 0.05, "kid_randconv_se": 0.001,
         "nll_bpd": 3.0, "nll_bpd_sem": 0.01, "nll_prior_bpd": 0.001,
         "final_loss": 0.2, "steps": 100.0, "train_seconds": 62.0, "images_per_second": 2.5,
     }  # fmt: skip

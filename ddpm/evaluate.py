@@ -99,11 +99,11 @@ def _holdout_images(path: Path, shape: tuple[int, ...]) -> Path | None:
         raise UserError(
             f"{path}: the held-out images cannot be read as a .npy array; run `ddpm prepare` again"
         ) from None
-    if held.ndim != 4 or len(held) < 2:
+    if held.ndim and len(held) < 2:
         return None
-    if held.shape[1:] != shape:
-        raise UserError(f"{path}: held-out images are {held.shape[3]}×{held.shape[2]}, but the samples are "
-                        f"{shape[2]}×{shape[1]}; run `ddpm prepare` for the data the model was trained on")  # fmt: skip
+    if held.shape[1:] != shape:  # load_images would say what else is wrong with the file
+        raise UserError(f"{path}: held-out images of shape {held.shape[1:]}, but the samples are {shape}; "
+                        "run `ddpm prepare` for the data the model was trained on")  # fmt: skip
     return path
 
 
@@ -242,15 +242,11 @@ class Evaluation:
         """What `ddpm evaluate` prints: each score with its bootstrap SD or SE, and what they were
         measured with; without a bootstrap, the scores alone and a word that they have no SD."""
         m = self.metrics
+        spreads = ("_sd", "_se", "_sem", "_ci_low", "_ci_high")  # shown beside their score, not on their own
         scores = []
         for key, value in m.items():
-            if not key.startswith(("fid", "kid", "nll_bpd")) or not isinstance(value, float):
-                continue
-            spread = next(((word, m[k]) for word, k in (("SD", f"{key}_sd"), ("SE", key.removesuffix("_mean") + "_se"),
-                           ("SE", f"{key}_sem")) if k in m and k != key), None)  # fmt: skip
-            if key.endswith(("_sd", "_se", "_sem", "_ci_low", "_ci_high")):
-                continue
-            scores.append(f"{key} {value:.4g}" + (f" ({spread[0]} {spread[1]:.2g})" if spread else ""))
+            if key.startswith(("fid", "kid", "nll_bpd")) and isinstance(value, float) and not key.endswith(spreads):
+                scores.append(f"{key} {value:.4g}{_spread(m, key)}")
         if not m.get("bootstrap"):
             scores.append("no SDs (evaluate.bootstrap: 0)")
         if not any(k.endswith("_inf") for k in m):
@@ -258,6 +254,14 @@ class Evaluation:
         real = "from the cache" if self.cached else "computed and cached"
         counts = f"{m['num_samples']} samples, {m['feature_extractor']} features; real features {real}"
         return f"{', '.join(scores)} ({counts}): {self.out}"
+
+
+def _spread(metrics: dict[str, Any], key: str) -> str:
+    """The SD (FID, FID_∞) or standard error (KID, bits/dim) of the score `key`, in words; none without."""
+    for word, name in (("SD", f"{key}_sd"), ("SE", f"{key.removesuffix('_mean')}_se"), ("SE", f"{key}_sem")):
+        if name in metrics:
+            return f" ({word} {metrics[name]:.2g})"
+    return ""
 
 
 def stage(

@@ -129,6 +129,9 @@ def test_evaluate_names_every_metric_after_the_small_extractor(tmp_path: Path, f
     assert not {"fid", "kid_mean", "kid_randconv_std"} & metrics.keys()  # a proxy is never shown as FID
     assert metrics["num_samples"] == 100 and metrics["num_real"] == 200 and metrics["feature_dim"] == 224
     assert len(list((tmp_path / "c").iterdir())) == 2  # the held-out features cached beside the real ones
+    said = ev.Evaluation(metrics, tmp_path / "eval.json", False).summary()
+    assert f"{fid} {metrics[fid]:.4g} (SD {metrics[f'{fid}_sd']:.2g})" in said
+    assert f"{kid}_holdout_mean {metrics[f'{kid}_holdout_mean']:.4g} (SE {metrics[f'{kid}_holdout_se']:.2g})" in said
 
 
 def test_without_a_bootstrap_or_held_out_images_there_is_no_sd_and_no_second_kid(
@@ -147,6 +150,16 @@ def test_without_a_bootstrap_or_held_out_images_there_is_no_sd_and_no_second_kid
     assert not [k for k in metrics if k.endswith(("_sd", "_se", "_ci_low", "_ci_high"))]
     said = ev.Evaluation(metrics, tmp_path / "eval.json", cached).summary()
     assert "no SDs (evaluate.bootstrap: 0)" in said and "no FID_∞" in said and "(SD" not in said
+
+
+def test_held_out_images_of_another_size_are_one_clear_error(tmp_path: Path, flowers: np.ndarray) -> None:
+    samples, real = write(tmp_path, "s.npy", flowers[:10]), write(tmp_path, "r.npy", flowers)
+    holdout = write(tmp_path, "h.npy", synthetic_flowers(4, 16))
+    with pytest.raises(
+        UserError, match=r"h.npy: held-out images of shape \(3, 16, 16\), but the samples are \(3, 32, 32\)"
+    ):
+        ev.evaluate(SMALL, samples, real, holdout, tmp_path / "c", CPU, False)
+    assert not (tmp_path / "c").exists()
 
 
 def test_the_scores_the_likelihood_and_the_resamples_are_written_as_one_set(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import math
 import torch
 
 Z_95 = 1.959963984540054  # the normal quantile of a two-sided 95 % interval
-MATRIX_ELEMENTS = 2**26  # the (C, D, n) product of a chunk of resamples: 512 MB in float64
+MATRIX_ELEMENTS = 2**26  # a chunk of resamples' gathered rows and D × D sums: 512 MB in float64
 FID_INF_SIZES = 5  # Chong & Forsyth fit FID at several N; five is the fewest the issue asks for
 
 
@@ -73,8 +73,11 @@ def fid_of_rows(real: torch.Tensor, fake: torch.Tensor, rows: torch.Tensor, size
         Tr (S_r S_f)^½ = Tr (S_r^½ S_f S_r^½)^½ = Σ sqrt(eigvalsh(A^T A)),   A = C S_r^½ / sqrt(n − 1),
     with C the resample's centred rows (n, D): S_r S_f = S_r^½ (S_r^½ S_f) and S_r^½ S_f S_r^½ =
     (S_r^½ S_f) S_r^½ share their nonzero eigenvalues (XY and YX do), singular S_r included. A^T A
-    (D × D) and the Gram matrix A A^T share theirs too, so the smaller one is decomposed. A row drawn
-    w times enters A once, scaled by sqrt(w), so the Gram form is k × k for the k ≈ 0.63 n distinct rows.
+    (D × D) and the Gram matrix A A^T share theirs too, so the smaller one is decomposed. In the Gram
+    form (`_resample_fid`, one resample at a time) a row drawn w times enters A once, scaled by sqrt(w),
+    so it is k × k for the k ≈ 0.63 n distinct rows; the D × D form (`_nested_fids`) is batched over
+    resamples and gathers each position once for all the sizes, so FID_∞'s five sizes cost about one
+    FID's products and five eigenvalue problems per resample.
     """
     mu_r, sigma_r = gaussian(real)
     root = psd_sqrt(sigma_r)
@@ -84,34 +87,50 @@ def fid_of_rows(real: torch.Tensor, fake: torch.Tensor, rows: torch.Tensor, size
     x_root = x @ root  # every resample's rows of C S_r^½, multiplied once
     shift = mu_r - centre
     rows, trace_r = rows.to(x.device), sigma_r.trace()
-    fids = torch.empty(len(rows), len(sizes), dtype=torch.float64, device=x.device)
-    for j, m in enumerate(sizes):
-        counts = resample_counts(rows[:, :m], len(x))
-        gram = (counts > 0).sum(1) <= x.shape[1]  # at most D distinct rows: the Gram form, one at a time
-        for r in gram.nonzero().flatten().tolist():
-            fids[r, j] = _resample_fid(x, x_root, shift, trace_r, rows[r, :m])
-        wide = (~gram).nonzero().flatten()
-        for chunk in wide.split(max(1, MATRIX_ELEMENTS // (x.shape[1] * len(x)))) if len(wide) else []:
-            fids[chunk, j] = _weighted_fids(x, x_root, shift, trace_r, counts[chunk])
+    # where a resample's first m positions hold at most D distinct rows: the Gram form, one at a time
+    gram = torch.stack([(resample_counts(rows[:, :m], len(x)) > 0).sum(1) <= x.shape[1] for m in sizes], 1)
+    widest = max(b - a for a, b in zip([0, *sizes], sizes, strict=False))  # the most positions one size adds
+    chunk = max(1, MATRIX_ELEMENTS // (x.shape[1] * (widest + x.shape[1])))
+    fids = torch.cat([_nested_fids(x, x_root, shift, trace_r, rows[c], sizes, ~gram[c]) for c in
+                      torch.arange(len(rows), device=x.device).split(chunk)])  # fmt: skip
+    for r, j in gram.nonzero().tolist():
+        fids[r, j] = _resample_fid(x, x_root, shift, trace_r, rows[r, : sizes[j]])
     return fids
 
 
-def _weighted_fids(
-    x: torch.Tensor, x_root: torch.Tensor, shift: torch.Tensor, trace_r: torch.Tensor, counts: torch.Tensor
+def _nested_fids(
+    x: torch.Tensor,
+    x_root: torch.Tensor,
+    shift: torch.Tensor,
+    trace_r: torch.Tensor,
+    rows: torch.Tensor,
+    sizes: list[int],
+    wanted: torch.Tensor,
 ) -> torch.Tensor:
-    """`_resample_fid` of C resamples at once in the D × D form (each with more than D distinct rows),
-    from their counts (C, n): A^T A = (Σ_i w_i r_i r_iᵀ − m μ μᵀ) / (m − 1) with r_i = x_root's rows and
-    μ their weighted mean, one batched eigenvalue problem for all C."""
-    m = counts[0].sum()
-    used = counts.sum(0).nonzero().flatten()  # rows no resample of the chunk draws add nothing
-    w, x, x_root = counts[:, used], x[used], x_root[used]
-    mu_f = w @ x / m
-    trace_f = (w @ x.square().sum(1) - m * mu_f.square().sum(1)) / (m - 1)
-    mu_root = w @ x_root / m
-    second = (x_root.T * w[:, None, :]) @ x_root  # (C, D, D): Σ_i w_i r_i r_iᵀ
-    ata = (second - m * mu_root[:, :, None] * mu_root[:, None, :]) / (m - 1)
-    cross = torch.linalg.eigvalsh(ata).clamp(min=0).sqrt().sum(1)
-    return (shift - mu_f).square().sum(1) + trace_r + trace_f - 2 * cross
+    """`_resample_fid` of the first sizes[k] positions of each of C rows (C, n') at once, in the D × D
+    form, where `wanted` (C, K) says (NaN elsewhere): the sums over positions are accumulated from one
+    size to the next, so every position enters the products once, and A^T A = (Σ_p r_p r_pᵀ − m μ μᵀ)
+    / (m − 1), with r_p = x_root's row at position p and μ their mean, is one batched eigenproblem."""
+    count, dim = len(rows), x.shape[1]
+    sum_x, sum_root = torch.zeros(2, count, dim, dtype=torch.float64, device=x.device)
+    sum_squares = torch.zeros(count, dtype=torch.float64, device=x.device)
+    second = torch.zeros(count, dim, dim, dtype=torch.float64, device=x.device)
+    fids = torch.full((count, len(sizes)), torch.nan, dtype=torch.float64, device=x.device)
+    for k, (start, m) in enumerate(zip([0, *sizes], sizes, strict=False)):
+        added, rooted = x[rows[:, start:m]], x_root[rows[:, start:m]]  # (C, m − start, D): the new positions
+        sum_x += added.sum(1)
+        sum_squares += added.square().sum((1, 2))
+        sum_root += rooted.sum(1)
+        second += rooted.transpose(1, 2) @ rooted
+        chosen = wanted[:, k]
+        if not chosen.any():
+            continue
+        mu_f, mu_root = sum_x[chosen] / m, sum_root[chosen] / m
+        trace_f = (sum_squares[chosen] - m * mu_f.square().sum(1)) / (m - 1)
+        ata = (second[chosen] - m * mu_root[:, :, None] * mu_root[:, None, :]) / (m - 1)
+        cross = torch.linalg.eigvalsh(ata).clamp(min=0).sqrt().sum(1)
+        fids[chosen, k] = (shift - mu_f).square().sum(1) + trace_r + trace_f - 2 * cross
+    return fids
 
 
 def _resample_fid(

@@ -51,14 +51,22 @@ def test_the_seed_fixes_the_resamples() -> None:
     assert not torch.allclose(first, metrics.fid_bootstrap(real, fake, 20, seed=1))
 
 
-def test_each_resamples_nested_subsets_are_the_fid_of_their_first_rows() -> None:
-    real = normal(300, 6, 0) @ normal(6, 6, 1)
-    fake = normal(50, 6, 2) * 0.7 + 0.2
-    rows, sizes = metrics.bootstrap_indices(50, 3, seed=0), metrics.fid_sizes(50)
+@pytest.mark.parametrize("chunk", [2**26, 1], ids=["one chunk", "a resample a chunk"])
+def test_each_resamples_nested_subsets_are_the_fid_of_their_first_rows(chunk: int, monkeypatch) -> None:
+    """n = 50 in 9-d: the first size, 10 positions, holds 9 distinct rows in some resamples (the Gram
+    form) and 10 in others (the batched D × D form), so both meet in one call."""
+    monkeypatch.setattr(metrics, "MATRIX_ELEMENTS", chunk)
+    real = normal(300, 9, 0) @ normal(9, 9, 1)
+    fake = normal(50, 9, 2) * 0.7 + 0.2
+    rows, sizes = metrics.bootstrap_indices(50, 6, seed=0), metrics.fid_sizes(50)
+    assert sorted({len(set(drawn[:10].tolist())) for drawn in rows}) == [9, 10]
     values = metrics.fid_of_rows(real, fake, rows, sizes)
     expected = [[metrics.frechet_distance(real, fake[drawn[:m]]) for m in sizes] for drawn in rows]
-    assert values.shape == (3, 5) and values.tolist() == [pytest.approx(row, rel=1e-10) for row in expected]
-    assert torch.equal(values[:, -1], metrics.fid_bootstrap(real, fake, 3, seed=0))  # size n: FID_N's resamples
+    # 10 rows in 9-d: a singular S_f, where frechet_distance's own eigenvalues are good to ~1.5e-8 (above)
+    assert values[:, 0].tolist() == pytest.approx([row[0] for row in expected], rel=5e-8)
+    assert values[:, 1:].tolist() == [pytest.approx(row[1:], rel=1e-10) for row in expected]
+    # size n: FID_N's resamples, to the rounding of sums gathered size by size
+    assert values[:, -1].tolist() == pytest.approx(metrics.fid_bootstrap(real, fake, 6, seed=0).tolist(), rel=1e-12)
 
 
 def test_the_bootstrap_sds_match_the_spread_over_fresh_draws() -> None:

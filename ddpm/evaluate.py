@@ -291,7 +291,7 @@ def stage(
         terms = []  # without the likelihood, a header alone: the file the pipeline expects is there
         if trained:
             bound, terms = likelihood(config.evaluate, config.sample, trained, holdout, device)
-            metrics |= bound
+            metrics |= bound  # (its per-image bits/dim go into draws as `nll_bpd`, resamples.npz's paired NLL)
         write_scores(metrics, terms, draws, out)
         if tracked.store and drawn:
             log_evaluation(tracked.store, drawn, config.evaluate.model_dump(mode="json"), metrics, samples.parent, out)

@@ -246,7 +246,7 @@ def evaluate(
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """FID (95 % interval), KID; bits/dim of held-out images."""
+    """FID ± SD, FID_∞, KID ± SE; bits/dim of held-out images."""
     cfg = _load(config, set_, EVALUATE_PARAMS, beta_schedule=beta_schedule, feature_extractor=feature_extractor,
                 inception_weights=inception_weights)  # fmt: skip
     from ddpm.distributed import device_named

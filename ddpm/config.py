@@ -152,14 +152,13 @@ def _unique_steps(steps: list[int]) -> list[int]:
     return sorted(steps)
 
 
-# A 95 % interval leaves out 2.5 % of the bootstrap resamples at each end: with fewer than 1 / 0.025,
-# no resample lies beyond an end, and the interval is the extremes of the few there are. The
-# resamples' indices are held at once (resamples × samples), so a count past MAX_BOOTSTRAP asks for
-# memory the ends' precision no longer needs.
+# The resamples give SDs and standard errors, each itself uncertain by about 1/√(2B): 11 % at 40
+# resamples, which is as loose as a reported error bar should be. Their indices are held at once
+# (resamples × samples), so a count past MAX_BOOTSTRAP asks for memory the SDs no longer need.
 MIN_BOOTSTRAP, MAX_BOOTSTRAP = 40, 10_000
-BOOTSTRAP_COUNT = (f"0 (no interval) or from {MIN_BOOTSTRAP} to {MAX_BOOTSTRAP} resamples: a 95 % interval leaves out "
-                   f"2.5 % of them at each end, which takes {MIN_BOOTSTRAP} for one on each side; past "
-                   f"{MAX_BOOTSTRAP} the resamples' indices cost memory, not precision")  # fmt: skip
+BOOTSTRAP_COUNT = (f"0 (no SDs) or from {MIN_BOOTSTRAP} to {MAX_BOOTSTRAP} resamples: an SD from fewer is itself "
+                   f"uncertain by more than 11 %; past {MAX_BOOTSTRAP} the resamples' indices cost memory, "
+                   "not precision")  # fmt: skip
 
 
 def _enough_resamples(count: int) -> int:
@@ -178,9 +177,7 @@ class EvaluateConfig(Section):
     # with antialiasing (clean-fid's argument). Only FIDs with the same resize can be compared.
     resize: Literal["legacy", "antialias"] = "legacy"
     batch_size: PositiveInt = 200  # images per forward pass of the extractor
-    kid_subsets: PositiveInt = 100
-    kid_subset_size: PositiveInt = 1000
-    # FID's 95 % interval from this many bootstrap resamples of the samples' features; 0: none
+    # bootstrap resamples of the samples' features, for the SDs of FID and FID_∞ and the SE of KID; 0: none
     bootstrap: Annotated[Int, Field(ge=0, description=BOOTSTRAP_COUNT), AfterValidator(_enough_resamples)] = 200
     # the negative log-likelihood bound (bits/dim) on all the held-out images (data.holdout) or this many; 0: none
     nll_images: Literal["all"] | Annotated[Int, Field(ge=0)] = "all"

@@ -20,12 +20,13 @@ from ddpm.checkpoint import Trained, load_trained
 from ddpm.config import Config, EvaluateConfig, SampleConfig, SweepConfig
 from ddpm.data import load_images, to_unit_range
 from ddpm.errors import UserError
+from ddpm.estimates import estimates
 from ddpm.fastpath import FastPath
 from ddpm.features import extract_features, load_extractor, real_features
 from ddpm.files import atomic_outputs, folder_lock, sha256_hex, write_json
 from ddpm.layout import MODEL, NLL_TERMS, RESAMPLES, SAMPLES_ORIGIN, RunFolder, run_folder_of
 from ddpm.memorization import measure
-from ddpm.metrics import fid_basic_interval, fid_bootstrap, frechet_distance, kernel_distance
+from ddpm.metrics import FID_INF_SIZES, frechet_distance
 from ddpm.origin import check_samples, read_origin
 from ddpm.sample import generate
 
@@ -34,47 +35,33 @@ def evaluate(
     cfg: EvaluateConfig,
     samples_path: Path,
     real_path: Path,
+    holdout_path: Path,
     cache_dir: Path,
     device: torch.device,
     progress: bool = True,
     ready: Callable[[], None] | None = None,
-) -> tuple[dict[str, Any], bool]:
-    """FID (with its 95 % bootstrap interval where evaluate.bootstrap > 0) and KID of the samples at
-    `samples_path` against the prepared images at `real_path`;
-    the metrics (numbers and what they were measured with) and whether the real features were cached.
+) -> tuple[dict[str, Any], dict[str, np.ndarray], bool]:
+    """FID_N, FID_∞ and KID (ddpm.estimates) of the samples at `samples_path` against the prepared
+    images at `real_path`, and KID against the held-out images at `holdout_path` where there are at
+    least 2 of them: the metrics (numbers and what they were measured with), each bootstrapped
+    score's values over the evaluate.bootstrap resamples, and whether the real features were cached.
     `ready` is called once the inputs are checked, before the work (the CLI opens MLflow there)."""
     fake, real = load_images(samples_path), load_images(real_path)
-    if fake.shape[1:] != real.shape[1:]:
-        raise UserError(
-            f"{samples_path}: samples are {fake.shape[3]}×{fake.shape[2]}, but the real images ({real_path}) are "
-            f"{real.shape[3]}×{real.shape[2]}; evaluate samples of a model trained on these images"
-        )
-    for path, images in ((samples_path, fake), (real_path, real)):
-        if len(images) < max(2, cfg.kid_subset_size):
-            raise UserError(
-                f"{path}: {len(images)} images, fewer than evaluate.kid_subset_size = {cfg.kid_subset_size} "
-                "(and FID needs at least 2); draw more samples (sample.num_samples) or lower evaluate.kid_subset_size"
-            )
+    _check_inputs(samples_path, fake, real_path, real)
+    holdout = _holdout_images(holdout_path, fake.shape[1:])
     extractor = load_extractor(cfg, device)
     if ready:
         ready()
     digest = sha256_hex(real_path)
     real_f, cached = real_features(extractor, real_path, digest, cfg.batch_size, cache_dir, device, progress)
+    holdout_f = None
+    if holdout:  # cached as the training images' are, by the file's sha256
+        holdout_f, _ = real_features(
+            extractor, holdout, sha256_hex(holdout), cfg.batch_size, cache_dir, device, progress
+        )
     fake_f = extract_features(extractor, fake, cfg.batch_size, device, "features samples", progress)
-    kid_mean, kid_std = kernel_distance(real_f, fake_f, cfg.kid_subsets, cfg.kid_subset_size)
-    s = extractor.suffix
-    fid = frechet_distance(real_f, fake_f)
-    interval = {}
-    if cfg.bootstrap:
-        # on the device: 200 products and eigenvalue problems of 2048² take seconds on a GPU, minutes on a CPU
-        resampled = fid_bootstrap(real_f.to(device), fake_f.to(device), cfg.bootstrap)
-        low, high = fid_basic_interval(fid, resampled.cpu())
-        interval = {f"fid{s}_ci_low": low, f"fid{s}_ci_high": high, "bootstrap": cfg.bootstrap}
-    metrics = {
-        f"fid{s}": fid,
-        **interval,
-        f"kid{s}_mean": kid_mean,
-        f"kid{s}_std": kid_std,
+    metrics, draws = estimates(real_f, fake_f, holdout_f, extractor.suffix, cfg.bootstrap, device)
+    metrics |= {
         "num_samples": len(fake),
         "num_real": len(real),
         "real_sha256": digest,
@@ -85,7 +72,41 @@ def evaluate(
         "resize": extractor.resize,
         **measure(fake, real, fake_f, real_f, device),  # how near the samples lie to the training images
     }
-    return metrics, cached
+    return metrics, draws, cached
+
+
+def _check_inputs(samples_path: Path, fake: np.ndarray, real_path: Path, real: np.ndarray) -> None:
+    """One line for samples and real images of different sizes, or fewer than 2 of either: FID needs a
+    covariance, KID a pair. (FID_∞ needs 10 samples; with fewer, eval.json has none, and says so.)"""
+    if fake.shape[1:] != real.shape[1:]:
+        raise UserError(
+            f"{samples_path}: samples are {fake.shape[3]}×{fake.shape[2]}, but the real images ({real_path}) are "
+            f"{real.shape[3]}×{real.shape[2]}; evaluate samples of a model trained on these images"
+        )
+    if len(fake) < 2:
+        raise UserError(f"{samples_path}: {len(fake)} sample; FID and KID need at least 2 (sample.num_samples)")
+    if len(real) < 2:
+        raise UserError(f"{real_path}: {len(real)} real image; FID and KID need at least 2")
+
+
+def _holdout_images(path: Path, shape: tuple[int, ...]) -> Path | None:
+    """The held-out images for KID against images training never saw: `path` where it holds at least
+    2 images of the samples' `shape`; None where there is no such file or fewer than 2 (data.holdout
+    below 2), and then eval.json has no kid_holdout (the report says so)."""
+    if not path.is_file():
+        return None
+    try:
+        held = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        raise UserError(
+            f"{path}: the held-out images cannot be read as a .npy array; run `ddpm prepare` again"
+        ) from None
+    if held.ndim and len(held) < 2:
+        return None
+    if held.shape[1:] != shape:  # load_images would say what else is wrong with the file
+        raise UserError(f"{path}: held-out images of shape {held.shape[1:]}, but the samples are {shape}; "
+                        "run `ddpm prepare` for the data the model was trained on")  # fmt: skip
+    return path
 
 
 # --- the likelihood bound on held-out images ---------------------------------------------------------
@@ -234,13 +255,29 @@ class Evaluation:
     cached: bool
 
     def summary(self) -> str:
-        """What `ddpm evaluate` prints: the scores, and what they were measured with."""
+        """What `ddpm evaluate` prints: each score with its bootstrap SD or SE, and what they were
+        measured with; without a bootstrap, the scores alone and a word that they have no SD."""
         m = self.metrics
-        shown = ("fid", "kid", "nll_bpd")
-        scores = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k.startswith(shown) and isinstance(v, float))
+        spreads = ("_sd", "_se", "_sem", "_ci_low", "_ci_high")  # shown beside their score, not on their own
+        scores = []
+        for key, value in m.items():
+            if key.startswith(("fid", "kid", "nll_bpd")) and isinstance(value, float) and not key.endswith(spreads):
+                scores.append(f"{key} {value:.4g}{_spread(m, key)}")
+        if not m.get("bootstrap"):
+            scores.append("no SDs (evaluate.bootstrap: 0)")
+        if not any(k.endswith("_inf") for k in m):
+            scores.append(f"no FID_∞ (it fits {FID_INF_SIZES} subset sizes of at least 2 samples)")
         real = "from the cache" if self.cached else "computed and cached"
         counts = f"{m['num_samples']} samples, {m['feature_extractor']} features; real features {real}"
-        return f"{scores} ({counts}): {self.out}"
+        return f"{', '.join(scores)} ({counts}): {self.out}"
+
+
+def _spread(metrics: dict[str, Any], key: str) -> str:
+    """The SD (FID, FID_∞) or standard error (KID, bits/dim) of the score `key`, in words; none without."""
+    for word, name in (("SD", f"{key}_sd"), ("SE", f"{key.removesuffix('_mean')}_se"), ("SE", f"{key}_sem")):
+        if name in metrics:
+            return f" ({word} {metrics[name]:.2g})"
+    return ""
 
 
 def stage(
@@ -261,11 +298,13 @@ def stage(
     trained = _likelihood_model(config.evaluate, samples, checkpoint, holdout, device)
     kept = checkpoint.parent if checkpoint else out.parent  # where MLflow writes that must wait are kept
     with folder_lock(out.parent), session(config.tracking, kept) as tracked:
-        metrics, cached = evaluate(config.evaluate, samples, data, cache_dir, device, ready=tracked.open)
+        metrics, draws, cached = evaluate(
+            config.evaluate, samples, data, holdout, cache_dir, device, ready=tracked.open
+        )
         metrics["samples_sha256"] = samples_sha256  # so that compare never pairs these with other samples
         if checkpoint is not None and checkpoint.is_file():  # nor with another model
             metrics["checkpoint_sha256"] = sha256_hex(checkpoint)
-        terms, draws = [], {}  # without the likelihood, a header alone: the file the pipeline expects is there
+        terms = []  # without the likelihood, a header alone: the file the pipeline expects is there
         if trained:
             bound, terms, draws["nll_bpd"] = likelihood(config.evaluate, config.sample, trained, holdout, device)
             metrics |= bound
@@ -300,22 +339,23 @@ def _scored_model(samples: Path, drawn: dict[str, Any] | None, checkpoint: Path 
 def write_scores(
     metrics: dict[str, Any], terms: np.ndarray | list[float], draws: dict[str, np.ndarray], out: Path
 ) -> None:
-    """eval.json (`metrics`), the bound's per-timestep terms in nll_terms.csv and `draws` in
-    resamples.npz beside it, as one set, eval.json recording the sha256 of the files it goes with
-    (compare checks nll_terms.csv's). The terms as CSV: t (the paper's, 1 = the decoder L_0), bits/dim; no terms,
-    the header alone. `draws`: arrays keyed by the eval.json key whose spread they give (e.g. nll_bpd:
-    each held-out image's bound), for the paired verdicts."""
+    """eval.json (`metrics`), the bound's per-timestep terms in nll_terms.csv and the per-resample values
+    `draws` in resamples.npz beside it, as one set, eval.json recording the sha256 of the files it goes
+    with (compare checks them). The terms as CSV: t (the paper's, 1 = the decoder L_0), bits/dim; no
+    terms, the header alone. `draws`: each score's values keyed by its eval.json name, (B,) over the
+    bootstrap resamples (`ddpm.estimates`); the likelihood's per-image bits/dim go in it as `nll_bpd`.
+    Without a bootstrap (and likelihood) the archive is empty, so the stage's outputs are always there."""
     rows = "".join(f"{t},{v!r}\n" for t, v in enumerate(np.asarray(terms).tolist(), start=1))
     table = f"t,bpd\n{rows}".encode()  # encoded first, so that a full disk says the whole size
-    metrics["nll_terms_sha256"] = hashlib.sha256(table).hexdigest()
     archive = io.BytesIO()
-    np.savez(archive, **draws)
-    resamples = archive.getvalue()
-    metrics["resamples_sha256"] = hashlib.sha256(resamples).hexdigest()
+    np.savez(archive, **{key: np.asarray(values, dtype=np.float64) for key, values in draws.items()})
+    resampled = archive.getvalue()
+    metrics["nll_terms_sha256"] = hashlib.sha256(table).hexdigest()
+    metrics["resamples_sha256"] = hashlib.sha256(resampled).hexdigest()
     scores = (json.dumps(metrics, indent=2) + "\n").encode()
     with atomic_outputs() as output:
         output(out.parent / NLL_TERMS, len(table)).write_bytes(table)
-        output(out.parent / RESAMPLES, len(resamples)).write_bytes(resamples)
+        output(out.parent / RESAMPLES, len(resampled)).write_bytes(resampled)
         output(out, len(scores)).write_bytes(scores)
 
 

@@ -9,7 +9,7 @@ module of ddpm spells one out (tests/test_layout.py checks that). A trained mode
         train.json          the run's numbers; losses.csv its loss curve
         mlflow_run.json     the MLflow run of the model (tracking on)
         samples/            samples.npy, samples.json, grid.png, progression.png/.gif   ddpm sample
-        eval.json           FID, KID, bits/dim; nll_terms.csv; mlflow_eval_run.json  ddpm evaluate
+        eval.json           FID, KID, bits/dim; nll_terms.csv; resamples.npz; mlflow_eval_run.json  ddpm evaluate
         sweep.json          FID against sampling steps                    ddpm sweep
         mlflow-pending.jsonl  MLflow writes kept for the next command there (ddpm.pending),
         .mlflow-pending-*     with the pictures and copies of files that they upload

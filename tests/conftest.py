@@ -33,8 +33,6 @@ TINY = {
     "sample": {"num_samples": 4, "batch_size": 4, "sampler": "ddim", "ddim_steps": 5},
     "evaluate": {
         "feature_extractor": "randconv",
-        "kid_subsets": 10,
-        "kid_subset_size": 4,
         "bootstrap": 40,  # the fewest for a 95 % interval
         "nll_images": 0,
     },

@@ -25,7 +25,7 @@ def test_help_lists_every_command_with_a_description() -> None:
         "train": "Train the UNet (Algorithm 1); write a checkpoint.",
         "sample": "Draw samples (DDPM or DDIM); write them + pictures.",
         "schedules": "Draw alphā(t), log-SNR(t) and the forward process per schedule.",
-        "evaluate": "FID (95 % interval), KID; bits/dim of held-out images.",
+        "evaluate": "FID ± SD, FID_∞, KID ± SE; bits/dim of held-out images.",
         "sweep": "FID against the number of sampling steps (DDIM, DDPM).",
         "compare": "Compare schedules over seeds: table, noise, curves, samples.",
         "import": "Bring published weights in as a ddpm checkpoint.",
@@ -43,7 +43,9 @@ def test_every_command_takes_config_and_set() -> None:
 def test_help_lists_the_allowed_values_and_version_prints_the_package_version() -> None:
     from importlib.metadata import version
 
-    from ddpm.config import SampleConfig, ScheduleName, get_args
+    from typing import get_args
+
+    from ddpm.config import SampleConfig, ScheduleName
     from ddpm.schedules import SCHEDULES
     from ddpm.unet import PRESETS
 

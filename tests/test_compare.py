@@ -28,7 +28,7 @@ from ddpm.verdicts import ONE_SEED, judge
 
 EVALUATION = {
     "sample": {"num_samples": 40, "batch_size": 40},
-    "evaluate": {"kid_subset_size": 20, "bootstrap": 50, "nll_images": 4},
+    "evaluate": {"bootstrap": 50, "nll_images": 4},
     "sweep": {"steps": [2, 5], "num_samples": 20},
     "seeds": [0],
 }
@@ -254,7 +254,7 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
     assert scored.data.metrics["nll_bpd"] == pytest.approx(metrics["nll_bpd"])
     assert scored.data.metrics["fid_randconv_ci_high"] == pytest.approx(metrics["fid_randconv_ci_high"])
     assert scored.data.tags["feature_extractor"] == "randconv" and scored.data.tags["num_samples"] == "40"
-    assert scored.data.params["evaluate.kid_subset_size"] == "20" and scored.data.params["sample.num_samples"] == "40"
+    assert scored.data.params["evaluate.bootstrap"] == "50" and scored.data.params["sample.num_samples"] == "40"
     assert "num_samples" not in scored.data.metrics  # counts are tags, not metrics drawn as bar charts
     assert {a.path for a in client.list_artifacts(child)} == {"eval.json", "nll_terms.csv", "samples"}
     # the samples were drawn outside MLflow here, so evaluate made the model's run: one per checkpoint
@@ -277,13 +277,13 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
     assert "real features from the cache" in again.stdout
     assert len(mlflow_runs(project, every=True)) == len(found)
     # another evaluation configuration of the same samples is a new child, beside the first
-    other = invoke("evaluate", "--beta-schedule", "linear", "--set", "evaluate.kid_subsets=5", cwd=project)
+    other = invoke("evaluate", "--beta-schedule", "linear", "--set", "evaluate.bootstrap=40", cwd=project)
     assert other.exit_code == 0, other.stderr
     children = [
         r for r in mlflow_runs(project, every=True)
         if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and r.data.tags["ddpm.kind"] == "evaluation"
     ]  # fmt: skip
-    assert sorted(r.data.params["evaluate.kid_subsets"] for r in children) == ["10", "5"]
+    assert sorted(r.data.params["evaluate.bootstrap"] for r in children) == ["40", "50"]
 
 
 @pytest.mark.slow

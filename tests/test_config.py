@@ -12,8 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 SEED = "a seed, an integer from 0 to 2^64 - 1"  # what torch's and numpy's generators both take
 SEEDS = "a list of distinct seeds, integers from 0 to 2^64 - 1"
 BOOTSTRAP = (
-    "0 (no interval) or from 40 to 10000 resamples: a 95 % interval leaves out 2.5 % of them at each end, "
-    "which takes 40 for one on each side; past 10000 the resamples' indices cost memory, not precision"
+    "0 (no SDs) or from 40 to 10000 resamples: an SD from fewer is itself uncertain by more than 11 %; "
+    "past 10000 the resamples' indices cost memory, not precision"
 )
 
 
@@ -142,7 +142,7 @@ def test_config_round_trips_through_json() -> None:
     assert Config.model_validate(config.model_dump(mode="json")) == config
 
 
-def test_the_bootstrap_takes_0_or_enough_resamples_for_a_95_percent_interval(tmp_path: Path) -> None:
+def test_the_bootstrap_takes_0_or_enough_resamples_for_an_sd(tmp_path: Path) -> None:
     for resamples in (0, 40, 200, 10_000):
         assert load_config(write(tmp_path, f"evaluate:\n  bootstrap: {resamples}\n")).evaluate.bootstrap == resamples
 

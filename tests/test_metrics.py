@@ -1,9 +1,10 @@
 """The statistics of ddpm/metrics.py against closed forms computed another way: the Gaussians' moments
-by hand, FID of features whose means and covariances are known, KID by a written-out double loop, the
-basic interval's formula on hand-made bootstrap values, the resamples' rows pinned. Pure and fast: these
-are the tests the mutation run (docs/testing.md) holds the statistics to."""
+by hand, FID of features whose means and covariances are known, KID and its resamples by a written-out
+double loop, FID_∞'s fit by numpy's polyfit, the centred interval by hand, the resamples' rows pinned.
+Pure and fast: these are the tests the mutation run (docs/testing.md) holds the statistics to."""
 
 import math
+import statistics
 
 import mpmath
 import numpy as np
@@ -129,51 +130,68 @@ def test_a_resample_of_as_many_distinct_rows_as_dimensions_takes_the_gram_form()
     assert metrics.fid_bootstrap(real, fake, 1, seed=0).item() == pytest.approx(expected, rel=1e-12)
 
 
-def test_the_basic_interval_reflects_the_quantiles_around_the_estimate() -> None:
-    values = torch.linspace(0.0, 1.0, 101, dtype=torch.float64)  # the q-quantile is q, exactly
-    # level 0.9: quantiles 0.05 and 0.95; [2·1 − 0.95, 2·1 − 0.05]
-    assert metrics.fid_basic_interval(1.0, values, level=0.9) == pytest.approx((1.05, 1.95), abs=1e-12)
-    # the default level, 0.95: quantiles 0.025 and 0.975
-    assert metrics.fid_basic_interval(1.0, values) == pytest.approx((1.025, 1.975), abs=1e-12)
-    assert metrics.fid_basic_interval(0.3, values * 0.2, level=0.5) == pytest.approx((0.45, 0.55), abs=1e-12)
-    # both ends reflected below 0 are clamped there
-    assert metrics.fid_basic_interval(0.01, values + 0.05, level=0.9) == (0.0, 0.0)
+def test_the_interval_is_centred_on_the_point_and_clamped_at_zero() -> None:
+    assert metrics.centred_interval(10.0, 2.0) == pytest.approx((10.0 - 3.919928, 10.0 + 3.919928), abs=1e-6)
+    assert metrics.centred_interval(1.0, 2.0) == (0.0, pytest.approx(1.0 + 3.919928, abs=1e-6))
+    assert metrics.Z_95 == pytest.approx(statistics.NormalDist().inv_cdf(0.975), rel=1e-15)
 
 
-@pytest.mark.parametrize("level", [0.0, 1.0, 1.5, -0.1])
-def test_the_interval_refuses_a_level_outside_zero_to_one(level: float) -> None:
-    with pytest.raises(ValueError, match=f"^level {level}: a confidence level lies strictly between 0 and 1$"):
-        metrics.fid_basic_interval(1.0, torch.ones(10, dtype=torch.float64), level=level)
+def test_fid_infinity_is_numpys_least_squares_line_in_one_over_n_at_zero() -> None:
+    sizes = [20, 40, 60, 80, 100]
+    fids = torch.tensor([[3.1, 2.4, 2.3, 2.05, 2.0], [1.0, 0.2, 0.5, 0.1, 0.3]], dtype=torch.float64)
+    expected = [np.polyfit(1 / np.array(sizes), row, 1)[1] for row in fids.numpy()]
+    assert metrics.fid_infinity_fit(fids, sizes).tolist() == pytest.approx(expected, rel=1e-12)
+    exact = 1.5 + 40 / torch.tensor(sizes, dtype=torch.float64)  # on the line a + b/N: its intercept a
+    assert metrics.fid_infinity_fit(exact, sizes).item() == pytest.approx(1.5, rel=1e-12)
 
 
-def kid_by_loops(real: torch.Tensor, fake: torch.Tensor, subsets: int, m: int) -> tuple[float, float]:
-    """KID written out: per subset (drawn as kernel_distance draws them: a permutation of the real rows, then
-    of the fake rows, from one generator seeded 0), Σ_{i≠j} k(x_i, x_j) + Σ_{i≠j} k(y_i, y_j) over m(m − 1)
-    less 2 Σ_{i,j} k(x_i, y_j) over m², k(a, b) = (a·b / D + 1)³ in Python floats; mean and population std."""
-    generator = torch.Generator().manual_seed(0)
-    dim = real.shape[1]
+def test_fid_infinity_takes_five_nested_subsets_from_n_over_5_to_n() -> None:
+    assert metrics.fid_sizes(10) == [2, 4, 6, 8, 10] and metrics.fid_sizes(10_000) == [2000, 4000, 6000, 8000, 10000]
+    assert metrics.fid_sizes(13) == [2, 5, 7, 10, 13]
+    with pytest.raises(ValueError, match="9 samples: FID_∞ fits FID at 5 subset sizes of at least 2, so needs 10"):
+        metrics.fid_sizes(9)
+    real, fake = whitened(60, 4, 0), whitened(45, 4, 1) * 1.5 + 0.2
+    fids, sizes = metrics.fid_infinity_subsets(real, fake)
+    order = torch.randperm(45, generator=torch.Generator().manual_seed(0))  # one permutation: nested, no repeats
+    expected = [metrics.frechet_distance(real, fake[order[:m]]) for m in sizes]
+    assert sizes == [9, 18, 27, 36, 45] and fids.tolist() == pytest.approx(expected, rel=1e-10)
+    assert fids[-1].item() == pytest.approx(metrics.frechet_distance(real, fake), rel=1e-10)  # all: FID_N
+
+
+def kid_by_loops(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """MMD²_u written out (Bińkowski et al. 2018, eq. 4) in Python floats: Σ_{i≠j} k(x_i, x_j) / (m(m − 1))
+    + Σ_{i≠j} k(y_i, y_j) / (n(n − 1)) − 2 Σ_{i,j} k(x_i, y_j) / (mn), k(a, b) = (a·b / D + 1)³; a row
+    repeated in `fake` is two positions, paired with each other as with any other."""
+    x, y, dim = real.tolist(), fake.tolist(), real.shape[1]
 
     def k(a: list[float], b: list[float]) -> float:
         return (sum(p * q for p, q in zip(a, b, strict=True)) / dim + 1) ** 3
 
-    scores = []
-    for _ in range(subsets):
-        x = [real[i].tolist() for i in torch.randperm(len(real), generator=generator)[:m]]
-        y = [fake[i].tolist() for i in torch.randperm(len(fake), generator=generator)[:m]]
-        within = sum(k(x[i], x[j]) + k(y[i], y[j]) for i in range(m) for j in range(m) if i != j)
-        across = sum(k(x[i], y[j]) for i in range(m) for j in range(m))
-        scores.append(within / (m * (m - 1)) - 2 * across / m**2)
-    mean = sum(scores) / subsets
-    return mean, math.sqrt(sum((s - mean) ** 2 for s in scores) / subsets)
+    m, n = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    return xx + yy - 2 * sum(k(a, b) for a in x for b in y) / (m * n)
 
 
-def test_kid_is_the_unbiased_mmd_of_the_cubic_kernel_over_subsets() -> None:
+def test_kid_is_the_unbiased_mmd_of_the_cubic_kernel_over_all_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     g = torch.Generator().manual_seed(0)
     real = torch.randn(12, 5, generator=g)  # float32, as features come: the statistics are float64
     fake = torch.randn(10, 5, generator=g) * 1.3 + 0.4
-    torch.manual_seed(1)  # the subsets come from a generator of KID's own, seeded 0, not from the global one
-    mean, std = metrics.kernel_distance(real, fake, subsets=4, subset_size=6)
-    expected_mean, expected_std = kid_by_loops(real, fake, 4, 6)
-    assert expected_std > 0.1 * abs(expected_mean) > 0  # the subsets differ: the std is tested too
-    assert mean == pytest.approx(expected_mean, rel=1e-12)
-    assert std == pytest.approx(expected_std, rel=1e-12)
+    expected = kid_by_loops(real.double(), fake.double())
+    assert metrics.kernel_distance(real, fake) == pytest.approx(expected, rel=1e-12)
+    monkeypatch.setattr(metrics, "KERNEL_BLOCK", 3)  # blocks that do not divide the rows: the same sums
+    assert metrics.kernel_distance(real, fake) == pytest.approx(expected, rel=1e-12)
+
+
+def test_kid_of_each_resample_is_the_u_statistic_of_its_materialised_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = torch.Generator().manual_seed(1)
+    real, fake = (
+        torch.randn(9, 4, generator=g, dtype=torch.float64),
+        torch.randn(8, 4, generator=g, dtype=torch.float64),
+    )
+    indices = metrics.bootstrap_indices(8, 4, seed=2)
+    weights = metrics.resample_counts(indices, 8)
+    assert weights.sum(1).tolist() == [8.0] * 4 and (weights > 1).any()  # rows repeated
+    monkeypatch.setattr(metrics, "KERNEL_BLOCK", 3)
+    values = metrics.kid_of_weights(real, fake, weights, metrics.pair_sums(fake, weights))
+    assert values.tolist() == pytest.approx([kid_by_loops(real, fake[drawn]) for drawn in indices], rel=1e-12)

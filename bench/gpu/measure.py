@@ -70,8 +70,6 @@ class Sizes:
     cli_min_steps: int = 100
     cli_samples: int = 1024  # 4 batches of one shape: one compile, one set of CUDA graphs
     cli_sample_batch: int = 256
-    kid_subset_size: int = 500
-    kid_subsets: int = 10  # KID's float64 subsets cost seconds each on the host at 100
 
 
 GPU = Sizes()
@@ -80,7 +78,6 @@ DRY = replace(
     timing=tp.Timing(steps=1, warmup=0, repeats=1), sample_images=2, sample_steps=25, ddim_steps=5, ddim_repeats=1,
     cli_preset="tiny", cli_size=8, cli_images=10, cli_holdout=2, cli_batch=4, cli_min_steps=4, cli_samples=4,
     cli_sample_batch=4,
-    kid_subset_size=2, kid_subsets=2,
 )  # fmt: skip
 CLI_RESERVE = 120  # seconds the cli step keeps for compiling the step, sampling, evaluating (bits/dim too), comparing
 GUESSED_CLI_SPEED = 500.0  # img/s to size the training with when train64 measured nothing: low, to end in time
@@ -229,9 +226,7 @@ def run_commands(ctx: Context, folder: Path) -> None:
     ctx.figures.put({"cli.sample.img_s": s.cli_samples / seconds})
     shutil.copy(folder / "runs/linear/seed0/samples/grid.png", ctx.out / "cli-grid.png")
     extractor = carried_inception(ctx)
-    seconds = timed_command(ctx, "evaluate", ["evaluate", "--beta-schedule", "linear", "--feature-extractor",
-                                              extractor, "--set", f"evaluate.kid_subset_size={s.kid_subset_size}",
-                                              "--set", f"evaluate.kid_subsets={s.kid_subsets}",
+    seconds = timed_command(ctx, "evaluate", ["evaluate", "--beta-schedule", "linear", "--feature-extractor", extractor,
                                               "--set", f"evaluate.nll_images={s.cli_holdout}", *base])  # fmt: skip
     scores = json.loads(Path("runs/linear/seed0/eval.json").read_text())
     suffix = "" if extractor == "inception" else f"_{extractor}"

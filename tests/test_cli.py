@@ -42,8 +42,9 @@ def test_every_command_takes_config_and_set() -> None:
 
 def test_help_lists_the_allowed_values_and_version_prints_the_package_version() -> None:
     from importlib.metadata import version
+    from typing import get_args
 
-    from ddpm.config import SampleConfig, ScheduleName, get_args
+    from ddpm.config import SampleConfig, ScheduleName
     from ddpm.schedules import SCHEDULES
     from ddpm.unet import PRESETS
 

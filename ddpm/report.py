@@ -104,6 +104,8 @@ def _cell(row: dict[str, Any], key: str, digits: str) -> str:
         return f"{text} ± {row[f'{key}_std_seeds']:{digits}}"
     if f"{key}_ci_low" in row:
         return f"{text} [{row[f'{key}_ci_low']:{digits}}, {row[f'{key}_ci_high']:{digits}}]"
+    if f"{key}_sd" in row:  # a sweep point of one seed: ± its bootstrap SD
+        return f"{text} ± {row[f'{key}_sd']:{digits}}"
     return text
 
 
@@ -116,7 +118,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         f"{fid}{interval}",
         f"{kid} (± std)",
         "NLL (bits/dim)",
-        *[k.replace("_ddim", " @ ") + " steps" for k in sweeps],
+        *[f"{fid} (N = {rows[0]['sweep_num_samples']:,.0f}) @ {k.removeprefix(f'{fid}_ddim')} steps" for k in sweeps],
     ]
     lines = [
         "| schedule | seeds | " + " | ".join(header) + " | final loss | steps | training time | img/s |",
@@ -163,8 +165,10 @@ def conditions(results: list[RunResult]) -> str:
                      f"images never trained on, every timestep, reverse variance {e['nll_variance']}, "
                      f"x_0 {'clipped' if e['nll_clip_denoised'] else 'not clipped'}.")  # fmt: skip
     if sweep:
-        lines.append(f"Sweep: {sweep['num_samples']} samples at each step count, DDIM (η = {sweep['eta']}) and DDPM "
-                     f"at full length ({sweep['variance']} variance), seed {sweep['seed']}.")  # fmt: skip
+        spread = f", ± its bootstrap SD over {sweep['bootstrap']} resamples" if "bootstrap" in sweep else ""
+        lines.append(f"Sweep: N = {sweep['num_samples']:,} samples at each step count{spread}, DDIM "
+                     f"(η = {sweep['eta']}) and DDPM at full length ({sweep['variance']} variance), seed "
+                     f"{sweep['seed']}.")  # fmt: skip
     return " ".join(lines)
 
 

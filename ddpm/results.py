@@ -225,9 +225,11 @@ SCORES_KEYS = {"num_samples": ("integer", True), "num_real": ("integer", True), 
                "checkpoint_sha256": ("text", False), "samples_sha256": ("text", False),
                "nll_terms_sha256": ("text", False)}  # fmt: skip
 SWEEP_KEYS = {"metric": ("text", True), "ddim": ("by steps", True), "ddpm": ("by steps", True),
-              "num_samples": ("integer", True), "eta": ("number", True), "variance": ("text", True),
-              "seed": ("integer", True), "feature_extractor": ("text", True), "checkpoint_sha256": ("text", False),
-              "weights_sha256": ("text or null", False), "real_sha256": ("text", False)}  # fmt: skip
+              "ddim_sd": ("by steps", False), "ddpm_sd": ("by steps", False), "bootstrap": ("integer", False),
+              "ddpm_reused": ("flag", False), "num_samples": ("integer", True), "eta": ("number", True),
+              "variance": ("text", True), "seed": ("integer", True), "feature_extractor": ("text", True),
+              "checkpoint_sha256": ("text", False), "weights_sha256": ("text or null", False),
+              "real_sha256": ("text", False)}  # fmt: skip
 LINK_KEYS = {"run_id": ("text or null", True)}
 
 
@@ -284,9 +286,11 @@ def _run_numbers(r: RunResult) -> dict[str, float]:
     numbers = {fid: e[fid], kid: e[kid], kid_std: e[kid_std]}
     numbers |= {k: e[k] for k in (f"{fid}_ci_low", f"{fid}_ci_high", "nll_bpd", "nll_bpd_sem", "nll_prior_bpd")
                 if k in e}  # fmt: skip
-    if r.sweep:
-        numbers |= {f"{fid}_ddim{k}": v for k, v in r.sweep["ddim"].items()}
-        numbers |= {f"{fid}_ddpm{k}": v for k, v in r.sweep["ddpm"].items()}
+    if r.sweep:  # each point, its bootstrap SD as <point>_sd where measured, and the sweep's N
+        for sampler in ("ddim", "ddpm"):
+            numbers |= {f"{fid}_{sampler}{k}": v for k, v in r.sweep[sampler].items()}
+            numbers |= {f"{fid}_{sampler}{k}_sd": v for k, v in r.sweep.get(f"{sampler}_sd", {}).items()}
+        numbers["sweep_num_samples"] = r.sweep["num_samples"]
     return numbers | {k: float(r.train[k]) for k in ("final_loss", "steps", "train_seconds", "images_per_second")}
 
 
@@ -318,6 +322,6 @@ def by_schedule(results: list[RunResult]) -> dict[str, list[RunResult]]:
 def sweep_columns(row: dict[str, Any]) -> list[str]:
     """The sweep's FIDs the table shows: at 10 and 50 DDIM steps where swept, else the first two counts."""
     fid = metric_names(row)[0]
-    swept = [k for k in row if k.startswith(f"{fid}_ddim") and not k.endswith("_std_seeds")]
+    swept = [k for k in row if k.startswith(f"{fid}_ddim") and not k.endswith(("_std_seeds", "_sd"))]
     wanted = [f"{fid}_ddim{k}" for k in (10, 50) if f"{fid}_ddim{k}" in swept]
     return wanted or swept[:2]

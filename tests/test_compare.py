@@ -81,16 +81,22 @@ MEANS = {
                "fid_randconv_ci_high": (15.5, 5 / S), "nll_bpd": (3.25, 0.5 / S), "nll_bpd_sem": (0.02, 0.02 / S),
                "nll_prior_bpd": (0.002, 0.002 / S), "fid_randconv_ddim2": (42.0, 4 / S),
                "fid_randconv_ddim5": (21.0, 2 / S), "fid_randconv_ddpm50": (16.0, 2 / S),
-               "final_loss": (0.07, 0.02 / S), "steps": (20.0, 0.0), "train_seconds": (11.0, 2 / S),
+               "sweep_num_samples": (20.0, 0.0), "final_loss": (0.07, 0.02 / S), "steps": (20.0, 0.0),
+               "train_seconds": (11.0, 2 / S),
                "images_per_second": (15.0, 2 / S)},
     "cosine": {"fid_randconv": (23.0, 6 / S), "kid_randconv_mean": (0.016, 0.004 / S),
                "kid_randconv_std": (0.002, 0.0), "fid_randconv_ci_low": (19.5, 5 / S),
                "fid_randconv_ci_high": (27.5, 7 / S), "nll_bpd": (2.25, 0.5 / S), "nll_bpd_sem": (0.02, 0.0),
                "nll_prior_bpd": (0.001, 0.0), "fid_randconv_ddim2": (55.0, 10 / S),
                "fid_randconv_ddim5": (33.0, 6 / S), "fid_randconv_ddpm50": (27.0, 4 / S),
-               "final_loss": (0.11, 0.02 / S), "steps": (20.0, 0.0), "train_seconds": (12.0, 2 / S),
+               "sweep_num_samples": (20.0, 0.0), "final_loss": (0.11, 0.02 / S), "steps": (20.0, 0.0),
+               "train_seconds": (12.0, 2 / S),
                "images_per_second": (14.0, 2 / S)},
 }  # fmt: skip
+# The sweep's bootstrap SDs (sweep.json's ddim_sd, ddpm_sd) are each run's point / 20: their mean
+# and spread over the seeds are the point's / 20.
+MEANS = {name: known | {f"{k}_sd": (m / 20, s / 20) for k, (m, s) in known.items() if "_dd" in k}
+         for name, known in MEANS.items()}  # fmt: skip
 
 
 def write_run(folder: Path, model: Path, numbers: dict[str, float], seed: int) -> None:
@@ -113,7 +119,9 @@ def write_run(folder: Path, model: Path, numbers: dict[str, float], seed: int) -
                   "checkpoint_sha256": digest}  # fmt: skip
     (folder / "eval.json").write_text(json.dumps(evaluation))
     swept = {"metric": "fid_randconv", "ddim": {"2": n["ddim2"], "5": n["ddim5"]}, "ddpm": {"50": n["ddpm50"]},
-             "num_samples": 20, "eta": 0.0, "variance": "fixed_large", "seed": 0, **real,
+             "ddim_sd": {"2": n["ddim2"] / 20, "5": n["ddim5"] / 20}, "ddpm_sd": {"50": n["ddpm50"] / 20},
+             "bootstrap": 50, "ddpm_reused": False, "num_samples": 20, "eta": 0.0, "variance": "fixed_large", "seed": 0,
+             **real,
              "checkpoint_sha256": digest}  # fmt: skip
     (folder / "sweep.json").write_text(json.dumps(swept))
     terms = np.full(50, (n["nll_bpd"] - n["nll_prior_bpd"]) / 50)  # T = 50 terms that sum to the bound
@@ -154,7 +162,7 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
         assert str(Path("runs", schedule, f"seed{seed}", "eval.json")) in evaluated.stdout
         swept = invoke("sweep", *chosen, cwd=project)
         assert swept.exit_code == 0, swept.stderr
-        assert "fid_randconv by sampling steps (20 samples each): DDIM 2: " in swept.stdout
+        assert "fid_randconv (N = 20) by sampling steps: DDIM 2: " in swept.stdout  # sweep.num_samples
     folder = project / "runs" / "linear" / "seed0"
     metrics = json.loads((folder / "eval.json").read_text())
     assert metrics["feature_extractor"] == "randconv" and metrics["num_samples"] == 40
@@ -182,7 +190,8 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
             assert picture.size == size, name
     text = (report / "report.md").read_text()
     header = ("| schedule | seeds | fid_randconv [95 % CI] | kid_randconv_mean (± std) | NLL (bits/dim) | fid_randconv "
-              "@ 2 steps | fid_randconv @ 5 steps | final loss | steps | training time | img/s |")  # fmt: skip
+              "(N = 20) @ 2 steps | fid_randconv (N = 20) @ 5 steps | final loss | steps | training time "
+              "| img/s |")  # fmt: skip
     assert header in text  # one seed: FID with its bootstrap interval (test_seeds_*: the spread over seeds)
     assert header in compared.stdout and compared.stdout.count("\n| linear | 0 |") == 1  # the table, in the terminal
     assert all(f"]({name})" in text for name in sizes)
@@ -340,8 +349,8 @@ def test_seeds_are_averaged_and_their_spread_judges_the_differences(seeded: Path
     assert compared.exit_code == 0, compared.stderr
     report = seeded / "reports" / "compare"
     text = (report / "report.md").read_text()
-    header = ("| schedule | seeds | fid_randconv | kid_randconv_mean (± std) | NLL (bits/dim) | fid_randconv @ 2 steps "
-              "| fid_randconv @ 5 steps | final loss | steps | training time | img/s |")  # fmt: skip
+    header = ("| schedule | seeds | fid_randconv | kid_randconv_mean (± std) | NLL (bits/dim) | fid_randconv (N = 20) "
+              "@ 2 steps | fid_randconv (N = 20) @ 5 steps | final loss | steps | training time | img/s |")  # fmt: skip
     assert header in text
     assert header in compared.stdout and compared.stdout.count("\n| linear | 0 1 |") == 1  # the table, in the terminal
     assert ("\n| linear | 0 1 | 12.00 ± 2.83 | 0.0120 ± 0.0028 | 3.250 ± 0.354 | 42.00 ± 2.83 | 21.00 ± 1.41 "
@@ -373,6 +382,17 @@ def test_seeds_are_averaged_and_their_spread_judges_the_differences(seeded: Path
             f"{key}_std_seeds": std for key, (_, std) in known.items()
         }
         assert row == pytest.approx(expected)
+
+
+def test_one_seed_shows_each_sweep_point_with_its_bootstrap_sd_and_n(seeded: Path, tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(seeded / "runs", root / "runs")
+    compared = invoke("compare", "--set", "seeds=[0]", "--set", "tracking.enabled=false", "--out", "r", cwd=root)
+    assert compared.exit_code == 0, compared.stderr
+    text = (root / "r" / "report.md").read_text()
+    assert "| fid_randconv (N = 20) @ 2 steps | fid_randconv (N = 20) @ 5 steps |" in text
+    assert "| 40.00 ± 2.00 | 20.00 ± 1.00 |" in text and "| 50.00 ± 2.50 | 30.00 ± 1.50 |" in text  # KNOWN's / 20
+    assert "Sweep: N = 20 samples at each step count, ± its bootstrap SD over 50 resamples" in text
 
 
 def edit_json(path: Path, change: "callable") -> None:

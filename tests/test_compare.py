@@ -16,8 +16,10 @@ import pytest
 from conftest import CPU, copy_store, invoke, tiny_config, write_params
 from PIL import Image
 
-from ddpm.config import load_config
+from ddpm.comparable import Measured, check_comparable
+from ddpm.config import SampleConfig, load_config
 from ddpm.data import save_images, synthetic_flowers
+from ddpm.errors import UserError
 from ddpm.sample import sample
 from ddpm.train import train
 
@@ -310,6 +312,98 @@ def test_compare_refuses_scores_that_are_not_comparable(
     assert refused.exit_code == 2
     assert f"the schedules were run with different {what}" in refused.output
     assert not (root / "reports").exists()
+
+
+def drawn_as(folder: Path, schedule: str, **sample: object) -> None:
+    """samples.json in `folder` as `ddpm sample` writes it (without sha256s), drawn with `sample`."""
+    record = {"checkpoint": str(folder / "model.pt"), "run_dir": str(folder), "model_run_id": None, "step": 1,
+              "image_size": 16, "schedule": schedule, "timesteps": 50,
+              "sample": SampleConfig(**{"num_samples": 40} | sample).model_dump(mode="json")}  # fmt: skip
+    (folder / "samples" / "samples.json").write_text(json.dumps(record))
+
+
+def test_compare_reads_samples_json_and_refuses_runs_sampled_otherwise(seeded: Path, tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(seeded / "runs", root / "runs")
+    shutil.copy(seeded / "params.yaml", root)  # seeds 0 and 1
+    drawn_as(root / LINEAR, "linear", sampler="ddim", eta=0.0)
+    for seed in (0, 1):
+        drawn_as(root / "runs" / "cosine" / f"seed{seed}", "cosine", sampler="ddim", eta=float(seed))
+    drawn_as(root / "runs" / "linear" / "seed1", "linear", sampler="ddim", eta=1.0)
+    refused = invoke("compare", "--set", "tracking.enabled=false", "--out", "r", cwd=root)
+    assert refused.exit_code == 2 and refused.stderr.strip() == (
+        "ddpm: error: sample.eta differs between the runs (linear: 0.0, linear seed 1: 1.0, cosine: 0.0, cosine seed "
+        "1: 1.0), so their numbers do not compare; run `ddpm sample --beta-schedule linear --set train.seed=1 --set "
+        "sample.eta=0.0` then `ddpm evaluate --beta-schedule linear --set train.seed=1 --set sample.eta=0.0`; "
+        "`ddpm sample --beta-schedule cosine --set train.seed=1 --set sample.eta=0.0` then `ddpm evaluate "
+        "--beta-schedule cosine --set train.seed=1 --set sample.eta=0.0`"
+    ), refused.output
+    assert not (root / "r").exists()
+
+
+def measured(base: dict, key: str, linear: object, cosine: object) -> list[Measured]:
+    """Two runs, linear and cosine (seed 0), sampled with `base` and scored with a likelihood, with
+    `key` (sample.<setting> or an eval.json key) `linear` in one and `cosine` in the other."""
+    command = lambda name: lambda stage, extra: f"`ddpm {stage} --beta-schedule {name} {extra}`".replace(" `", "`")  # noqa: E731
+    runs = []
+    for name, value in (("linear", linear), ("cosine", cosine)):
+        sample = SampleConfig(**base).model_dump(mode="json")
+        scores = {"nll_bpd": 3.0, "nll_images": 4, "nll_variance": "fixed_small", "nll_clip_denoised": True,
+                  "nll_precision": "fp32", "holdout_sha256": "ab" * 32}  # fmt: skip
+        if key.startswith("sample."):
+            sample[key.removeprefix("sample.")] = value
+        else:
+            scores[key] = value
+        runs.append(Measured(name, command(name), sample, scores))
+    return runs
+
+
+DDIM, DDPM = {"sampler": "ddim"}, {"sampler": "ddpm"}
+SAMPLE_FIX = (
+    "`ddpm sample --beta-schedule cosine --set {0}={1}` then `ddpm evaluate --beta-schedule cosine --set {0}={1}`"
+)
+
+
+@pytest.mark.parametrize(
+    ("base", "key", "linear", "cosine", "fix"),
+    [
+        (DDIM, "sample.sampler", "ddim", "ddpm", SAMPLE_FIX),
+        (DDIM, "sample.ddim_steps", 50, 20, SAMPLE_FIX),
+        (DDIM, "sample.eta", 0.0, 1.0, SAMPLE_FIX),
+        (DDPM, "sample.variance", "fixed_large", "fixed_small", SAMPLE_FIX),
+        (DDIM, "sample.seed", 0, 1, SAMPLE_FIX),
+        (DDIM, "sample.batch_size", 256, 128, SAMPLE_FIX),
+        (DDIM, "sample.precision", "auto", "fp32", SAMPLE_FIX),
+        (DDPM, "sample.clip_denoised", True, False, SAMPLE_FIX),
+        (DDIM, "sample.num_samples", 40, 50, SAMPLE_FIX),
+        (DDIM, "nll_images", 4, 8, "`ddpm evaluate --beta-schedule cosine --set evaluate.nll_images={1}`"),
+        (DDIM, "nll_variance", "fixed_small", "fixed_large",
+         "`ddpm evaluate --beta-schedule cosine --set evaluate.nll_variance={1}`"),
+        (DDIM, "nll_clip_denoised", True, False,
+         "`ddpm evaluate --beta-schedule cosine --set sample.clip_denoised={1}`"),
+        (DDIM, "nll_precision", "fp32", "bf16", "`ddpm evaluate --beta-schedule cosine`"),
+        (DDIM, "nll_precision", "fp32", None, "`ddpm evaluate --beta-schedule cosine`"),  # not recorded: unknown
+        (DDIM, "holdout_sha256", "ab" * 32, "cd" * 32, "`ddpm evaluate --beta-schedule cosine`"),
+        (DDPM, "sample.eta", 0.0, 1.0, None),  # DDPM draws no η, DDIM no variance: not refused
+        (DDIM, "sample.variance", "fixed_large", "fixed_small", None),
+        (DDIM, "sample.compile", "auto", True, None),  # how fast, not what is drawn
+    ],
+)  # fmt: skip
+def test_runs_sampled_or_measured_otherwise_are_refused_in_one_line(
+    base: dict, key: str, linear: object, cosine: object, fix: str | None
+) -> None:
+    runs = measured(base, key, linear, cosine)
+    if fix is None:
+        check_comparable(runs)  # no refusal
+        return
+    a, b = ("unknown" if v is None else v[:12] if isinstance(v, str) else json.dumps(v) for v in (linear, cosine))
+    with pytest.raises(UserError) as refused:
+        check_comparable(runs)
+    assert str(refused.value) == (
+        f"{key} differs between the runs (linear: {a}, cosine: {b}), so their numbers do not compare; run "
+        + fix.format(key, a)
+    )
+    check_comparable(measured(base, key, linear, linear))  # the same value: compared
 
 
 def test_compare_refuses_scores_of_a_model_retrained_since(seeded: Path, tmp_path: Path) -> None:

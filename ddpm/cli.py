@@ -272,7 +272,7 @@ def sweep(
     """FID against the number of sampling steps (DDIM, DDPM)."""
     cfg = _load(config, set_, EVALUATE_PARAMS, beta_schedule=beta_schedule)
     from ddpm.distributed import device_named
-    from ddpm.evaluate import sweep_stage, sweep_summary
+    from ddpm.sweep import sweep_stage, sweep_summary
 
     results, out = sweep_stage(cfg, checkpoint or run_folder(cfg).model, data, out, cache, device_named(device))
     typer.echo(sweep_summary(results, out))

@@ -193,7 +193,7 @@ class SweepConfig(Section):
         AfterValidator(_unique_steps),
         Field(min_length=1, description="a list of distinct positive integers"),
     ] = [10, 20, 50, 100, 250]
-    num_samples: PositiveInt = 5000
+    num_samples: PositiveInt | None = None  # null: sample.num_samples, the main evaluation's N
 
 
 class CompareConfig(Section):

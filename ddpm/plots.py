@@ -111,22 +111,33 @@ def plot_nll_terms(results: list[RunResult], path: Path) -> None:
 
 def plot_sweep(results: list[RunResult], path: Path) -> None:
     """FID against the number of sampling steps: a DDIM line per schedule (mean over the seeds) and
-    DDPM at full length as a point."""
+    DDPM at full length as a point, each ± its bootstrap SD where measured (sampling noise only: of a
+    mean over k seeds, √(Σ SD²)/k), titled with the N of samples per point."""
     fig, ax = _pyplot().subplots(figsize=(8, 4.5))
     swept = {name: runs for name, runs in by_schedule(results).items() if all(r.sweep for r in runs)}
     if not swept:
         _empty(ax, "no sweep ran (`ddpm sweep`)")
+
+    def point(runs: list[RunResult], sampler: str, steps: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        fids = np.mean([[r.sweep[sampler][k] for k in steps] for r in runs], axis=0)
+        if not all(f"{sampler}_sd" in r.sweep for r in runs):
+            return fids, None
+        variances = [[r.sweep[f"{sampler}_sd"][k] ** 2 for k in steps] for r in runs]
+        return fids, np.sqrt(np.sum(variances, axis=0)) / len(runs)
+
     for name, runs in swept.items():
-        steps = [int(k) for k in runs[0].sweep["ddim"]]
-        fids = np.mean([[r.sweep["ddim"][str(k)] for k in steps] for r in runs], axis=0)
-        (line,) = ax.plot(steps, fids, marker="o", label=f"{name}, DDIM")
-        (full,) = runs[0].sweep["ddpm"]
-        ax.plot([int(full)], [np.mean([r.sweep["ddpm"][full] for r in runs])], marker="*", markersize=12,
-                linestyle="none", color=line.get_color(), label=f"{name}, DDPM ({full} steps)")  # fmt: skip
+        steps = list(runs[0].sweep["ddim"])
+        fids, sd = point(runs, "ddim", steps)
+        line = ax.errorbar([int(k) for k in steps], fids, yerr=sd, marker="o", capsize=3, label=f"{name}, DDIM")
+        full = list(runs[0].sweep["ddpm"])
+        fids, sd = point(runs, "ddpm", full)
+        ax.errorbar([int(full[0])], fids, yerr=sd, marker="*", markersize=12, capsize=3, linestyle="none",
+                    color=line.lines[0].get_color(), label=f"{name}, DDPM ({full[0]} steps)")  # fmt: skip
     if swept:
         first = next(iter(swept.values()))[0].sweep
         metric, counts = first["metric"], sorted({*map(int, first["ddim"]), *map(int, first["ddpm"])})
-        ax.set(xscale="log", xlabel="sampling steps", ylabel=metric, title=f"{metric} against the number of steps")
+        labelled = f"{metric} (N = {first['num_samples']:,})"
+        ax.set(xscale="log", xlabel="sampling steps", ylabel=labelled, title=f"{labelled} against the number of steps")
         ax.set_xticks(counts, [str(k) for k in counts])  # the step counts swept, not powers of ten
         ax.minorticks_off()
         ax.grid(alpha=0.3, which="both")

@@ -133,7 +133,15 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         (f"{kid} ± SE", kid, ".4f", kid_se),
         (f"{holdout} ± SE", holdout, ".4f", holdout.replace("_mean", "_se")),
         ("NLL (bits/dim) ± SE", "nll_bpd", ".3f", "nll_bpd_sem"),
-        *[(k.replace("_ddim", " @ ") + " steps", k, ".2f", None) for k in sweeps],
+        *[
+            (
+                f"{fid} (N = {rows[0]['sweep_num_samples']:,.0f}) @ {k.removeprefix(f'{fid}_ddim')} steps",
+                k,
+                ".2f",
+                f"{k}_sd",
+            )
+            for k in sweeps
+        ],
         ("final loss", "final_loss", ".4f", None),
     ]
     columns = [c for c in columns if any(c[1] in row for row in rows)]
@@ -192,8 +200,10 @@ def conditions(results: list[RunResult]) -> str:
                      f"{e['nll_variance']}, x_0 {'clipped' if e['nll_clip_denoised'] else 'not clipped'}.")  # fmt: skip
         lines += _decoder_floors(results)
     if sweep:
-        lines.append(f"Sweep: {sweep['num_samples']} samples at each step count, DDIM (η = {sweep['eta']}) and DDPM "
-                     f"at full length ({sweep['variance']} variance), seed {sweep['seed']}.")  # fmt: skip
+        spread = f", ± its bootstrap SD over {sweep['bootstrap']} resamples" if "bootstrap" in sweep else ""
+        lines.append(f"Sweep: N = {sweep['num_samples']:,} samples at each step count{spread}, DDIM "
+                     f"(η = {sweep['eta']}) and DDPM at full length ({sweep['variance']} variance), seed "
+                     f"{sweep['seed']}.")  # fmt: skip
     return " ".join(lines)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ddpm.checkpoint import UnreadableCheckpoint, describe
+from ddpm.comparable import Measured, check_comparable
 from ddpm.errors import UserError
 from ddpm.files import sha256_hex
 from ddpm.layout import GRID, SAMPLES_ARRAY, RunFolder
@@ -38,6 +39,7 @@ class RunResult:
     # resamples.npz, where evaluate wrote it: each bootstrap resample's statistic (B,) by eval.json key,
     # and nll_bpd (M,), each held-out image's bits/dim; the same rows and images for every run (paired)
     draws: dict[str, np.ndarray] = field(default_factory=dict)
+    drawn: dict[str, Any] | None = None  # samples.json, where `ddpm sample` drew the samples
 
 
 def read_results(names: list[str], seeds: list[int], runs_dir: Path) -> list[RunResult]:
@@ -68,11 +70,11 @@ def _read_run(folder: RunFolder, name: str, seed: int) -> RunResult:
         raise UserError(f"{e}; run {run.command('train')} again to write it anew from the run's checkpoints, then "
                         f"{run.command('sample')} and {run.command('evaluate')}") from None  # fmt: skip
     _check_same_model(folder, {folder.eval_metrics: evaluation, folder.sweep: sweep}, run)
-    run.check_samples(evaluation)
+    drawn = run.check_samples(evaluation)
     terms = run.nll_terms(evaluation, model["diffusion"]["timesteps"]) if "nll_bpd" in evaluation else None
     draws = run.draws(evaluation)
     return RunResult(
-        name, seed, model, train, evaluation, sweep, terms, losses, folder.grid, linked.get("run_id"), draws
+        name, seed, model, train, evaluation, sweep, terms, losses, folder.grid, linked.get("run_id"), draws, drawn
     )
 
 
@@ -85,10 +87,11 @@ class RunFiles:
     name: str
     seed: int
 
-    def command(self, stage: str) -> str:
-        """`ddpm <stage>` of this run: train takes --seed, the others pick the run by train.seed."""
+    def command(self, stage: str, extra: str = "") -> str:
+        """`ddpm <stage>` of this run (with `extra` arguments): train takes --seed, the others pick the
+        run by train.seed."""
         seed = "" if not self.seed else f" --seed {self.seed}" if stage == "train" else f" --set train.seed={self.seed}"
-        return f"`ddpm {stage} --beta-schedule {self.name}{seed}`"
+        return f"`ddpm {stage} --beta-schedule {self.name}{seed}{' ' + extra if extra else ''}`"
 
     def error(self, file: Path, problem: str, stage: str) -> UserError:
         return UserError(f"{file}: {problem}; run {self.command(stage)} again")
@@ -133,18 +136,20 @@ class RunFiles:
             raise self.error(file, "expected rows of step,loss", "train")
         return losses
 
-    def check_samples(self, evaluation: dict[str, Any]) -> None:
+    def check_samples(self, evaluation: dict[str, Any]) -> dict[str, Any] | None:
         """The grid is a picture, and, where samples.json records sha256s (`ddpm sample` writes them
-        with the samples, last), the grid and the scored samples are the ones it describes."""
+        with the samples, last), the grid and the scored samples are the ones it describes; samples.json,
+        where there is one."""
         grid, origin = self.folder.grid, self.folder.samples_origin
         try:
             with Image.open(grid) as picture:
                 picture.load()
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise self.error(grid, f"not a picture ({str(e).splitlines()[0]})", "sample") from None
-        digests = (read_origin(self.folder.samples_array) or {}).get("sha256")
+        drawn = read_origin(self.folder.samples_array)
+        digests = (drawn or {}).get("sha256")
         if not digests:
-            return  # drawn elsewhere, or before ddpm recorded the sha256s
+            return drawn  # drawn elsewhere, or before ddpm recorded the sha256s
         if sha256_hex(grid) != digests[GRID]:
             problem = (
                 f"not the picture of the samples {origin} describes (another sha256: an interrupted `ddpm sample`)"
@@ -153,6 +158,7 @@ class RunFiles:
         if evaluation.get("samples_sha256", digests[SAMPLES_ARRAY]) != digests[SAMPLES_ARRAY]:
             problem = f"scores other samples than {self.folder.samples_array} (sampled since)"
             raise self.error(self.folder.eval_metrics, problem, "evaluate")
+        return drawn
 
     def nll_terms(self, evaluation: dict[str, Any], timesteps: int) -> np.ndarray | None:
         """The bound's term at each of the model's `timesteps` (T,), where nll_terms.csv is there:
@@ -267,9 +273,11 @@ SCORES_KEYS = {"num_samples": ("integer", True), "num_real": ("integer", True), 
                "samples_sha256": ("text", False), "nll_terms_sha256": ("text", False),
                "resamples_sha256": ("text", False), "closest_pairs": ("pairs", False)}  # fmt: skip
 SWEEP_KEYS = {"metric": ("text", True), "ddim": ("by steps", True), "ddpm": ("by steps", True),
-              "num_samples": ("integer", True), "eta": ("number", True), "variance": ("text", True),
-              "seed": ("integer", True), "feature_extractor": ("text", True), "checkpoint_sha256": ("text", False),
-              "weights_sha256": ("text or null", False), "real_sha256": ("text", False)}  # fmt: skip
+              "ddim_sd": ("by steps", False), "ddpm_sd": ("by steps", False), "bootstrap": ("integer", False),
+              "ddpm_reused": ("flag", False), "num_samples": ("integer", True), "eta": ("number", True),
+              "variance": ("text", True), "seed": ("integer", True), "feature_extractor": ("text", True),
+              "checkpoint_sha256": ("text", False), "weights_sha256": ("text or null", False),
+              "real_sha256": ("text", False)}  # fmt: skip
 LINK_KEYS = {"run_id": ("text or null", True)}
 
 
@@ -298,8 +306,6 @@ def _check_comparable(results: list[RunResult]) -> None:
         ("resizes (evaluate.resize)", [e.get("resize") for e in scored]),
         ("sample counts (sample.num_samples)", [e.get("num_samples") for e in scored]),
         ("real image sets", [(e.get("num_real"), e.get("real_sha256")) for e in scored]),
-        ("held-out sets of the likelihood (evaluate.nll_images, data.holdout)",
-         [(e.get("nll_images"), e.get("holdout_sha256"), e.get("nll_variance")) for e in scored]),
         ("bootstrap resamples (evaluate.bootstrap)", [(e.get("bootstrap"), e.get("bootstrap_seed")) for e in scored]),
         ("sweeps (sweep.steps, sweep.num_samples)",
          [(sorted(s.get("ddim", {}), key=int), s.get("num_samples"), s.get("feature_extractor")) for s in swept]),
@@ -309,6 +315,8 @@ def _check_comparable(results: list[RunResult]) -> None:
         if len(set(map(str, values))) > 1:
             shown = ", ".join(f"{label(r)}: {v}" for r, v in zip(results, values, strict=True))
             raise UserError(f"the schedules were run with different {what} ({shown}); compare like with like")
+    check_comparable([Measured(label(r), RunFiles(RunFolder(Path()), r.name, r.seed).command,
+                               r.drawn and r.drawn["sample"], r.evaluation) for r in results])  # fmt: skip
 
 
 def label(r: RunResult) -> str:
@@ -340,9 +348,11 @@ def _run_numbers(r: RunResult) -> dict[str, float]:
     keys += [k.replace("_mean", x) for k in estimates[2:] for x in ("_mean", "_se")]
     keys += [k for k, (kind, _) in SCORES_KEYS.items() if kind == "number"]
     numbers = {k: e[k] for k in keys if k in e}
-    if r.sweep:
-        numbers |= {f"{fid}_ddim{k}": v for k, v in r.sweep["ddim"].items()}
-        numbers |= {f"{fid}_ddpm{k}": v for k, v in r.sweep["ddpm"].items()}
+    if r.sweep:  # each point, its bootstrap SD as <point>_sd where measured, and the sweep's N
+        for sampler in ("ddim", "ddpm"):
+            numbers |= {f"{fid}_{sampler}{k}": v for k, v in r.sweep[sampler].items()}
+            numbers |= {f"{fid}_{sampler}{k}_sd": v for k, v in r.sweep.get(f"{sampler}_sd", {}).items()}
+        numbers["sweep_num_samples"] = r.sweep["num_samples"]
     return numbers | {k: float(r.train[k]) for k in ("final_loss", "steps", "train_seconds", "images_per_second")}
 
 
@@ -375,6 +385,6 @@ def by_schedule(results: list[RunResult]) -> dict[str, list[RunResult]]:
 def sweep_columns(row: dict[str, Any]) -> list[str]:
     """The sweep's FIDs the table shows: at 10 and 50 DDIM steps where swept, else the first two counts."""
     fid = metric_names(row)[0]
-    swept = [k for k in row if k.startswith(f"{fid}_ddim") and not k.endswith("_std_seeds")]
+    swept = [k for k in row if k.startswith(f"{fid}_ddim") and not k.endswith(("_std_seeds", "_sd"))]
     wanted = [f"{fid}_ddim{k}" for k in (10, 50) if f"{fid}_ddim{k}" in swept]
     return wanted or swept[:2]

@@ -164,9 +164,11 @@ def write_samples(out_dir: Path, images: torch.Tensor, frames: list[torch.Tensor
 
 
 def origin(trained: Trained, cfg: SampleConfig) -> dict:
-    """What samples.json holds: the checkpoint, its run folder and MLflow run, the process, the settings."""
+    """What samples.json holds: the checkpoint (and its sha256: the sweep reuses only this model's
+    samples), its run folder and MLflow run, the process, the settings."""
     return {
-        "checkpoint": str(trained.path), "run_dir": str(trained.path.parent), "model_run_id": trained.run_id,
+        "checkpoint": str(trained.path), "checkpoint_sha256": sha256_hex(trained.path),
+        "run_dir": str(trained.path.parent), "model_run_id": trained.run_id,
         "step": trained.step, "image_size": trained.image_size, **trained.spec, "sample": cfg.model_dump(mode="json"),
     }  # fmt: skip
 

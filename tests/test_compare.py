@@ -18,8 +18,10 @@ from conftest import CPU, copy_store, invoke, tiny_config, write_params
 from PIL import Image
 from scipy import stats
 
-from ddpm.config import load_config
+from ddpm.comparable import Measured, check_comparable
+from ddpm.config import SampleConfig, load_config
 from ddpm.data import save_images, synthetic_flowers
+from ddpm.errors import UserError
 from ddpm.report import verdicts_section
 from ddpm.results import read_results
 from ddpm.sample import sample
@@ -91,16 +93,22 @@ MEANS = {
                "fid_randconv_ci_high": (15.5, 5 / S), "nll_bpd": (3.25, 0.5 / S), "nll_bpd_sem": (0.02, 0.02 / S),
                "nll_prior_bpd": (0.002, 0.002 / S), "fid_randconv_ddim2": (42.0, 4 / S),
                "fid_randconv_ddim5": (21.0, 2 / S), "fid_randconv_ddpm50": (16.0, 2 / S),
-               "final_loss": (0.07, 0.02 / S), "steps": (20.0, 0.0), "train_seconds": (11.0, 2 / S),
+               "sweep_num_samples": (20.0, 0.0), "final_loss": (0.07, 0.02 / S), "steps": (20.0, 0.0),
+               "train_seconds": (11.0, 2 / S),
                "images_per_second": (15.0, 2 / S)},
     "cosine": {"fid_randconv": (23.0, 6 / S), "kid_randconv_mean": (0.016, 0.004 / S),
                "kid_randconv_se": (0.002, 0.0), "fid_randconv_sd": (2.0, 1 / S), "fid_randconv_ci_low": (19.5, 5 / S),
                "fid_randconv_ci_high": (27.5, 7 / S), "nll_bpd": (2.25, 0.5 / S), "nll_bpd_sem": (0.02, 0.0),
                "nll_prior_bpd": (0.001, 0.0), "fid_randconv_ddim2": (55.0, 10 / S),
                "fid_randconv_ddim5": (33.0, 6 / S), "fid_randconv_ddpm50": (27.0, 4 / S),
-               "final_loss": (0.11, 0.02 / S), "steps": (20.0, 0.0), "train_seconds": (12.0, 2 / S),
+               "sweep_num_samples": (20.0, 0.0), "final_loss": (0.11, 0.02 / S), "steps": (20.0, 0.0),
+               "train_seconds": (12.0, 2 / S),
                "images_per_second": (14.0, 2 / S)},
 }  # fmt: skip
+# The sweep's bootstrap SDs (sweep.json's ddim_sd, ddpm_sd) are each run's point / 20: their mean
+# and spread over the seeds are the point's / 20.
+MEANS = {name: known | {f"{k}_sd": (m / 20, s / 20) for k, (m, s) in known.items() if "_dd" in k}
+         for name, known in MEANS.items()}  # fmt: skip
 
 
 def resamples(schedule: str, seed: int, numbers: dict[str, float]) -> dict[str, np.ndarray]:
@@ -137,7 +145,9 @@ def write_run(folder: Path, model: Path, numbers: dict[str, float], seed: int) -
                   "checkpoint_sha256": digest}  # fmt: skip
     (folder / "eval.json").write_text(json.dumps(evaluation))
     swept = {"metric": "fid_randconv", "ddim": {"2": n["ddim2"], "5": n["ddim5"]}, "ddpm": {"50": n["ddpm50"]},
-             "num_samples": 20, "eta": 0.0, "variance": "fixed_large", "seed": 0, **real,
+             "ddim_sd": {"2": n["ddim2"] / 20, "5": n["ddim5"] / 20}, "ddpm_sd": {"50": n["ddpm50"] / 20},
+             "bootstrap": 50, "ddpm_reused": False, "num_samples": 20, "eta": 0.0, "variance": "fixed_large", "seed": 0,
+             **real,
              "checkpoint_sha256": digest}  # fmt: skip
     (folder / "sweep.json").write_text(json.dumps(swept))
     terms = np.full(50, (n["nll_bpd"] - n["nll_prior_bpd"]) / 50)  # T = 50 terms that sum to the bound
@@ -178,7 +188,7 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
         assert str(Path("runs", schedule, f"seed{seed}", "eval.json")) in evaluated.stdout
         swept = invoke("sweep", *chosen, cwd=project)
         assert swept.exit_code == 0, swept.stderr
-        assert "fid_randconv by sampling steps (20 samples each): DDIM 2: " in swept.stdout
+        assert "fid_randconv (N = 20) by sampling steps: DDIM 2: " in swept.stdout  # sweep.num_samples
     folder = project / "runs" / "linear" / "seed0"
     metrics = json.loads((folder / "eval.json").read_text())
     assert metrics["feature_extractor"] == "randconv" and metrics["num_samples"] == 40
@@ -215,8 +225,8 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
             assert picture.size == size, name
     text = (report / "report.md").read_text()
     header = ("| schedule | seeds | fid_randconv (N = 40) ± sd | fid_randconv_inf [95 %] | kid_randconv_mean ± SE "
-              "| kid_randconv_holdout_mean ± SE | NLL (bits/dim) ± SE | fid_randconv @ 2 steps "
-              "| fid_randconv @ 5 steps | final loss | steps | training time | img/s |")  # fmt: skip
+              "| kid_randconv_holdout_mean ± SE | NLL (bits/dim) ± SE | fid_randconv (N = 20) @ 2 steps "
+              "| fid_randconv (N = 20) @ 5 steps | final loss | steps | training time | img/s |")  # fmt: skip
     assert header in text  # one seed: each estimate with its bootstrap spread (test_seeds_*: the spread over seeds)
     assert header in compared.stdout and compared.stdout.count("\n| linear | 0 |") == 1  # the table, in the terminal
     assert all(f"]({name})" in text for name in sizes)
@@ -347,6 +357,98 @@ def test_compare_refuses_scores_that_are_not_comparable(
     assert not (root / "reports").exists()
 
 
+def drawn_as(folder: Path, schedule: str, **sample: object) -> None:
+    """samples.json in `folder` as `ddpm sample` writes it (without sha256s), drawn with `sample`."""
+    record = {"checkpoint": str(folder / "model.pt"), "run_dir": str(folder), "model_run_id": None, "step": 1,
+              "image_size": 16, "schedule": schedule, "timesteps": 50,
+              "sample": SampleConfig(**{"num_samples": 40} | sample).model_dump(mode="json")}  # fmt: skip
+    (folder / "samples" / "samples.json").write_text(json.dumps(record))
+
+
+def test_compare_reads_samples_json_and_refuses_runs_sampled_otherwise(seeded: Path, tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(seeded / "runs", root / "runs")
+    shutil.copy(seeded / "params.yaml", root)  # seeds 0 and 1
+    drawn_as(root / LINEAR, "linear", sampler="ddim", eta=0.0)
+    for seed in (0, 1):
+        drawn_as(root / "runs" / "cosine" / f"seed{seed}", "cosine", sampler="ddim", eta=float(seed))
+    drawn_as(root / "runs" / "linear" / "seed1", "linear", sampler="ddim", eta=1.0)
+    refused = invoke("compare", "--set", "tracking.enabled=false", "--out", "r", cwd=root)
+    assert refused.exit_code == 2 and refused.stderr.strip() == (
+        "ddpm: error: sample.eta differs between the runs (linear: 0.0, linear seed 1: 1.0, cosine: 0.0, cosine seed "
+        "1: 1.0), so their numbers do not compare; run `ddpm sample --beta-schedule linear --set train.seed=1 --set "
+        "sample.eta=0.0` then `ddpm evaluate --beta-schedule linear --set train.seed=1 --set sample.eta=0.0`; "
+        "`ddpm sample --beta-schedule cosine --set train.seed=1 --set sample.eta=0.0` then `ddpm evaluate "
+        "--beta-schedule cosine --set train.seed=1 --set sample.eta=0.0`"
+    ), refused.output
+    assert not (root / "r").exists()
+
+
+def measured(base: dict, key: str, linear: object, cosine: object) -> list[Measured]:
+    """Two runs, linear and cosine (seed 0), sampled with `base` and scored with a likelihood, with
+    `key` (sample.<setting> or an eval.json key) `linear` in one and `cosine` in the other."""
+    command = lambda name: lambda stage, extra: f"`ddpm {stage} --beta-schedule {name} {extra}`".replace(" `", "`")  # noqa: E731
+    runs = []
+    for name, value in (("linear", linear), ("cosine", cosine)):
+        sample = SampleConfig(**base).model_dump(mode="json")
+        scores = {"nll_bpd": 3.0, "nll_images": 4, "nll_variance": "fixed_small", "nll_clip_denoised": True,
+                  "nll_precision": "fp32", "holdout_sha256": "ab" * 32}  # fmt: skip
+        if key.startswith("sample."):
+            sample[key.removeprefix("sample.")] = value
+        else:
+            scores[key] = value
+        runs.append(Measured(name, command(name), sample, scores))
+    return runs
+
+
+DDIM, DDPM = {"sampler": "ddim"}, {"sampler": "ddpm"}
+SAMPLE_FIX = (
+    "`ddpm sample --beta-schedule cosine --set {0}={1}` then `ddpm evaluate --beta-schedule cosine --set {0}={1}`"
+)
+
+
+@pytest.mark.parametrize(
+    ("base", "key", "linear", "cosine", "fix"),
+    [
+        (DDIM, "sample.sampler", "ddim", "ddpm", SAMPLE_FIX),
+        (DDIM, "sample.ddim_steps", 50, 20, SAMPLE_FIX),
+        (DDIM, "sample.eta", 0.0, 1.0, SAMPLE_FIX),
+        (DDPM, "sample.variance", "fixed_large", "fixed_small", SAMPLE_FIX),
+        (DDIM, "sample.seed", 0, 1, SAMPLE_FIX),
+        (DDIM, "sample.batch_size", 256, 128, SAMPLE_FIX),
+        (DDIM, "sample.precision", "auto", "fp32", SAMPLE_FIX),
+        (DDPM, "sample.clip_denoised", True, False, SAMPLE_FIX),
+        (DDIM, "sample.num_samples", 40, 50, SAMPLE_FIX),
+        (DDIM, "nll_images", 4, 8, "`ddpm evaluate --beta-schedule cosine --set evaluate.nll_images={1}`"),
+        (DDIM, "nll_variance", "fixed_small", "fixed_large",
+         "`ddpm evaluate --beta-schedule cosine --set evaluate.nll_variance={1}`"),
+        (DDIM, "nll_clip_denoised", True, False,
+         "`ddpm evaluate --beta-schedule cosine --set sample.clip_denoised={1}`"),
+        (DDIM, "nll_precision", "fp32", "bf16", "`ddpm evaluate --beta-schedule cosine`"),
+        (DDIM, "nll_precision", "fp32", None, "`ddpm evaluate --beta-schedule cosine`"),  # not recorded: unknown
+        (DDIM, "holdout_sha256", "ab" * 32, "cd" * 32, "`ddpm evaluate --beta-schedule cosine`"),
+        (DDPM, "sample.eta", 0.0, 1.0, None),  # DDPM draws no η, DDIM no variance: not refused
+        (DDIM, "sample.variance", "fixed_large", "fixed_small", None),
+        (DDIM, "sample.compile", "auto", True, None),  # how fast, not what is drawn
+    ],
+)  # fmt: skip
+def test_runs_sampled_or_measured_otherwise_are_refused_in_one_line(
+    base: dict, key: str, linear: object, cosine: object, fix: str | None
+) -> None:
+    runs = measured(base, key, linear, cosine)
+    if fix is None:
+        check_comparable(runs)  # no refusal
+        return
+    a, b = ("unknown" if v is None else v[:12] if isinstance(v, str) else json.dumps(v) for v in (linear, cosine))
+    with pytest.raises(UserError) as refused:
+        check_comparable(runs)
+    assert str(refused.value) == (
+        f"{key} differs between the runs (linear: {a}, cosine: {b}), so their numbers do not compare; run "
+        + fix.format(key, a)
+    )
+    check_comparable(measured(base, key, linear, linear))  # the same value: compared
+
+
 def test_compare_refuses_scores_of_a_model_retrained_since(seeded: Path, tmp_path: Path) -> None:
     root = tmp_path / "project"
     shutil.copytree(seeded / "runs" / "linear" / "seed0", root / "runs" / "linear" / "seed0")
@@ -385,8 +487,8 @@ def test_seeds_are_averaged_and_their_paired_differences_judge_the_schedules(see
     report = seeded / "reports" / "compare"
     text = (report / "report.md").read_text()
     header = ("| schedule | seeds | fid_randconv (N = 40) ± sd | kid_randconv_mean ± SE | NLL (bits/dim) ± SE "
-              "| fid_randconv @ 2 steps | fid_randconv @ 5 steps | final loss | steps | training time "
-              "| img/s |")  # fmt: skip
+              "| fid_randconv (N = 20) @ 2 steps | fid_randconv (N = 20) @ 5 steps | final loss | steps "
+              "| training time | img/s |")  # fmt: skip
     assert header in text
     assert header in compared.stdout and compared.stdout.count("\n| linear | 0 1 |") == 1  # the table, in the terminal
     assert ("\n| linear | 0 1 | 12.00 ± 2.83 | 0.0120 ± 0.0028 | 3.250 ± 0.354 | 42.00 ± 2.83 | 21.00 ± 1.41 "
@@ -477,6 +579,17 @@ def test_one_seed_is_judged_on_the_paired_resamples_of_resamples_npz(seeded: Pat
         f"ddpm: error: {Path('runs/cosine/seed1/resamples.npz')}: not a numpy .npz archive; run `ddpm evaluate "
         "--beta-schedule cosine --set train.seed=1` again"
     )
+
+
+def test_one_seed_shows_each_sweep_point_with_its_bootstrap_sd_and_n(seeded: Path, tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(seeded / "runs", root / "runs")
+    compared = invoke("compare", "--set", "seeds=[0]", "--set", "tracking.enabled=false", "--out", "r", cwd=root)
+    assert compared.exit_code == 0, compared.stderr
+    text = (root / "r" / "report.md").read_text()
+    assert "| fid_randconv (N = 20) @ 2 steps | fid_randconv (N = 20) @ 5 steps |" in text
+    assert "| 40.00 ± 2.00 | 20.00 ± 1.00 |" in text and "| 50.00 ± 2.50 | 30.00 ± 1.50 |" in text  # KNOWN's / 20
+    assert "Sweep: N = 20 samples at each step count, ± its bootstrap SD over 50 resamples" in text
 
 
 def edit_json(path: Path, change: "callable") -> None:

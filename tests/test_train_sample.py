@@ -1,5 +1,6 @@
 """Training's numbers and files, and sampling from the session's trained model."""
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -100,6 +101,7 @@ def test_sample_writes_the_array_a_legible_grid_and_where_the_samples_came_from(
         assert gif.n_frames == 6 and gif.size[0] >= 512
     origin = json.loads((tmp_path / "samples.json").read_text())
     assert origin["checkpoint"] == str(trained / "model.pt") and origin["run_dir"] == str(trained)
+    assert origin["checkpoint_sha256"] == hashlib.sha256((trained / "model.pt").read_bytes()).hexdigest()  # the sweep's
     assert (origin["schedule"], origin["timesteps"], origin["step"]) == ("linear", 50, 20)
     assert origin["sample"] == cfg.model_dump(mode="json") and model.step == 20
 

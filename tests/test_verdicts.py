@@ -317,7 +317,7 @@ def test_table_rows_are_the_mean_and_the_sample_std_over_seeds() -> None:
     assert cosine == {
         "schedule": "cosine", "seeds": "0", "num_samples": 50, "fid_randconv": 5.0, "kid_randconv_mean": 0.05,
         "kid_randconv_se": 0.001, "fid_randconv_ddim10": 6.0, "fid_randconv_ddim50": 5.5,
-        "fid_randconv_ddpm100": 4.5, "final_loss": 0.2, "steps": 100.0, "train_seconds": 60.0,
+        "fid_randconv_ddpm100": 4.5, "sweep_num_samples": 8, "final_loss": 0.2, "steps": 100.0, "train_seconds": 60.0,
         "images_per_second": 2.5,
     }  # fmt: skip
     numbers = set(cosine) - {"schedule", "seeds", "num_samples"}

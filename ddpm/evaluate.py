@@ -23,7 +23,7 @@ from ddpm.fastpath import FastPath
 from ddpm.features import extract_features, load_extractor, real_features
 from ddpm.files import atomic_outputs, folder_lock, sha256_hex, write_json
 from ddpm.layout import MODEL, NLL_TERMS, SAMPLES_ORIGIN, RunFolder, run_folder_of
-from ddpm.metrics import fid_basic_interval, fid_bootstrap, frechet_distance, kernel_distance
+from ddpm.metrics import fid_basic_interval, fid_bootstrap, frechet_distance, kernel_distance_subsets
 from ddpm.origin import check_samples, read_origin
 from ddpm.sample import generate
 
@@ -59,7 +59,7 @@ def evaluate(
     digest = sha256_hex(real_path)
     real_f, cached = real_features(extractor, real_path, digest, cfg.batch_size, cache_dir, device, progress)
     fake_f = extract_features(extractor, fake, cfg.batch_size, device, "features samples", progress)
-    kid_mean, kid_std = kernel_distance(real_f, fake_f, cfg.kid_subsets, cfg.kid_subset_size)
+    kid_mean, kid_std = kernel_distance_subsets(real_f, fake_f, cfg.kid_subsets, cfg.kid_subset_size)
     s = extractor.suffix
     fid = frechet_distance(real_f, fake_f)
     interval = {}

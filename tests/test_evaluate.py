@@ -45,7 +45,7 @@ def test_the_small_extractor_is_fixed_and_named() -> None:
 def test_fid_and_kid_of_a_set_against_itself_are_zero(flowers: np.ndarray) -> None:
     real = features(flowers)
     assert abs(stats.frechet_distance(real, real)) < 1e-6
-    mean, std = stats.kernel_distance(real, real, subsets=20, subset_size=50)
+    mean, std = stats.kernel_distance_subsets(real, real, subsets=20, subset_size=50)
     assert abs(mean) < 3 * std + 1e-4  # unbiased: zero up to the subsets' noise
 
 
@@ -54,7 +54,7 @@ def test_fid_and_kid_grow_with_the_damage(flowers: np.ndarray) -> None:
     damaged = [blurred(flowers, sigma) for sigma in (1.0, 2.0, 4.0)]
     damaged += [np.clip(flowers.astype(int) + shift, 0, 255).astype(np.uint8) for shift in (16, 48)]
     fids = [stats.frechet_distance(real, features(d)) for d in damaged]
-    kids = [stats.kernel_distance(real, features(d), 20, 50)[0] for d in damaged]
+    kids = [stats.kernel_distance_subsets(real, features(d), 20, 50)[0] for d in damaged]
     noise_floor = stats.frechet_distance(real, features(synthetic_flowers(200, 32, seed=1)))  # another draw, no damage
     assert fids[0] > noise_floor
     assert fids[0] < fids[1] < fids[2] and fids[3] < fids[4]
@@ -95,7 +95,9 @@ def test_fid_and_kid_equal_torchmetrics_on_the_same_features(flowers: np.ndarray
     assert stats.frechet_distance(real, fake) == pytest.approx(float(fid.compute()), rel=1e-6)
     torch.manual_seed(0)  # torchmetrics draws its subsets from the global generator, in the order ours does
     kid_mean, kid_std = kid.compute()
-    assert stats.kernel_distance(real, fake, 20, 50) == pytest.approx((float(kid_mean), float(kid_std)), rel=1e-9)
+    assert stats.kernel_distance_subsets(real, fake, 20, 50) == pytest.approx(
+        (float(kid_mean), float(kid_std)), rel=1e-9
+    )
 
 
 def write(tmp_path: Path, name: str, images: np.ndarray) -> Path:

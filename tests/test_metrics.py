@@ -147,7 +147,7 @@ def test_the_interval_refuses_a_level_outside_zero_to_one(level: float) -> None:
 
 
 def kid_by_loops(real: torch.Tensor, fake: torch.Tensor, subsets: int, m: int) -> tuple[float, float]:
-    """KID written out: per subset (drawn as kernel_distance draws them: a permutation of the real rows, then
+    """KID written out: per subset (drawn as kernel_distance_subsets draws them: a permutation of the real rows, then
     of the fake rows, from one generator seeded 0), Σ_{i≠j} k(x_i, x_j) + Σ_{i≠j} k(y_i, y_j) over m(m − 1)
     less 2 Σ_{i,j} k(x_i, y_j) over m², k(a, b) = (a·b / D + 1)³ in Python floats; mean and population std."""
     generator = torch.Generator().manual_seed(0)
@@ -172,8 +172,31 @@ def test_kid_is_the_unbiased_mmd_of_the_cubic_kernel_over_subsets() -> None:
     real = torch.randn(12, 5, generator=g)  # float32, as features come: the statistics are float64
     fake = torch.randn(10, 5, generator=g) * 1.3 + 0.4
     torch.manual_seed(1)  # the subsets come from a generator of KID's own, seeded 0, not from the global one
-    mean, std = metrics.kernel_distance(real, fake, subsets=4, subset_size=6)
+    mean, std = metrics.kernel_distance_subsets(real, fake, subsets=4, subset_size=6)
     expected_mean, expected_std = kid_by_loops(real, fake, 4, 6)
     assert expected_std > 0.1 * abs(expected_mean) > 0  # the subsets differ: the std is tested too
     assert mean == pytest.approx(expected_mean, rel=1e-12)
     assert std == pytest.approx(expected_std, rel=1e-12)
+
+
+def test_kid_over_all_rows_is_the_u_statistic_written_out(monkeypatch) -> None:
+    """The full U-statistic (every pair of distinct rows within each set, every pair across), against
+    Python loops; with blocks of 2 rows too, so the block sums and their diagonals are tested."""
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(7, 3, generator=g)
+    fake = torch.randn(5, 3, generator=g) * 1.5 + 2  # far apart: a clearly positive distance
+
+    def k(a: torch.Tensor, b: torch.Tensor) -> float:
+        return (sum(p * q for p, q in zip(a.tolist(), b.tolist(), strict=True)) / 3 + 1) ** 3
+
+    m, n = len(real), len(fake)
+    xx = sum(k(real[i], real[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(fake[i], fake[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(real[i], fake[j]) for i in range(m) for j in range(n)) / (m * n)
+    expected = xx + yy - 2 * xy
+    assert expected > 0.1
+    assert metrics.kernel_distance(real, fake) == pytest.approx(expected, rel=1e-12)
+    monkeypatch.setattr(metrics, "KERNEL_BLOCK", 2)
+    assert metrics.kernel_distance(real, fake) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="at least 2 rows of each set, got 7 real and 1 fake"):
+        metrics.kernel_distance(real, fake[:1])

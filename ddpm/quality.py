@@ -37,7 +37,8 @@ class QualityProbe:
         self.cfg, self.device, self.csv = config.train, device, csv
         self.image_size = config.data.image_size
         s = metric_suffix(config.evaluate.feature_extractor)
-        self.columns = ("step", f"fid{s}", f"kid{s}")
+        # FID last: DVC plots the last column where dvc.yaml names none, and its name depends on the extractor
+        self.columns = ("step", f"kid{s}", f"fid{s}")
         # the samples as `ddpm sample` draws them, DDIM at η = 0; eager: a compile would cost more than it saves
         self.sampling = config.sample.model_copy(update={
             "sampler": "ddim", "ddim_steps": self.cfg.eval_steps, "eta": 0.0, "num_samples": self.cfg.eval_samples,
@@ -64,7 +65,7 @@ class QualityProbe:
         with _own_random_streams(self.device):
             images, _ = generate(model, diffusion, self.sampling, self.image_size, self.device, progress=False)
             fake = extract_features(self.extractor, images.numpy(), self.batch_size, self.device, "", False)
-        fid, kid = self.columns[1:]
+        kid, fid = self.columns[1:]
         scores = {fid: frechet_distance(self.real, fake), kid: kernel_distance(self.real, fake)}
         record.quality.append({"step": step, **scores})
         self.write(record)

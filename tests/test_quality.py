@@ -43,7 +43,7 @@ class Recorder:
 
 def rows(path: Path) -> list[list[float]]:
     header, *lines = path.read_text().splitlines()
-    assert header == "step,fid_randconv,kid_randconv"
+    assert header == "step,kid_randconv,fid_randconv"
     return [[float(x) for x in line.split(",")] for line in lines]
 
 
@@ -69,10 +69,11 @@ def test_quality_points_match_an_independent_evaluation_and_survive_a_resume(
     train(config, flowers16, tmp_path / "a", CPU, progress=False, tracker=tracker, feature_cache=cache)
     full = rows(tmp_path / "a" / "quality.csv")
     assert [row[0] for row in full] == [5, 10]
-    for step, fid, kid in full:
+    for step, kid, fid in full:
         assert (int(step), {"quality/fid_randconv": fid, "quality/kid_randconv": kid}) in tracker.logged
     # model.pt holds the EMA weights the point at step 10 measured
-    assert full[1][1:] == pytest.approx(independent_scores(tmp_path / "a" / "model.pt", flowers16), rel=1e-9)
+    fid, kid = independent_scores(tmp_path / "a" / "model.pt", flowers16)
+    assert full[1] == [10, pytest.approx(kid, rel=1e-9), pytest.approx(fid, rel=1e-9)]
     assert tmp_path / "a" / "quality.csv" in tracker.files
     assert len(list(cache.iterdir())) == 1  # the real features, cached once
     # measuring drew nothing from the training run's streams: the weights of the same steps without it
@@ -84,7 +85,7 @@ def test_quality_points_match_an_independent_evaluation_and_survive_a_resume(
     # past step 3 (here a wrong one) and measures that point again
     (tmp_path / "b" / "checkpoints").mkdir(parents=True)
     shutil.copy(tmp_path / "a" / "checkpoints" / "step-00000003.pt", tmp_path / "b" / "checkpoints")
-    (tmp_path / "b" / "quality.csv").write_text("step,fid_randconv,kid_randconv\n5,1.0,1.0\n")
+    (tmp_path / "b" / "quality.csv").write_text("step,kid_randconv,fid_randconv\n5,1.0,1.0\n")
     resumed = train(config, flowers16, tmp_path / "b", CPU, progress=False, feature_cache=cache)
     assert resumed.resumed_from == 3
     assert (tmp_path / "b" / "quality.csv").read_bytes() == (tmp_path / "a" / "quality.csv").read_bytes()

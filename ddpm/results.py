@@ -34,6 +34,7 @@ class RunResult:
     losses: np.ndarray  # (k, 2): step, loss
     grid: Path
     run_id: str | None  # the MLflow child run holding the scores, where tracking was on
+    quality: dict[str, np.ndarray] | None = None  # quality.csv's columns (step, kid{s}, fid{s}), where measured
 
 
 def read_results(names: list[str], seeds: list[int], runs_dir: Path) -> list[RunResult]:
@@ -66,7 +67,8 @@ def _read_run(folder: RunFolder, name: str, seed: int) -> RunResult:
     _check_same_model(folder, {folder.eval_metrics: evaluation, folder.sweep: sweep}, run)
     run.check_samples(evaluation)
     terms = run.nll_terms(evaluation, model["diffusion"]["timesteps"]) if "nll_bpd" in evaluation else None
-    return RunResult(name, seed, model, train, evaluation, sweep, terms, losses, folder.grid, linked.get("run_id"))
+    return RunResult(name, seed, model, train, evaluation, sweep, terms, losses, folder.grid, linked.get("run_id"),
+                     run.quality())  # fmt: skip
 
 
 @dataclass
@@ -125,6 +127,25 @@ class RunFiles:
         if losses.shape[1] != 2:
             raise self.error(file, "expected rows of step,loss", "train")
         return losses
+
+    def quality(self) -> dict[str, np.ndarray] | None:
+        """quality.csv's columns by name, where the run measured quality during training; None where it
+        did not (no file: an earlier ddpm's run; the header alone: train.eval_every 0)."""
+        file = self.folder.quality
+        if not file.is_file():
+            return None
+        try:
+            header = file.read_text().partition("\n")[0].split(",")
+            with warnings.catch_warnings():  # numpy warns of a file without rows: no points
+                warnings.simplefilter("ignore", UserWarning)
+                values = np.loadtxt(file, delimiter=",", skiprows=1, ndmin=2)
+        except (OSError, ValueError):
+            values = None
+        if values is not None and values.size == 0:
+            return None
+        if values is None or header[0] != "step" or values.shape[1] != len(header):
+            raise self.error(file, "expected rows of step,kid,fid", "train")
+        return dict(zip(header, values.T, strict=True))
 
     def check_samples(self, evaluation: dict[str, Any]) -> None:
         """The grid is a picture, and, where samples.json records sha256s (`ddpm sample` writes them

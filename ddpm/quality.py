@@ -52,7 +52,10 @@ class QualityProbe:
                             f"got {self.cfg.eval_steps}")  # fmt: skip
         # loaded now, not at the first point: a missing Inception fails before hours of training, not after
         with _own_random_streams(device):
-            self.extractor = load_extractor(config.evaluate, device)
+            try:
+                self.extractor = load_extractor(config.evaluate, device)
+            except UserError as e:
+                raise UserError(f"quality during training (train.eval_every): {e}; or set train.eval_every=0") from None
             digest = digest.removeprefix("sha256:")
             self.real, _ = real_features(self.extractor, real_path, digest, self.batch_size, cache_dir, device, False)
 
@@ -66,7 +69,9 @@ class QualityProbe:
             images, _ = generate(model, diffusion, self.sampling, self.image_size, self.device, progress=False)
             fake = extract_features(self.extractor, images.numpy(), self.batch_size, self.device, "", False)
         kid, fid = self.columns[1:]
-        scores = {fid: frechet_distance(self.real, fake), kid: kernel_distance(self.real, fake)}
+        # FID on the host, as `ddpm evaluate` computes it; KID's float64 kernels (7,689² for Flowers) on the device
+        kid_value = kernel_distance(self.real.to(self.device), fake.to(self.device))
+        scores = {fid: frechet_distance(self.real, fake), kid: kid_value}
         record.quality.append({"step": step, **scores})
         self.write(record)
         return scores

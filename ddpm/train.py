@@ -189,12 +189,13 @@ def train(
     say = (lambda line: tqdm.write(f"ddpm: note: {line}", file=sys.stderr)) if ranks.main else (lambda line: None)
     saved, newest = starting_point(folder.checkpoints, config, data_sha256, resume, restart_if_changed, device, say)
     state = TrainState.create(config, device, data_sha256, saved, newest)  # a bad checkpoint fails here, before MLflow
+    quality = (
+        QualityProbe(config, data_path, data_sha256, feature_cache, device, folder.quality) if ranks.main else None
+    )
     tracker = tracker if ranks.main else None
     state.run_id = tracker.start(saved.run_id if saved else None) if tracker else None
-    quality = None
     if ranks.main:
         _clear_outputs(out_dir, fresh=saved is None)
-        quality = QualityProbe(config, data_path, data_sha256, feature_cache, device, folder.quality)
         quality.write(state.record)  # the points up to the resumed step, none past it
     loop = Loop(config, device, ranks, state, InMemoryImages(images, device), tracker, folder.checkpoints, newest,
                 quality)  # fmt: skip

@@ -96,3 +96,15 @@ def test_eval_steps_beyond_the_timesteps_are_refused_before_training(flowers16: 
     with pytest.raises(UserError, match=r"^train.eval_steps: expected at most diffusion.timesteps = 50, got 51$"):
         train(config, flowers16, tmp_path, CPU, progress=False, feature_cache=tmp_path / "features")
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_missing_extractor_is_refused_before_training_with_the_way_out(flowers16: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-weights.pth"
+    config = tiny_config(train=QUALITY, evaluate={"feature_extractor": "inception", "inception_weights": str(missing)})
+    with pytest.raises(UserError) as refused:
+        train(config, flowers16, tmp_path / "run", CPU, progress=False, feature_cache=tmp_path / "features")
+    assert str(refused.value) == (
+        f"quality during training (train.eval_every): evaluate.inception_weights: {missing} not found; expected the "
+        "pt_inception-2015-12-05 file; or set train.eval_every=0"
+    )
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -19,7 +19,7 @@ from ddpm.metrics import frechet_distance, kernel_distance
 from ddpm.sample import generate
 from ddpm.train import train
 
-QUALITY = {"steps": 10, "checkpoint_every": 3, "keep_checkpoints": 5, "eval_every": 5, "eval_samples": 8,
+QUALITY = {"steps": 10, "checkpoint_every": 3, "keep_checkpoints": 5, "eval_every": 6, "eval_samples": 8,
            "eval_steps": 5}  # fmt: skip
 
 
@@ -68,7 +68,7 @@ def test_quality_points_match_an_independent_evaluation_and_survive_a_resume(
     tracker = Recorder()
     train(config, flowers16, tmp_path / "a", CPU, progress=False, tracker=tracker, feature_cache=cache)
     full = rows(tmp_path / "a" / "quality.csv")
-    assert [row[0] for row in full] == [5, 10]
+    assert [row[0] for row in full] == [6, 10]  # every 6 steps, and the last
     for step, kid, fid in full:
         assert (int(step), {"quality/fid_randconv": fid, "quality/kid_randconv": kid}) in tracker.logged
     # model.pt holds the EMA weights the point at step 10 measured
@@ -77,17 +77,23 @@ def test_quality_points_match_an_independent_evaluation_and_survive_a_resume(
     assert tmp_path / "a" / "quality.csv" in tracker.files
     assert len(list(cache.iterdir())) == 1  # the real features, cached once
     # measuring drew nothing from the training run's streams: the weights of the same steps without it
+    without, with_points = (torch.load(folder / "checkpoints" / "step-00000010.pt", weights_only=True)
+                            for folder in (trained_result.checkpoint.parent, tmp_path / "a"))  # fmt: skip
     assert_same_weights(trained_result.checkpoint.parent / "checkpoints" / "step-00000010.pt",
                         tmp_path / "a" / "checkpoints" / "step-00000010.pt")  # fmt: skip
+    assert torch.equal(without["rng"]["cpu"], with_points["rng"]["cpu"])  # dropout's stream too
     assert rows(trained_result.checkpoint.parent / "quality.csv") == []  # off: the header alone, for DVC
 
-    # a run killed after its point at step 5 with its last checkpoint at step 3: the resume drops the row
+    # a run killed after its point at step 6 with its last checkpoint at step 3: the resume drops the row
     # past step 3 (here a wrong one) and measures that point again
     (tmp_path / "b" / "checkpoints").mkdir(parents=True)
     shutil.copy(tmp_path / "a" / "checkpoints" / "step-00000003.pt", tmp_path / "b" / "checkpoints")
     (tmp_path / "b" / "quality.csv").write_text("step,kid_randconv,fid_randconv\n5,1.0,1.0\n")
+    quiet = config.model_copy(update={"train": config.train.model_copy(update={"steps": 4, "eval_every": 0})})
+    train(quiet, flowers16, tmp_path / "b", CPU, progress=False, feature_cache=cache)  # one step, no point
+    assert rows(tmp_path / "b" / "quality.csv") == []  # the row past step 3 is gone at the start
     resumed = train(config, flowers16, tmp_path / "b", CPU, progress=False, feature_cache=cache)
-    assert resumed.resumed_from == 3
+    assert resumed.resumed_from == 4
     assert (tmp_path / "b" / "quality.csv").read_bytes() == (tmp_path / "a" / "quality.csv").read_bytes()
 
 

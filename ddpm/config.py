@@ -119,6 +119,11 @@ class TrainConfig(Section):
     seed: Seed = 0
     log_every: PositiveInt = 100
     sample_every: PositiveInt = 5000  # a grid of EMA samples (DDIM) to MLflow every N steps and at the end
+    # quality during training (ddpm.quality): FID_N and KID of eval_samples EMA samples (DDIM, eval_steps
+    # steps, η = 0) every eval_every steps and at the end, to quality.csv and MLflow; 0: off
+    eval_every: Annotated[Int, Field(ge=0)] = 10_000
+    eval_samples: Annotated[Int, Field(ge=2)] = 2000  # FID's covariance and KID's U-statistic need 2
+    eval_steps: PositiveInt = 50
     # the fast path; "auto": on for a GPU, off for the CPU
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16: autocast the UNet to bfloat16
     channels_last: Literal["auto"] | bool = "auto"  # NHWC memory format
@@ -128,7 +133,7 @@ class TrainConfig(Section):
 # The train keys that change how a run is watched or stored, not the weights it ends with; a resume
 # may change them. channels_last and compile lay out and schedule the same arithmetic.
 BOOKKEEPING = {"steps", "log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite", "sample_every"}
-BOOKKEEPING |= {"channels_last", "compile"}
+BOOKKEEPING |= {"channels_last", "compile", "eval_every", "eval_samples", "eval_steps"}
 
 
 class SampleConfig(Section):

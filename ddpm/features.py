@@ -56,8 +56,12 @@ class Extractor:
 
     @property
     def suffix(self) -> str:
-        """What metric names carry: nothing for the real FID network, the extractor's name otherwise."""
-        return "" if self.name == "inception" else f"_{self.name}"
+        return metric_suffix(self.name)
+
+
+def metric_suffix(name: str) -> str:
+    """What metric names carry: nothing for the real FID network, the extractor's name otherwise."""
+    return "" if name == "inception" else f"_{name}"
 
 
 class RandConv(nn.Module):

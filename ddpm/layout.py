@@ -6,7 +6,7 @@ module of ddpm spells one out (tests/test_layout.py checks that). A trained mode
     runs/<schedule>/seed<train.seed>/
         model.pt            the final weights and their description       ddpm train
         checkpoints/        step-00005000.pt, ...: resumable states
-        train.json          the run's numbers; losses.csv its loss curve
+        train.json          the run's numbers; losses.csv its loss curve, quality.csv FID and KID along it
         mlflow_run.json     the MLflow run of the model (tracking on)
         samples/            samples.npy, samples.json, grid.png, progression.png/.gif   ddpm sample
         eval.json           FID, KID, bits/dim; nll_terms.csv; resamples.npz; mlflow_eval_run.json  ddpm evaluate
@@ -41,6 +41,7 @@ MODEL = "model.pt"
 CHECKPOINTS = "checkpoints"
 TRAIN_METRICS = "train.json"
 LOSSES = "losses.csv"
+QUALITY = "quality.csv"  # FID_N and KID of EMA samples at train.eval_every steps (ddpm.quality)
 SAMPLES = "samples"  # the folder of `ddpm sample`'s output
 SAMPLES_ARRAY = "samples.npy"
 SAMPLES_ORIGIN = "samples.json"  # beside samples.npy: the model and settings that drew them
@@ -56,7 +57,7 @@ MLFLOW_RUN = "mlflow_run.json"  # the model's parent run
 MLFLOW_EVAL_RUN = "mlflow_eval_run.json"  # beside eval.json: the child run that holds those scores
 MLFLOW_PENDING = "mlflow-pending.jsonl"  # writes that could not be sent, for the next command there
 # the files of a run folder whose MLflow uploads may wait in its pending file (nothing else is uploaded from it)
-PENDING_UPLOADS = (MODEL, TRAIN_METRICS, LOSSES, *PICTURES, EVAL_METRICS, NLL_TERMS, SWEEP)
+PENDING_UPLOADS = (MODEL, TRAIN_METRICS, LOSSES, QUALITY, *PICTURES, EVAL_METRICS, NLL_TERMS, SWEEP)
 PENDING_PICTURE = re.compile(r"\.mlflow-pending-(?P<digest>[0-9a-f]{12})\.npy")  # `pending_picture`'s names
 PENDING_COPY = re.compile(r"\.mlflow-pending-[0-9a-f]{12}")  # the folders of `pending_copy`
 STEP_FILE = re.compile(r"step-(\d+)\.pt")
@@ -71,6 +72,7 @@ FORWARD_PICTURE = "forward.png"
 NLL_TERMS_PICTURE = "nll_terms.png"
 SWEEP_PICTURE = "sweep.png"
 LOSSES_PICTURE = "losses.png"
+QUALITY_PICTURE = "quality.png"
 SAMPLES_PICTURE = "samples.png"
 NEAREST_PICTURE = "nearest.png"  # the samples closest to a training image, each above it
 
@@ -101,6 +103,10 @@ class RunFolder:
     @property
     def losses(self) -> Path:
         return self.path / LOSSES
+
+    @property
+    def quality(self) -> Path:
+        return self.path / QUALITY
 
     @property
     def samples(self) -> Path:

@@ -157,6 +157,24 @@ def plot_losses(results: list[RunResult], path: Path) -> None:
     _save(fig, path)
 
 
+def plot_quality(results: list[RunResult], path: Path) -> None:
+    """FID_N and KID of EMA samples against the training step (quality.csv, train.eval_every): a line
+    per schedule × seed, every point of every line from the same x_T."""
+    fig, axes = _pyplot().subplots(1, 2, figsize=(11, 4.5))
+    measured = [r for r in results if r.quality is not None]
+    for ax in axes if not measured else []:
+        _empty(ax, "not measured during training (train.eval_every: 0)")
+    for r in measured:
+        for ax, prefix in zip(axes, ("fid", "kid"), strict=True):
+            name = next(key for key in r.quality if key.startswith(prefix))
+            ax.plot(r.quality["step"], r.quality[name], marker="o", label=label(r))
+            ax.set(xlabel="training step", ylabel=name, title=f"{name} of EMA samples during training")
+            ax.grid(alpha=0.3)
+            ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def plot_sample_grids(results: list[RunResult], rows: list[dict[str, Any]], path: Path) -> None:
     """The sample grids side by side, each titled with its schedule and FID."""
     fig, axes = _pyplot().subplots(1, len(results), figsize=(4.5 * len(results), 5), squeeze=False)

@@ -20,6 +20,7 @@ from ddpm.plots import (
     plot_losses,
     plot_nearest,
     plot_nll_terms,
+    plot_quality,
     plot_sample_grids,
     plot_schedules,
     plot_sweep,
@@ -40,7 +41,8 @@ def compare(
     """The comparison report in `out_dir`: report.md with the table, what its differences mean, and
     every picture; the table as comparison.csv and .json; scores.csv (FID per schedule);
     schedules.png (alphā, log-SNR); nll_terms.png (bits/dim per timestep); sweep.png (FID against
-    sampling steps); losses.png; forward.png (the first image of `data`, or a synthetic flower,
+    sampling steps); losses.png; quality.png (FID and KID during training); forward.png (the first
+    image of `data`, or a synthetic flower,
     noised by each schedule); samples.png (the first seed's sample grids side by side); nearest.png
     (the first seed's samples closest to a training image, ddpm.memorization). T and the
     image size are the checkpoints'. Returns the rows, the files and each run's MLflow child run
@@ -69,11 +71,12 @@ def _draw_pictures(
     T, `image` (the first real one) noised by each."""
     timesteps = results[0].model["diffusion"]["timesteps"]
     files = [out_dir / name for name in PICTURES]
-    schedules, nll_terms, sweep, losses, forward, samples = files
+    schedules, nll_terms, sweep, losses, forward, samples, quality = files
     plot_schedules(names, timesteps, output(schedules))
     plot_nll_terms(results, output(nll_terms))
     plot_sweep(results, output(sweep))
     plot_losses(results, output(losses))
+    plot_quality(results, output(quality))
     forward_strip(names, timesteps, image, output(forward))
     plot_sample_grids([r for r in results if r.seed == seeds[0]], rows, output(samples))
     return files
@@ -103,7 +106,7 @@ def _write_tables(
 
 
 PICTURES = (layout.SCHEDULES_PICTURE, layout.NLL_TERMS_PICTURE, layout.SWEEP_PICTURE, layout.LOSSES_PICTURE,
-            layout.FORWARD_PICTURE, layout.SAMPLES_PICTURE)  # fmt: skip
+            layout.FORWARD_PICTURE, layout.SAMPLES_PICTURE, layout.QUALITY_PICTURE)  # fmt: skip
 
 
 def _cell(row: dict[str, Any], key: str, digits: str, spread: str | None = None) -> str:
@@ -305,6 +308,16 @@ def markdown_report(rows: list[dict[str, Any]], verdicts: list[Verdict], primary
             "## Training loss",
             "",
             f"![loss curves]({layout.LOSSES_PICTURE})",
+            "",
+            "## Quality during training",
+            "",
+            "FID_N and KID (the extractor's, as in the table) of train.eval_samples EMA samples (DDIM, "
+            "train.eval_steps steps, η = 0) against the images trained on, every train.eval_every steps and at "
+            "the end: the same x_T at every point of every line, so the lines differ by their models alone. "
+            "N is smaller than the table's, and FID_N falls as N grows: compare the lines with each other, "
+            "not with the table.",
+            "",
+            f"![quality against training step]({layout.QUALITY_PICTURE})",
             "",
             "## Samples",
             "",

@@ -37,6 +37,7 @@ class Record:
     nonfinite: int = 0
     nonfinite_in_a_row: int = 0
     seconds: float = 0.0  # training time up to the checkpoint, resumes included
+    quality: list[dict[str, float]] = field(default_factory=list)  # quality.csv's rows (ddpm.quality)
 
     def update(self, window: "Window") -> None:
         """Take in the statistics read back from the device."""

@@ -36,7 +36,8 @@ from ddpm.distributed import ONE_PROCESS, Ranks, agree_to_stop, join_process_gro
 from ddpm.errors import Interrupted, UserError
 from ddpm.fastpath import FastPath
 from ddpm.files import folder_lock, remove_partial_outputs, write_bytes, write_json
-from ddpm.layout import RunFolder, checkpoint_path, step_checkpoints
+from ddpm.layout import FEATURE_CACHE, RunFolder, checkpoint_path, step_checkpoints
+from ddpm.quality import QualityProbe
 from ddpm.sample import preview
 from ddpm.state import Record, TrainState, Window, starting_point
 
@@ -173,10 +174,12 @@ def train(
     progress: bool = True,
     tracker: Tracker | None = None,
     restart_if_changed: bool = False,
+    feature_cache: Path = FEATURE_CACHE,
 ) -> TrainResult:
     """Train the model `config` describes on the images at `data_path`. Checkpoints go to
     `out_dir`/checkpoints, the final weights (raw and EMA) to `out_dir`/model.pt, the run's numbers
-    to train.json and losses.csv. `ddpm.state.starting_point` says when a run resumes."""
+    to train.json, losses.csv and quality.csv (ddpm.quality, with the real features cached in
+    `feature_cache`). `ddpm.state.starting_point` says when a run resumes."""
     cfg = config.train
     ranks, device = join_process_group(device)
     if cfg.batch_size % ranks.world:
@@ -186,11 +189,16 @@ def train(
     say = (lambda line: tqdm.write(f"ddpm: note: {line}", file=sys.stderr)) if ranks.main else (lambda line: None)
     saved, newest = starting_point(folder.checkpoints, config, data_sha256, resume, restart_if_changed, device, say)
     state = TrainState.create(config, device, data_sha256, saved, newest)  # a bad checkpoint fails here, before MLflow
+    quality = (
+        QualityProbe(config, data_path, data_sha256, feature_cache, device, folder.quality) if ranks.main else None
+    )
     tracker = tracker if ranks.main else None
     state.run_id = tracker.start(saved.run_id if saved else None) if tracker else None
     if ranks.main:
         _clear_outputs(out_dir, fresh=saved is None)
-    loop = Loop(config, device, ranks, state, InMemoryImages(images, device), tracker, folder.checkpoints, newest)
+        quality.write(state.record)  # the points up to the resumed step, none past it
+    loop = Loop(config, device, ranks, state, InMemoryImages(images, device), tracker, folder.checkpoints, newest,
+                quality)  # fmt: skip
     bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train {config.diffusion.schedule}",
                disable=not (progress and ranks.main))  # fmt: skip
 
@@ -212,11 +220,12 @@ class Loop:
 
     def __init__(
         self, config: Config, device: torch.device, ranks: Ranks, state: TrainState, dataset: InMemoryImages,
-        tracker: Tracker | None, checkpoints: Path, newest: Path | None,
+        tracker: Tracker | None, checkpoints: Path, newest: Path | None, quality: QualityProbe | None,
     ) -> None:  # fmt: skip
         self.config, self.cfg, self.device, self.ranks = config, config.train, device, ranks
         self.state, self.dataset, self.tracker, self.checkpoints = state, dataset, tracker, checkpoints
         self.newest = newest  # the last good checkpoint: the one resumed from, then each one written
+        self.quality = quality  # rank 0's
         self.fast = FastPath.resolve(self.cfg, device)
         self.forward = _forward(state.model, self.fast, ranks, device)
         self.tally = LossTally(state.record, device, ranks)
@@ -232,6 +241,10 @@ class Loop:
                 grid = preview(self.state.ema.model, self.state.diffusion, self.config.data.image_size, self.device,
                                cfg.seed)  # fmt: skip
                 self.tracker.log_images(step, grid)
+            if self.quality and self.quality.due(step):  # FID_N and KID of EMA samples, to quality.csv
+                scores = self.quality.measure(step, self.state.ema.model, self.state.diffusion, self.state.record)
+                if self.tracker:
+                    self.tracker.log(step, {f"quality/{name}": value for name, value in scores.items()})
 
             # read back (log, checkpoint, stop on a signal), only every so often
             at_log = step % cfg.log_every == 0 or step == cfg.steps
@@ -333,7 +346,7 @@ def _finish(
     rows = "".join(f"{step},{loss:.6f}\n" for step, loss in result.losses)
     write_bytes(folder.losses, f"step,loss\n{rows}".encode())
     if tracker:
-        tracker.finish(result, [result.checkpoint, folder.train_metrics, folder.losses])
+        tracker.finish(result, [result.checkpoint, folder.train_metrics, folder.losses, folder.quality])
 
 
 def _diverged(what: str, good: Path | None) -> UserError:

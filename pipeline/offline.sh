@@ -3,9 +3,9 @@
 # in under 6 minutes on a 2-core CPU (bench/offline_preset.py). The stages are dvc.yaml's own;
 # only these params differ from params.yaml's real experiment:
 #   synthetic flowers at 16×16 (100 held out), the tiny UNet, T = 50, 250 training steps of 24
-#   images, 200 DDIM samples (20 steps), bits/dim on 32 held-out images, a sweep of DDIM 5 and 20
-#   steps and DDPM 50 on 100 samples each, and FID/KID through the small `randconv` extractor, so
-#   the numbers are named fid_randconv etc.
+#   images (FID and KID of 100 DDIM-10 samples at steps 125 and 250), 200 DDIM samples (20 steps),
+#   bits/dim on 32 held-out images, a sweep of DDIM 5 and 20 steps and DDPM 50 on 100 samples
+#   each, and FID/KID through the small `randconv` extractor, so the numbers are named fid_randconv etc.
 # It runs as a DVC experiment (`dvc exp show` lists it with its values; `dvc exp apply NAME` brings
 # them back). `dvc exp run` leaves its values in the workspace's params.yaml; this script puts back
 # the params.yaml it found when it ends, however it ends, so that the preset never becomes what
@@ -29,6 +29,7 @@ trap 'exit 130' INT; trap 'exit 143' TERM  # a signal ends the script through it
     -S diffusion.timesteps=50 \
     -S train.steps=250 -S train.batch_size=24 -S train.lr=1e-3 -S train.warmup_steps=50 \
     -S train.log_every=50 -S train.checkpoint_every=125 -S train.sample_every=125 \
+    -S train.eval_every=125 -S train.eval_samples=100 -S train.eval_steps=10 \
     -S sample.sampler=ddim -S sample.ddim_steps=20 -S sample.num_samples=200 -S sample.batch_size=200 \
     -S evaluate.feature_extractor=randconv \
     -S evaluate.nll_images=32 \

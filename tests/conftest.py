@@ -29,7 +29,15 @@ TINY = {
     "data": {"image_size": 16, "holdout": 0},
     "model": {"preset": "tiny"},
     "diffusion": {"timesteps": 50},
-    "train": {"steps": 20, "batch_size": 8, "lr": 1e-3, "warmup_steps": 10, "log_every": 10, "checkpoint_every": 10},
+    "train": {
+        "steps": 20,
+        "batch_size": 8,
+        "lr": 1e-3,
+        "warmup_steps": 10,
+        "log_every": 10,
+        "checkpoint_every": 10,
+        "eval_every": 0,  # quality during training: tests/test_quality.py turns it on
+    },
     "sample": {"num_samples": 4, "batch_size": 4, "sampler": "ddim", "ddim_steps": 5},
     "evaluate": {
         "feature_extractor": "randconv",

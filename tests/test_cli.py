@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from ddpm.cli import app
 from ddpm.config import TrainConfig
 
-TINY = ["--model", "tiny", "--image-size", "16", "--timesteps", "50", "--batch-size", "4", "--set", "train.log_every=5"]
+TINY = ["--model", "tiny", "--image-size", "16", "--timesteps", "50", "--batch-size", "4", "--set", "train.log_every=5",
+        "--set", "train.eval_every=0"]  # fmt: skip
 
 
 def test_help_lists_every_command_with_a_description() -> None:

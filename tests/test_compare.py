@@ -652,7 +652,7 @@ def report_files(folder: Path) -> dict[str, tuple[int, bytes]]:
 
 
 REPORT = ("report.md", "comparison.json", "comparison.csv", "scores.csv", "schedules.png", "nll_terms.png",
-          "sweep.png", "losses.png", "forward.png", "samples.png")  # fmt: skip
+          "sweep.png", "losses.png", "forward.png", "samples.png", "quality.png")  # fmt: skip
 
 
 @pytest.mark.slow

@@ -87,3 +87,47 @@ def test_the_table_labels_fid_with_its_n_and_each_estimate_with_its_spread() -> 
     words = legend([one])
     assert "**fid (N)**: the Fréchet distance" in words and "FID_∞ (Chong & Forsyth 2020)" in words
     assert "With several seeds, ± is the standard deviation over the seeds." in words
+
+
+def test_quality_is_read_from_each_run_where_measured_and_drawn_a_line_per_schedule_and_seed(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import ddpm.plots as plots
+    from ddpm.errors import UserError
+    from ddpm.layout import RunFolder
+    from ddpm.results import RunFiles, RunResult
+
+    def read(text: str | None) -> dict | None:
+        folder = RunFolder(tmp_path / "run")
+        folder.path.mkdir(exist_ok=True)
+        folder.quality.unlink(missing_ok=True)
+        if text is not None:
+            folder.quality.write_text(text)
+        return RunFiles(folder, "linear", 0).quality()
+
+    assert read(None) is None  # an earlier ddpm's run
+    assert read("step,kid_randconv,fid_randconv\n") is None  # train.eval_every: 0
+    linear = read("step,kid_randconv,fid_randconv\n5,0.5,40.0\n10,0.25,30.0\n")
+    assert list(linear) == ["step", "kid_randconv", "fid_randconv"]
+    assert linear["step"].tolist() == [5, 10] and linear["fid_randconv"].tolist() == [40.0, 30.0]
+    for bad in ("step,kid,fid\n5,0.5\n", "epoch,kid,fid\n5,0.5,40\n", "step,kid,fid\n5,x,40\n"):
+        try:
+            read(bad)
+        except UserError as e:
+            assert str(e).endswith("expected rows of step,kid,fid; run `ddpm train --beta-schedule linear` again")
+        else:
+            raise AssertionError(bad)
+
+    cosine = {"step": np.array([5.0, 10.0]), "kid_randconv": np.array([0.4, 0.2]), "fid_randconv": np.array([35, 20])}
+    runs = (("linear", 0, linear), ("cosine", 0, cosine), ("cosine", 1, None))
+    results = [
+        RunResult(n, seed, {}, {}, {}, None, None, np.zeros((1, 2)), Path("g"), None, quality=q) for n, seed, q in runs
+    ]
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.update(fig=fig))
+    plots.plot_quality(results, tmp_path / "quality.png")
+    fid_axes, kid_axes = drawn["fig"].axes
+    assert fid_axes.get_ylabel() == "fid_randconv" and kid_axes.get_ylabel() == "kid_randconv"
+    lines = {line.get_label(): line.get_ydata().tolist() for line in fid_axes.lines}
+    assert lines == {"linear": [40.0, 30.0], "cosine": [35, 20]}  # a run without points: no line
+    assert [line.get_ydata().tolist() for line in kid_axes.lines] == [[0.5, 0.25], [0.4, 0.2]]

@@ -168,7 +168,7 @@ def test_the_tracker_hears_the_log_and_sample_grids_and_the_run_is_unchanged(
     keys = ["train/images_per_second", "train/loss", "train/lr"]
     assert tracker.logs == [(10, keys), (20, keys)]
     assert tracker.images == [(step, (518, 518, 3), np.uint8) for step in (7, 14, 20)]  # 4×4 grids of 16×16, ×7
-    assert tracker.finished == [["model.pt", "train.json", "losses.csv"]]
+    assert tracker.finished == [["model.pt", "train.json", "losses.csv", "quality.csv"]]
 
     resumed = FakeTracker()  # the checkpoint hands its run back, so a resumed run logs to the same one
     longer = tiny_config(train={"steps": 30, "sample_every": 10})

@@ -13,7 +13,10 @@ The steps (the letters are issue 15's):
 - train64 (b): the same at 64×64, batch 64, learnopencv (the real experiment's model), bf16;
   compiled: ours only.
 - cli (d): the real commands in order, tracking off: download, prepare (synthetic, 64×64), train
-  (learnopencv, the fast path), sample (DDIM), evaluate (FID with the carried Inception), compare.
+  (learnopencv, the fast path), sample (DDIM), evaluate (FID with the carried Inception), compare;
+  and between evaluate and compare one point of quality during training (issue 23) as `ddpm train`
+  measures it at params.yaml's train.eval_*: 2,000 DDIM-50 samples of the trained model, their
+  Inception features, FID and KID against the real features evaluate cached.
 
 Keys name the GPU run's sizes (train32, train64); --dry-run measures the same keys on the CPU at
 tiny sizes (meta.sizes), in float32 (bf16 on a CPU is several times slower than fp32) and without
@@ -70,6 +73,8 @@ class Sizes:
     cli_min_steps: int = 100
     cli_samples: int = 1024  # 4 batches of one shape: one compile, one set of CUDA graphs
     cli_sample_batch: int = 256
+    quality_samples: int = 2000  # params.yaml's train.eval_samples and eval_steps
+    quality_steps: int = 50
 
 
 GPU = Sizes()
@@ -78,8 +83,10 @@ DRY = replace(
     timing=tp.Timing(steps=1, warmup=0, repeats=1), sample_images=2, sample_steps=25, ddim_steps=5, ddim_repeats=1,
     cli_preset="tiny", cli_size=8, cli_images=10, cli_holdout=2, cli_batch=4, cli_min_steps=4, cli_samples=4,
     cli_sample_batch=4,
+    quality_samples=4, quality_steps=5,
 )  # fmt: skip
-CLI_RESERVE = 120  # seconds the cli step keeps for compiling the step, sampling, evaluating (bits/dim too), comparing
+CLI_RESERVE = 150  # seconds the cli step keeps for compiling the step, sampling, evaluating (bits/dim too), a
+# quality point (an estimate of 15-30 s: bench/RESULTS.md), comparing
 GUESSED_CLI_SPEED = 500.0  # img/s to size the training with when train64 measured nothing: low, to end in time
 
 
@@ -216,7 +223,7 @@ def run_commands(ctx: Context, folder: Path) -> None:
     steps = cli_train_steps(ctx)
     seconds = timed_command(ctx, "train", ["train", "--beta-schedule", "linear", "--model", s.cli_preset,
                                            "--image-size", str(s.cli_size), "--steps", str(steps), "--batch-size",
-                                           str(s.cli_batch), *base])  # fmt: skip
+                                           str(s.cli_batch), "--set", "train.eval_every=0", *base])  # fmt: skip
     trained = json.loads(Path("runs/linear/seed0/train.json").read_text())
     ctx.figures.put({"cli.train.steps": steps, "cli.train.img_s": trained["images_per_second"],
                      "cli.train.wall_img_s": steps * s.cli_batch / seconds})  # fmt: skip
@@ -233,8 +240,35 @@ def run_commands(ctx: Context, folder: Path) -> None:
     ctx.figures.put({"cli.evaluate.img_s": (scores["num_samples"] + scores["num_real"]) / seconds,
                      "cli.fid": scores[f"fid{suffix}"], "cli.kid_mean": scores[f"kid{suffix}_mean"]})  # fmt: skip
     ctx.figures.meta(cli_evaluate={k: v for k, v in scores.items() if not isinstance(v, float)})
+    quality_point(ctx, extractor)
     timed_command(ctx, "compare", ["compare", "linear", *base])
     ctx.figures.meta(tracking=tracking_modules())
+
+
+def quality_point(ctx: Context, extractor: str) -> None:
+    """One point of quality during training, as `ddpm train` measures it every train.eval_every steps
+    (ddpm.quality), on the model just trained; its seconds as cli.quality.s. The real features come
+    from the cache `ddpm evaluate` filled, as they do in training after the first point."""
+    from ddpm.checkpoint import load_trained
+    from ddpm.config import Config
+    from ddpm.files import sha256_hex
+    from ddpm.layout import FEATURE_CACHE, TRAINING_IMAGES, RunFolder
+    from ddpm.quality import QualityProbe
+    from ddpm.state import Record
+
+    s = ctx.sizes
+    config = Config.model_validate({
+        "data": {"image_size": s.cli_size}, "evaluate": {"feature_extractor": extractor},
+        "train": {"eval_samples": s.quality_samples, "eval_steps": s.quality_steps},
+    })  # fmt: skip
+    trained = load_trained(RunFolder.of("linear", 0).model, ctx.device)
+    digest = sha256_hex(TRAINING_IMAGES)
+    probe = QualityProbe(config, TRAINING_IMAGES, digest, FEATURE_CACHE, ctx.device, ctx.work / "quality.csv")
+    start = time.perf_counter()
+    scores = probe.measure(trained.step, trained.model, trained.diffusion, Record())
+    seconds = time.perf_counter() - start
+    ctx.figures.put({"cli.quality.s": seconds})
+    print(f"quality point: {s.quality_samples} DDIM-{s.quality_steps} samples, {extractor}: {seconds:.1f} s, {scores}")
 
 
 def tracking_modules() -> dict[str, list[str]]:

@@ -18,7 +18,7 @@ STEPS = ("train32", "sample", "compiled32", "train64", "cli")
 CLI_KEYS = (
     "cli.download.s", "cli.prepare.s", "cli.train.s", "cli.train.steps", "cli.train.img_s", "cli.train.wall_img_s",
     "cli.sample.s", "cli.sample.img_s", "cli.evaluate.s", "cli.evaluate.img_s", "cli.fid", "cli.kid_mean",
-    "cli.compare.s",
+    "cli.quality.s", "cli.compare.s",
 )  # fmt: skip
 STOPPED = {124: "stopped at its time limit", 137: "killed at its time limit"}
 
@@ -149,11 +149,14 @@ def cli_rows(f: dict[str, float | None], sizes: dict) -> list[str]:
     run = f"{sizes.get('cli_preset')}, {sizes.get('cli_size')}², batch {sizes.get('cli_batch')}"
     train = f"`ddpm train` img/s ({run}, {number(f['cli.train.steps'], '.0f')} steps, compile included)"
     sample = f"`ddpm sample` img/s (DDIM {sizes.get('ddim_steps')}, {sizes.get('cli_samples')} images, start included)"
+    points = f"{sizes.get('quality_samples')} DDIM-{sizes.get('quality_steps')} samples"
+    quality = f"one point of quality during training, s ({points}, their features, FID and KID: train.eval_*)"
     rows = [
         (train, f["cli.train.img_s"], ",.0f"),
         (sample, f["cli.sample.img_s"], ",.0f"),
         ("`ddpm evaluate` img/s (features of the samples and the real images)", f["cli.evaluate.img_s"], ",.0f"),
         ("FID of that short run, randconv's in a dry run (proves the command, not the model)", f["cli.fid"], ".2f"),
+        (quality, f["cli.quality.s"], ".1f"),
     ]
     return [f"| {task} | auto | {number(value, fmt)} | | |" for task, value, fmt in rows]
 

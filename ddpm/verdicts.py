@@ -20,10 +20,10 @@ from itertools import combinations
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from ddpm.layout import RESAMPLES
 from ddpm.results import RunResult, label, metric_names
+from ddpm.student import two_sided_p
 
 ALPHA = 0.05  # the family-wise error rate of one report's verdicts
 ONE_SEED = "beyond sampling noise at this training seed; training-seed variance unmeasured (add seeds)"
@@ -65,7 +65,7 @@ def paired_t(x: np.ndarray, over: str) -> Tested:
     d = x[..., first, :] - x[..., second, :]
     k = d.shape[-1]
     gap, se = d.mean(-1), d.std(-1, ddof=1) / np.sqrt(k)
-    return Tested(gap, se, _two_sided(gap, se, stats.t(k - 1)), f"paired t over {k} {over}")
+    return Tested(gap, se, _two_sided(gap, se, k - 1), f"paired t over {k} {over}")
 
 
 def paired_bootstrap(point: np.ndarray, draws: np.ndarray, samples: int) -> Tested:
@@ -81,13 +81,14 @@ def paired_bootstrap(point: np.ndarray, draws: np.ndarray, samples: int) -> Test
     gap = point[..., first] - point[..., second]
     se = (draws[..., first, :] - draws[..., second, :]).std(-1, ddof=1) * np.sqrt(samples / (samples - 1))
     how = f"paired bootstrap over {draws.shape[-1]} resamples"
-    return Tested(gap, se, _two_sided(gap, se, stats.t(samples - 1)), how)
+    return Tested(gap, se, _two_sided(gap, se, samples - 1), how)
 
 
-def _two_sided(gap: np.ndarray, se: np.ndarray, law: Any) -> np.ndarray:
-    """2 P(|T| ≥ |gap|/se) under `law`; with no noise at all, 0 for a gap and 1 for none."""
+def _two_sided(gap: np.ndarray, se: np.ndarray, df: int) -> np.ndarray:
+    """P(|T| ≥ |gap|/se), T Student's t at `df` degrees of freedom; with no noise at all, 0 for a gap
+    and 1 for none."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        p = 2 * law.sf(np.abs(gap) / se)
+        p = two_sided_p(np.abs(gap) / se, df)
     return np.where(se > 0, p, np.where(gap != 0, 0.0, 1.0))
 
 

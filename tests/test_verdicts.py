@@ -16,6 +16,7 @@ import pytest
 from scipy import stats
 
 from ddpm.results import RunResult, metric_names, sweep_columns, table_rows
+from ddpm.student import two_sided_p
 from ddpm.verdicts import ALPHA, NLL, ONE_SEED, family, holm, judge, pair_tests, paired_bootstrap, paired_t, pairs
 
 # --- each formula against an independent computation ------------------------------------------------
@@ -323,3 +324,17 @@ def test_table_rows_are_the_mean_and_the_sample_std_over_seeds() -> None:
     numbers = set(cosine) - {"schedule", "seeds", "num_samples"}
     assert set(sigmoid) == set(cosine) | {f"{k}_std_seeds" for k in numbers}  # two seeds: a spread
     assert sigmoid["fid_randconv"] == 6.5 and sigmoid["fid_randconv_std_seeds"] == pytest.approx(math.sqrt(0.5))
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 8, 39, 49, 100, 999, 9999, 200_000, 200_001, 10**9])
+def test_students_two_sided_tail_equals_scipys(df: int) -> None:
+    t = np.array([0.0, 0.05, 0.3, 1.0, 1.96, 2.5, 4.0, 8.0, 30.0, -2.5])
+    tolerance = 3e-12 if df <= 200_000 else 2e-11  # the exact series, then Fisher's first term
+    assert two_sided_p(t, df) == pytest.approx(2 * stats.t.sf(np.abs(t), df), abs=tolerance, rel=1e-9)
+    assert two_sided_p(np.inf, df) == 0.0 and two_sided_p(0.0, df) == 1.0
+
+
+def test_students_tail_takes_whole_degrees_of_freedom_only() -> None:
+    for df in (0, 2.5, -1):
+        with pytest.raises(ValueError, match="whole degrees of freedom from 1"):
+            two_sided_p(np.array([1.0]), df)

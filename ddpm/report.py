@@ -11,9 +11,9 @@ import numpy as np
 
 from ddpm import layout
 from ddpm.config import Config
-from ddpm.data import first_image, load_images
-from ddpm.files import atomic_outputs, folder_lock, sha256_hex
-from ddpm.memorization import RATIO, as_measured
+from ddpm.data import first_image
+from ddpm.files import atomic_outputs, folder_lock
+from ddpm.nearest import closest_images, memorization_section
 from ddpm.plots import (
     checked_names,
     forward_strip,
@@ -25,7 +25,7 @@ from ddpm.plots import (
     plot_schedules,
     plot_sweep,
 )
-from ddpm.results import RunFiles, RunResult, label, metric_names, read_results, sweep_columns, table_rows
+from ddpm.results import RunResult, label, metric_names, read_results, sweep_columns, table_rows
 from ddpm.verdicts import ALPHA, ONE_SEED, Verdict, judge, primary_metric
 
 
@@ -130,12 +130,17 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     fid, kid, kid_se = metric_names(rows[0])
     holdout = kid.replace("_mean", "_holdout_mean")
     sweeps = sweep_columns(rows[0])
+    seeds = any(" " in row["seeds"] for row in rows)  # then every ± is the spread over the seeds
+
+    def spread(own: str) -> str:
+        return "± sd over seeds" if seeds else own
+
     columns = [  # (header, key, digits, spread)
-        (f"{fid} (N = {rows[0]['num_samples']}) ± sd", fid, ".2f", f"{fid}_sd"),
-        (f"{fid}_inf [95 %]", f"{fid}_inf", ".2f", "interval"),
-        (f"{kid} ± SE", kid, ".4f", kid_se),
-        (f"{holdout} ± SE", holdout, ".4f", holdout.replace("_mean", "_se")),
-        ("NLL (bits/dim) ± SE", "nll_bpd", ".3f", "nll_bpd_sem"),
+        (f"{fid} (N = {rows[0]['num_samples']:,.0f}) {spread('± sd')}", fid, ".2f", f"{fid}_sd"),
+        (f"{fid}_inf {spread('[95 %]')}", f"{fid}_inf", ".2f", "interval"),
+        (f"{kid} {spread('± SE')}", kid, ".4f", kid_se),
+        (f"{holdout} {spread('± SE')}", holdout, ".4f", holdout.replace("_mean", "_se")),
+        (f"NLL (bits/dim) {spread('± SE')}", "nll_bpd", ".3f", "nll_bpd_sem"),
         *[
             (
                 f"{fid} (N = {rows[0]['sweep_num_samples']:,.0f}) @ {k.removeprefix(f'{fid}_ddim')} steps",
@@ -326,57 +331,6 @@ def markdown_report(rows: list[dict[str, Any]], verdicts: list[Verdict], primary
             *memorization_section(results),
         ]
     )
-
-
-def closest_images(
-    results: list[RunResult], runs_dir: Path, data: Path
-) -> dict[str, tuple[list[list[int | float]], np.ndarray, np.ndarray]]:
-    """Each run's closest sample–training pairs (eval.json's closest_pairs) with the images: run label →
-    (pairs, the samples, the training images as measured); runs evaluated before ddpm measured them are
-    left out. A one-line error where the pairs name images that the samples or `data` do not hold."""
-    closest, digest = {}, None
-    for r in results:
-        pairs = r.evaluation.get("closest_pairs")
-        if not pairs:
-            continue
-        folder = layout.RunFolder.of(r.name, r.seed, runs_dir)
-        samples, training = load_images(folder.samples_array), load_images(data)  # a one-line error if missing
-        digest = digest or sha256_hex(data)
-        outside = [p for p in pairs if not (0 <= p[0] < len(samples) and 0 <= p[1] < len(training))]
-        if r.evaluation.get("real_sha256", digest) != digest or outside:
-            problem = f"its closest_pairs name other images than {folder.samples_array} and {data} hold"
-            raise RunFiles(folder, r.name, r.seed).error(folder.eval_metrics, problem, "evaluate")
-        shown = [np.array(samples[i]) for i, _, _ in pairs]
-        seen = [as_measured(x, np.array(training[j])) for x, (_, j, _) in zip(shown, pairs, strict=True)]
-        closest[label(r)] = (pairs, np.stack(shown), np.stack(seen))
-    return closest
-
-
-def memorization_section(results: list[RunResult]) -> list[str]:
-    """The report's lines on memorization: what is measured, each run's numbers, the closest pairs."""
-    lines = [
-        "## Memorization",
-        "",
-        "FID and KID are measured against the training images, so a model that copies them scores well. For each "
-        "sample, d₁ and d₂ are the distances to its nearest and second-nearest training image; a sample counts as "
-        f"memorized when d₁/d₂ < {RATIO:.2g} (Yoon et al. 2023): it lies three times closer to one training image "
-        "than to any other, a copy of that image rather than something new. Pixel distances are Euclidean over the "
-        "3·H·W values in [0, 1], a training image's mirror counting as the image (training saw both); feature "
-        "distances are in the features FID uses.",
-        "",
-        "| run | memorized (pixels) | memorized (features) | median d₁ (pixels) | median d₁ (features) |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        e = r.evaluation
-        if "memorized_fraction" not in e:
-            lines.append(f"| {label(r)} | – | – | – | – |")
-            continue
-        lines.append(f"| {label(r)} | {e['memorized_fraction']:.1%} | {e['memorized_fraction_features']:.1%} | "
-                     f"{e['nn_pixels_median']:.3g} | {e['nn_features_median']:.3g} |")  # fmt: skip
-    lines += ["", "The samples nearest to a training image (first seed), each above that image:", "",
-              f"![closest sample–training pairs]({layout.NEAREST_PICTURE})", ""]  # fmt: skip
-    return lines
 
 
 def _duration(seconds: float) -> str:

@@ -486,7 +486,8 @@ def test_seeds_are_averaged_and_their_paired_differences_judge_the_schedules(see
     assert compared.exit_code == 0, compared.stderr
     report = seeded / "reports" / "compare"
     text = (report / "report.md").read_text()
-    header = ("| schedule | seeds | fid_randconv (N = 40) ± sd | kid_randconv_mean ± SE | NLL (bits/dim) ± SE "
+    header = ("| schedule | seeds | fid_randconv (N = 40) ± sd over seeds | kid_randconv_mean ± sd over seeds "
+              "| NLL (bits/dim) ± sd over seeds "
               "| fid_randconv (N = 20) @ 2 steps | fid_randconv (N = 20) @ 5 steps | final loss | steps "
               "| training time | img/s |")  # fmt: skip
     assert header in text

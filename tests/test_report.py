@@ -75,15 +75,17 @@ def test_the_table_labels_fid_with_its_n_and_each_estimate_with_its_spread() -> 
            "train_seconds": 3725.0, "images_per_second": 99.6}  # fmt: skip
     lines = markdown_table([one]).splitlines()
     assert lines[0] == (
-        "| schedule | seeds | fid (N = 10000) ± sd | fid_inf [95 %] | kid_mean ± SE | NLL (bits/dim) ± SE | final loss "
-        "| steps | training time | img/s |"
+        "| schedule | seeds | fid (N = 10,000) ± sd | fid_inf [95 %] | kid_mean ± SE | NLL (bits/dim) ± SE "
+        "| final loss | steps | training time | img/s |"
     )
     assert lines[2] == (
         "| linear | 0 | 12.35 ± 0.20 | 10.00 [9.02, 10.98] | 0.0123 ± 0.0005 | 3.457 ± 0.012 | 0.0310 | 100 "
         "| 1 h 02 min | 100 |"
     )
     seeds = one | {"seeds": "0 1", "fid_std_seeds": 1.5, "fid_inf_std_seeds": 2.0}  # several seeds: their spread
-    assert markdown_table([seeds]).splitlines()[2].startswith("| linear | 0 1 | 12.35 ± 1.50 | 10.00 ± 2.00 |")
+    table = markdown_table([seeds]).splitlines()
+    assert table[0].startswith("| schedule | seeds | fid (N = 10,000) ± sd over seeds | fid_inf ± sd over seeds |")
+    assert table[2].startswith("| linear | 0 1 | 12.35 ± 1.50 | 10.00 ± 2.00 |")
     words = legend([one])
     assert "**fid (N)**: the Fréchet distance" in words and "FID_∞ (Chong & Forsyth 2020)" in words
     assert "With several seeds, ± is the standard deviation over the seeds." in words

@@ -28,7 +28,7 @@ SHORT = " ".join(
         "-S 'schedules=[cosine]' -S train.steps=20 -S train.log_every=10 -S train.checkpoint_every=20",
         "-S train.sample_every=20 -S data.synthetic_count=200 -S data.holdout=20 -S sample.num_samples=40",
         "-S sample.sampler=ddim -S sample.ddim_steps=10 -S evaluate.nll_images=8",
-        "-S sweep.num_samples=20",
+        "-S sweep.num_samples=20 -S train.eval_samples=20",
     ]
 )
 

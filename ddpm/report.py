@@ -175,8 +175,9 @@ def legend(rows: list[dict[str, Any]]) -> str:
         "the squared MMD (kernel (x·y/d + 1)³) between all samples and all real images, unbiased at any N; the "
         "held-out column measures it against images never trained on. **NLL**: the variational bound on the "
         "negative log-likelihood of held-out images, bits/dim. With one seed, ± is the bootstrap standard "
-        "deviation over resamples of the samples (standard error for KID, over the images for NLL) and [95 %] "
-        "is ± 1.96 of it: sampling noise only. With several seeds, ± is the standard deviation over the seeds. "
+        "deviation over resamples of the samples (sd; for KID, an unbiased estimate, that is its standard error, "
+        "SE; for NLL the standard error over the images) and [95 %] is ± 1.96 of it: sampling noise only. With "
+        "several seeds, ± is the standard deviation over the seeds. "
         "The sweep's columns (other N; see above) and the training loss are shown, not judged."
     )
 
@@ -221,10 +222,20 @@ def _decoder_floors(results: list[RunResult]) -> list[str]:
     if not floors:
         return []
     shown = ", ".join(f"{name} {floor:.3f}" for name, floor in floors.items())
+    timesteps = results[0].model["diffusion"]["timesteps"]
     return [f"Its decoder term L_0 has a floor that even a network predicting x_0 exactly pays, "
             f"−log₂(2Φ(1/(255σ₁)) − 1), σ₁ the decoder's fixed standard deviation, which the schedule's first "
-            f"steps set: {shown} bits/dim; the difference of two schedules' floors is part of their gap in "
-            "bits/dim, and it is the schedule's, not the network's."]  # fmt: skip
+            f"steps set (at T = {timesteps}): {shown} bits/dim; the difference of two schedules' floors is part "
+            "of their gap in bits/dim, and it is the schedule's, not the network's."]  # fmt: skip
+
+
+def _number(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3g}"
+
+
+def _p_value(p: float | None) -> str:
+    """A p-value; 0 as "< 1e-15", the digits a float's tail keeps (ddpm.student)."""
+    return "< 1e-15" if p == 0 else _number(p)
 
 
 def likelihood_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -263,14 +274,15 @@ def verdicts_section(verdicts: list[Verdict], primary: str, fid: str) -> list[st
         f"{ALPHA:g}: a difference is called real when its Holm-adjusted p ≤ {ALPHA:g}. {first} The others are "
         "secondary, in the same family under the same correction, so testing them does not raise the chance of any "
         "false verdict. Not judged: the training loss (the same ε-loss is a different task under each schedule) and "
-        "the sweep's columns (no measure of their noise).",
+        "the sweep's columns (each point is FID_N again at another number of steps, shown with its bootstrap SD; "
+        "judging them too would only widen the family).",
         "",
     ]
     if verdicts[0].seeds == 1:
         text += [f"**One training seed**: a real difference below is {ONE_SEED}.", ""]
     text += ["| pair | metric | gap | SE | p | p (Holm) | test | verdict |", "|---|---|---:|---:|---:|---:|---|---|"]
     for v in verdicts:
-        numbers = [f"{x:.3g}" if x is not None else "–" for x in (v.gap, v.se, v.p, v.p_holm)]
+        numbers = [_number(x) for x in (v.gap, v.se)] + [_p_value(x) for x in (v.p, v.p_holm)]
         metric = f"**{v.metric}** (primary)" if v.primary else v.metric
         test = v.test if v.judged else "–"
         text.append(f"| {v.first} − {v.second} | {metric} | " + " | ".join(numbers) + f" | {test} | {v.words()} |")

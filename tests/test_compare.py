@@ -247,7 +247,7 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
         [3.7106, 3.4641], abs=1e-4
     )
     assert "even a network predicting x_0 exactly pays, −log₂(2Φ(1/(255σ₁)) − 1)" in text
-    assert "which the schedule's first steps set: linear 3.711, cosine 3.464 bits/dim;" in text
+    assert "which the schedule's first steps set (at T = 50): linear 3.711, cosine 3.464 bits/dim;" in text
     parts = ("nll_decoder_bpd", "nll_decoder_floor_bpd", "nll_diffusion_bpd", "nll_prior_bpd", "nll_bpd")
     assert "| linear | " + " | ".join(f"{linear[k]:.3f}" for k in parts) + " |" in text
 
@@ -510,7 +510,7 @@ def test_seeds_are_averaged_and_their_paired_differences_judge_the_schedules(see
     ]  # fmt: skip
     lines = [line for line in text.splitlines() if line.startswith("| linear − cosine |")]
     assert [line.split(" | ")[-1] for line in lines] == [v[-1] + " |" for v in verdicts]
-    assert "| **nll_bpd** (primary) | 1 | 0 | 0 | 0 | paired t over 2 seeds |" in lines[0]
+    assert "| **nll_bpd** (primary) | 1 | 0 | < 1e-15 | < 1e-15 | paired t over 2 seeds |" in lines[0]
     assert "| fid_randconv | -11 | 1 | 0.0577 | 0.0577 | paired t over 2 seeds |" in lines[1]
     rows = list(csv.DictReader((report / "comparison.csv").open()))
     assert [r["schedule"] for r in rows] == ["linear", "cosine"] and rows[0]["seeds"] == "0 1"

@@ -33,12 +33,12 @@ SAMPLED = {
     "seed": lambda s: True,
     "batch_size": lambda s: True,  # a batch's x_T follow the chains of the batches before it
     "precision": lambda s: True,
-    "clip_denoised": lambda s: True,
+    "clip_mode": lambda s: True,
     "num_samples": lambda s: True,
 }
 # eval.json's likelihood settings: the key, the setting that sets it ("" where rerunning evaluate does)
 MEASURED = {"nll_images": "evaluate.nll_images", "nll_variance": "evaluate.nll_variance",
-            "nll_clip_denoised": "sample.clip_denoised", "nll_precision": "", "holdout_sha256": ""}  # fmt: skip
+            "nll_clip_mode": "sample.clip_mode", "nll_precision": "", "holdout_sha256": ""}  # fmt: skip
 
 
 def check_comparable(runs: list[Measured]) -> None:

@@ -141,7 +141,8 @@ class SampleConfig(Section):
     ddim_steps: PositiveInt = 50
     eta: Annotated[Number, Field(ge=0)] = 0.0
     variance: Literal["fixed_large", "fixed_small"] = "fixed_large"
-    clip_denoised: bool = True
+    # how x_0 is kept in [-1, 1] at each step (ddpm.diffusion.GaussianDiffusion.denoise)
+    clip_mode: Literal["recompute", "x0", "dynamic", "none"] = "recompute"
     num_samples: PositiveInt = 10_000
     batch_size: PositiveInt = 256
     seed: Seed = 0

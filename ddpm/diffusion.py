@@ -1,5 +1,5 @@
-"""Gaussian diffusion (Ho et al. 2020): the forward process, the training loss, two samplers and
-the variational bound in bits per dimension.
+"""Gaussian diffusion (Ho et al. 2020): the forward process, the training loss, two samplers (with four
+ways of keeping the predicted x_0 in range) and the variational bound in bits per dimension.
 
 Equation numbers refer to Ho et al. 2020 (DDPM) unless another paper is named. Every
 constant is computed once in float64 and stored as a buffer, so it follows `.to(device)`;
@@ -15,6 +15,12 @@ from torch import nn
 
 Prediction = Literal["eps", "x0", "v"]
 Variance = Literal["fixed_large", "fixed_small"]
+# How a sampler keeps the predicted x_0 in the data range [-1, 1] (`denoise`): clip it and recompute eps
+# from the clipped x_0 (improved-diffusion's DDIM), clip it where it enters the mean and keep the model's
+# eps (diffusers' clip_sample), Imagen's dynamic thresholding, or leave it.
+ClipMode = Literal["recompute", "x0", "dynamic", "none"]
+CLIP_MODES: tuple[ClipMode, ...] = ("recompute", "x0", "dynamic", "none")
+DYNAMIC_PERCENTILE = 0.995  # Saharia et al. 2022 (Imagen), section 2.3: the p of dynamic thresholding
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -62,6 +68,15 @@ def _log1mexp(a: torch.Tensor) -> torch.Tensor:
 def bits_per_dim(nats: torch.Tensor) -> torch.Tensor:
     """(B, ...) nats → (B,) bits per dimension: the mean over all but the first axis, over ln 2."""
     return nats.flatten(1).mean(1) / math.log(2)
+
+
+def dynamic_threshold(x0: torch.Tensor, percentile: float = DYNAMIC_PERCENTILE) -> torch.Tensor:
+    """Imagen's dynamic thresholding (Saharia et al. 2022, section 2.3): per sample, s = the `percentile`
+    quantile of |x̂_0| over all its pixels and channels, at least 1; x̂_0 → clip(x̂_0, −s, s)/s. Where
+    s = 1 this is plain clipping; past it the sample is shrunk into [-1, 1] rather than saturated."""
+    s = torch.quantile(x0.flatten(1).abs(), percentile, dim=1).clamp(min=1)
+    s = s.reshape(-1, *((1,) * (x0.dim() - 1)))
+    return torch.maximum(torch.minimum(x0, s), -s) / s
 
 
 class NLLTerms(NamedTuple):
@@ -162,10 +177,38 @@ class GaussianDiffusion(nn.Module):
             - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * model_output
         )
 
-    def predict_x0_clipped(self, model: Model, x_t: torch.Tensor, t: torch.Tensor, clip: bool) -> torch.Tensor:
-        """The model's x_0 at (x_t, t), clipped to the data range [-1, 1] when `clip`."""
-        x0 = self.predict_x0(model(x_t, t).to(x_t.dtype), x_t, t)
-        return x0.clamp(-1, 1) if clip else x0
+    def predict_eps(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """eps implied by the model's output at (x_t, t); for v, eps = √alphā_t·v + √(1 − alphā_t)·x_t."""
+        if self.prediction == "eps":
+            return model_output
+        if self.prediction == "x0":
+            return self.predict_eps_from_x0(x_t, t, model_output)
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x_t) * model_output
+            + extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t
+        )
+
+    def denoise(
+        self, model: Model, x_t: torch.Tensor, t: torch.Tensor, clip_mode: ClipMode
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x̂_0, epŝ) at (x_t, t) for a sampler, x̂_0 kept in the data range [-1, 1] as `clip_mode` says:
+
+        - recompute: x̂_0 clipped, epŝ recomputed from it, so that the two stay consistent
+          (improved-diffusion). Where x̂_0 saturates (early, where 1/√alphā_t amplifies the model's
+          error up to ~158-fold) the chain is committed to the saturated colour.
+        - x0: x̂_0 clipped where it enters the mean, epŝ the model's own (diffusers' clip_sample).
+        - dynamic: x̂_0 dynamically thresholded (`dynamic_threshold`), epŝ the model's own (diffusers'
+          thresholding with Imagen's uncapped s).
+        - none: both as the model gives them.
+        """
+        output = model(x_t, t).to(x_t.dtype)
+        x0, eps = self.predict_x0(output, x_t, t), self.predict_eps(output, x_t, t)
+        if clip_mode == "none":
+            return x0, eps
+        if clip_mode == "dynamic":
+            return dynamic_threshold(x0), eps
+        clipped = x0.clamp(-1, 1)
+        return clipped, self.predict_eps_from_x0(x_t, t, clipped) if clip_mode == "recompute" else eps
 
     # --- training ------------------------------------------------------------------------------
 
@@ -179,15 +222,17 @@ class GaussianDiffusion(nn.Module):
     # --- ancestral sampling, Algorithm 2 -------------------------------------------------------
 
     def p_mean_variance(
-        self, model: Model, x_t: torch.Tensor, t: torch.Tensor, variance: Variance, clip: bool
+        self, model: Model, x_t: torch.Tensor, t: torch.Tensor, variance: Variance, clip_mode: ClipMode
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of p(x_{t-1} | x_t).
 
         The variance is fixed (section 3.2): sigma_t^2 = beta_t ("fixed_large") or beta~_t ("fixed_small").
         The mean is the posterior mean (eq. 7) at the predicted x_0, which for eps-prediction
-        equals eq. 11; with `clip` the predicted x_0 is clipped to the data range [-1, 1] first.
+        equals eq. 11; x_0 is kept in the data range as `clip_mode` says first (`denoise`: the mean
+        uses x̂_0 alone, so recompute and x0 give the same step).
         """
-        mean, _ = self.q_posterior_mean_variance(self.predict_x0_clipped(model, x_t, t, clip), x_t, t)
+        x0, _ = self.denoise(model, x_t, t, clip_mode)
+        mean, _ = self.q_posterior_mean_variance(x0, x_t, t)
         table = self.betas if variance == "fixed_large" else self.posterior_variance
         return mean, extract(table, t, x_t)
 
@@ -198,10 +243,10 @@ class GaussianDiffusion(nn.Module):
         t: torch.Tensor,
         noise: torch.Tensor,
         variance: Variance,
-        clip: bool,
+        clip_mode: ClipMode,
     ) -> torch.Tensor:
         """One step x_t → x_{t-1} ~ p(x_{t-1} | x_t), Algorithm 2 line 4; no noise is added at t = 0."""
-        mean, var = self.p_mean_variance(model, x_t, t, variance, clip)
+        mean, var = self.p_mean_variance(model, x_t, t, variance, clip_mode)
         nonzero = (t > 0).reshape(-1, *((1,) * (x_t.dim() - 1)))  # bool; the product takes x_t's dtype
         return mean + nonzero * var.sqrt() * noise
 
@@ -211,14 +256,14 @@ class GaussianDiffusion(nn.Module):
         noise: torch.Tensor,
         generator: torch.Generator,
         variance: Variance,
-        clip: bool,
+        clip_mode: ClipMode,
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """Algorithm 2 from x_T = `noise`: yields (t, x_{t-1}) for t = T−1, ..., 0 (0-based)."""
         x = noise
         for step in reversed(range(self.num_timesteps)):
             t = torch.full((x.shape[0],), step, device=x.device)  # an int fill: int64, as gather wants
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = self.p_sample(model, x, t, z, variance, clip)
+            x = self.p_sample(model, x, t, z, variance, clip_mode)
             yield step, x
 
     # --- DDIM, Song et al. 2021 ----------------------------------------------------------------
@@ -252,12 +297,11 @@ class GaussianDiffusion(nn.Module):
         t_prev: torch.Tensor,
         noise: torch.Tensor,
         eta: float,
-        clip: bool,
+        clip_mode: ClipMode,
     ) -> torch.Tensor:
-        """x_t → x_{t_prev}, Song et al. eq. 12:
-        x_prev = √alphā_prev·x̂_0 + √(1 − alphā_prev − sigma²)·epŝ + sigma·z."""
-        x0 = self.predict_x0_clipped(model, x_t, t, clip)
-        eps = self.predict_eps_from_x0(x_t, t, x0)  # consistent with the (clipped) x_0
+        """x_t → x_{t_prev}, Song et al. eq. 12: x_prev = √alphā_prev·x̂_0 + √(1 − alphā_prev − sigma²)·epŝ
+        + sigma·z, with x̂_0 and epŝ as `denoise` gives them for `clip_mode`."""
+        x0, eps = self.denoise(model, x_t, t, clip_mode)
         a_prev = self._alphas_cumprod_at(t_prev, x_t)
         sigma = self.ddim_sigma(t, t_prev, eta, x_t)
         return a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps + sigma * noise
@@ -269,7 +313,7 @@ class GaussianDiffusion(nn.Module):
         steps: int,
         eta: float,
         generator: torch.Generator,
-        clip: bool,
+        clip_mode: ClipMode,
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """DDIM from x_T = `noise` over `steps` timesteps: yields (t, x_{t_prev}) from the noisiest t
         down. With eta = 0 nothing is drawn from `generator`."""
@@ -283,7 +327,7 @@ class GaussianDiffusion(nn.Module):
                 if eta > 0
                 else torch.zeros_like(x)
             )
-            x = self.ddim_step(model, x, t, t_prev, z, eta, clip)
+            x = self.ddim_step(model, x, t, t_prev, z, eta, clip_mode)
             yield timesteps[i], x
 
     # --- the variational bound, eq. 5, in bits per dimension -----------------------------------
@@ -314,12 +358,18 @@ class GaussianDiffusion(nn.Module):
         return -math.log2(torch.erf(1 / (255 * sigma * math.sqrt(2))).item())
 
     def vb_term_bpd(
-        self, model: Model, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, variance: Variance, clip: bool
+        self,
+        model: Model,
+        x0: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        variance: Variance,
+        clip_mode: ClipMode,
     ) -> torch.Tensor:
         """One term of eq. 5 per sample, (B,), in bits per dimension and float64: the decoder
         L_0 = −log p(x_0 | x_1) (eq. 13) where t = 0, KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))
         where t > 0. The model runs at x_t's dtype; the rest is computed in float64."""
-        model_mean, _ = self.p_mean_variance(model, x_t, t, variance, clip)
+        model_mean, _ = self.p_mean_variance(model, x_t, t, variance, clip_mode)
         model_mean, x0, x_t = model_mean.double(), x0.double(), x_t.double()
         model_log_variance = self.p_log_variance(variance, t, x_t)
         true_mean, _ = self.q_posterior_mean_variance(x0, x_t, t)
@@ -333,7 +383,7 @@ class GaussianDiffusion(nn.Module):
         model: Model,
         x0: torch.Tensor,
         variance: Variance,
-        clip: bool,
+        clip_mode: ClipMode,
         generator: torch.Generator,
         batch_size: int,
     ) -> NLLTerms:
@@ -347,7 +397,7 @@ class GaussianDiffusion(nn.Module):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         chunks = self._q_sample_pairs(x0, generator, batch_size)
-        terms = torch.cat([self.vb_term_bpd(model, x0[i], x_t, t, variance, clip) for i, x_t, t in chunks])
+        terms = torch.cat([self.vb_term_bpd(model, x0[i], x_t, t, variance, clip_mode) for i, x_t, t in chunks])
         terms = terms.reshape(self.num_timesteps, x0.shape[0]).T  # pairs are timestep-major
         prior = self.prior_bpd(x0)
         return NLLTerms(prior, terms, prior + terms.sum(1))

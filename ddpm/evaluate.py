@@ -121,7 +121,7 @@ def likelihood(
     fixed_small) a unit of ε mean-squared error at every step adds 14.7 bits/dim to the sum, so bf16's
     rounding of ε would move the bound, not only the samples. It runs in
     sample.channels_last's layout, in batches of sample.batch_size (image, timestep) pairs, clipping
-    the predicted x_0 where sample.clip_denoised says so; the noise is drawn from a generator seeded 0,
+    the predicted x_0 as sample.clip_mode says; the noise is drawn from a generator seeded 0,
     so every model meets the same images and the same noise (paired)."""
     holdout = held_out(holdout_path, cfg.nll_images)
     if holdout.shape[1:] != (3, trained.image_size, trained.image_size):
@@ -138,7 +138,7 @@ def likelihood(
         return network(fast.memory_format(x_t), t)
 
     generator = torch.Generator(device).manual_seed(0)
-    bound = trained.diffusion.nll_bpd(model, x0, cfg.nll_variance, sample.clip_denoised, generator, sample.batch_size)
+    bound = trained.diffusion.nll_bpd(model, x0, cfg.nll_variance, sample.clip_mode, generator, sample.batch_size)
     total, terms = bound.total.double().cpu(), bound.terms.double().cpu()
     metrics = {
         "nll_bpd": float(total.mean()),
@@ -150,7 +150,7 @@ def likelihood(
         "nll_decoder_floor_bpd": trained.diffusion.decoder_floor_bpd(cfg.nll_variance),
         "nll_images": len(total),
         "nll_variance": cfg.nll_variance,
-        "nll_clip_denoised": sample.clip_denoised,
+        "nll_clip_mode": sample.clip_mode,
         "nll_precision": "fp32",
         "holdout_sha256": sha256_hex(holdout_path),
     }

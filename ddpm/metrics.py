@@ -1,7 +1,7 @@
 """The statistics of FID and KID, pure functions of feature arrays (float64): the Fréchet distance,
 its bootstrap, FID_∞ (its extrapolation to infinitely many samples), and the kernel distance with the
-sums its bootstrap needs. Nothing here needs a network: the tests check
-them on made-up features against torchmetrics and 40-digit references.
+sums its bootstrap needs; and, of images themselves, their colour cast. Nothing here needs a network:
+the tests check them on made-up features against torchmetrics and 40-digit references.
 """
 
 import math
@@ -247,3 +247,10 @@ def resample_counts(indices: torch.Tensor, n: int) -> torch.Tensor:
     """How many times each of n rows is drawn in each resample of `indices` (R, m): (R, n) float64."""
     counts = torch.zeros(len(indices), n, dtype=torch.float64, device=indices.device)
     return counts.scatter_add_(1, indices, torch.ones(indices.shape, dtype=torch.float64, device=indices.device))
+
+
+def colour_cast(images: torch.Tensor) -> float:
+    """The mean over images and pixels of the standard deviation across R, G and B (the population's,
+    in units of the [0, 1] range) of uint8 images (N, 3, H, W): 0 for grey images, so for samples of a
+    grey dataset it measures the colour the sampler painted; sqrt(2)/3 ≈ 0.471 for pure primaries."""
+    return (images.double() / 255).std(dim=1, correction=0).mean().item()

@@ -189,6 +189,12 @@ RESIZES = {
 }
 
 
+def _sampling(s: dict) -> str:
+    """samples.json's settings in a sentence (compare has checked that every run's are the same)."""
+    chain = f"DDIM, {s['ddim_steps']} steps, η = {s['eta']}" if s["sampler"] == "ddim" else f"DDPM, {s['variance']}"
+    return f"Sampling: {chain}, x_0 kept in [-1, 1] by {s.get('clip_mode', 'unrecorded')}, seed {s['seed']}."
+
+
 def conditions(results: list[RunResult]) -> str:
     """What every number was measured with, in a sentence or three."""
     e, sweep = results[0].evaluation, results[0].sweep
@@ -200,13 +206,15 @@ def conditions(results: list[RunResult]) -> str:
         f"{e['feature_extractor']} ({e['feature_dim']}-d; weights: {e['weights']}; resize: "
         f"{RESIZES.get(e['resize'], e['resize'])}).",
     ]
+    if results[0].drawn:
+        lines.append(_sampling(results[0].drawn["sample"]))
     if "bootstrap" in e:
         lines.append(f"Bootstrap: {e['bootstrap']} resamples of the samples' features, the real statistics fixed, the "
                      "same resampled rows for every run.")  # fmt: skip
     if "nll_bpd" in e:
         lines.append(f"Likelihood: the variational bound (Ho et al. eq. 5) in bits/dim on {e['nll_images']} held-out "
                      f"images never trained on, every timestep, the UNet in float32, reverse variance "
-                     f"{e['nll_variance']}, x_0 {'clipped' if e['nll_clip_denoised'] else 'not clipped'}.")  # fmt: skip
+                     f"{e['nll_variance']}, x_0 kept in range by {e['nll_clip_mode']}.")  # fmt: skip
         lines += _decoder_floors(results)
     if sweep:
         spread = f", ± its bootstrap SD over {sweep['bootstrap']} resamples" if "bootstrap" in sweep else ""

@@ -52,7 +52,7 @@ SCORES_KEYS = {"num_samples": ("integer", True), "num_real": ("integer", True), 
                "nll_bpd_sem": ("number", False), "nll_decoder_bpd": ("number", False),
                "nll_diffusion_bpd": ("number", False), "nll_prior_bpd": ("number", False),
                "nll_decoder_floor_bpd": ("number", False), "nll_images": ("integer", False),
-               "nll_variance": ("text", False), "nll_clip_denoised": ("flag", False), "nll_precision": ("text", False),
+               "nll_variance": ("text", False), "nll_clip_mode": ("text", False), "nll_precision": ("text", False),
                "memorized_fraction": ("number", False), "memorized_fraction_features": ("number", False),
                "nn_pixels_median": ("number", False), "nn_features_median": ("number", False),
                "real_sha256": ("text", False), "weights_sha256": ("text or null", False),
@@ -81,7 +81,7 @@ def scores_keys(scores: dict[str, Any]) -> dict[str, tuple[str, bool]]:
         keys |= {k: ("number", together or k == fid) for k in (estimate, *spread)}
     keys |= {f"{kid}_{x}": ("number", False) for x in ("se", "holdout_mean", "holdout_se")}
     likelihood = "nll_bpd" in scores
-    return keys | {k: (SCORES_KEYS[k][0], likelihood) for k in ("nll_images", "nll_variance", "nll_clip_denoised")}
+    return keys | {k: (SCORES_KEYS[k][0], likelihood) for k in ("nll_images", "nll_variance", "nll_clip_mode")}
 
 
 def fid_name(keys: Iterable[str]) -> str | None:

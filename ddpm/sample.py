@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ddpm.checkpoint import Trained, load_trained
 from ddpm.config import Config, SampleConfig
 from ddpm.data import to_uint8
-from ddpm.diffusion import GaussianDiffusion, Model
+from ddpm.diffusion import ClipMode, GaussianDiffusion, Model
 from ddpm.errors import UserError
 from ddpm.fastpath import FastPath
 from ddpm.files import atomic_outputs, folder_lock, npy_size, sha256_hex
@@ -62,10 +62,10 @@ def generate(
             n = min(cfg.batch_size, cfg.num_samples - start)
             noise = fast.memory_format(torch.randn((n, 3, image_size, image_size), generator=generator, device=device))
             if cfg.sampler == "ddpm":
-                chain = diffusion.p_sample_loop_progressive(network, noise, generator, cfg.variance, cfg.clip_denoised)
+                chain = diffusion.p_sample_loop_progressive(network, noise, generator, cfg.variance, cfg.clip_mode)
             else:
                 chain = diffusion.ddim_sample_loop_progressive(
-                    network, noise, cfg.ddim_steps, cfg.eta, generator, cfg.clip_denoised
+                    network, noise, cfg.ddim_steps, cfg.eta, generator, cfg.clip_mode
                 )
             # chain positions 0 (x_T, before the first step) to `length` (x_0) to keep for the progression
             keep = set(np.linspace(0, length, PROGRESSION_FRAMES).round().astype(int)) if start == 0 else set()
@@ -89,14 +89,17 @@ PREVIEW_IMAGES, PREVIEW_STEPS = 16, 50
 
 
 @torch.inference_mode()
-def preview(model: Model, diffusion: GaussianDiffusion, image_size: int, device: torch.device, seed: int) -> np.ndarray:
-    """A 4×4 grid of DDIM samples (50 steps, η = 0) as uint8 (H, W, 3), always from the same x_T
-    for a seed, so that grids taken along a training run differ by the model alone. It draws on
-    its own generator, so the training run's random stream is untouched."""
+def preview(
+    model: Model, diffusion: GaussianDiffusion, image_size: int, device: torch.device, seed: int, clip_mode: ClipMode
+) -> np.ndarray:
+    """A 4×4 grid of DDIM samples (50 steps, η = 0, x_0 kept in range by `clip_mode`, as `ddpm sample`
+    will keep it) as uint8 (H, W, 3), always from the same x_T for a seed, so that grids taken along a
+    training run differ by the model alone. It draws on its own generator, so the training run's random
+    stream is untouched."""
     generator = torch.Generator(device).manual_seed(seed)
     noise = torch.randn((PREVIEW_IMAGES, 3, image_size, image_size), generator=generator, device=device)
     steps = min(PREVIEW_STEPS, diffusion.num_timesteps)
-    *_, (_, x0) = diffusion.ddim_sample_loop_progressive(model, noise, steps, 0.0, generator, clip=True)
+    *_, (_, x0) = diffusion.ddim_sample_loop_progressive(model, noise, steps, 0.0, generator, clip_mode)
     return grid_picture(to_uint8(x0).cpu(), 4)
 
 

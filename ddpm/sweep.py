@@ -83,7 +83,7 @@ def sweep_count(cfg: SweepConfig, sample: SampleConfig) -> int:
 
 # The sample settings that decide the sample stage's DDPM samples, bit for bit: the same model
 # (checkpoint_sha256), these, and sampler ddpm mean the sweep's DDPM point would draw the same images.
-REUSED_SETTINGS = ("variance", "seed", "batch_size", "precision", "clip_denoised", "num_samples")
+REUSED_SETTINGS = ("variance", "seed", "batch_size", "precision", "clip_mode", "num_samples")
 
 
 def reusable_samples(checkpoint: Path, sample: SampleConfig, count: int) -> np.ndarray | None:

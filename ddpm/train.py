@@ -239,7 +239,7 @@ class Loop:
             bar.update(1)
             if self.tracker and (step % cfg.sample_every == 0 or step == cfg.steps):
                 grid = preview(self.state.ema.model, self.state.diffusion, self.config.data.image_size, self.device,
-                               cfg.seed)  # fmt: skip
+                               cfg.seed, self.config.sample.clip_mode)  # fmt: skip
                 self.tracker.log_images(step, grid)
             if self.quality and self.quality.due(step):  # FID_N and KID of EMA samples, to quality.csv
                 scores = self.quality.measure(step, self.state.ema.model, self.state.diffusion, self.state.record)

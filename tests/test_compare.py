@@ -141,7 +141,7 @@ def write_run(folder: Path, model: Path, numbers: dict[str, float], seed: int) -
     np.savez(folder / "resamples.npz", **draws)
     scores["resamples_sha256"] = hashlib.sha256((folder / "resamples.npz").read_bytes()).hexdigest()
     evaluation = {**scores, "bootstrap": 50, "num_samples": 40, **real, "feature_dim": 224, "weights": "fixed seed",
-                  "nll_images": 4, "nll_variance": "fixed_small", "nll_clip_denoised": True,
+                  "nll_images": 4, "nll_variance": "fixed_small", "nll_clip_mode": "recompute",
                   "checkpoint_sha256": digest}  # fmt: skip
     (folder / "eval.json").write_text(json.dumps(evaluation))
     swept = {"metric": "fid_randconv", "ddim": {"2": n["ddim2"], "5": n["ddim5"]}, "ddpm": {"50": n["ddpm50"]},
@@ -391,7 +391,7 @@ def measured(base: dict, key: str, linear: object, cosine: object) -> list[Measu
     runs = []
     for name, value in (("linear", linear), ("cosine", cosine)):
         sample = SampleConfig(**base).model_dump(mode="json")
-        scores = {"nll_bpd": 3.0, "nll_images": 4, "nll_variance": "fixed_small", "nll_clip_denoised": True,
+        scores = {"nll_bpd": 3.0, "nll_images": 4, "nll_variance": "fixed_small", "nll_clip_mode": "recompute",
                   "nll_precision": "fp32", "holdout_sha256": "ab" * 32}  # fmt: skip
         if key.startswith("sample."):
             sample[key.removeprefix("sample.")] = value
@@ -417,13 +417,14 @@ SAMPLE_FIX = (
         (DDIM, "sample.seed", 0, 1, SAMPLE_FIX),
         (DDIM, "sample.batch_size", 256, 128, SAMPLE_FIX),
         (DDIM, "sample.precision", "auto", "fp32", SAMPLE_FIX),
-        (DDPM, "sample.clip_denoised", True, False, SAMPLE_FIX),
+        (DDPM, "sample.clip_mode", "recompute", "none", SAMPLE_FIX),
+        (DDIM, "sample.clip_mode", "recompute", "x0", SAMPLE_FIX),
         (DDIM, "sample.num_samples", 40, 50, SAMPLE_FIX),
         (DDIM, "nll_images", 4, 8, "`ddpm evaluate --beta-schedule cosine --set evaluate.nll_images={1}`"),
         (DDIM, "nll_variance", "fixed_small", "fixed_large",
          "`ddpm evaluate --beta-schedule cosine --set evaluate.nll_variance={1}`"),
-        (DDIM, "nll_clip_denoised", True, False,
-         "`ddpm evaluate --beta-schedule cosine --set sample.clip_denoised={1}`"),
+        (DDIM, "nll_clip_mode", "recompute", "dynamic",
+         "`ddpm evaluate --beta-schedule cosine --set sample.clip_mode={1}`"),
         (DDIM, "nll_precision", "fp32", "bf16", "`ddpm evaluate --beta-schedule cosine`"),
         (DDIM, "nll_precision", "fp32", None, "`ddpm evaluate --beta-schedule cosine`"),  # not recorded: unknown
         (DDIM, "holdout_sha256", "ab" * 32, "cd" * 32, "`ddpm evaluate --beta-schedule cosine`"),
@@ -612,7 +613,7 @@ LINEAR = Path("runs/linear/seed0")
             lambda d: {k: v for k, v in d.items() if k != "fid_randconv_sd"},  # an interval without its sd
             "not the scores `ddpm evaluate` writes (expected fid_randconv, kid_randconv_mean, "
             "num_samples, num_real, feature_extractor, feature_dim, weights, resize, nll_images, nll_variance, "
-            "nll_clip_denoised, fid_randconv_sd, fid_randconv_ci_low, fid_randconv_ci_high; missing fid_randconv_sd)",
+            "nll_clip_mode, fid_randconv_sd, fid_randconv_ci_low, fid_randconv_ci_high; missing fid_randconv_sd)",
         ),  # fmt: skip
         ("sweep.json", lambda d: d | {"ddim": {"two": 3.0}}, 'ddim has the key "two"; expected whole numbers of steps'),
         ("sweep.json", lambda d: d | {"ddpm": {"50": None}}, 'ddpm["50"] is null; expected a number'),

@@ -70,7 +70,7 @@ def test_model_architecture_is_the_preset_with_overrides() -> None:
             'model.channel_mult[1]: expected a list of positive integers or null, got "x"',
         ),
         ("model:\n  dropout: 1.0\n", "model.dropout: expected a number in [0, 1) or null, got 1.0"),
-        ("sample:\n  clip_denoised: maybe\n", 'sample.clip_denoised: expected true or false, got "maybe"'),
+        ("sample:\n  clip_mode: clip\n", 'sample.clip_mode: expected one of recompute, x0, dynamic, none, got "clip"'),
         ("compare:\n  primary: is\n", 'compare.primary: expected one of fid, fid_inf, kid, kid_holdout, nll, got "is"'),
         ("data:\n  holdout: -1\n", "params.yaml: data.holdout: expected a non-negative integer, got -1"),
         ("data:\n  holdout_seed: -1\n", f"params.yaml: data.holdout_seed: expected {SEED}, got -1"),

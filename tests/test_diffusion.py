@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ddpm.data import InMemoryImages
-from ddpm.diffusion import GaussianDiffusion
+from ddpm.diffusion import GaussianDiffusion, dynamic_threshold
 from ddpm.schedules import beta_schedule
 from ddpm.train import draw_batch
 
@@ -74,7 +74,7 @@ def test_the_reverse_mean_is_eq_11(diffusion: GaussianDiffusion, t: int) -> None
     beta, ab = diffusion.betas[t].item(), diffusion.alphas_cumprod[t].item()
     expected = (x_t - beta / (1 - ab) ** 0.5 * model(x_t, None)) / (1 - beta) ** 0.5
     for variance, table in (("fixed_large", diffusion.betas), ("fixed_small", diffusion.posterior_variance)):
-        mean, var = diffusion.p_mean_variance(model, x_t, full(t, 3), variance, clip=False)
+        mean, var = diffusion.p_mean_variance(model, x_t, full(t, 3), variance, clip_mode="none")
         assert torch.allclose(mean, expected, rtol=1e-10, atol=1e-12)
         assert torch.allclose(var, table[t].expand_as(var), rtol=1e-12)
 
@@ -135,14 +135,16 @@ def test_one_ddim_step_with_eta_1_is_one_ddpm_step(diffusion: GaussianDiffusion)
     model = lambda x, t: 0.3 * x + 0.1
     x_t, z = torch.randn(6, 3, 4, 4, dtype=torch.float64), torch.randn(6, 3, 4, 4, dtype=torch.float64)
     t = torch.tensor([1, 5, 50, 300, 700, 999])
-    ddim = diffusion.ddim_step(model, x_t, t, t - 1, z, 1.0, clip=False)
-    ddpm = diffusion.p_sample(model, x_t, t, z, "fixed_small", clip=False)
+    ddim = diffusion.ddim_step(model, x_t, t, t - 1, z, 1.0, clip_mode="none")
+    ddpm = diffusion.p_sample(model, x_t, t, z, "fixed_small", clip_mode="none")
     assert torch.allclose(ddim, ddpm, atol=1e-9)
 
 
 def test_ddpm_sampling_ends_in_the_data_range_and_visits_every_step() -> None:
     d = GaussianDiffusion(beta_schedule("linear", 50))
-    steps = list(d.p_sample_loop_progressive(lambda x, t: -x, torch.randn(4, 3, 8, 8) * 3, None, "fixed_large", True))
+    steps = list(
+        d.p_sample_loop_progressive(lambda x, t: -x, torch.randn(4, 3, 8, 8) * 3, None, "fixed_large", "recompute")
+    )
     assert [t for t, _ in steps] == list(reversed(range(50)))
     x = steps[-1][1]
     assert x.abs().max() <= 1 and x.shape == (4, 3, 8, 8)
@@ -152,8 +154,8 @@ def test_ddpm_adds_no_noise_at_the_last_step(diffusion: GaussianDiffusion) -> No
     model = lambda x, t: torch.zeros_like(x)
     x = torch.randn(3, 2)
     assert torch.equal(
-        diffusion.p_sample(model, x, full(0, 3), torch.randn(3, 2), "fixed_large", True),
-        diffusion.p_sample(model, x, full(0, 3), torch.zeros(3, 2), "fixed_large", True),
+        diffusion.p_sample(model, x, full(0, 3), torch.randn(3, 2), "fixed_large", "recompute"),
+        diffusion.p_sample(model, x, full(0, 3), torch.zeros(3, 2), "fixed_large", "recompute"),
     )
 
 
@@ -168,8 +170,8 @@ def test_one_ddim_step_starts_from_pure_noise_and_lands_on_the_predicted_x0(diff
     assert diffusion.ddim_timesteps(1).tolist() == [999]  # not t = 0, where the "sample" would be the noise
     model = lambda x, t: 0.5 * x + 0.1
     x_T = torch.randn(2, 3, 4, 4, dtype=torch.float64)
-    [(t, x0)] = list(diffusion.ddim_sample_loop_progressive(model, x_T, 1, 0.0, None, True))
-    expected = diffusion.predict_x0_clipped(model, x_T, full(999, 2), clip=True)
+    [(t, x0)] = list(diffusion.ddim_sample_loop_progressive(model, x_T, 1, 0.0, None, "recompute"))
+    expected = diffusion.denoise(model, x_T, full(999, 2), "recompute")[0]
     assert t == 999 and torch.allclose(x0, expected, atol=1e-12)
 
 
@@ -178,36 +180,72 @@ def stand_in(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return torch.tanh(0.8 * x) * (0.5 + t.to(x.dtype).reshape(-1, 1, 1, 1) / 100) + 0.05
 
 
-# (prediction, sampler): (sum, mean) of |x_0| after the whole chain: cosine, T = 100, DDIM in 10 steps,
-# x_0 clipped, x_T and every z from one CPU generator seeded 0. Any change to the sampling math
-# changes these; re-pin them only on purpose.
+# (prediction, sampler, clip mode): (sum, mean) of |x_0| after the whole chain: cosine, T = 100, DDIM in
+# 10 steps, x_T and every z from one CPU generator seeded 0. Any change to the sampling math changes
+# these; re-pin them only on purpose. DDPM's mean uses x̂_0 alone, so there recompute and x0 agree.
 PINNED_CHAINS = {
-    ("eps", "ddpm/fixed_large"): (423.80138518949514, 0.5518247202988218),
-    ("eps", "ddpm/fixed_small"): (420.8843069470494, 0.5480264413373039),
-    ("eps", "ddim/0"): (413.1824194508398, 0.537997941993281),
-    ("eps", "ddim/1"): (411.04726031391897, 0.535217786867082),
-    ("x0", "ddpm/fixed_large"): (64.35846090816857, 0.08380007930751115),
-    ("x0", "ddpm/fixed_small"): (64.4642619595065, 0.08393784109310742),
-    ("x0", "ddim/0"): (101.60101271499542, 0.13229298530598363),
-    ("x0", "ddim/1"): (71.27721969924863, 0.09280887981672999),
-    ("v", "ddpm/fixed_large"): (313.990517963919, 0.4088418202655195),
-    ("v", "ddpm/fixed_small"): (303.82639582719537, 0.3956072862333273),
-    ("v", "ddim/0"): (167.5148742670993, 0.21811832586861887),
-    ("v", "ddim/1"): (261.3458746113321, 0.34029410756683864),
+    ("eps", "ddpm/fixed_large", "recompute"): (423.80138518949457, 0.551824720298821),
+    ("eps", "ddpm/fixed_small", "recompute"): (420.8843069470488, 0.5480264413373032),
+    ("eps", "ddim/0", "recompute"): (413.1824194508399, 0.5379979419932811),
+    ("eps", "ddim/1", "recompute"): (411.0472603139191, 0.5352177868670821),
+    ("x0", "ddpm/fixed_large", "recompute"): (64.35846090816855, 0.08380007930751114),
+    ("x0", "ddpm/fixed_small", "recompute"): (64.4642619595065, 0.08393784109310742),
+    ("x0", "ddim/0", "recompute"): (101.60101271499542, 0.13229298530598363),
+    ("x0", "ddim/1", "recompute"): (71.27721969924865, 0.09280887981673001),
+    ("v", "ddpm/fixed_large", "recompute"): (313.9905179639187, 0.40884182026551913),
+    ("v", "ddpm/fixed_small", "recompute"): (303.82639582719503, 0.39560728623332686),
+    ("v", "ddim/0", "recompute"): (167.5148742670993, 0.21811832586861887),
+    ("v", "ddim/1", "recompute"): (261.3458746113321, 0.34029410756683864),
+    ("eps", "ddpm/fixed_large", "x0"): (423.80138518949457, 0.551824720298821),
+    ("eps", "ddpm/fixed_small", "x0"): (420.8843069470488, 0.5480264413373032),
+    ("eps", "ddim/0", "x0"): (422.1721872668413, 0.549703368837033),
+    ("eps", "ddim/1", "x0"): (384.2841235978795, 0.5003699526014056),
+    ("x0", "ddpm/fixed_large", "x0"): (64.35846090816855, 0.08380007930751114),
+    ("x0", "ddpm/fixed_small", "x0"): (64.4642619595065, 0.08393784109310742),
+    ("x0", "ddim/0", "x0"): (100.88271391513518, 0.13135770041033226),
+    ("x0", "ddim/1", "x0"): (71.15196382461974, 0.09264578622997362),
+    ("v", "ddpm/fixed_large", "x0"): (313.9905179639187, 0.40884182026551913),
+    ("v", "ddpm/fixed_small", "x0"): (303.82639582719503, 0.39560728623332686),
+    ("v", "ddim/0", "x0"): (167.5258983531496, 0.21813268014733023),
+    ("v", "ddim/1", "x0"): (261.18209633165685, 0.3400808545985115),
+    ("eps", "ddpm/fixed_large", "dynamic"): (231.6986436959486, 0.30169094231243304),
+    ("eps", "ddpm/fixed_small", "dynamic"): (227.85380185628702, 0.2966846378337071),
+    ("eps", "ddim/0", "dynamic"): (324.0548625669031, 0.4219464356339884),
+    ("eps", "ddim/1", "dynamic"): (232.99322548479822, 0.30337659568333103),
+    ("x0", "ddpm/fixed_large", "dynamic"): (64.3922532046, 0.08384407969348957),
+    ("x0", "ddpm/fixed_small", "dynamic"): (64.50120854709577, 0.08398594862903096),
+    ("x0", "ddim/0", "dynamic"): (89.32086402942221, 0.1163032083716435),
+    ("x0", "ddim/1", "dynamic"): (70.20532382645715, 0.09141318206569941),
+    ("v", "ddpm/fixed_large", "dynamic"): (235.9575631789159, 0.3072364103892134),
+    ("v", "ddpm/fixed_small", "dynamic"): (230.6191439558699, 0.30028534369253895),
+    ("v", "ddim/0", "dynamic"): (157.2703334879701, 0.20477908006246107),
+    ("v", "ddim/1", "dynamic"): (225.55881233026986, 0.2936963702217055),
+    ("eps", "ddpm/fixed_large", "none"): (147924.53071630243, 192.61006603685212),
+    ("eps", "ddpm/fixed_small", "none"): (147910.49428839955, 192.59178943802024),
+    ("eps", "ddim/0", "none"): (215117.78806548496, 280.1012865436002),
+    ("eps", "ddim/1", "none"): (211841.72244340656, 275.83557609818564),
+    ("x0", "ddpm/fixed_large", "none"): (64.38708462056924, 0.0838373497663662),
+    ("x0", "ddpm/fixed_small", "none"): (64.49238414580016, 0.0839744585231773),
+    ("x0", "ddim/0", "none"): (102.45262597959966, 0.13340185674427038),
+    ("x0", "ddim/1", "none"): (71.52944867189677, 0.09313730295819893),
+    ("v", "ddpm/fixed_large", "none"): (335.3039336503979, 0.4365936636072889),
+    ("v", "ddpm/fixed_small", "none"): (321.45188933264893, 0.4185571475685533),
+    ("v", "ddim/0", "none"): (164.88962964457397, 0.21470003859970568),
+    ("v", "ddim/1", "none"): (265.2998380549437, 0.3454424974673746),
 }
 
 
-@pytest.mark.parametrize(("prediction", "sampler"), PINNED_CHAINS)
-def test_pinned_full_chains(prediction: str, sampler: str) -> None:
+@pytest.mark.parametrize(("prediction", "sampler", "mode"), PINNED_CHAINS)
+def test_pinned_full_chains(prediction: str, sampler: str, mode: str) -> None:
     d = GaussianDiffusion(beta_schedule("cosine", 100), prediction)
     g = torch.Generator().manual_seed(0)
     x_T = torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64)
     kind, setting = sampler.split("/")
     if kind == "ddpm":
-        *_, (_, x0) = d.p_sample_loop_progressive(stand_in, x_T, g, setting, True)
+        *_, (_, x0) = d.p_sample_loop_progressive(stand_in, x_T, g, setting, mode)
     else:
-        *_, (_, x0) = d.ddim_sample_loop_progressive(stand_in, x_T, 10, float(setting), g, True)
-    total, mean = PINNED_CHAINS[(prediction, sampler)]
+        *_, (_, x0) = d.ddim_sample_loop_progressive(stand_in, x_T, 10, float(setting), g, mode)
+    total, mean = PINNED_CHAINS[(prediction, sampler, mode)]
     assert x0.abs().sum().item() == pytest.approx(total, rel=1e-6)
     assert x0.abs().mean().item() == pytest.approx(mean, rel=1e-6)
 
@@ -220,18 +258,35 @@ def test_the_math_keeps_the_datas_dtype_and_its_tables_in_float64() -> None:
     x, t, z = torch.randn(2, 3, 4, 4), torch.tensor([0, 50]), torch.randn(2, 3, 4, 4)
     bf16_model = lambda x_, t_: (0.5 * x_).bfloat16()
     assert d.q_sample(x, t, z).dtype == torch.float32
-    assert d.p_sample(bf16_model, x, t, z, "fixed_large", True).dtype == torch.float32
-    assert d.ddim_step(bf16_model, x, t, t - 1, z, 1.0, False).dtype == torch.float32
+    assert d.p_sample(bf16_model, x, t, z, "fixed_large", "recompute").dtype == torch.float32
+    assert d.ddim_step(bf16_model, x, t, t - 1, z, 1.0, "none").dtype == torch.float32
 
 
 def test_ddim_with_eta_0_draws_nothing_from_the_generator(diffusion: GaussianDiffusion) -> None:
     # the next batch's x_T comes from the same generator: a deterministic chain must leave it alone
     for eta, drawn in ((0.0, False), (1.0, True)):
         g = torch.Generator().manual_seed(0)
-        list(diffusion.ddim_sample_loop_progressive(lambda x, t: 0.5 * x, torch.zeros(2, 3, 4, 4), 5, eta, g, True))
+        list(
+            diffusion.ddim_sample_loop_progressive(
+                lambda x, t: 0.5 * x, torch.zeros(2, 3, 4, 4), 5, eta, g, "recompute"
+            )
+        )
         assert (not torch.equal(g.get_state(), torch.Generator().manual_seed(0).get_state())) == drawn
 
 
 def test_an_unknown_prediction_target_is_named() -> None:
     with pytest.raises(ValueError, match="unknown prediction target 'noise'; expected one of: eps, x0, v"):
         GaussianDiffusion(beta_schedule("linear", 100), "noise")
+
+
+def test_dynamic_thresholding_is_imagens_against_numpys_percentile() -> None:
+    # per sample s = max(the 99.5th percentile of |x_0| (linear interpolation, numpy's default), 1),
+    # then clip to [-s, s] and divide by s; a sample whose percentile is below 1 is only clipped
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(3, 3, 8, 8, generator=g, dtype=torch.float64) * torch.tensor([3.0, 0.2, 1.5]).reshape(3, 1, 1, 1)
+    got = dynamic_threshold(x0)
+    for image, out in zip(x0.numpy(), got.numpy(), strict=True):
+        s = max(np.percentile(np.abs(image), 99.5), 1.0)
+        np.testing.assert_allclose(out, np.clip(image, -s, s) / s, rtol=0, atol=1e-15)
+    assert got[0].abs().max() == 1 and (got[0].abs() == 1).float().mean() > 0  # the top 0.5 % saturate at ±1
+    assert torch.equal(got[1], x0[1].clamp(-1, 1))  # s = 1: plain clipping

@@ -451,7 +451,9 @@ def test_the_likelihood_is_float32_whatever_the_sampling_precision(tmp_path: Pat
     assert bf16 == metrics and np.array_equal(bf16_terms, terms) and np.array_equal(bf16_per_image, per_image)
     # every held-out image (evaluate.nll_images: all), each one's bound in the file's order, as the math core gives it
     x0 = to_unit_range(torch.from_numpy(synthetic_flowers(3, 8, seed=3)))
-    direct = trained.diffusion.nll_bpd(trained.model, x0, "fixed_small", True, torch.Generator().manual_seed(0), 64)
+    direct = trained.diffusion.nll_bpd(
+        trained.model, x0, "fixed_small", "recompute", torch.Generator().manual_seed(0), 64
+    )
     assert per_image.dtype == np.float64 and np.array_equal(per_image, direct.total.numpy())
     assert metrics["nll_images"] == 3 and metrics["nll_precision"] == "fp32"
     assert metrics["nll_bpd"] == pytest.approx(per_image.mean(), rel=1e-12)

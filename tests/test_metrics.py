@@ -195,3 +195,15 @@ def test_kid_of_each_resample_is_the_u_statistic_of_its_materialised_rows(monkey
     monkeypatch.setattr(metrics, "KERNEL_BLOCK", 3)
     values = metrics.kid_of_weights(real, fake, weights, metrics.pair_sums(fake, weights))
     assert values.tolist() == pytest.approx([kid_by_loops(real, fake[drawn]) for drawn in indices], rel=1e-12)
+
+
+def test_the_colour_cast_is_the_mean_spread_across_red_green_and_blue() -> None:
+    grey = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16).expand(2, 3, 16, 16)
+    assert metrics.colour_cast(grey) == 0
+    red = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+    red[:, 0] = 255
+    assert metrics.colour_cast(red) == pytest.approx(math.sqrt(2) / 3, abs=1e-12)  # sd of (1, 0, 0)
+    # half the pixels (0, 51, 102), whose sd is 51·sqrt(2/3)/255, half grey: the mean of the two
+    mixed = torch.tensor([0, 51, 102], dtype=torch.uint8).reshape(1, 3, 1, 1).repeat(1, 1, 2, 2)
+    mixed[..., 1] = 7
+    assert metrics.colour_cast(mixed) == pytest.approx(statistics.pstdev([0, 51, 102]) / 255 / 2, abs=1e-12)

@@ -199,7 +199,9 @@ BETAS = torch.linspace(0.02, 0.4, 6, dtype=F64)  # T = 6: a short chain that sti
 @pytest.mark.parametrize("clip", [False, True])
 def test_the_bound_equals_the_formulas_written_out(variance: str, clip: bool) -> None:
     model, x0 = TinyEps(len(BETAS)), images(2, 4)
-    got = GaussianDiffusion(BETAS).nll_bpd(model, x0, variance, clip, torch.Generator().manual_seed(7), batch_size=5)
+    got = GaussianDiffusion(BETAS).nll_bpd(
+        model, x0, variance, "recompute" if clip else "none", torch.Generator().manual_seed(7), batch_size=5
+    )
     prior, terms = reference_bound(BETAS, model, x0, variance, clip, seed=7)
     assert got.terms.dtype == F64 and got.terms.shape == (2, len(BETAS))
     assert torch.allclose(got.prior, prior, rtol=1e-10, atol=0)
@@ -210,7 +212,7 @@ def test_the_bound_equals_the_formulas_written_out(variance: str, clip: bool) ->
 def test_batching_does_not_change_the_bound() -> None:
     diffusion, model, x0 = GaussianDiffusion(BETAS), TinyEps(len(BETAS)), images(2, 4)
     runs = [
-        diffusion.nll_bpd(model, x0, "fixed_large", True, torch.Generator().manual_seed(3), batch_size)
+        diffusion.nll_bpd(model, x0, "fixed_large", "recompute", torch.Generator().manual_seed(3), batch_size)
         for batch_size in (1, 3, 4, 1000)
     ]
     for run in runs[1:]:
@@ -226,14 +228,14 @@ def test_the_model_sees_chunks_of_stacked_timesteps() -> None:
         calls.append(t)
         return model(x, t)
 
-    GaussianDiffusion(BETAS).nll_bpd(recording, images(2, 4), "fixed_small", False, torch.Generator(), 5)
+    GaussianDiffusion(BETAS).nll_bpd(recording, images(2, 4), "fixed_small", "none", torch.Generator(), 5)
     assert [len(t) for t in calls] == [5, 5, 2]  # 12 pairs
     assert torch.cat(calls).tolist() == [t for t in range(len(BETAS)) for _ in range(2)]
 
 
 def test_a_batch_size_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
-        GaussianDiffusion(BETAS).nll_bpd(TinyEps(len(BETAS)), images(1, 4), "fixed_small", False, torch.Generator(), 0)
+        GaussianDiffusion(BETAS).nll_bpd(TinyEps(len(BETAS)), images(1, 4), "fixed_small", "none", torch.Generator(), 0)
 
 
 def test_a_trained_model_has_a_finite_positive_bound_below_the_untrained_one() -> None:
@@ -242,7 +244,7 @@ def test_a_trained_model_has_a_finite_positive_bound_below_the_untrained_one() -
     diffusion = GaussianDiffusion(beta_schedule("linear", 50))
     model = UNet.from_preset("tiny", 8)
     x0 = to_unit_range(torch.from_numpy(synthetic_flowers(4, 8, seed=0)))
-    before = diffusion.nll_bpd(model, x0[:2], "fixed_large", True, torch.Generator().manual_seed(0), 128)
+    before = diffusion.nll_bpd(model, x0[:2], "fixed_large", "recompute", torch.Generator().manual_seed(0), 128)
     generator = torch.Generator().manual_seed(0)
     for _ in range(20):
         t = torch.randint(0, 50, (4,), generator=generator)
@@ -251,7 +253,7 @@ def test_a_trained_model_has_a_finite_positive_bound_below_the_untrained_one() -
         with torch.no_grad():
             for parameter in model.parameters():
                 parameter -= 0.1 * parameter.grad
-    after = diffusion.nll_bpd(model.eval(), x0[:2], "fixed_large", True, torch.Generator().manual_seed(0), 128)
+    after = diffusion.nll_bpd(model.eval(), x0[:2], "fixed_large", "recompute", torch.Generator().manual_seed(0), 128)
     assert np.isfinite(after.terms.numpy()).all() and np.isfinite(after.prior.numpy()).all()
     assert (after.total > 0).all() and (after.total < before.total).all()
 
@@ -292,8 +294,8 @@ def test_a_model_that_knows_x0_pays_the_floor_on_interior_pixels(variance: str) 
     x0 = LEVELS[pixels]
     t = torch.zeros(3, dtype=torch.long)
     x_1 = diffusion.q_sample(x0, t, torch.randn(x0.shape, generator=torch.Generator().manual_seed(1), dtype=F64))
-    decoder = diffusion.vb_term_bpd(lambda x_t, t: x0, x0, x_1, t, variance, clip=True)
+    decoder = diffusion.vb_term_bpd(lambda x_t, t: x0, x0, x_1, t, variance, clip_mode="recompute")
     assert decoder.tolist() == pytest.approx([diffusion.decoder_floor_bpd(variance)] * 3, rel=1e-12)
     edges = LEVELS[torch.tensor([0, 255])].repeat(3, 3, 4, 2)  # every pixel at an edge: less than the floor
-    at_edges = diffusion.vb_term_bpd(lambda x_t, t: edges, edges, edges, t, variance, clip=True)
+    at_edges = diffusion.vb_term_bpd(lambda x_t, t: edges, edges, edges, t, variance, clip_mode="recompute")
     assert (at_edges < diffusion.decoder_floor_bpd(variance)).all()

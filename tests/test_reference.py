@@ -41,51 +41,129 @@ def largest_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
+# Each clip mode (ddpm.diffusion.GaussianDiffusion.denoise) as diffusers spells it: the scheduler's
+# options, and step()'s use_clipped_model_output (DDIM only: recompute eps from the clipped x_0).
+# Dynamic thresholding is Imagen's, whose s has no cap: diffusers' sample_max_value (default 1, which
+# makes it plain clipping) is set to infinity.
+CLIP_MODES = {
+    "recompute": ({"clip_sample": True}, True),
+    "x0": ({"clip_sample": True}, False),
+    "dynamic": ({"thresholding": True, "dynamic_thresholding_ratio": 0.995, "sample_max_value": float("inf")}, False),
+    "none": ({"clip_sample": False}, False),
+}
+
+
 @pytest.mark.parametrize("prediction", PREDICTION_TYPES)
 @pytest.mark.parametrize("variance", ["fixed_large", "fixed_small"])
-@pytest.mark.parametrize("clip", [True, False])
+@pytest.mark.parametrize("mode", CLIP_MODES)
 @pytest.mark.parametrize("t", [T - 1, T // 2, 1, 0])
-def test_a_ddpm_step_equals_diffusers(prediction: str, variance: str, clip: bool, t: int) -> None:
+def test_a_ddpm_step_equals_diffusers(prediction: str, variance: str, mode: str, t: int) -> None:
     ours = GaussianDiffusion(beta_schedule("linear", T), prediction)
+    options, _ = CLIP_MODES[mode]
     scheduler = with_our_tables(
-        DDPMScheduler(T, variance_type=variance, clip_sample=clip, prediction_type=PREDICTION_TYPES[prediction]), ours
+        DDPMScheduler(T, variance_type=variance, prediction_type=PREDICTION_TYPES[prediction], **options), ours
     )
     x, steps = x_t(), torch.full((4,), t)
     theirs = scheduler.step(stand_in(x, steps), t, x, generator=torch.Generator().manual_seed(1)).prev_sample
-    assert largest_difference(ours.p_sample(stand_in, x, steps, noise(x.shape, 1), variance, clip), theirs) < 1e-10
+    assert largest_difference(ours.p_sample(stand_in, x, steps, noise(x.shape, 1), variance, mode), theirs) < 1e-10
 
 
 # diffusers' DDIM step goes from t to t − T/n; ours takes any t_prev. t = 19 is the end of the chain (t_prev = −1).
 @pytest.mark.parametrize("prediction", PREDICTION_TYPES)
 @pytest.mark.parametrize("eta", [0.0, 1.0])
-@pytest.mark.parametrize("clip", [True, False])
+@pytest.mark.parametrize("mode", CLIP_MODES)
 @pytest.mark.parametrize("t", [T - 1, T // 2, 19])
-def test_a_ddim_step_equals_diffusers(prediction: str, eta: float, clip: bool, t: int) -> None:
+def test_a_ddim_step_equals_diffusers(prediction: str, eta: float, mode: str, t: int) -> None:
     ours = GaussianDiffusion(beta_schedule("cosine", T), prediction)
-    scheduler = with_our_tables(DDIMScheduler(T, clip_sample=clip, prediction_type=PREDICTION_TYPES[prediction]), ours)
+    options, recompute = CLIP_MODES[mode]
+    scheduler = with_our_tables(DDIMScheduler(T, prediction_type=PREDICTION_TYPES[prediction], **options), ours)
     scheduler.set_timesteps(50)  # a stride of T/n = 20
     x, z, steps = x_t(), noise((4, 3, 8, 8), 2), torch.full((4,), t)
-    # use_clipped_model_output=True: the direction term uses the eps of the clipped x_0, as ours does (see below)
-    theirs = scheduler.step(stand_in(x, steps), t, x, eta=eta, use_clipped_model_output=True, variance_noise=z)
-    ours_prev = ours.ddim_step(stand_in, x, steps, steps - 20 if t >= 20 else torch.full_like(steps, -1), z, eta, clip)
-    assert largest_difference(ours_prev, theirs.prev_sample) < 1e-10
+    theirs = scheduler.step(stand_in(x, steps), t, x, eta=eta, use_clipped_model_output=recompute, variance_noise=z)
+    t_prev = steps - 20 if t >= 20 else torch.full_like(steps, -1)
+    assert largest_difference(ours.ddim_step(stand_in, x, steps, t_prev, z, eta, mode), theirs.prev_sample) < 1e-10
 
 
-def test_by_design_diffusers_ddim_uses_the_unclipped_eps_by_default() -> None:
-    # With clipping, diffusers' DDIM by default (use_clipped_model_output=False) points the chain
-    # along the model's raw eps while ours recomputes eps from the clipped x_0, so that x_0 and eps
-    # stay consistent (as improved-diffusion does). They differ exactly where x_0 was clipped.
+def test_the_stand_in_makes_every_mode_act() -> None:
+    # the equalities above would hold vacuously if x_0 never left [-1, 1] or the quantile never passed 1
+    ours = GaussianDiffusion(beta_schedule("cosine", T))
+    for t in (T - 1, T // 2, 19):
+        x, steps = x_t(), torch.full((4,), t)
+        x0 = ours.predict_x0(stand_in(x, steps), x, steps)
+        assert (x0.abs() > 1).any() and (x0.flatten(1).abs().quantile(0.995, dim=1) > 1).all()
+
+
+def diffusers_chain(scheduler: DDPMScheduler | DDIMScheduler, x_T: torch.Tensor, g: torch.Generator, **step):  # noqa: ANN201
+    """diffusers' own sampling loop over its own timesteps, the noise drawn from `g`."""
+    x = x_T
+    for t in scheduler.timesteps:
+        x = scheduler.step(stand_in(x, torch.full((len(x),), int(t))), t, x, generator=g, **step).prev_sample
+    return x
+
+
+def start(seed: int = 0) -> tuple[torch.Tensor, torch.Generator]:
+    """x_T and the generator that then draws each step's noise, for both sides alike."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(4, 3, 8, 8, generator=g, dtype=F64), g
+
+
+@pytest.mark.parametrize("prediction", PREDICTION_TYPES)
+@pytest.mark.parametrize("mode", CLIP_MODES)
+def test_full_ddpm_chains_equal_diffusers(prediction: str, mode: str) -> None:
+    # T = 100, every timestep: diffusers' loop and ours, x_T and every z from generators seeded alike
+    ours = GaussianDiffusion(beta_schedule("cosine", 100), prediction)
+    options, _ = CLIP_MODES[mode]
+    scheduler = with_our_tables(DDPMScheduler(100, prediction_type=PREDICTION_TYPES[prediction], **options), ours)
+    scheduler.set_timesteps(100)
+    x_T, g = start()
+    *_, (_, x0) = ours.p_sample_loop_progressive(stand_in, x_T, g, "fixed_small", mode)
+    x_T, g = start()
+    assert largest_difference(x0, diffusers_chain(scheduler, x_T, g)) < 1e-10
+
+
+@pytest.mark.parametrize("prediction", PREDICTION_TYPES)
+@pytest.mark.parametrize("mode", CLIP_MODES)
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_full_ddim_chains_equal_diffusers(prediction: str, mode: str, eta: float) -> None:
+    # Our loop at every one of T = 100 timesteps is diffusers' loop with 100 steps (its list 99, ..., 0,
+    # each step to t − 1); with 10 steps diffusers' list is 90, 80, ..., 0 ("leading"), which our
+    # ddim_step follows here (our own list differs, test_by_design_..._steps_back below).
+    ours = GaussianDiffusion(beta_schedule("cosine", 100), prediction)
+    options, recompute = CLIP_MODES[mode]
+    scheduler = with_our_tables(DDIMScheduler(100, prediction_type=PREDICTION_TYPES[prediction], **options), ours)
+    scheduler.set_timesteps(100)
+    x_T, g = start()
+    *_, (_, x0) = ours.ddim_sample_loop_progressive(stand_in, x_T, 100, eta, g, mode)
+    x_T, g = start()
+    assert (
+        largest_difference(x0, diffusers_chain(scheduler, x_T, g, eta=eta, use_clipped_model_output=recompute)) < 1e-10
+    )
+    scheduler.set_timesteps(10)
+    x, g = start()
+    for t in scheduler.timesteps.tolist():
+        steps = torch.full((4,), t)
+        z = torch.randn(x.shape, generator=g, dtype=F64) if eta > 0 else torch.zeros_like(x)
+        x = ours.ddim_step(stand_in, x, steps, (steps - 10).clamp(min=-1), z, eta, mode)  # −1: alphā = 1
+    x_T, g = start()
+    assert (
+        largest_difference(x, diffusers_chain(scheduler, x_T, g, eta=eta, use_clipped_model_output=recompute)) < 1e-10
+    )
+
+
+def test_by_design_recompute_and_x0_differ_exactly_where_x0_was_clipped() -> None:
+    # recompute (improved-diffusion) points the direction term along the eps of the clipped x_0; x0
+    # (diffusers' default, use_clipped_model_output=False) along the model's own eps. They differ
+    # exactly where x_0 was clipped, and there by a lot.
     ours = GaussianDiffusion(beta_schedule("linear", T))
-    scheduler = with_our_tables(DDIMScheduler(T, clip_sample=True), ours)
-    scheduler.set_timesteps(50)
     x, steps = x_t(), torch.full((4,), 500)
-    ours_prev = ours.ddim_step(stand_in, x, steps, steps - 20, torch.zeros_like(x), 0.0, True)
-    default = scheduler.step(stand_in(x, steps), 500, x, eta=0.0).prev_sample
+    recompute, kept = (
+        ours.ddim_step(stand_in, x, steps, steps - 20, torch.zeros_like(x), 0.0, m) for m in ("recompute", "x0")
+    )
     x0 = ours.predict_x0(stand_in(x, steps), x, steps)
     clipped = (x0.abs() > 1).any()
-    assert clipped and largest_difference(ours_prev, default) > 0.1
-    unclipped = x0.abs() <= 1  # where nothing was clipped, the two agree
-    assert largest_difference(ours_prev[unclipped], default[unclipped]) < 1e-10
+    assert clipped and largest_difference(recompute, kept) > 0.1
+    unclipped = x0.abs() <= 1
+    assert largest_difference(recompute[unclipped], kept[unclipped]) < 1e-10
 
 
 def test_by_design_diffusers_ddim_steps_back_t_minus_T_over_n_whatever_its_timestep_list_says() -> None:
@@ -99,8 +177,8 @@ def test_by_design_diffusers_ddim_steps_back_t_minus_T_over_n_whatever_its_times
     assert ours.ddim_timesteps(50).flip(0)[:3].tolist() == [999, 979, 958]
     x, steps = x_t(), torch.full((4,), 979)
     theirs = scheduler.step(stand_in(x, steps), 979, x, eta=0.0).prev_sample
-    to_959 = ours.ddim_step(stand_in, x, steps, torch.full_like(steps, 959), torch.zeros_like(x), 0.0, False)
-    to_958 = ours.ddim_step(stand_in, x, steps, torch.full_like(steps, 958), torch.zeros_like(x), 0.0, False)
+    to_959 = ours.ddim_step(stand_in, x, steps, torch.full_like(steps, 959), torch.zeros_like(x), 0.0, "none")
+    to_958 = ours.ddim_step(stand_in, x, steps, torch.full_like(steps, 958), torch.zeros_like(x), 0.0, "none")
     assert largest_difference(to_959, theirs) < 1e-10 and largest_difference(to_958, theirs) > 1e-4
 
 

@@ -113,6 +113,9 @@ class TrainConfig(Section):
     weight_decay: Annotated[Number, Field(ge=0)] = 0.0
     ema_decay: Annotated[Number, Field(ge=0, lt=1)] = 0.9999
     ema_warmup: bool = True  # decay min(ema_decay, (1 + n)/(10 + n)) after n updates, so early EMA weights are usable
+    # flip each training image left-right with probability ½, as Ho et al.; false for data with a
+    # handedness (digits, text), whose mirrors are not images of it
+    hflip: bool = True
     checkpoint_every: PositiveInt = 5000
     keep_checkpoints: PositiveInt = 3
     max_nonfinite: PositiveInt = 20  # stop after this many non-finite losses in a row

@@ -82,14 +82,17 @@ class InMemoryImages:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def batch(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """A batch drawn uniformly with replacement, each image flipped left-right with probability ½,
-        as floats in [-1, 1]: (batch_size, 3, H, W)."""
+    def batch(self, batch_size: int, generator: torch.Generator | None = None, hflip: bool = True) -> torch.Tensor:
+        """A batch drawn uniformly with replacement, with `hflip` each image flipped left-right with
+        probability ½ (train.hflip), as floats in [-1, 1]: (batch_size, 3, H, W)."""
         device = self.images.device
         index = torch.randint(len(self), (batch_size,), device=device, generator=generator)
+        # the coins are drawn even without flips, so that for one seed the runs with and without them
+        # draw the same images, timesteps and noise (paired)
         flip = torch.rand(batch_size, device=device, generator=generator) < 0.5
         x = self.images[index]
-        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        if hflip:
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
         return to_unit_range(x)
 
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ddpm.checkpoint import Trained, load_trained
+from ddpm.checkpoint import Trained, load_checkpoint, load_trained
 from ddpm.config import Config, EvaluateConfig, SampleConfig
 from ddpm.data import load_images, to_unit_range
 from ddpm.errors import UserError
@@ -25,7 +25,7 @@ from ddpm.fastpath import FastPath
 from ddpm.features import extract_features, load_extractor, real_features
 from ddpm.files import atomic_outputs, folder_lock, sha256_hex
 from ddpm.layout import MODEL, NLL_TERMS, RESAMPLES, SAMPLES_ORIGIN, RunFolder, run_folder_of
-from ddpm.memorization import measure
+from ddpm.memorization import measure, trained_with_flips
 from ddpm.metrics import FID_INF_SIZES
 from ddpm.origin import check_samples, read_origin
 
@@ -39,12 +39,14 @@ def evaluate(
     device: torch.device,
     progress: bool = True,
     ready: Callable[[], None] | None = None,
+    mirrored: bool = True,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], bool]:
     """FID_N, FID_∞ and KID (ddpm.estimates) of the samples at `samples_path` against the prepared
     images at `real_path`, and KID against the held-out images at `holdout_path` where there are at
     least 2 of them: the metrics (numbers and what they were measured with), each bootstrapped
     score's values over the evaluate.bootstrap resamples, and whether the real features were cached.
-    `ready` is called once the inputs are checked, before the work (the CLI opens MLflow there)."""
+    `ready` is called once the inputs are checked, before the work (the CLI opens MLflow there);
+    `mirrored`: the model trained with flips, so mirrors of training images count as them (ddpm.memorization)."""
     fake, real = load_images(samples_path), load_images(real_path)
     _check_inputs(samples_path, fake, real_path, real)
     holdout = _holdout_images(holdout_path, fake.shape[1:])
@@ -69,7 +71,7 @@ def evaluate(
         "weights": extractor.source,
         "weights_sha256": extractor.weights_sha256,
         "resize": extractor.resize,
-        **measure(fake, real, fake_f, real_f, device),  # how near the samples lie to the training images
+        **measure(fake, real, fake_f, real_f, device, mirrored),  # how near the samples lie to the training images
     }
     return metrics, draws, cached
 
@@ -233,10 +235,11 @@ def stage(
     checkpoint = _scored_model(samples, drawn, checkpoint, out)
     samples_sha256 = check_samples(samples, drawn, images) if drawn else sha256_hex(samples)
     trained = _likelihood_model(config.evaluate, samples, checkpoint, holdout, device)
+    flipped = _flipped(checkpoint)
     kept = checkpoint.parent if checkpoint else out.parent  # where MLflow writes that must wait are kept
     with folder_lock(out.parent), session(config.tracking, kept) as tracked:
         metrics, draws, cached = evaluate(
-            config.evaluate, samples, data, holdout, cache_dir, device, ready=tracked.open
+            config.evaluate, samples, data, holdout, cache_dir, device, ready=tracked.open, mirrored=flipped
         )
         metrics["samples_sha256"] = samples_sha256  # so that compare never pairs these with other samples
         if checkpoint is not None and checkpoint.is_file():  # nor with another model
@@ -252,6 +255,15 @@ def stage(
             note(f"{samples} has no {samples.parent / SAMPLES_ORIGIN} (`ddpm sample` did not draw them here), "
                  f"so its scores go to {out} only, not to MLflow")  # fmt: skip
     return Evaluation(metrics, out, cached)
+
+
+def _flipped(checkpoint: Path | None) -> bool:
+    """Whether the model at `checkpoint` trained with flips (its config's train.hflip); samples without
+    a model are taken to be of one that did (ddpm.memorization.trained_with_flips says why)."""
+    if checkpoint is None or not checkpoint.is_file():
+        return trained_with_flips(None)
+    # the dict as saved, its weights mapped, not read: a model of an earlier UNet has its config too
+    return trained_with_flips(load_checkpoint(checkpoint, torch.device("cpu"), mmap=True).get("config"))
 
 
 def _scored_model(samples: Path, drawn: dict[str, Any] | None, checkpoint: Path | None, out: Path) -> Path | None:

@@ -8,10 +8,12 @@ the features FID was computed on.
 
 - Pixels are uint8 values taken as floats in [0, 1] and flattened (3·H·W numbers); a distance is the
   root of the sum of squared differences of those, sqrt(Σ (a − b)²)/255.
-- Training saw every image and its mirror (train's batches flip left-right with probability ½), so in
-  pixels the distance to training image j is the smaller of those to j and to j mirrored. The
-  features are of the images as stored (extracting the mirrors would run the network again).
-- Training images that are identical (or mirrors of each other) count once, as the first of them:
+- A model trained with flips (train.hflip: each batch image flipped left-right with probability ½)
+  saw every image and its mirror, so then in pixels the distance to training image j is the smaller
+  of those to j and to j mirrored; without flips a mirror is another picture than any it saw, and
+  the distance is to j as stored. The features are of the images as stored (extracting the mirrors
+  would run the network again).
+- Training images that are identical (or, with flips, mirrors of each other) count once, as the first of them:
   d₂ is the distance to another picture, never to a copy of the nearest one, which would make every
   copy of a duplicated image look novel (d₁ = d₂). A sample at distance 0 is a copy whatever d₂ is
   (in features two different images can share a point, d₁ = d₂ = 0: still a copy).
@@ -42,11 +44,21 @@ class Neighbours:
     indices: np.ndarray
 
 
-def distinct_images(images: np.ndarray) -> np.ndarray:
-    """Indices of the training images (N, 3, H, W) that are not a copy, or a mirror, of an earlier one."""
+def trained_with_flips(config: dict[str, Any] | None) -> bool:
+    """Whether a model with the checkpoint config `config` trained on mirrors too (train.hflip). A
+    config without the key is of a ddpm that always flipped; an imported model (no config) is taken
+    to have flipped, as Ho et al.'s and diffusers' training scripts do by default: its weights do not
+    say, and counting mirrors can only find more copies, never hide one."""
+    return True if config is None else bool(config.get("train", {}).get("hflip", True))
+
+
+def distinct_images(images: np.ndarray, mirrored: bool) -> np.ndarray:
+    """Indices of the training images (N, 3, H, W) that are not a copy, or (`mirrored`) a mirror, of
+    an earlier one."""
     seen, kept = set(), []
     for i, image in enumerate(images):
-        key = min(hashlib.sha256(np.ascontiguousarray(view).tobytes()).digest() for view in (image, image[..., ::-1]))
+        views = (image, image[..., ::-1]) if mirrored else (image,)
+        key = min(hashlib.sha256(np.ascontiguousarray(view).tobytes()).digest() for view in views)
         if key not in seen:
             seen.add(key)
             kept.append(i)
@@ -113,13 +125,15 @@ def measure(
     sample_features: torch.Tensor,
     training_features: torch.Tensor,
     device: torch.device,
+    mirrored: bool,
 ) -> dict[str, Any]:
     """eval.json's memorization keys for uint8 `samples` (N, 3, H, W) against uint8 `training`
     (M, 3, H, W) and their features (the ones FID used): the memorized fraction in pixels and in
-    features, the median nearest distance in each (pixels in [0, 1] units), and the closest pairs."""
-    kept = distinct_images(training)
+    features, the median nearest distance in each (pixels in [0, 1] units), the closest pairs, and
+    whether a training image's mirror counted as the image (`mirrored`: the model trained with flips)."""
+    kept = distinct_images(training, mirrored)
     # pixel values as integers 0..255 (exact in float64, see above), scaled to [0, 1] only at the end
-    pixels = nearest_two(samples, np.asarray(training)[kept], device, mirrored=True)
+    pixels = nearest_two(samples, np.asarray(training)[kept], device, mirrored=mirrored)
     pixels = Neighbours(pixels.distances / 255, kept[pixels.indices])
     features = nearest_two(sample_features, training_features[torch.from_numpy(kept)], device)
     return {
@@ -128,12 +142,13 @@ def measure(
         "nn_pixels_median": float(np.median(pixels.distances[:, 0])),
         "nn_features_median": float(np.median(features.distances[:, 0])),
         "closest_pairs": closest_pairs(pixels),
+        "memorization_mirrored": mirrored,
     }
 
 
-def as_measured(sample: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """The training `image` (3, H, W) as its pixel distance to `sample` was measured: itself or its
-    mirror, whichever is nearer."""
+def as_measured(sample: np.ndarray, image: np.ndarray, mirrored: bool) -> np.ndarray:
+    """The training `image` (3, H, W) as its pixel distance to `sample` was measured: itself, or with
+    `mirrored` itself or its mirror, whichever is nearer."""
     mirror = image[..., ::-1]
     gap = [np.square(sample.astype(np.int64) - view).sum() for view in (image, mirror)]
-    return np.ascontiguousarray(mirror if gap[1] < gap[0] else image)
+    return np.ascontiguousarray(mirror if mirrored and gap[1] < gap[0] else image)

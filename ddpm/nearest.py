@@ -32,7 +32,8 @@ def closest_images(
             problem = f"its closest_pairs name other images than {folder.samples_array} and {data} hold"
             raise RunFiles(folder, r.name, r.seed).error(folder.eval_metrics, problem, "evaluate")
         shown = [np.array(samples[i]) for i, _, _ in pairs]
-        seen = [as_measured(x, np.array(training[j])) for x, (_, j, _) in zip(shown, pairs, strict=True)]
+        mirrored = r.evaluation.get("memorization_mirrored", True)  # eval.json of before train.hflip: always
+        seen = [as_measured(x, np.array(training[j]), mirrored) for x, (_, j, _) in zip(shown, pairs, strict=True)]
         closest[label(r)] = (pairs, np.stack(shown), np.stack(seen))
     return closest
 
@@ -46,8 +47,8 @@ def memorization_section(results: list[RunResult]) -> list[str]:
         "sample, d₁ and d₂ are the distances to its nearest and second-nearest training image; a sample counts as "
         "memorized when d₁/d₂ < 1/3 (Yoon et al. 2023): it lies three times closer to one training image "
         "than to any other, a copy of that image rather than something new. Pixel distances are Euclidean over the "
-        "3·H·W values in [0, 1], a training image's mirror counting as the image (training saw both); feature "
-        "distances are in the features FID uses.",
+        "3·H·W values in [0, 1], a training image's mirror counting as the image where the model trained with flips "
+        "(train.hflip: it saw both); feature distances are in the features FID uses.",
         "",
         "| run | memorized (pixels) | memorized (features) | median d₁ (pixels) | median d₁ (features) |",
         "|---|---:|---:|---:|---:|",

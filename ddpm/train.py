@@ -129,12 +129,13 @@ class Tracker(Protocol):
 
 
 def draw_batch(
-    dataset: InMemoryImages, num_timesteps: int, batch_size: int, generator: torch.Generator, ranks: Ranks = ONE_PROCESS
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Algorithm 1's draws for one global batch, from the loop's generator: images x_0, timesteps
-    t ~ U{0..T−1} and noise ε. Every rank draws the whole batch from the same stream and keeps its
-    own share, so N processes see exactly the batches that one process would."""
-    x0 = dataset.batch(batch_size, generator)
+    dataset: InMemoryImages, num_timesteps: int, batch_size: int, generator: torch.Generator,
+    ranks: Ranks = ONE_PROCESS, hflip: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Algorithm 1's draws for one global batch, from the loop's generator: images x_0 (`hflip`: flipped
+    left-right with probability ½), t ~ U{0..T−1} and noise ε. Every rank draws the whole batch from the
+    same stream and keeps its own share, so N processes see exactly the batches one process would."""
+    x0 = dataset.batch(batch_size, generator, hflip)
     t = torch.randint(0, num_timesteps, (batch_size,), device=x0.device, generator=generator)
     noise = torch.randn(x0.shape, device=x0.device, generator=generator)
     share = slice(ranks.rank * batch_size // ranks.world, (ranks.rank + 1) * batch_size // ranks.world)
@@ -261,7 +262,8 @@ class Loop:
         # learning rate: linear warm-up from 0 (Ho et al., appendix B)
         for group in state.optimizer.param_groups:
             group["lr"] = cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
-        batch = draw_batch(self.dataset, state.diffusion.num_timesteps, cfg.batch_size, state.generator, self.ranks)
+        batch = draw_batch(self.dataset, state.diffusion.num_timesteps, cfg.batch_size, state.generator, self.ranks,
+                           cfg.hflip)  # fmt: skip
         loss, skipped = training_step(self.forward, state.diffusion, state.optimizer, batch, cfg.grad_clip, self.fast)
         if self.ranks.main:
             state.ema.update(state.model, skipped)

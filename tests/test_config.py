@@ -272,7 +272,7 @@ def test_schedules_is_a_list_of_distinct_known_names(tmp_path: Path) -> None:
             1,
             (
                 "--set train.foo: unknown key; expected one of: steps, batch_size, lr, warmup_steps, grad_clip, "
-                "adam_betas, adam_eps, weight_decay, ema_decay, ema_warmup, checkpoint_every, keep_checkpoints, "
+                "adam_betas, adam_eps, weight_decay, ema_decay, ema_warmup, hflip, checkpoint_every, keep_checkpoints, "
                 "max_nonfinite, seed, log_every, sample_every, eval_every, eval_samples, eval_steps, precision, "
                 "channels_last, compile"
             ),
@@ -332,7 +332,7 @@ def test_each_bad_override_gives_its_pinned_line(
             "train: 5\n",
             (
                 "params.yaml: train: expected a mapping with keys steps, batch_size, lr, warmup_steps, grad_clip, "
-                "adam_betas, adam_eps, weight_decay, ema_decay, ema_warmup, checkpoint_every, keep_checkpoints, "
+                "adam_betas, adam_eps, weight_decay, ema_decay, ema_warmup, hflip, checkpoint_every, keep_checkpoints, "
                 "max_nonfinite, seed, log_every, sample_every, eval_every, eval_samples, eval_steps, precision, "
                 "channels_last, compile, got 5"
             ),

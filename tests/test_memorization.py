@@ -14,7 +14,16 @@ from ddpm.data import synthetic_flowers
 from ddpm.errors import UserError
 from ddpm.features import RandConv
 from ddpm.layout import RunFolder
-from ddpm.memorization import Neighbours, as_measured, closest_pairs, distinct_images, measure, memorized, nearest_two
+from ddpm.memorization import (
+    Neighbours,
+    as_measured,
+    closest_pairs,
+    distinct_images,
+    measure,
+    memorized,
+    nearest_two,
+    trained_with_flips,
+)
 from ddpm.plots import plot_nearest
 from ddpm.report import closest_images, memorization_section
 from ddpm.results import RunResult
@@ -69,19 +78,45 @@ def test_a_model_that_returns_training_images_is_flagged_and_fresh_draws_are_not
     copies = TRAINING[picked].astype(np.int16) + rng.integers(-3, 4, (20, 3, 16, 16))  # small noise
     copies = np.clip(copies, 0, 255).astype(np.uint8)
     copies[10:] = copies[10:, ..., ::-1]  # half of them mirrored, as training showed them
-    scored = measure(copies, TRAINING, features(copies), features(TRAINING), CPU)
+    scored = measure(copies, TRAINING, features(copies), features(TRAINING), CPU, mirrored=True)
     assert scored["memorized_fraction"] == 1.0
     assert scored["memorized_fraction_features"] >= 0.5  # the unmirrored half at least (0.85): features see no mirrors
     assert all(j == picked[i] for i, j, _ in scored["closest_pairs"])  # each copy found its original
 
     fresh = synthetic_flowers(40, 16, seed=7)
-    novel = measure(fresh, TRAINING, features(fresh), features(TRAINING), CPU)
+    novel = measure(fresh, TRAINING, features(fresh), features(TRAINING), CPU, mirrored=True)
     assert novel["memorized_fraction"] == 0.0 and novel["memorized_fraction_features"] <= 0.05
     d = np.sort(brute_force(fresh, TRAINING, mirrored=True), axis=1)[:, 0] / 255  # pixels in [0, 1]
     assert novel["nn_pixels_median"] == pytest.approx(np.median(d), rel=1e-12)
     f = np.sort(brute_force(features(fresh).numpy(), features(TRAINING).numpy(), mirrored=False), axis=1)[:, 0]
     assert novel["nn_features_median"] == pytest.approx(np.median(f), rel=1e-12)
     assert [round(p[2], 12) for p in novel["closest_pairs"]] == [round(v, 12) for v in np.sort(d)[:8]]
+
+
+def test_a_mirror_of_a_training_image_is_a_copy_only_where_the_model_trained_with_flips() -> None:
+    picked = np.arange(0, 40, 4)
+    mirrors = np.ascontiguousarray(TRAINING[picked][..., ::-1])  # exact mirrors: no flowers here are symmetric
+    flipped = measure(mirrors, TRAINING, features(mirrors), features(TRAINING), CPU, mirrored=True)
+    assert flipped["memorized_fraction"] == 1.0 and flipped["memorization_mirrored"] is True
+    assert sorted(j for _, j, d in flipped["closest_pairs"] if d == 0) == sorted(picked[:8].tolist())
+    unflipped = measure(mirrors, TRAINING, features(mirrors), features(TRAINING), CPU, mirrored=False)
+    assert unflipped["memorized_fraction"] == 0.0 and unflipped["memorization_mirrored"] is False
+    d = np.sort(brute_force(mirrors, TRAINING, mirrored=False), axis=1)[:, 0] / 255  # scipy, no mirrors
+    assert unflipped["nn_pixels_median"] == pytest.approx(np.median(d), rel=1e-12) and d.min() > 0.05
+    # without flips an image and its mirror are two pictures, and the report shows the image as stored
+    pair = np.stack([TRAINING[3], TRAINING[3, ..., ::-1]])
+    assert distinct_images(pair, mirrored=False).tolist() == [0, 1] and distinct_images(
+        pair, mirrored=True
+    ).tolist() == [0]
+    np.testing.assert_array_equal(as_measured(mirrors[0], TRAINING[0], mirrored=False), TRAINING[0])
+    np.testing.assert_array_equal(as_measured(mirrors[0], TRAINING[0], mirrored=True), mirrors[0])
+
+
+def test_a_model_trained_with_flips_is_read_from_its_config() -> None:
+    assert trained_with_flips({"train": {"hflip": False}}) is False
+    assert trained_with_flips({"train": {"hflip": True}}) is True
+    assert trained_with_flips({"train": {"lr": 1e-4}}) is True  # a ddpm from before train.hflip always flipped
+    assert trained_with_flips(None) is True  # an imported model: its weights do not say
 
 
 def test_closest_pairs_are_the_nearest_first_ties_by_sample_index() -> None:
@@ -93,8 +128,8 @@ def test_closest_pairs_are_the_nearest_first_ties_by_sample_index() -> None:
 def test_a_duplicated_training_image_counts_once() -> None:
     image = TRAINING[5]
     training = np.concatenate([TRAINING[:10], image[None], image[None, ..., ::-1]])  # a copy and a mirror of image 5
-    assert distinct_images(training).tolist() == list(range(10))
-    scored = measure(image[None], training, features(image[None]), features(training), CPU)
+    assert distinct_images(training, mirrored=True).tolist() == list(range(10))
+    scored = measure(image[None], training, features(image[None]), features(training), CPU, mirrored=True)
     assert scored["memorized_fraction"] == 1.0 and scored["closest_pairs"] == [[0, 5, 0.0]]
     assert scored["memorized_fraction_features"] == 1.0  # d₂ is another picture's, not the copy's 0
 
@@ -106,13 +141,13 @@ def test_the_report_shows_each_pair_as_measured(tmp_path: Path) -> None:
     folder = RunFolder.of("linear", 0, tmp_path / "runs")
     folder.samples.mkdir(parents=True)
     np.save(folder.samples_array, samples)
-    scored = measure(samples, TRAINING, features(samples), features(TRAINING), CPU)
+    scored = measure(samples, TRAINING, features(samples), features(TRAINING), CPU, mirrored=True)
     run = RunResult("linear", 0, {}, {}, scored, None, None, np.zeros((1, 2)), folder.grid, None)
     shown = closest_images([run], tmp_path / "runs", data)
     pairs, above, below = shown["linear"]
     assert pairs == scored["closest_pairs"] and [p[1] for p in pairs] == [7, 3]
     np.testing.assert_array_equal(below, samples)  # the training images mirrored, as the distance 0 was measured
-    np.testing.assert_array_equal(as_measured(samples[0], TRAINING[7]), samples[0])
+    np.testing.assert_array_equal(as_measured(samples[0], TRAINING[7], mirrored=True), samples[0])
     picture = tmp_path / "nearest.png"
     plot_nearest(shown, picture)
     with Image.open(picture) as drawn:

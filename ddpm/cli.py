@@ -292,11 +292,11 @@ def compare(
 ) -> None:
     """Compare schedules over seeds: table, noise, curves, samples."""
     cfg = _load(config, set_, {})
-    from ddpm.report import markdown_table, stage
+    from ddpm.report import markdown_table, stage, timing_table
 
     names = names or cfg.schedules
     rows = stage(cfg, names, runs, data, out)
-    typer.echo(markdown_table(rows))
+    typer.echo(markdown_table(rows) + "\n\n" + timing_table(rows))
     typer.echo(f"compared {', '.join(names)}: {out / layout.REPORT}")
 
 

@@ -39,7 +39,7 @@ def compare(
     primary: str = "fid",
 ) -> tuple[list[dict[str, Any]], list[Path], dict[str, str]]:
     """The comparison report in `out_dir`: report.md with the table, what its differences mean, and
-    every picture; the table as comparison.csv and .json; scores.csv (FID per schedule);
+    every picture; the table as comparison.csv and .json; scores.csv (FID per schedule); losses.csv;
     schedules.png (alphā, log-SNR); nll_terms.png (bits/dim per timestep); sweep.png (FID against
     sampling steps); losses.png; quality.png (FID and KID during training); forward.png (the first
     image of `data`, or a synthetic flower,
@@ -87,10 +87,12 @@ def _write_tables(
     output: Callable[[Path], Path],
 ) -> list[Path]:  # fmt: skip
     """report.md; comparison.json: the table's rows and the verdicts with their raw and Holm-adjusted
-    p-values; the table as comparison.csv and scores.csv (long form, for DVC's bar plot); each written
-    to `output(path)`."""
-    tables = [out_dir / name for name in (layout.REPORT, layout.COMPARISON_JSON, layout.COMPARISON_CSV, layout.SCORES)]
-    report, as_json, as_csv, scores = tables
+    p-values; the table as comparison.csv and scores.csv (the FID column named as the metric is, which
+    DVC's bar plot takes for its title and axis); every run's losses in one file (losses.csv, for DVC's
+    overlaid plot); each written to `output(path)`."""
+    names = (layout.REPORT, layout.COMPARISON_JSON, layout.COMPARISON_CSV, layout.SCORES, layout.LOSS_CURVES)
+    tables = [out_dir / name for name in names]
+    report, as_json, as_csv, scores, losses = tables
     judged = {"alpha": ALPHA, "correction": "holm", "primary": primary, "verdicts": [v.as_json() for v in verdicts]}
     output(as_json).write_text(json.dumps({"rows": rows, **judged}, indent=2) + "\n")
     keys = list(dict.fromkeys(key for row in rows for key in row))
@@ -98,9 +100,9 @@ def _write_tables(
         ",".join(keys) + "\n" + "".join(",".join(str(row.get(k, "")) for k in keys) + "\n" for row in rows)
     )
     fid = metric_names(rows[0])[0]
-    output(scores).write_text(
-        "schedule,metric,score\n" + "".join(f"{row['schedule']},{fid},{row[fid]}\n" for row in rows)
-    )
+    output(scores).write_text(f"schedule,{fid}\n" + "".join(f"{row['schedule']},{row[fid]}\n" for row in rows))
+    curves = "".join(f"{r.name} seed {r.seed},{step:.0f},{loss:.6f}\n" for r in results for step, loss in r.losses)
+    output(losses).write_text("run,step,loss\n" + curves)
     output(report).write_text(markdown_report(rows, verdicts, primary, results))
     return tables
 
@@ -153,13 +155,24 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         ("final loss", "final_loss", ".4f", None),
     ]
     columns = [c for c in columns if any(c[1] in row for row in rows)]
-    lines = [
-        "| schedule | seeds | " + " | ".join(c[0] for c in columns) + " | steps | training time | img/s |",
-        "|---|---|" + "---:|" * (len(columns) + 3),
-    ]
+    lines = ["| schedule | seeds | " + " | ".join(c[0] for c in columns) + " |", "|---|---|" + "---:|" * len(columns)]
     for row in rows:
         cells = [_cell(row, key, digits, spread) for _, key, digits, spread in columns]
-        cells += [f"{row['steps']:.0f}", _duration(row["train_seconds"]), f"{row['images_per_second']:.0f}"]
+        lines.append(f"| {row['schedule']} | {row['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def timing_table(rows: list[dict[str, Any]]) -> str:
+    """The training's wall clock, apart from the comparison: it measures the machine (its load from
+    other jobs included) as much as the schedule, whose arithmetic per step is the same."""
+    lines = [
+        "This machine's timing, not a property of the schedule (other jobs on the machine change it; not compared):",
+        "",
+        "| schedule | seeds | steps | training time | img/s |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        cells = [f"{row['steps']:.0f}", _duration(row["train_seconds"]), f"{row['images_per_second']:.0f}"]
         lines.append(f"| {row['schedule']} | {row['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -308,6 +321,8 @@ def markdown_report(rows: list[dict[str, Any]], verdicts: list[Verdict], primary
             markdown_table(rows),
             "",
             legend(rows),
+            "",
+            timing_table(rows),
             "",
             "## Which differences are real",
             "",

@@ -44,6 +44,9 @@ from ddpm.store_uri import local_folder, repository_root, sqlite_database, store
 KIND_TAG = "mlflow.experimentKind"  # MLflow 3 shows it as the experiment's kind ("Machine learning")
 MODEL_TRAINING = "custom_model_development"
 KIND = "ddpm.kind"
+RUN_NAME = "mlflow.runName"  # the tag that MLflow's stores keep as the run's name
+LR_METRIC = "train/lr_times_1e4"  # the learning rate in units of 1e-4, as MLflow's charts can show it
+INCEPTION_ONLY = {"inception_weights", "inception_checksum", "resize"}  # evaluate.* that randconv never reads
 CHECK_TIMEOUT = 4  # seconds per HTTP request while the store is checked, with one retry: 8 s at most
 # MLflow's own HTTP settings while a stage writes (unless the user set them): its defaults retry a
 # dead server for 4 minutes per request; a write here fails in under a minute and is kept instead
@@ -176,27 +179,32 @@ def parent_of(store: Store, checkpoint: Path, run_id: str | None, schedule: str)
 
 
 def child_run(
-    store: Store, parent: Run, params: dict[str, str], name: str, stage: str, kind: str = "evaluation"
-) -> Run:
+    store: Store, parent: Run, params: dict[str, str], name: str, stage: str, kind: str = "evaluation",
+    renames: bool = False,
+) -> Run:  # fmt: skip
     """The nested run under `parent` for one configuration, defined by its `params` (which it holds):
-    the same configuration reuses it, another gets a new one."""
+    the same configuration reuses it, another gets a new one, called `name`; `renames`: a reused
+    one is called `name` too."""
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    tags = {KIND: kind, **context_tags(stage)}
+    tags = {KIND: kind, **context_tags(stage), **({RUN_NAME: name} if renames else {})}
     return store.outbox.run_from("child_run", parent.ref, {"ddpm.config": digest}, name, tags, params)
 
 
 def evaluation_run(store: Store, origin: dict[str, Any], evaluate: dict[str, Any], stage: str) -> Run:
     """The child run of one sampling (`origin`: samples.json) and evaluation configuration, under the
-    run of the model that drew the samples."""
+    run of the model that drew the samples. `sample` names it after the sampling alone; `evaluate`
+    adds the feature extractor, which only then has been used."""
     checkpoint = Path(origin["checkpoint"])
     parent = parent_of(store, checkpoint, origin["model_run_id"], origin["schedule"])
     sample = origin["sample"]
     chain = "DDPM" if sample["sampler"] == "ddpm" else f"DDIM {sample['ddim_steps']} steps"
-    features = evaluate["feature_extractor"]
-    features += f" ({evaluate['resize']} resize)" if features == "inception" else ""  # randconv does not resize
-    name = f"{origin['schedule']}: {chain}, {sample['num_samples']} samples, {features}"
-    params = {**flat_params(sample, "sample"), **flat_params(evaluate, "evaluate")}
-    return child_run(store, parent, params, name, stage)
+    name = f"{origin['schedule']}: {chain}, {sample['num_samples']} samples"
+    if stage == "evaluate":
+        features = evaluate["feature_extractor"]
+        features += f" ({evaluate['resize']} resize)" if features == "inception" else ""  # randconv does not resize
+        name += f", {features}"
+    params = {**flat_params(sample, "sample"), **evaluate_params(evaluate)}
+    return child_run(store, parent, params, name, stage, renames=stage == "evaluate")
 
 
 def log_samples(store: Store, origin: dict[str, Any], evaluate: dict[str, Any], folder: Path) -> None:
@@ -233,7 +241,7 @@ def sweep_run(store: Store, trained: Any, config: Config, results: dict[str, Any
     parent = parent_of(store, trained.path, trained.run_id, schedule)
     sample = config.sample.model_dump(mode="json", exclude={"sampler", "ddim_steps", "num_samples"})
     params = {**flat_params(config.sweep.model_dump(mode="json"), "sweep"), **flat_params(sample, "sample"),
-              **flat_params(config.evaluate.model_dump(mode="json"), "evaluate")}  # fmt: skip
+              **evaluate_params(config.evaluate.model_dump(mode="json"))}  # fmt: skip
     name = f"{schedule}: sweep of sampling steps, {results['num_samples']} samples, {results['feature_extractor']}"
     run = child_run(store, parent, params, name, "sweep", kind="sweep")
     metric = results["metric"]
@@ -276,6 +284,9 @@ class ModelTracker:
         return self.run.id
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        if "train/lr" in metrics:  # MLflow 3.17 draws a flat 1e-3 as "0" on a ±0.5 axis; 10 reads
+            metrics = {**metrics, LR_METRIC: metrics["train/lr"] * 1e4}
+            del metrics["train/lr"]
         self.run.log_metrics(metrics, step)
 
     def log_images(self, step: int, grid: np.ndarray) -> None:
@@ -283,9 +294,11 @@ class ModelTracker:
 
     def finish(self, result: Any, files: list[Path]) -> None:
         metrics = result.metrics()
-        counts = {key: metrics.pop(key) for key in ("steps", "nonfinite_steps")}
+        # the steps are the train.steps tag's (training ends only there): one name for them
+        del metrics["steps"]
+        nonfinite = metrics.pop("nonfinite_steps")  # a count: a tag
         self.run.log_metrics(metrics, result.steps)
-        self.run.set_tags(counts)
+        self.run.set_tags({"nonfinite_steps": nonfinite})
         self.run.log_artifacts(files, "train")
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
@@ -344,6 +357,13 @@ def context_tags(stage: str) -> dict[str, str]:
 def flat_params(values: dict[str, Any], section: str) -> dict[str, str]:
     """`section.key` → value, as MLflow shows it."""
     return {f"{section}.{key}": show(value) for key, value in values.items()}
+
+
+def evaluate_params(evaluate: dict[str, Any]) -> dict[str, str]:
+    """The evaluate.* params that the feature extractor reads: randconv reads no INCEPTION_ONLY key,
+    so a run of it shows none (their defaults would read as if Inception had scored it)."""
+    used = evaluate["feature_extractor"] == "inception"
+    return flat_params({k: v for k, v in evaluate.items() if used or k not in INCEPTION_ONLY}, "evaluate")
 
 
 @contextmanager

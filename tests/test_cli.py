@@ -91,7 +91,7 @@ def test_train_then_sample(flowers16: Path, tmp_path: Path) -> None:
     assert model.info.status == "FINISHED" and model.data.tags["beta_schedule"] == "cosine"
     params = model.data.params
     assert (params["diffusion.schedule"], params["model.channels"]) == ("cosine", "32")  # resolved from the preset
-    assert model.data.tags["train.steps"] == "10" and model.data.tags["steps"] == "10"  # bookkeeping and counts
+    assert model.data.tags["train.steps"] == "10" and "steps" not in model.data.tags  # one name for the steps
     assert [m.step for m in client.get_metric_history(model.info.run_id, "train/loss")] == [5, 10]
     final_loss = json.loads((tmp_path / "runs" / "cosine" / "seed0" / "train.json").read_text())["final_loss"]
     assert model.data.metrics["final_loss"] == final_loss and "steps" not in model.data.metrics
@@ -100,7 +100,7 @@ def test_train_then_sample(flowers16: Path, tmp_path: Path) -> None:
     assert any(a.path.endswith(".png") for a in client.list_artifacts(model.info.run_id, "images"))  # log_image
     [child] = [r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == model.info.run_id]
     assert (
-        child.info.run_name == "cosine: DDIM 5 steps, 3 samples, inception (legacy resize)"
+        child.info.run_name == "cosine: DDIM 5 steps, 3 samples"  # sampled, not yet scored by inception
         and child.info.status == "FINISHED"
     )
     assert (child.data.params["sample.sampler"], child.data.params["sample.num_samples"]) == ("ddim", "3")

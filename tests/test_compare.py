@@ -226,9 +226,10 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
     text = (report / "report.md").read_text()
     header = ("| schedule | seeds | fid_randconv (N = 40) ± sd | fid_randconv_inf [95 %] | kid_randconv_mean ± SE "
               "| kid_randconv_holdout_mean ± SE | NLL (bits/dim) ± SE | fid_randconv (N = 20) @ 2 steps "
-              "| fid_randconv (N = 20) @ 5 steps | final loss | steps | training time | img/s |")  # fmt: skip
+              "| fid_randconv (N = 20) @ 5 steps | final loss |")  # fmt: skip
     assert header in text  # one seed: each estimate with its bootstrap spread (test_seeds_*: the spread over seeds)
-    assert header in compared.stdout and compared.stdout.count("\n| linear | 0 |") == 1  # the table, in the terminal
+    assert header in compared.stdout and compared.stdout.count("\n| linear | 0 |") == 2  # the tables, in the terminal
+    assert "\n| schedule | seeds | steps | training time | img/s |\n" in text  # the timing, apart
     assert all(f"]({name})" in text for name in sizes)
     assert "Training seeds: 0 (" in text and "on 4 held-out images" in text and "Bootstrap: 50 resamples" in text
     # one seed: each metric judged on evaluate's resamples.npz, paired, and said to be sampling noise only
@@ -489,12 +490,21 @@ def test_seeds_are_averaged_and_their_paired_differences_judge_the_schedules(see
     text = (report / "report.md").read_text()
     header = ("| schedule | seeds | fid_randconv (N = 40) ± sd over seeds | kid_randconv_mean ± sd over seeds "
               "| NLL (bits/dim) ± sd over seeds "
-              "| fid_randconv (N = 20) @ 2 steps | fid_randconv (N = 20) @ 5 steps | final loss | steps "
-              "| training time | img/s |")  # fmt: skip
+              "| fid_randconv (N = 20) @ 2 steps | fid_randconv (N = 20) @ 5 steps | final loss |")  # fmt: skip
     assert header in text
-    assert header in compared.stdout and compared.stdout.count("\n| linear | 0 1 |") == 1  # the table, in the terminal
+    assert header in compared.stdout and compared.stdout.count("\n| linear | 0 1 |") == 2  # the tables, in the terminal
     assert ("\n| linear | 0 1 | 12.00 ± 2.83 | 0.0120 ± 0.0028 | 3.250 ± 0.354 | 42.00 ± 2.83 | 21.00 ± 1.41 "
-            "| 0.0700 ± 0.0141 | 20 | 0 min 11 s | 15 |\n") in compared.stdout  # fmt: skip
+            "| 0.0700 ± 0.0141 |\n") in compared.stdout  # fmt: skip
+    assert "\n| linear | 0 1 | 20 | 0 min 11 s | 15 |\n" in compared.stdout  # this machine's timing, apart
+    # DVC's plots (test_dvc_plots): the score column named as the metric is; every run's losses in one file
+    scores = "".join(f"{row['schedule']},{row['fid_randconv']}\n" for row in json.loads(
+        (report / "comparison.json").read_text())["rows"])  # fmt: skip
+    assert (report / "scores.csv").read_text() == "schedule,fid_randconv\n" + scores
+    curves = ["run,step,loss"]
+    for name, seed in [(name, seed) for name in ("linear", "cosine") for seed in (0, 1)]:
+        steps = (seeded / "runs" / name / f"seed{seed}" / "losses.csv").read_text().splitlines()[1:]
+        curves += [f"{name} seed {seed},{step},{float(loss):.6f}" for step, loss in (line.split(",") for line in steps)]
+    assert (report / "losses.csv").read_text().splitlines() == curves
     assert "Training seeds: 0, 1" in text and "on 4 held-out images" in text and "Bootstrap: 50 resamples" in text
     assert "The 3 tests are one family, corrected by Holm–Bonferroni" in text and "One training seed" not in text
     # the per-seed differences linear − cosine: FID (−10, −12): Student's t at 1 df, t = 11; KID (−0.004,
@@ -653,8 +663,8 @@ def report_files(folder: Path) -> dict[str, tuple[int, bytes]]:
     return {p.name: (p.stat().st_ino, p.read_bytes()) for p in sorted(folder.iterdir()) if not p.name.startswith(".")}
 
 
-REPORT = ("report.md", "comparison.json", "comparison.csv", "scores.csv", "schedules.png", "nll_terms.png",
-          "sweep.png", "losses.png", "forward.png", "samples.png", "quality.png")  # fmt: skip
+REPORT = ("report.md", "comparison.json", "comparison.csv", "scores.csv", "losses.csv", "schedules.png",
+          "nll_terms.png", "sweep.png", "losses.png", "forward.png", "samples.png", "quality.png")  # fmt: skip
 
 
 @pytest.mark.slow

@@ -17,6 +17,8 @@ import pytest
 import yaml
 from conftest import clean_environment
 
+from ddpm.experiments import table
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SCHEDULES = ["cosine"]  # one schedule (and seed): each costs a train, sample, evaluate and sweep stage
@@ -107,6 +109,13 @@ def test_the_offline_preset_runs_every_stage_and_writes_every_output(project: tu
     values = {run["name"]: run["revs"][0]["data"]["params"]["params.yaml"]["data"]
               for commit in experiments for run in commit.get("experiments") or []}  # fmt: skip
     assert values["first"]["data"]["source"] == "synthetic" and values["first"]["model"]["preset"] == "tiny"
+    readable = table(experiments).splitlines()  # `python -m ddpm.experiments` on DVC's own JSON
+    assert readable[0].split() == ["experiment", "schedule", "seed", "sampling", "fid_randconv", "±", "sd",
+                                   "kid_randconv_mean", "bits/dim", "steps"]  # fmt: skip
+    assert [line.split()[:4] for line in readable if line.startswith("first ")] == [
+        ["first", schedule, "0", "DDIM"] for schedule in SCHEDULES
+    ]
+    assert max(map(len, readable)) <= 100
     assert "No file hash info found" not in output and "Running stage 'train@cosine-0'" in output
     shown = json_of("dvc metrics show --json", root)  # the workspace's (its stderr: linear's, not made here)
     numbers = json.dumps(shown)

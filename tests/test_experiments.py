@@ -1,15 +1,20 @@
-"""`python -m ddpm.experiments`: `dvc exp show --json` as a table that fits 100 columns (issue 27).
+"""`python pipeline/experiments.py`: `dvc exp show --json` as a table that fits 100 columns (issue 27).
 The JSON is in the shape DVC 3.67 writes (captured from `dvc exp show --json` on a repository with a
 matrix stage and two experiments; test_pipeline runs it on the offline preset's)."""
 
+import importlib.util
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-import ddpm.experiments
 from ddpm.errors import UserError
-from ddpm.experiments import WIDTH, exp_show, main, table
+
+_spec = importlib.util.spec_from_file_location("experiments", Path(__file__).parents[1] / "pipeline" / "experiments.py")
+experiments = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(experiments)
+WIDTH, exp_show, main, table = experiments.WIDTH, experiments.exp_show, experiments.main, experiments.table
 
 
 def revision(rev: str, name: str | None, params: dict, metrics: dict) -> dict[str, Any]:
@@ -70,7 +75,7 @@ def test_a_failing_dvc_is_one_line_and_exit_status_2(
     def failing(*args: Any, **kwargs: Any) -> subprocess.CompletedProcess:
         return subprocess.CompletedProcess(args, 255, "", said)
 
-    monkeypatch.setattr(ddpm.experiments.subprocess, "run", failing)
+    monkeypatch.setattr(experiments.subprocess, "run", failing)
     with pytest.raises(UserError, match=r"^dvc exp show failed: you are not inside of a DVC repository \("):
         exp_show()
     with pytest.raises(SystemExit) as exited:

@@ -1,4 +1,5 @@
-"""The DVC experiments' key numbers, readable in a terminal: `python -m ddpm.experiments`.
+"""The DVC experiments' key numbers, readable in a terminal: `python pipeline/experiments.py`. Here, not in
+ddpm/, because it runs DVC, which the library knows nothing of.
 
 `dvc exp show` has a column for every param and metric file's key (hundreds here: each one "…" at 80
 columns). This reads its JSON (`dvc exp show --json`: a list of the workspace and each baseline

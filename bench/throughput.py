@@ -197,9 +197,11 @@ class OurSampler:
         self.diffusion = GaussianDiffusion(beta_schedule("linear", timesteps)).to(device)
         self.image_size, self.batch, self.bf16, self.device = image_size, batch, bf16, device
 
-    def seconds(self, ddim_steps: int = 0, repeats: int = 1) -> float:
-        """DDPM over all the timesteps, or DDIM in `ddim_steps` of them: the median of `repeats` chains."""
+    def seconds(self, ddim_steps: int = 0, repeats: int = 1, clip_mode: str | None = None) -> float:
+        """DDPM over all the timesteps, or DDIM in `ddim_steps` of them: the median of `repeats` chains,
+        x_0 kept in range by `clip_mode` (None: sample.clip_mode's default)."""
         sampler = {"sampler": "ddim", "ddim_steps": ddim_steps} if ddim_steps else {}
+        sampler |= {"clip_mode": clip_mode} if clip_mode else {}
         cfg = SampleConfig(num_samples=self.batch, batch_size=self.batch, precision="bf16" if self.bf16 else "fp32",
                            **sampler)  # fmt: skip
 

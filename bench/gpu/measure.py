@@ -7,7 +7,8 @@ The steps (the letters are issue 15's):
 - train32 (a): bench/throughput.py's training step at 32×32, batch 128, ddpm-cifar10, ours against
   diffusers' UNet2DModel at the same architecture: fp32, bf16, bf16 + channels_last.
 - sample (c): 256 images, 1000 DDPM steps and DDIM-50, bf16: ours as `ddpm sample` runs it
-  (compiled, CUDA graphs) against diffusers' plain loop.
+  (compiled, CUDA graphs) against diffusers' plain loop; and ours DDIM-50 with dynamic thresholding
+  (sample.clip_mode, issue 28).
 - compiled32 (a, e): bf16 + channels_last + torch.compile, both sides; a torch.profiler table of
   one of our steps to DIR/profile.txt.
 - train64 (b): the same at 64×64, batch 64, learnopencv (the real experiment's model), bf16;
@@ -185,6 +186,10 @@ def sample(ctx: Context) -> None:
         ddpm = sampler.seconds(0)
         ctx.figures.put({f"sample.ddpm.{name}.s": ddpm})
         print(f"sample {name}: DDPM {s.sample_steps} steps {ddpm:.2f} s, DDIM {s.ddim_steps} {ddim:.3f} s", flush=True)
+    # issue 28: dynamic thresholding's per-sample quantile, the one clip mode that costs more than a clamp
+    dynamic = samplers["ddpm"].seconds(s.ddim_steps, s.ddim_repeats, clip_mode="dynamic")
+    ctx.figures.put({"sample.ddim.dynamic.s": dynamic})
+    print(f"sample ddpm: DDIM {s.ddim_steps}, dynamic thresholding {dynamic:.3f} s", flush=True)
 
 
 def train64(ctx: Context) -> None:

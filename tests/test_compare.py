@@ -385,6 +385,19 @@ def test_compare_reads_samples_json_and_refuses_runs_sampled_otherwise(seeded: P
     assert not (root / "r").exists()
 
 
+def test_the_report_names_how_the_samples_were_drawn(seeded: Path, tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(seeded / "runs", root / "runs")
+    shutil.copy(seeded / "params.yaml", root)
+    for name in ("linear", "cosine"):
+        for seed in (0, 1):
+            drawn_as(root / "runs" / name / f"seed{seed}", name, sampler="ddim", clip_mode="dynamic")
+    done = invoke("compare", "--set", "tracking.enabled=false", "--out", "r", cwd=root)
+    assert done.exit_code == 0, done.output
+    text = (root / "r" / "report.md").read_text()
+    assert "Sampling: DDIM, 50 steps, η = 0.0, x_0 kept in [-1, 1] by dynamic, seed 0." in text
+
+
 def measured(base: dict, key: str, linear: object, cosine: object) -> list[Measured]:
     """Two runs, linear and cosine (seed 0), sampled with `base` and scored with a likelihood, with
     `key` (sample.<setting> or an eval.json key) `linear` in one and `cosine` in the other."""

@@ -24,12 +24,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+COPY_OF = "the project at commit "  # the copy's commit message, then the source's commit
+
+
+def git(arguments: list[str]) -> str:
+    """What a git command in this repository prints, stripped."""
+    return subprocess.run(["git", *arguments], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+
 def fresh_copy(folder: Path) -> Path:
     """This repository's files, as a clone would have them plus what is not committed yet."""
-    names = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
+    names = git(["ls-files", "--cached", "--others", "--exclude-standard"]).split()
     root = folder / "ddpm"
     for name in names:
         if (ROOT / name).is_file():
@@ -38,7 +43,9 @@ def fresh_copy(folder: Path) -> Path:
     identity = ["-c", "user.name=bench", "-c", "user.email=bench@ddpm.invalid"]
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     subprocess.run(["git", "add", "-A"], cwd=root, check=True)
-    subprocess.run(["git", *identity, "commit", "-qm", "the project"], cwd=root, check=True)
+    # the source's commit, which docs/screenshots.sh prints under the pictures it takes in the copy
+    source = git(["rev-parse", "--short", "HEAD"]) + ("+uncommitted changes" if git(["status", "--porcelain"]) else "")
+    subprocess.run(["git", *identity, "commit", "-qm", f"{COPY_OF}{source}"], cwd=root, check=True)
     return root
 
 

@@ -37,7 +37,7 @@ import numpy as np
 from ddpm.config import BOOKKEEPING, Config, TrackingConfig
 from ddpm.errors import Interrupted, UserError
 from ddpm.files import write_json
-from ddpm.layout import MLFLOW_EVAL_RUN, MLFLOW_RUN, NLL_TERMS, sample_pictures
+from ddpm.layout import MLFLOW_EVAL_RUN, MLFLOW_RUN, NLL_TERMS, RunFolder, sample_pictures
 from ddpm.outbox import Operations, Outbox, Run, first_line, note, show
 from ddpm.store_uri import local_folder, repository_root, sqlite_database, store_creation, tracking_uri
 
@@ -270,7 +270,10 @@ class ModelTracker:
         self.store = open_store(self.config.tracking, self.run_dir)
         schedule, seed = self.config.diffusion.schedule, self.config.train.seed
         tags = {"beta_schedule": schedule, "train_seed": str(seed)}
-        self.run = model_run(self.store, f"{schedule}, seed {seed}", self.run_dir, run_id, tags)
+        name = f"{schedule}, seed {seed}"
+        if self.run_dir.resolve() != RunFolder.of(schedule, seed).path.resolve():  # --out: not the run of record
+            name = f"{name}, {self.run_dir}"
+        self.run = model_run(self.store, name, self.run_dir, run_id, tags)
         train = self.config.train.model_dump(mode="json")
         settings = {
             **flat_params(self.config.data.model_dump(mode="json"), "data"),

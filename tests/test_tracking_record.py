@@ -9,6 +9,7 @@ import mlflow
 import pytest
 from conftest import copy_store, tiny_config
 
+import ddpm.tracking
 from ddpm.config import EvaluateConfig, SampleConfig, TrackingConfig
 from ddpm.layout import NLL_TERMS, sample_pictures
 from ddpm.tracking import LR_METRIC, ModelTracker, evaluate_params, log_evaluation, log_samples, open_store
@@ -87,3 +88,27 @@ def test_inception_runs_keep_the_inception_params() -> None:
     randconv = evaluate_params({**evaluate, "feature_extractor": "randconv"})
     dropped = {"evaluate.inception_weights", "evaluate.inception_checksum", "evaluate.resize"}
     assert set(params) - set(randconv) == dropped
+
+
+@pytest.mark.parametrize(
+    ("folder", "name"),
+    [
+        ("runs/linear/seed0", "linear, seed 0"),  # the run of record, where dvc.yaml and compare look
+        ("runs/quickstart", "linear, seed 0, runs/quickstart"),  # --out: never a second "linear, seed 0"
+    ],
+)
+def test_a_model_trained_elsewhere_is_named_after_its_folder(
+    folder: str, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    named = []
+
+    def model_run(store: None, name: str, *rest: object) -> None:
+        named.append(name)
+        raise LookupError  # the name is all this test needs of the run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ddpm.tracking, "open_store", lambda cfg, run_dir: None)
+    monkeypatch.setattr(ddpm.tracking, "model_run", model_run)
+    with pytest.raises(LookupError):
+        ModelTracker(tiny_config(), Path(folder)).start(None)
+    assert named == [name]

@@ -144,8 +144,9 @@ class SampleConfig(Section):
     ddim_steps: PositiveInt = 50
     eta: Annotated[Number, Field(ge=0)] = 0.0
     variance: Literal["fixed_large", "fixed_small"] = "fixed_large"
-    # how x_0 is kept in [-1, 1] at each step (ddpm.diffusion.GaussianDiffusion.denoise)
-    clip_mode: Literal["recompute", "x0", "dynamic", "none"] = "recompute"
+    # how x_0 is kept in [-1, 1] at each step (ddpm.diffusion.GaussianDiffusion.denoise); x0: chosen by
+    # measurement (bench/clip_modes.py), recompute paints colour casts on grey data
+    clip_mode: Literal["recompute", "x0", "dynamic", "none"] = "x0"
     num_samples: PositiveInt = 10_000
     batch_size: PositiveInt = 256
     seed: Seed = 0

@@ -94,7 +94,7 @@ def test_another_models_samples_are_drawn_anew_and_score_the_same(
 @pytest.mark.parametrize(
     ("key", "value"),
     [("sampler", "ddim"), ("variance", "fixed_small"), ("seed", 1), ("batch_size", 2), ("precision", "bf16"),
-     ("clip_mode", "x0"), ("num_samples", 6)],
+     ("clip_mode", "recompute"), ("num_samples", 6)],
 )  # fmt: skip
 def test_samples_drawn_otherwise_are_not_reused(project: Path, key: str, value: object) -> None:
     config, checkpoint = load_config(project / "params.yaml"), project / RUN / "model.pt"

@@ -198,7 +198,8 @@ def evaluation_run(store: Store, origin: dict[str, Any], evaluate: dict[str, Any
     parent = parent_of(store, checkpoint, origin["model_run_id"], origin["schedule"])
     sample = origin["sample"]
     chain = "DDPM" if sample["sampler"] == "ddpm" else f"DDIM {sample['ddim_steps']} steps"
-    name = f"{origin['schedule']}: {chain}, {sample['num_samples']} samples"
+    clipping = f", clip {sample['clip_mode']}" if "clip_mode" in sample else ""  # samplings may differ by it alone
+    name = f"{origin['schedule']}: {chain}{clipping}, {sample['num_samples']} samples"
     if stage == "evaluate":
         features = evaluate["feature_extractor"]
         features += f" ({evaluate['resize']} resize)" if features == "inception" else ""  # randconv does not resize

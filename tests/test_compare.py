@@ -260,7 +260,7 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
     assert sorted(kinds) == ["compare", "evaluation", "evaluation", "model", "model", "sweep", "sweep"]
     child = json.loads((folder / "mlflow_eval_run.json").read_text())["run_id"]
     scored = client.get_run(child)
-    assert scored.info.run_name == "linear: DDIM 5 steps, 40 samples, randconv"
+    assert scored.info.run_name == "linear: DDIM 5 steps, clip x0, 40 samples, randconv"
     assert scored.data.metrics["fid_randconv"] == pytest.approx(metrics["fid_randconv"])
     assert scored.data.metrics["nll_bpd"] == pytest.approx(metrics["nll_bpd"])
     assert scored.data.metrics["fid_randconv_ci_high"] == pytest.approx(metrics["fid_randconv_ci_high"])

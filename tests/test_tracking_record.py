@@ -73,8 +73,8 @@ def test_the_sample_run_is_named_after_its_sampling_and_randconv_runs_show_no_in
 ) -> None:
     evaluate = EvaluateConfig(feature_extractor="randconv").model_dump(mode="json")
     sampled, evaluated, params = _samples_and_scores(store_uri, tmp_path, evaluate)
-    assert sampled == "cosine: DDIM 5 steps, 3 samples"
-    assert evaluated == "cosine: DDIM 5 steps, 3 samples, randconv"
+    assert sampled == "cosine: DDIM 5 steps, clip dynamic, 3 samples"
+    assert evaluated == "cosine: DDIM 5 steps, clip dynamic, 3 samples, randconv"
     assert params["evaluate.feature_extractor"] == "randconv" and params["sample.ddim_steps"] == "5"
     assert params["sample.clip_mode"] == "dynamic"  # issue 28: the mode is part of the sampling's identity
     assert not [key for key in params if key.startswith(("evaluate.inception", "evaluate.resize"))]

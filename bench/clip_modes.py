@@ -7,7 +7,7 @@ rows, not with published values), KID ± its bootstrap SE, and the colour cast (
 the mean over pixels of the SD across R, G and B; 0 for grey data). Nothing else should run meanwhile.
 
     python bench/clip_modes.py                       # both datasets, as bench/RESULTS.md reports them
-    python bench/clip_modes.py --datasets digits     # the grey digits alone (about 40 minutes)
+    python bench/clip_modes.py --datasets digits     # the grey digits alone (about 1.5 hours on 2 shared cores)
 
 Training goes through the `ddpm` CLI (prepare, train: the user's path); sampling and scoring run here,
 with `ddpm.sample.generate` and `ddpm.estimates.estimates` on the Inception features `ddpm evaluate`

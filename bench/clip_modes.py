@@ -100,7 +100,7 @@ def rows_of(name: str, model: Path, steps: int, work: Path, real: torch.Tensor, 
         for mode in CLIP_MODES:
             same = "recompute" if sampler == "ddpm" and mode == "x0" else mode  # one chain for DDPM
             if same not in drawn:
-                cfg = SampleConfig(sampler=sampler, ddim_steps=50, num_samples=samples, batch_size=samples,
+                cfg = SampleConfig(sampler=sampler, steps=50, num_samples=samples, batch_size=samples,
                                    clip_mode=same, precision="fp32", channels_last=False, compile=False)  # fmt: skip
                 start = time.perf_counter()
                 images, _ = generate(trained.model, trained.diffusion, cfg, trained.image_size, device, progress=False)

@@ -42,8 +42,8 @@ TRAIN_PARAMS = {"beta_schedule": "diffusion.schedule", "steps": "train.steps", "
                 "lr": "train.lr", "image_size": "data.image_size", "model": "model.preset",
                 "timesteps": "diffusion.timesteps", "seed": "train.seed"}  # fmt: skip
 SAMPLE_PARAMS = {"beta_schedule": "diffusion.schedule", "num_samples": "sample.num_samples",
-                 "batch_size": "sample.batch_size", "sampler": "sample.sampler", "ddim_steps": "sample.ddim_steps",
-                 "eta": "sample.eta", "seed": "sample.seed"}  # fmt: skip
+                 "batch_size": "sample.batch_size", "sampler": "sample.sampler", "steps": "sample.steps",
+                 "spacing": "sample.spacing", "eta": "sample.eta", "seed": "sample.seed"}  # fmt: skip
 EVALUATE_PARAMS = {"beta_schedule": "diffusion.schedule", "feature_extractor": "evaluate.feature_extractor",
                    "inception_weights": "evaluate.inception_weights"}  # fmt: skip
 SCHEDULES_PARAMS = {"timesteps": "diffusion.timesteps"}
@@ -201,8 +201,9 @@ def sample(
     beta_schedule: Annotated[str | None, _param(SAMPLE_PARAMS["beta_schedule"], SCHEDULE_NAMES)] = None,
     num_samples: Annotated[str | None, _param(SAMPLE_PARAMS["num_samples"], "INT")] = None,
     batch_size: Annotated[str | None, _param(SAMPLE_PARAMS["batch_size"], "INT")] = None,
-    sampler: Annotated[str | None, _param(SAMPLE_PARAMS["sampler"], "ddpm|ddim")] = None,
-    ddim_steps: Annotated[str | None, _param(SAMPLE_PARAMS["ddim_steps"], "INT")] = None,
+    sampler: Annotated[str | None, _param(SAMPLE_PARAMS["sampler"], "ddpm|ddim|dpmsolver++")] = None,
+    steps: Annotated[str | None, _param(SAMPLE_PARAMS["steps"], "NFE")] = None,
+    spacing: Annotated[str | None, _param(SAMPLE_PARAMS["spacing"], "linspace|leading|trailing|quadratic")] = None,
     eta: Annotated[str | None, _param(SAMPLE_PARAMS["eta"], "FLOAT")] = None,
     seed: Annotated[str | None, _param(SAMPLE_PARAMS["seed"], "INT")] = None,
     checkpoint: Annotated[Path | None, _default(TRAINED_HELP)] = None,
@@ -211,9 +212,9 @@ def sample(
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Draw samples (DDPM or DDIM); write them + pictures."""
+    """Draw samples (DDPM, DDIM or DPM-Solver++); write them + pictures."""
     cfg = _load(config, set_, SAMPLE_PARAMS, beta_schedule=beta_schedule, num_samples=num_samples,
-                batch_size=batch_size, sampler=sampler, ddim_steps=ddim_steps, eta=eta, seed=seed)  # fmt: skip
+                batch_size=batch_size, sampler=sampler, steps=steps, spacing=spacing, eta=eta, seed=seed)  # fmt: skip
     from ddpm.distributed import device_named
     from ddpm.sample import stage
 
@@ -269,7 +270,7 @@ def sweep(
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """FID against the number of sampling steps (DDIM, DDPM)."""
+    """FID against network evaluations per sampler (DDIM, DPM-Solver++)."""
     cfg = _load(config, set_, EVALUATE_PARAMS, beta_schedule=beta_schedule)
     from ddpm.distributed import device_named
     from ddpm.sweep import sweep_stage, sweep_summary

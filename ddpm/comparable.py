@@ -24,10 +24,12 @@ class Measured:
 
 
 # samples.json's sample settings that decide what sample i of a run is, and whether each matters
-# for the run's sampler: DDIM has steps and η, DDPM a reverse variance (ddpm.sample.generate).
+# for the run's sampler: DDIM has steps, a spacing and η, DPM-Solver++ steps and a spacing, DDPM a
+# reverse variance (ddpm.sample.generate).
 SAMPLED = {
     "sampler": lambda s: True,
-    "ddim_steps": lambda s: s.get("sampler") == "ddim",
+    "steps": lambda s: s.get("sampler") != "ddpm",
+    "spacing": lambda s: s.get("sampler") != "ddpm",
     "eta": lambda s: s.get("sampler") == "ddim",
     "variance": lambda s: s.get("sampler") == "ddpm",
     "seed": lambda s: True,

@@ -16,6 +16,7 @@ from pydantic import AfterValidator, AllowInfNan, BaseModel, BeforeValidator, Co
 from ddpm.config_errors import Override, describe_error
 from ddpm.errors import UserError
 from ddpm.schedules import SCHEDULES, beta_schedule
+from ddpm.spacing import SPACINGS
 from ddpm.unet import PRESETS, check_architecture, preset_architecture
 from ddpm.yamlfile import read_params
 
@@ -140,9 +141,12 @@ BOOKKEEPING |= {"channels_last", "compile", "eval_every", "eval_samples", "eval_
 
 
 class SampleConfig(Section):
-    sampler: Literal["ddpm", "ddim"] = "ddpm"
-    ddim_steps: PositiveInt = 50
-    eta: Annotated[Number, Field(ge=0)] = 0.0
+    # ddpm: ancestral, every timestep (Algorithm 2); ddim and dpmsolver++: `steps` network evaluations
+    sampler: Literal["ddpm", "ddim", "dpmsolver++"] = "ddpm"
+    steps: PositiveInt = 50
+    # which timesteps those are (ddpm.spacing); linspace: from T − 1 to 0, what DDIM has always used here
+    spacing: Literal["linspace", "leading", "trailing", "quadratic"] = "linspace"
+    eta: Annotated[Number, Field(ge=0)] = 0.0  # DDIM's
     variance: Literal["fixed_large", "fixed_small"] = "fixed_large"
     # how x_0 is kept in [-1, 1] at each step (ddpm.diffusion.GaussianDiffusion.denoise); x0: chosen by
     # measurement (bench/clip_modes.py), recompute paints colour casts on grey data
@@ -194,10 +198,22 @@ class EvaluateConfig(Section):
     nll_variance: Literal["fixed_small", "fixed_large"] = "fixed_small"  # the reverse variance of the bound
 
 
-class SweepConfig(Section):
-    """FID against the number of sampling steps: DDIM at each of `steps`, and DDPM at full length;
-    the sampler's other settings (eta, variance, clipping, seed, batch size) are sample.*."""
+def _unique_samplers(samplers: list[str]) -> list[str]:
+    if len(set(samplers)) != len(samplers):
+        raise ValueError("duplicate samplers")
+    return samplers
 
+
+class SweepConfig(Section):
+    """FID against the number of network evaluations (NFE): each of `samplers` at each of `steps`, and
+    DDPM at full length; the samplers' other settings (spacing, eta, variance, clipping, seed, batch
+    size) are sample.*."""
+
+    samplers: Annotated[
+        list[Literal["ddim", "dpmsolver++"]],
+        AfterValidator(_unique_samplers),
+        Field(min_length=1, description="a list of distinct samplers: ddim, dpmsolver++"),
+    ] = ["ddim", "dpmsolver++"]
     steps: Annotated[
         list[PositiveInt],
         AfterValidator(_unique_steps),
@@ -302,6 +318,7 @@ def _check_combinations(config: Config, label: str, overrides: Sequence[Override
         raise UserError(f"{label}: model (at data.image_size {config.data.image_size}): {e}") from None
     if config.data.source == "folder" and not config.data.folder:
         raise UserError(f"{label}: data.folder: expected a folder of images when data.source is folder, got null")
+    _check_spacing(config, label)
     for name in dict.fromkeys([config.diffusion.schedule, *config.schedules]):
         try:
             beta_schedule(name, config.diffusion.timesteps)
@@ -309,6 +326,16 @@ def _check_combinations(config: Config, label: str, overrides: Sequence[Override
             given = [s for s, key, _ in overrides if key == "diffusion.timesteps"]
             source = f"{given[-1]} (diffusion.timesteps)" if given else f"{label}: diffusion.timesteps"
             raise UserError(f"{source}: {e}") from None
+
+
+def _check_spacing(config: Config, label: str) -> None:
+    """sample.spacing must be one that each sampler using it defines (ddpm.spacing.SPACINGS)."""
+    spacing = config.sample.spacing
+    users = [(config.sample.sampler, "sample.sampler"), *((s, "sweep.samplers") for s in config.sweep.samplers)]
+    for sampler, key in users:
+        if sampler != "ddpm" and spacing not in SPACINGS[sampler]:
+            raise UserError(f"{label}: sample.spacing: {spacing} is not defined for {sampler} ({key}); "
+                            f"expected one of: {', '.join(SPACINGS[sampler])}")  # fmt: skip
 
 
 def _arch_subset(config: Config) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Gaussian diffusion (Ho et al. 2020): the forward process, the training loss, two samplers (with four
-ways of keeping the predicted x_0 in range) and the variational bound in bits per dimension.
+"""Gaussian diffusion (Ho et al. 2020): the forward process, the training loss, three samplers (DDPM,
+DDIM, DPM-Solver++; with four ways of keeping the predicted x_0 in range) and the variational bound
+in bits per dimension.
 
 Equation numbers refer to Ho et al. 2020 (DDPM) unless another paper is named. Every
 constant is computed once in float64 and stored as a buffer, so it follows `.to(device)`;
@@ -7,7 +8,7 @@ constant is computed once in float64 and stored as a buffer, so it follows `.to(
 """
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -268,13 +269,6 @@ class GaussianDiffusion(nn.Module):
 
     # --- DDIM, Song et al. 2021 ----------------------------------------------------------------
 
-    def ddim_timesteps(self, steps: int) -> torch.Tensor:
-        """`steps` timesteps spread evenly over [0, T−1], ascending, always ending at T − 1 (the chain
-        starts from pure noise) and, for two or more, starting at 0."""
-        if not 1 <= steps <= self.num_timesteps:
-            raise ValueError(f"DDIM steps must be between 1 and {self.num_timesteps}, got {steps}")
-        return torch.linspace(self.num_timesteps - 1, 0, steps, dtype=torch.float64).round().long().flip(0)
-
     def ddim_sigma(self, t: torch.Tensor, t_prev: torch.Tensor, eta: float, x: torch.Tensor) -> torch.Tensor:
         """sigma_t(eta) = eta·√((1 − alphā_prev)/(1 − alphā_t))·√(1 − alphā_t/alphā_prev), Song et al. eq. 16.
 
@@ -310,25 +304,64 @@ class GaussianDiffusion(nn.Module):
         self,
         model: Model,
         noise: torch.Tensor,
-        steps: int,
+        timesteps: Sequence[int],
         eta: float,
         generator: torch.Generator,
         clip_mode: ClipMode,
     ) -> Iterator[tuple[int, torch.Tensor]]:
-        """DDIM from x_T = `noise` over `steps` timesteps: yields (t, x_{t_prev}) from the noisiest t
-        down. With eta = 0 nothing is drawn from `generator`."""
+        """DDIM from x_T = `noise` through `timesteps` (descending, `ddpm.spacing.timesteps`), each step
+        to the next listed timestep and the last to x_0: yields (t, x_{t_prev}). With eta = 0 nothing
+        is drawn from `generator`."""
         x = noise
-        timesteps = self.ddim_timesteps(steps).tolist()
-        for i in reversed(range(steps)):
-            t = torch.full((x.shape[0],), timesteps[i], device=x.device)
-            t_prev = torch.full_like(t, timesteps[i - 1] if i else -1)  # -1: the end of the chain, alphā = 1
+        for i, step in enumerate(timesteps):
+            t = torch.full((x.shape[0],), step, device=x.device)
+            t_prev = torch.full_like(t, timesteps[i + 1] if i + 1 < len(timesteps) else -1)  # -1: alphā = 1
             z = (
                 torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
                 if eta > 0
                 else torch.zeros_like(x)
             )
             x = self.ddim_step(model, x, t, t_prev, z, eta, clip_mode)
-            yield timesteps[i], x
+            yield step, x
+
+    # --- DPM-Solver++(2M), Lu et al. 2022 --------------------------------------------------------
+
+    def dpm_solver_sample_loop_progressive(
+        self, model: Model, noise: torch.Tensor, timesteps: Sequence[int], clip_mode: ClipMode
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2, data prediction) from x_T = `noise` through
+        `timesteps` (descending) and then to x_0: yields (t, x after the step from t). One network
+        evaluation per step; deterministic.
+
+        It steps in lambda = log(alpha/sigma), alpha = √alphā, sigma = √(1 − alphā) (the log-SNR over
+        2). Each step s → t, h = lambda_t − lambda_s, is
+            x_t = (sigma_t/sigma_s)·x_s − alpha_t·(e^(−h) − 1)·D,
+        with D the data prediction x̂_0 at s (first order: DDIM with eta = 0) or, from the second step
+        on, the multistep extrapolation D = x̂_0(s) + (x̂_0(s) − x̂_0(s'))/(2r), r = h'/h, where s' is
+        the step before s and h' = lambda_s − lambda_s' (second order). The first step has no s', and
+        the last, to the data (sigma_t = 0, lambda_t = +inf), lands on x̂_0 itself: first order, as the
+        paper prescribes for few steps and diffusers does. x̂_0 is kept in range as `clip_mode` says
+        (only x̂_0 enters, so recompute and x0 are one chain)."""
+        alpha, sigma, lam = self._dpm_solver_tables(timesteps)  # float64, on the CPU: no sync per step
+        x, previous = noise, None  # previous: x̂_0 at the step before
+        for i, step in enumerate(timesteps):
+            x0, _ = self.denoise(model, x, torch.full((x.shape[0],), step, device=x.device), clip_mode)
+            if i + 1 == len(timesteps):
+                x = x0
+            else:
+                h = lam[i + 1] - lam[i]
+                d = x0 if previous is None else x0 + (x0 - previous) * (h / (2 * (lam[i] - lam[i - 1])))
+                x = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * math.expm1(-h) * d
+            previous = x0
+            yield step, x
+
+    def _dpm_solver_tables(self, timesteps: Sequence[int]) -> tuple[list[float], list[float], list[float]]:
+        """alpha, sigma and lambda = log(alpha) − log(sigma) at each of `timesteps`, as Python floats."""
+        at = torch.tensor(list(timesteps))
+        alphas_cumprod = self.alphas_cumprod.cpu()[at]
+        log_sigma = 0.5 * self.log_one_minus_alphas_cumprod.cpu()[at]
+        lam = 0.5 * alphas_cumprod.log() - log_sigma
+        return alphas_cumprod.sqrt().tolist(), log_sigma.exp().tolist(), lam.tolist()
 
     # --- the variational bound, eq. 5, in bits per dimension -----------------------------------
 

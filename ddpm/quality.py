@@ -41,7 +41,7 @@ class QualityProbe:
         self.columns = ("step", f"kid{s}", f"fid{s}")
         # the samples as `ddpm sample` draws them, DDIM at η = 0; eager: a compile would cost more than it saves
         self.sampling = config.sample.model_copy(update={
-            "sampler": "ddim", "ddim_steps": self.cfg.eval_steps, "eta": 0.0, "num_samples": self.cfg.eval_samples,
+            "sampler": "ddim", "steps": self.cfg.eval_steps, "eta": 0.0, "num_samples": self.cfg.eval_samples,
             "compile": False,
         })  # fmt: skip
         self.batch_size = config.evaluate.batch_size

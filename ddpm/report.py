@@ -26,6 +26,7 @@ from ddpm.plots import (
     plot_sweep,
 )
 from ddpm.results import RunResult, label, metric_names, read_results, sweep_columns, table_rows
+from ddpm.spacing import sampling_name
 from ddpm.verdicts import ALPHA, ONE_SEED, Verdict, judge, primary_metric
 
 
@@ -204,7 +205,8 @@ RESIZES = {
 
 def _sampling(s: dict) -> str:
     """samples.json's settings in a sentence (compare has checked that every run's are the same)."""
-    chain = f"DDIM, {s['ddim_steps']} steps, η = {s['eta']}" if s["sampler"] == "ddim" else f"DDPM, {s['variance']}"
+    chain = f"DDPM, {s['variance']}" if s["sampler"] == "ddpm" else sampling_name(s)
+    chain += f", η = {s['eta']}" if s["sampler"] == "ddim" else ""
     return f"Sampling: {chain}, x_0 kept in [-1, 1] by {s.get('clip_mode', 'unrecorded')}, seed {s['seed']}."
 
 

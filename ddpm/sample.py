@@ -1,4 +1,5 @@
-"""Drawing samples from a trained model: DDPM (Algorithm 2) or DDIM, in batches, reproducibly.
+"""Drawing samples from a trained model: DDPM (Algorithm 2), DDIM or DPM-Solver++, in batches,
+reproducibly.
 
 Besides the samples, the first few of the first batch are recorded along the way, from x_T to
 x_0, for a picture of the denoising and an animated GIF of it.
@@ -8,7 +9,7 @@ import hashlib
 import io
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from ddpm.errors import UserError
 from ddpm.fastpath import FastPath
 from ddpm.files import atomic_outputs, folder_lock, npy_size, sha256_hex
 from ddpm.layout import GRID, PROGRESSION_GIF, PROGRESSION_PICTURE, SAMPLES_ARRAY, SAMPLES_ORIGIN
+from ddpm.spacing import timesteps
 
 GRID_IMAGES = 64
 GRID_MIN_WIDTH = 512  # pixels: small images are enlarged (nearest neighbour) so a grid is legible
@@ -34,8 +36,32 @@ PROGRESSION_COLUMNS = 12  # of those, the columns of the progression picture
 
 
 def chain_length(diffusion: GaussianDiffusion, cfg: SampleConfig) -> int:
-    """The number of denoising steps from x_T to x_0 with the configured sampler."""
-    return diffusion.num_timesteps if cfg.sampler == "ddpm" else cfg.ddim_steps
+    """The number of denoising steps from x_T to x_0 with the configured sampler: its NFE."""
+    return diffusion.num_timesteps if cfg.sampler == "ddpm" else cfg.steps
+
+
+def chain_timesteps(cfg: SampleConfig, num_timesteps: int, source: str) -> list[int]:
+    """The timesteps at which DDIM or DPM-Solver++ evaluates a model of `num_timesteps` = T
+    (`ddpm.spacing.timesteps`); a UserError naming the key and `source` (the model) where they are not
+    defined."""
+    if cfg.steps > num_timesteps:
+        raise UserError(f"sample.steps: expected at most the model's {num_timesteps} timesteps ({source}), "
+                        f"got {cfg.steps}")  # fmt: skip
+    try:
+        return timesteps(cfg.sampler, cfg.spacing, cfg.steps, num_timesteps)
+    except ValueError as e:
+        raise UserError(f"sample.spacing ({cfg.sampler}, {source}): {e}") from None
+
+
+def _chain(diffusion: GaussianDiffusion, network: Model, noise: torch.Tensor, cfg: SampleConfig,
+           generator: torch.Generator) -> Iterator[tuple[int, torch.Tensor]]:  # fmt: skip
+    """The configured sampler's chain from x_T = `noise`."""
+    if cfg.sampler == "ddpm":
+        return diffusion.p_sample_loop_progressive(network, noise, generator, cfg.variance, cfg.clip_mode)
+    listed = chain_timesteps(cfg, diffusion.num_timesteps, "the model")
+    if cfg.sampler == "ddim":
+        return diffusion.ddim_sample_loop_progressive(network, noise, listed, cfg.eta, generator, cfg.clip_mode)
+    return diffusion.dpm_solver_sample_loop_progressive(network, noise, listed, cfg.clip_mode)
 
 
 @torch.inference_mode()
@@ -61,12 +87,7 @@ def generate(
         for start in range(0, cfg.num_samples, cfg.batch_size):
             n = min(cfg.batch_size, cfg.num_samples - start)
             noise = fast.memory_format(torch.randn((n, 3, image_size, image_size), generator=generator, device=device))
-            if cfg.sampler == "ddpm":
-                chain = diffusion.p_sample_loop_progressive(network, noise, generator, cfg.variance, cfg.clip_mode)
-            else:
-                chain = diffusion.ddim_sample_loop_progressive(
-                    network, noise, cfg.ddim_steps, cfg.eta, generator, cfg.clip_mode
-                )
+            chain = _chain(diffusion, network, noise, cfg, generator)
             # chain positions 0 (x_T, before the first step) to `length` (x_0) to keep for the progression
             keep = set(np.linspace(0, length, PROGRESSION_FRAMES).round().astype(int)) if start == 0 else set()
             with fast.autocast(device):  # the UNet only: x_t stays float32
@@ -98,8 +119,8 @@ def preview(
     stream is untouched."""
     generator = torch.Generator(device).manual_seed(seed)
     noise = torch.randn((PREVIEW_IMAGES, 3, image_size, image_size), generator=generator, device=device)
-    steps = min(PREVIEW_STEPS, diffusion.num_timesteps)
-    *_, (_, x0) = diffusion.ddim_sample_loop_progressive(model, noise, steps, 0.0, generator, clip_mode)
+    listed = timesteps("ddim", "linspace", min(PREVIEW_STEPS, diffusion.num_timesteps), diffusion.num_timesteps)
+    *_, (_, x0) = diffusion.ddim_sample_loop_progressive(model, noise, listed, 0.0, generator, clip_mode)
     return grid_picture(to_uint8(x0).cpu(), 4)
 
 
@@ -129,11 +150,8 @@ def sample(
     the samples and the model's description. `ready` is called once the inputs are checked, before
     the sampling (the CLI opens MLflow there). Nothing is written if the samples are not finite."""
     trained = load_trained(checkpoint, device)
-    if cfg.sampler == "ddim" and cfg.ddim_steps > trained.diffusion.num_timesteps:
-        raise UserError(
-            f"sample.ddim_steps: expected at most the model's {trained.diffusion.num_timesteps} timesteps "
-            f"({checkpoint}), got {cfg.ddim_steps}"
-        )
+    if cfg.sampler != "ddpm":
+        chain_timesteps(cfg, trained.diffusion.num_timesteps, str(checkpoint))
     if ready:
         ready(trained)
     try:

@@ -52,7 +52,7 @@ def sweep(
     def score(sampler: str, steps: int, images: np.ndarray | None = None) -> tuple[float, float | None]:
         """FID and its bootstrap SD (None without resamples) of `images`, or of images drawn here."""
         if images is None:
-            settings = sample.model_copy(update={"sampler": sampler, "ddim_steps": steps, "num_samples": count})
+            settings = sample.model_copy(update={"sampler": sampler, "steps": steps, "num_samples": count})
             images = generate(trained.model, trained.diffusion, settings, trained.image_size, device, progress)[0]
             images = images.numpy()
         fake = extract_features(extractor, images, evaluate_cfg.batch_size, device, "features", progress)

@@ -39,6 +39,7 @@ from ddpm.errors import Interrupted, UserError
 from ddpm.files import write_json
 from ddpm.layout import MLFLOW_EVAL_RUN, MLFLOW_RUN, NLL_TERMS, RunFolder, sample_pictures
 from ddpm.outbox import Operations, Outbox, Run, first_line, note, show
+from ddpm.spacing import sampling_name
 from ddpm.store_uri import local_folder, repository_root, sqlite_database, store_creation, tracking_uri
 
 KIND_TAG = "mlflow.experimentKind"  # MLflow 3 shows it as the experiment's kind ("Machine learning")
@@ -197,7 +198,7 @@ def evaluation_run(store: Store, origin: dict[str, Any], evaluate: dict[str, Any
     checkpoint = Path(origin["checkpoint"])
     parent = parent_of(store, checkpoint, origin["model_run_id"], origin["schedule"])
     sample = origin["sample"]
-    chain = "DDPM" if sample["sampler"] == "ddpm" else f"DDIM {sample['ddim_steps']} steps"
+    chain = sampling_name(sample)
     clipping = f", clip {sample['clip_mode']}" if "clip_mode" in sample else ""  # samplings may differ by it alone
     name = f"{origin['schedule']}: {chain}{clipping}, {sample['num_samples']} samples"
     if stage == "evaluate":
@@ -240,7 +241,7 @@ def sweep_run(store: Store, trained: Any, config: Config, results: dict[str, Any
     step (so its chart is the curve), and sweep.json."""
     schedule = trained.spec["schedule"]
     parent = parent_of(store, trained.path, trained.run_id, schedule)
-    sample = config.sample.model_dump(mode="json", exclude={"sampler", "ddim_steps", "num_samples"})
+    sample = config.sample.model_dump(mode="json", exclude={"sampler", "steps", "num_samples"})
     params = {**flat_params(config.sweep.model_dump(mode="json"), "sweep"), **flat_params(sample, "sample"),
               **evaluate_params(config.evaluate.model_dump(mode="json"))}  # fmt: skip
     name = f"{schedule}: sweep of sampling steps, {results['num_samples']} samples, {results['feature_extractor']}"

@@ -18,6 +18,7 @@ from typing import Any
 from ddpm.errors import UserError
 from ddpm.layout import RunFolder
 from ddpm.result_keys import fid_name
+from ddpm.spacing import sampling_name
 
 WIDTH = 100  # columns the table fits in
 NAME_WIDTH = 14  # an experiment's name is cut to this ("…" last): DVC's own are two words, 10-16 letters
@@ -53,7 +54,7 @@ def _numbers(metrics: dict[str, Any], path: Any) -> dict[str, Any]:
 def _sampling(sample: dict[str, Any]) -> str:
     if not sample:
         return MISSING
-    return "DDPM" if sample.get("sampler", "ddpm") == "ddpm" else f"DDIM {sample.get('ddim_steps', '?')}"
+    return sampling_name(sample)
 
 
 def rows(shown: list[dict[str, Any]]) -> list[dict[str, str]]:

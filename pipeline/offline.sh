@@ -30,7 +30,7 @@ trap 'exit 130' INT; trap 'exit 143' TERM  # a signal ends the script through it
     -S train.steps=250 -S train.batch_size=24 -S train.lr=1e-3 -S train.warmup_steps=50 \
     -S train.log_every=50 -S train.checkpoint_every=125 -S train.sample_every=125 \
     -S train.eval_every=125 -S train.eval_samples=100 -S train.eval_steps=10 \
-    -S sample.sampler=ddim -S sample.ddim_steps=20 -S sample.num_samples=200 -S sample.batch_size=200 \
+    -S sample.sampler=ddim -S sample.steps=20 -S sample.num_samples=200 -S sample.batch_size=200 \
     -S evaluate.feature_extractor=randconv \
     -S evaluate.nll_images=32 \
     -S 'sweep.steps=[5,20]' -S sweep.num_samples=100 \

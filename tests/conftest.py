@@ -38,7 +38,7 @@ TINY = {
         "checkpoint_every": 10,
         "eval_every": 0,  # quality during training: tests/test_quality.py turns it on
     },
-    "sample": {"num_samples": 4, "batch_size": 4, "sampler": "ddim", "ddim_steps": 5},
+    "sample": {"num_samples": 4, "batch_size": 4, "sampler": "ddim", "steps": 5},
     "evaluate": {
         "feature_extractor": "randconv",
         "bootstrap": 40,  # the fewest for a 95 % interval

@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ddpm"
-CORE = {"schedules", "diffusion", "unet"}
+CORE = {"schedules", "diffusion", "unet", "spacing"}
 
 
 def imports() -> dict[str, set[str]]:

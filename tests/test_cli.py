@@ -24,10 +24,10 @@ def test_help_lists_every_command_with_a_description() -> None:
         "download": "Fetch and verify the source images (Flowers-102 or CIFAR-10).",
         "prepare": "Decode, crop and resize the images into one uint8 array.",
         "train": "Train the UNet (Algorithm 1); write a checkpoint.",
-        "sample": "Draw samples (DDPM or DDIM); write them + pictures.",
+        "sample": "Draw samples (DDPM, DDIM or DPM-Solver++); write them + pictures.",
         "schedules": "Draw alphā(t), log-SNR(t) and the forward process per schedule.",
         "evaluate": "FID ± SD, FID_∞, KID ± SE; bits/dim of held-out images.",
-        "sweep": "FID against the number of sampling steps (DDIM, DDPM).",
+        "sweep": "FID against network evaluations per sampler (DDIM, DPM-Solver++).",
         "compare": "Compare schedules over seeds: table, noise, curves, samples.",
         "import": "Bring published weights in as a ddpm checkpoint.",
     }
@@ -72,7 +72,7 @@ def test_train_then_sample(flowers16: Path, tmp_path: Path) -> None:
     assert saved["diffusion"] == {"schedule": "cosine", "timesteps": 50, "prediction": "eps"}
     assert saved["config"]["train"]["batch_size"] == 4 and saved["config"]["model"]["preset"] == "tiny"
 
-    sampled = invoke("sample", "--beta-schedule", "cosine", "--num-samples", "3", "--sampler", "ddim", "--ddim-steps",
+    sampled = invoke("sample", "--beta-schedule", "cosine", "--num-samples", "3", "--sampler", "ddim", "--steps",
                      "5", cwd=tmp_path)  # fmt: skip
     assert sampled.exit_code == 0, sampled.stderr
     samples = np.load(tmp_path / "runs" / "cosine" / "seed0" / "samples" / "samples.npy")
@@ -100,7 +100,7 @@ def test_train_then_sample(flowers16: Path, tmp_path: Path) -> None:
     assert any(a.path.endswith(".png") for a in client.list_artifacts(model.info.run_id, "images"))  # log_image
     [child] = [r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == model.info.run_id]
     assert (
-        child.info.run_name == "cosine: DDIM 5 steps, clip x0, 3 samples"  # sampled, not yet scored by inception
+        child.info.run_name == "cosine: DDIM 5 steps, linspace, clip x0, 3 samples"  # sampled, not yet scored by inception
         and child.info.status == "FINISHED"
     )
     assert (child.data.params["sample.sampler"], child.data.params["sample.num_samples"]) == ("ddim", "3")

@@ -260,7 +260,7 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
     assert sorted(kinds) == ["compare", "evaluation", "evaluation", "model", "model", "sweep", "sweep"]
     child = json.loads((folder / "mlflow_eval_run.json").read_text())["run_id"]
     scored = client.get_run(child)
-    assert scored.info.run_name == "linear: DDIM 5 steps, clip x0, 40 samples, randconv"
+    assert scored.info.run_name == "linear: DDIM 5 steps, linspace, clip x0, 40 samples, randconv"
     assert scored.data.metrics["fid_randconv"] == pytest.approx(metrics["fid_randconv"])
     assert scored.data.metrics["nll_bpd"] == pytest.approx(metrics["nll_bpd"])
     assert scored.data.metrics["fid_randconv_ci_high"] == pytest.approx(metrics["fid_randconv_ci_high"])
@@ -395,7 +395,7 @@ def test_the_report_names_how_the_samples_were_drawn(seeded: Path, tmp_path: Pat
     done = invoke("compare", "--set", "tracking.enabled=false", "--out", "r", cwd=root)
     assert done.exit_code == 0, done.output
     text = (root / "r" / "report.md").read_text()
-    assert "Sampling: DDIM, 50 steps, η = 0.0, x_0 kept in [-1, 1] by dynamic, seed 0." in text
+    assert "Sampling: DDIM 50 steps, linspace, η = 0.0, x_0 kept in [-1, 1] by dynamic, seed 0." in text
 
 
 def measured(base: dict, key: str, linear: object, cosine: object) -> list[Measured]:
@@ -425,7 +425,7 @@ SAMPLE_FIX = (
     ("base", "key", "linear", "cosine", "fix"),
     [
         (DDIM, "sample.sampler", "ddim", "ddpm", SAMPLE_FIX),
-        (DDIM, "sample.ddim_steps", 50, 20, SAMPLE_FIX),
+        (DDIM, "sample.steps", 50, 20, SAMPLE_FIX),
         (DDIM, "sample.eta", 0.0, 1.0, SAMPLE_FIX),
         (DDPM, "sample.variance", "fixed_large", "fixed_small", SAMPLE_FIX),
         (DDIM, "sample.seed", 0, 1, SAMPLE_FIX),

@@ -106,7 +106,7 @@ def test_the_cli_imports_once_and_sample_uses_the_checkpoint(tmp_path: Path) -> 
     again = invoke("import", "diffusers", "unet", "--out", "runs/small/model.pt", cwd=tmp_path)
     assert again.exit_code == 2 and again.stderr.startswith("ddpm: error: --out: runs/small/model.pt exists")
     drawn = invoke("sample", "--checkpoint", "runs/small/model.pt", "--num-samples", "2", "--sampler", "ddim",
-                   "--ddim-steps", "2", "--set", "tracking.enabled=false", cwd=tmp_path)  # fmt: skip
+                   "--steps", "2", "--set", "tracking.enabled=false", cwd=tmp_path)  # fmt: skip
     assert drawn.exit_code == 0, drawn.stderr
     origin = json.loads((tmp_path / "runs/small/samples/samples.json").read_text())
     assert (origin["schedule"], origin["timesteps"], origin["image_size"]) == ("linear", 1000, 16)

@@ -7,6 +7,7 @@ import torch
 
 from ddpm.data import InMemoryImages
 from ddpm.diffusion import GaussianDiffusion, dynamic_threshold
+from ddpm.spacing import timesteps
 from ddpm.schedules import beta_schedule
 from ddpm.train import draw_batch
 
@@ -128,7 +129,7 @@ def test_ddim_with_eta_1_over_all_steps_uses_the_ddpm_fixed_small_variances(diff
     x = torch.zeros(1000, 1, dtype=torch.float64)
     sigma = diffusion.ddim_sigma(t, t - 1, 1.0, x).flatten()
     assert torch.allclose(sigma**2, diffusion.posterior_variance, rtol=1e-10, atol=1e-20)
-    assert diffusion.ddim_timesteps(1000).tolist() == list(range(1000))
+    assert timesteps("ddim", "linspace", 1000, 1000) == list(range(999, -1, -1))
 
 
 def test_one_ddim_step_with_eta_1_is_one_ddpm_step(diffusion: GaussianDiffusion) -> None:
@@ -159,18 +160,18 @@ def test_ddpm_adds_no_noise_at_the_last_step(diffusion: GaussianDiffusion) -> No
     )
 
 
-def test_ddim_timesteps_span_the_chain(diffusion: GaussianDiffusion) -> None:
-    ts = diffusion.ddim_timesteps(50)
-    assert ts[0] == 0 and ts[-1] == 999 and len(set(ts.tolist())) == 50
-    with pytest.raises(ValueError, match="between 1 and 1000"):
-        diffusion.ddim_timesteps(1001)
+def test_ddim_timesteps_span_the_chain() -> None:
+    ts = timesteps("ddim", "linspace", 50, 1000)
+    assert ts[0] == 999 and ts[-1] == 0 and len(set(ts)) == 50
+    with pytest.raises(ValueError, match="1001 steps: expected from 1 to the model's T = 1000"):
+        timesteps("ddim", "linspace", 1001, 1000)
 
 
 def test_one_ddim_step_starts_from_pure_noise_and_lands_on_the_predicted_x0(diffusion: GaussianDiffusion) -> None:
-    assert diffusion.ddim_timesteps(1).tolist() == [999]  # not t = 0, where the "sample" would be the noise
+    assert timesteps("ddim", "linspace", 1, 1000) == [999]  # not t = 0, where the "sample" would be the noise
     model = lambda x, t: 0.5 * x + 0.1
     x_T = torch.randn(2, 3, 4, 4, dtype=torch.float64)
-    [(t, x0)] = list(diffusion.ddim_sample_loop_progressive(model, x_T, 1, 0.0, None, "recompute"))
+    [(t, x0)] = list(diffusion.ddim_sample_loop_progressive(model, x_T, [999], 0.0, None, "recompute"))
     expected = diffusion.denoise(model, x_T, full(999, 2), "recompute")[0]
     assert t == 999 and torch.allclose(x0, expected, atol=1e-12)
 
@@ -244,7 +245,9 @@ def test_pinned_full_chains(prediction: str, sampler: str, mode: str) -> None:
     if kind == "ddpm":
         *_, (_, x0) = d.p_sample_loop_progressive(stand_in, x_T, g, setting, mode)
     else:
-        *_, (_, x0) = d.ddim_sample_loop_progressive(stand_in, x_T, 10, float(setting), g, mode)
+        *_, (_, x0) = d.ddim_sample_loop_progressive(
+            stand_in, x_T, timesteps("ddim", "linspace", 10, 100), float(setting), g, mode
+        )
     total, mean = PINNED_CHAINS[(prediction, sampler, mode)]
     assert x0.abs().sum().item() == pytest.approx(total, rel=1e-6)
     assert x0.abs().mean().item() == pytest.approx(mean, rel=1e-6)
@@ -268,7 +271,7 @@ def test_ddim_with_eta_0_draws_nothing_from_the_generator(diffusion: GaussianDif
         g = torch.Generator().manual_seed(0)
         list(
             diffusion.ddim_sample_loop_progressive(
-                lambda x, t: 0.5 * x, torch.zeros(2, 3, 4, 4), 5, eta, g, "recompute"
+                lambda x, t: 0.5 * x, torch.zeros(2, 3, 4, 4), [999, 500, 300, 100, 0], eta, g, "recompute"
             )
         )
         assert (not torch.equal(g.get_state(), torch.Generator().manual_seed(0).get_state())) == drawn

@@ -25,7 +25,7 @@ def revision(rev: str, name: str | None, params: dict, metrics: dict) -> dict[st
     return {"rev": rev, "name": name, "data": data, "error": None, "experiments": None}
 
 
-RANDCONV = {"schedules": ["linear", "cosine"], "seeds": [0], "sample": {"sampler": "ddim", "ddim_steps": 20}}
+RANDCONV = {"schedules": ["linear", "cosine"], "seeds": [0], "sample": {"sampler": "ddim", "steps": 20}}
 SCORES = {"fid_randconv": 12.3456, "fid_randconv_sd": 0.512, "kid_randconv_mean": 0.01234, "nll_bpd": 3.21049,
           "num_samples": 200}  # fmt: skip
 SHA = "7f8175acc1c129b47a4bc1c3d6bc1cad33b7df20"

@@ -87,6 +87,6 @@ def test_compiled_bf16_sampling_draws_the_plain_paths_images(trained: Path, quic
     images = {}
     for name, settings in {"plain": {"precision": "fp32", "compile": False},
                            "fast": {"precision": "bf16", "channels_last": True, "compile": True}}.items():  # fmt: skip
-        cfg = tiny_config(sample={"sampler": "ddim", "ddim_steps": 5, **settings}).sample
+        cfg = tiny_config(sample={"sampler": "ddim", "steps": 5, **settings}).sample
         images[name] = generate(model.model, model.diffusion, cfg, 16, CPU, progress=False)[0].int()
     assert (images["fast"] - images["plain"]).abs().float().mean() < 2  # bf16 rounding, on a 0-255 scale

@@ -27,7 +27,7 @@ SHORT = " ".join(
     [
         "-S 'schedules=[cosine]' -S train.steps=20 -S train.log_every=10 -S train.checkpoint_every=20",
         "-S train.sample_every=20 -S data.synthetic_count=200 -S data.holdout=20 -S sample.num_samples=40",
-        "-S sample.sampler=ddim -S sample.ddim_steps=10 -S evaluate.nll_images=8",
+        "-S sample.sampler=ddim -S sample.steps=10 -S evaluate.nll_images=8",
         "-S sweep.num_samples=20 -S train.eval_samples=20",
     ]
 )
@@ -177,7 +177,7 @@ def sampled_twice(project: tuple[Path, str], server: str) -> str:
     """A second experiment that differs from the first only in the sampling, run in a temporary copy
     of the repository (`--temp`: DVC's queued experiments run the same way); its output."""
     root, _ = project
-    return sh(f"bash pipeline/offline.sh --temp --name second {SHORT} -S sample.ddim_steps=5", root)
+    return sh(f"bash pipeline/offline.sh --temp --name second {SHORT} -S sample.steps=5", root)
 
 
 def test_a_sampling_change_resamples_and_reevaluates_without_retraining(
@@ -239,11 +239,11 @@ def test_mlflow_shows_a_model_run_per_schedule_with_one_child_per_sampling_confi
         by_steps = {}
         for child in children:  # each child's params are the settings its scores were measured with
             params = {p["key"]: p["value"] for p in child["data"]["params"]}
-            by_steps[params["sample.ddim_steps"]] = child
+            by_steps[params["sample.steps"]] = child
             assert params["evaluate.feature_extractor"] == "randconv"
             assert (
                 tags_of[child["info"]["run_id"]]["dvc_experiment"]
-                == {"10": "first", "5": "second"}[params["sample.ddim_steps"]]
+                == {"10": "first", "5": "second"}[params["sample.steps"]]
             )
             metrics = {m["key"]: m for m in child["data"]["metrics"]}
             scores = {"fid_randconv", "fid_randconv_ci_low", "fid_randconv_ci_high", "kid_randconv_mean", "nll_bpd"}

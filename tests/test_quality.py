@@ -51,7 +51,7 @@ def independent_scores(checkpoint: Path, real_images: Path) -> tuple[float, floa
     """The scores of 8 DDIM-5 samples of the EMA weights in `checkpoint`, from x_T seeded sample.seed 0,
     evaluated apart from training: a RandConv built here, the real images' features computed here."""
     trained = load_trained(checkpoint, CPU)
-    settings = SampleConfig(sampler="ddim", ddim_steps=5, eta=0.0, num_samples=8, batch_size=4, seed=0)
+    settings = SampleConfig(sampler="ddim", steps=5, eta=0.0, num_samples=8, batch_size=4, seed=0)
     images, _ = generate(trained.model, trained.diffusion, settings, 16, CPU, progress=False)
     network = RandConv()
     with torch.no_grad():

@@ -8,6 +8,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.schedules import beta_schedule
+from ddpm.spacing import timesteps
 
 T = 1000
 PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
@@ -133,7 +134,9 @@ def test_full_ddim_chains_equal_diffusers(prediction: str, mode: str, eta: float
     scheduler = with_our_tables(DDIMScheduler(100, prediction_type=PREDICTION_TYPES[prediction], **options), ours)
     scheduler.set_timesteps(100)
     x_T, g = start()
-    *_, (_, x0) = ours.ddim_sample_loop_progressive(stand_in, x_T, 100, eta, g, mode)
+    *_, (_, x0) = ours.ddim_sample_loop_progressive(
+        stand_in, x_T, timesteps("ddim", "linspace", 100, 100), eta, g, mode
+    )
     x_T, g = start()
     assert (
         largest_difference(x0, diffusers_chain(scheduler, x_T, g, eta=eta, use_clipped_model_output=recompute)) < 1e-10
@@ -174,7 +177,7 @@ def test_by_design_diffusers_ddim_steps_back_t_minus_T_over_n_whatever_its_times
     scheduler = with_our_tables(DDIMScheduler(T, clip_sample=False, timestep_spacing="linspace"), ours)
     scheduler.set_timesteps(50)
     assert scheduler.timesteps[:3].tolist() == [999, 979, 958]
-    assert ours.ddim_timesteps(50).flip(0)[:3].tolist() == [999, 979, 958]
+    assert timesteps("ddim", "linspace", 50, T)[:3] == [999, 979, 958]
     x, steps = x_t(), torch.full((4,), 979)
     theirs = scheduler.step(stand_in(x, steps), 979, x, eta=0.0).prev_sample
     to_959 = ours.ddim_step(stand_in, x, steps, torch.full_like(steps, 959), torch.zeros_like(x), 0.0, "none")

@@ -137,7 +137,7 @@ def test_a_server_killed_during_evaluate_and_sample_loses_neither_work_nor_metri
 
     second.wait()  # the same store: the next command in the folder sends what evaluate kept
     sampled = killing_the_server(
-        second, b"sample ddim", "sample", "--set", "sample.num_samples=32", "--set", "sample.ddim_steps=10",
+        second, b"sample ddim", "sample", "--set", "sample.num_samples=32", "--set", "sample.steps=10",
         cwd=project,
     )  # fmt: skip
     assert "sent" in sampled.stderr and "an earlier command had kept" in sampled.stderr, sampled.stderr

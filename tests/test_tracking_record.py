@@ -51,7 +51,7 @@ def _samples_and_scores(store_uri: str, tmp_path: Path, evaluate: dict) -> tuple
     (folder.parent / "model.pt").write_bytes(b"weights")
     (folder.parent / NLL_TERMS).write_text("t,bpd\n1,0.5\n")
     (folder.parent / "eval.json").write_text("{}")
-    sample = SampleConfig(sampler="ddim", ddim_steps=5, num_samples=3, clip_mode="dynamic").model_dump(mode="json")
+    sample = SampleConfig(sampler="ddim", steps=5, num_samples=3, clip_mode="dynamic").model_dump(mode="json")
     checkpoint = str(folder.parent / "model.pt")
     origin = {"checkpoint": checkpoint, "model_run_id": None, "schedule": "cosine", "sample": sample}
     store = open_store(TrackingConfig(uri=store_uri))
@@ -73,9 +73,9 @@ def test_the_sample_run_is_named_after_its_sampling_and_randconv_runs_show_no_in
 ) -> None:
     evaluate = EvaluateConfig(feature_extractor="randconv").model_dump(mode="json")
     sampled, evaluated, params = _samples_and_scores(store_uri, tmp_path, evaluate)
-    assert sampled == "cosine: DDIM 5 steps, clip dynamic, 3 samples"
-    assert evaluated == "cosine: DDIM 5 steps, clip dynamic, 3 samples, randconv"
-    assert params["evaluate.feature_extractor"] == "randconv" and params["sample.ddim_steps"] == "5"
+    assert sampled == "cosine: DDIM 5 steps, linspace, clip dynamic, 3 samples"
+    assert evaluated == "cosine: DDIM 5 steps, linspace, clip dynamic, 3 samples, randconv"
+    assert params["evaluate.feature_extractor"] == "randconv" and params["sample.steps"] == "5"
     assert params["sample.clip_mode"] == "dynamic"  # issue 28: the mode is part of the sampling's identity
     assert not [key for key in params if key.startswith(("evaluate.inception", "evaluate.resize"))]
 

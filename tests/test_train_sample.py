@@ -60,7 +60,7 @@ def test_image_size_mismatch_is_a_clear_error(flowers16: Path, tmp_path: Path) -
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_samples_have_the_right_shape_and_repeat_for_a_seed(trained: Path, sampler: str) -> None:
     model = load_trained(trained / "model.pt", CPU)
-    cfg = tiny_config(sample={"sampler": sampler, "ddim_steps": 10, "num_samples": 5, "batch_size": 2}).sample
+    cfg = tiny_config(sample={"sampler": sampler, "steps": 10, "num_samples": 5, "batch_size": 2}).sample
     images, frames = generate(model.model, model.diffusion, cfg, 16, CPU, progress=False)
     assert images.dtype == torch.uint8 and images.shape == (5, 3, 16, 16)
     assert torch.equal(images, generate(model.model, model.diffusion, cfg, 16, CPU, progress=False)[0])
@@ -73,7 +73,7 @@ def test_samples_have_the_right_shape_and_repeat_for_a_seed(trained: Path, sampl
 
 def test_the_progress_bar_moves_with_every_denoising_step(trained: Path, capsys) -> None:
     model = load_trained(trained / "model.pt", CPU)
-    cfg = tiny_config(sample={"sampler": "ddim", "ddim_steps": 7, "num_samples": 5, "batch_size": 3}).sample
+    cfg = tiny_config(sample={"sampler": "ddim", "steps": 7, "num_samples": 5, "batch_size": 3}).sample
 
     def slow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # slower than tqdm's 0.1 s between redraws
         time.sleep(0.15)
@@ -127,8 +127,8 @@ def test_tampered_or_missing_checkpoints_are_refused(trained: Path, tmp_path: Pa
 
 
 def test_more_ddim_steps_than_timesteps_is_a_clear_error(trained: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(sample={"sampler": "ddim", "ddim_steps": 51}).sample
-    with pytest.raises(UserError, match="sample.ddim_steps: expected at most the model's 50 timesteps"):
+    cfg = tiny_config(sample={"sampler": "ddim", "steps": 51}).sample
+    with pytest.raises(UserError, match="sample.steps: expected at most the model.s 50 timesteps"):
         sample(cfg, trained / "model.pt", tmp_path, CPU, progress=False)
     assert list(tmp_path.iterdir()) == []
 

@@ -232,7 +232,7 @@ def run_commands(ctx: Context, folder: Path) -> None:
     trained = json.loads(Path("runs/linear/seed0/train.json").read_text())
     ctx.figures.put({"cli.train.steps": steps, "cli.train.img_s": trained["images_per_second"],
                      "cli.train.wall_img_s": steps * s.cli_batch / seconds})  # fmt: skip
-    seconds = timed_command(ctx, "sample", ["sample", "--beta-schedule", "linear", "--sampler", "ddim", "--ddim-steps",
+    seconds = timed_command(ctx, "sample", ["sample", "--beta-schedule", "linear", "--sampler", "ddim", "--steps",
                                             str(s.ddim_steps), "--num-samples", str(s.cli_samples), "--batch-size",
                                             str(s.cli_sample_batch), *base])  # fmt: skip
     ctx.figures.put({"cli.sample.img_s": s.cli_samples / seconds})

@@ -318,7 +318,7 @@ def _check_combinations(config: Config, label: str, overrides: Sequence[Override
         raise UserError(f"{label}: model (at data.image_size {config.data.image_size}): {e}") from None
     if config.data.source == "folder" and not config.data.folder:
         raise UserError(f"{label}: data.folder: expected a folder of images when data.source is folder, got null")
-    _check_spacing(config, label)
+    _check_spacing(config, label, overrides)
     for name in dict.fromkeys([config.diffusion.schedule, *config.schedules]):
         try:
             beta_schedule(name, config.diffusion.timesteps)
@@ -328,13 +328,17 @@ def _check_combinations(config: Config, label: str, overrides: Sequence[Override
             raise UserError(f"{source}: {e}") from None
 
 
-def _check_spacing(config: Config, label: str) -> None:
-    """sample.spacing must be one that each sampler using it defines (ddpm.spacing.SPACINGS)."""
+def _check_spacing(config: Config, label: str, overrides: Sequence[Override]) -> None:
+    """sample.spacing must be one that each sampler using it defines (ddpm.spacing.SPACINGS); the error
+    names the flags that set the keys, or the file."""
     spacing = config.sample.spacing
     users = [(config.sample.sampler, "sample.sampler"), *((s, "sweep.samplers") for s in config.sweep.samplers)]
     for sampler, key in users:
         if sampler != "ddpm" and spacing not in SPACINGS[sampler]:
-            raise UserError(f"{label}: sample.spacing: {spacing} is not defined for {sampler} ({key}); "
+            given = [source for source, k, _ in overrides if k in ("sample.spacing", key)]
+            where = ", ".join(dict.fromkeys(given)) if given else label
+            where += "" if "sample.spacing" in where else ": sample.spacing"
+            raise UserError(f"{where}: {spacing} is not defined for {sampler} ({key}); "
                             f"expected one of: {', '.join(SPACINGS[sampler])}")  # fmt: skip
 
 

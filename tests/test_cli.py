@@ -100,7 +100,8 @@ def test_train_then_sample(flowers16: Path, tmp_path: Path) -> None:
     assert any(a.path.endswith(".png") for a in client.list_artifacts(model.info.run_id, "images"))  # log_image
     [child] = [r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == model.info.run_id]
     assert (
-        child.info.run_name == "cosine: DDIM 5 steps, linspace, clip x0, 3 samples"  # sampled, not yet scored by inception
+        child.info.run_name
+        == "cosine: DDIM 5 steps, linspace, clip x0, 3 samples"  # sampled, not yet scored by inception
         and child.info.status == "FINISHED"
     )
     assert (child.data.params["sample.sampler"], child.data.params["sample.num_samples"]) == ("ddim", "3")

@@ -314,6 +314,34 @@ def test_schedules_is_a_list_of_distinct_known_names(tmp_path: Path) -> None:
         ("seeds", [True], f"--set seeds (seeds[0]): expected {SEEDS}, got true"),
         ("seeds", [-1], f"--set seeds (seeds[0]): expected {SEEDS}, got -1"),
         ("data.image_size", {"a": 1}, '--set data.image_size: expected a positive integer, got {"a": 1}'),
+        (
+            "sample.sampler",
+            "dpmsolver",
+            '--set sample.sampler: expected one of ddpm, ddim, dpmsolver++, got "dpmsolver"',
+        ),
+        ("sample.steps", 0, "--set sample.steps: expected a positive integer, got 0"),
+        (
+            "sample.spacing",
+            "trail",
+            '--set sample.spacing: expected one of linspace, leading, trailing, quadratic, got "trail"',
+        ),
+        (
+            "sample.spacing",
+            "quadratic",  # DDIM's (the default sample.sampler is ddpm) but not the sweep's DPM-Solver++
+            "--set sample.spacing: quadratic is not defined for dpmsolver++ (sweep.samplers); "
+            "expected one of: linspace, leading, trailing",
+        ),
+        (
+            "sweep.samplers",
+            ["ddim", "ddim"],
+            '--set sweep.samplers: expected a list of distinct samplers: ddim, dpmsolver++, got ["ddim", "ddim"]',
+        ),
+        (
+            "sweep.samplers",
+            ["ddpm"],  # DDPM is always in the sweep, at full length
+            "--set sweep.samplers (sweep.samplers[0]): expected a list of distinct samplers: ddim, dpmsolver++, "
+            'got "ddpm"',
+        ),
     ],
 )
 def test_each_bad_override_gives_its_pinned_line(
@@ -392,3 +420,21 @@ def test_error_locations_are_read_through_our_fields_not_pydantics_branch_names(
         )
     error = {"loc": ("train", "adam_betas", 1), "type": "float_type", "msg": "", "input": "x"}
     assert describe_error(error, "params.yaml", [], Config).startswith("params.yaml: train.adam_betas[1]: expected")
+
+
+def test_a_spacing_is_checked_against_every_sampler_that_uses_it(tmp_path: Path) -> None:
+    path = write(tmp_path, "sample:\n  spacing: quadratic\nsweep:\n  samplers: [ddim]\n")
+    assert load_config(path).sample.spacing == "quadratic"  # DDIM's own: the sample stage's DDPM ignores it
+    with pytest.raises(UserError) as error:
+        load_config(path, [("--sampler", "sample.sampler", "dpmsolver++")])
+    assert str(error.value) == (
+        "--sampler: sample.spacing: quadratic is not defined for dpmsolver++ (sample.sampler); "
+        "expected one of: linspace, leading, trailing"
+    )
+    with pytest.raises(UserError) as error:
+        load_config(path, [("--set sweep.samplers", "sweep.samplers", ["ddim", "dpmsolver++"])])
+    assert str(error.value).startswith("--set sweep.samplers: sample.spacing: quadratic is not defined for dpmsolver++")
+    only_the_file = write(tmp_path, "sample:\n  spacing: quadratic\n")  # the default sweep.samplers has dpmsolver++
+    with pytest.raises(UserError) as error:
+        load_config(only_the_file)
+    assert str(error.value).startswith(f"{only_the_file}: sample.spacing: quadratic is not defined for dpmsolver++")

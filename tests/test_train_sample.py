@@ -57,7 +57,7 @@ def test_image_size_mismatch_is_a_clear_error(flowers16: Path, tmp_path: Path) -
     assert not (tmp_path / "model.pt").exists()
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmsolver++"])
 def test_samples_have_the_right_shape_and_repeat_for_a_seed(trained: Path, sampler: str) -> None:
     model = load_trained(trained / "model.pt", CPU)
     cfg = tiny_config(sample={"sampler": sampler, "steps": 10, "num_samples": 5, "batch_size": 2}).sample
@@ -126,11 +126,46 @@ def test_tampered_or_missing_checkpoints_are_refused(trained: Path, tmp_path: Pa
     assert not (tmp_path / "pwned").exists()
 
 
-def test_more_ddim_steps_than_timesteps_is_a_clear_error(trained: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(sample={"sampler": "ddim", "steps": 51}).sample
-    with pytest.raises(UserError, match="sample.steps: expected at most the model.s 50 timesteps"):
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"sampler": "ddim", "steps": 51},
+            "sample.steps: expected at most the model's 50 timesteps \\(.*model.pt\\), got 51",
+        ),
+        ({"sampler": "dpmsolver++", "steps": 51}, "sample.steps: expected at most the model's 50 timesteps"),
+        # 50 steps of T = 50 would put two of DPM-Solver++'s linspace points on one timestep
+        (
+            {"sampler": "dpmsolver++", "steps": 50},
+            "sample.spacing .dpmsolver.., .*model.pt.: linspace repeats timesteps "
+            "at 50 steps of T = 50; take fewer steps",
+        ),
+        ({"sampler": "ddim", "steps": 40, "spacing": "quadratic"}, "quadratic repeats timesteps at 40 steps of T = 50"),
+    ],
+)
+def test_steps_a_model_cannot_take_are_a_clear_error(
+    trained: Path, tmp_path: Path, settings: dict, message: str
+) -> None:
+    cfg = tiny_config(sample=settings).sample
+    with pytest.raises(UserError, match=message):
         sample(cfg, trained / "model.pt", tmp_path, CPU, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_spacing_decides_the_timesteps_the_model_sees(trained: Path) -> None:
+    model = load_trained(trained / "model.pt", CPU)
+    seen: list[int] = []
+
+    def watched(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append(int(t[0]))
+        return model.model(x, t)
+
+    for sampler, spacing, expected in [("ddim", "trailing", [49, 39, 29, 19, 9]), ("dpmsolver++", "leading", [40, 32, 24, 16, 8]),
+                                       ("ddim", "quadratic", [40, 22, 10, 2, 0])]:  # fmt: skip
+        seen.clear()
+        cfg = tiny_config(sample={"sampler": sampler, "steps": 5, "spacing": spacing, "num_samples": 1}).sample
+        generate(watched, model.diffusion, cfg, 16, CPU, progress=False)
+        assert seen == expected, (sampler, spacing)
 
 
 class FakeTracker:

@@ -160,8 +160,9 @@ def test_the_spacing_decides_the_timesteps_the_model_sees(trained: Path) -> None
         seen.append(int(t[0]))
         return model.model(x, t)
 
-    for sampler, spacing, expected in [("ddim", "trailing", [49, 39, 29, 19, 9]), ("dpmsolver++", "leading", [40, 32, 24, 16, 8]),
-                                       ("ddim", "quadratic", [40, 22, 10, 2, 0])]:  # fmt: skip
+    shown = {("ddim", "trailing"): [49, 39, 29, 19, 9], ("dpmsolver++", "leading"): [40, 32, 24, 16, 8],
+             ("ddim", "quadratic"): [40, 22, 10, 2, 0]}  # fmt: skip
+    for (sampler, spacing), expected in shown.items():
         seen.clear()
         cfg = tiny_config(sample={"sampler": sampler, "steps": 5, "spacing": spacing, "num_samples": 1}).sample
         generate(watched, model.diffusion, cfg, 16, CPU, progress=False)

@@ -2,7 +2,7 @@
 and at the last one, so that a schedule that converges faster and one that ends better can be told apart.
 
 At each point `train.eval_samples` samples are drawn with DDIM (`train.eval_steps` steps, η = 0, the
-clipping, precision and batch size of sample.*) from x_T drawn by a generator seeded `sample.seed`, as
+spacing, clipping, precision and batch size of sample.*) from x_T drawn by a generator seeded `sample.seed`, as
 `ddpm sample` draws them: every point of every run starts from the same x_T, so two curves differ by
 their models alone (paired). The features come from the evaluate stage's extractor
 (evaluate.feature_extractor, resize, weights), the real images' from its cache (layout.FEATURE_CACHE),
@@ -24,6 +24,7 @@ from ddpm.features import extract_features, load_extractor, metric_suffix, real_
 from ddpm.files import write_bytes
 from ddpm.metrics import frechet_distance, kernel_distance
 from ddpm.sample import generate
+from ddpm.spacing import timesteps
 from ddpm.state import Record
 
 
@@ -47,9 +48,11 @@ class QualityProbe:
         self.batch_size = config.evaluate.batch_size
         if not self.cfg.eval_every:
             return
-        if self.cfg.eval_steps > config.diffusion.timesteps:
-            raise UserError(f"train.eval_steps: expected at most diffusion.timesteps = {config.diffusion.timesteps}, "
-                            f"got {self.cfg.eval_steps}")  # fmt: skip
+        try:  # now, not at the first point, hours into the run
+            timesteps("ddim", self.sampling.spacing, self.cfg.eval_steps, config.diffusion.timesteps)
+        except ValueError as e:
+            raise UserError(f"train.eval_steps, sample.spacing (DDIM, diffusion.timesteps = "
+                            f"{config.diffusion.timesteps}): {e}") from None  # fmt: skip
         # loaded now, not at the first point: a missing Inception fails before hours of training, not after
         with _own_random_streams(device):
             try:

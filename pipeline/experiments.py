@@ -18,7 +18,6 @@ from typing import Any
 from ddpm.errors import UserError
 from ddpm.layout import RunFolder
 from ddpm.result_keys import fid_name
-from ddpm.spacing import sampling_name
 
 WIDTH = 100  # columns the table fits in
 NAME_WIDTH = 14  # an experiment's name is cut to this ("…" last): DVC's own are two words, 10-16 letters
@@ -54,7 +53,10 @@ def _numbers(metrics: dict[str, Any], path: Any) -> dict[str, Any]:
 def _sampling(sample: dict[str, Any]) -> str:
     if not sample:
         return MISSING
-    return sampling_name(sample)
+    if sample.get("sampler", "ddpm") == "ddpm":
+        return "DDPM"
+    name = {"dpmsolver++": "DPM++"}.get(sample["sampler"], sample["sampler"].upper())  # the table fits 100 columns
+    return f"{name} {sample.get('steps', sample.get('ddim_steps', '?'))} {sample.get('spacing', 'linspace')}"
 
 
 def rows(shown: list[dict[str, Any]]) -> list[dict[str, str]]:

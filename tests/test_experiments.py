@@ -55,9 +55,9 @@ def shown() -> list[dict[str, Any]]:
 def test_the_experiments_print_a_row_per_schedule_and_seed_under_each_metric_s_own_name() -> None:
     text = table(shown())
     assert text.split("\n") == [
-        "experiment  schedule  seed  sampling  fid_randconv ± sd  kid_randconv_mean  bits/dim  steps",
-        "workspace   linear    0     DDIM 20        12.35 ± 0.51             0.0123     3.210    250",
-        "workspace   cosine    0     DDIM 20        10.00 ± 0.25             0.0123     3.210    250",
+        "experiment  schedule  seed  sampling          fid_randconv ± sd  kid_randconv_mean  bits/dim  steps",
+        "workspace   linear    0     DDIM 20 linspace       12.35 ± 0.51             0.0123     3.210    250",
+        "workspace   cosine    0     DDIM 20 linspace       10.00 ± 0.25             0.0123     3.210    250",
         "",  # a table per metric name: no column mixes extractors; each as wide as its cells
         "experiment      schedule  seed  sampling  fid ± sd  kid_mean  bits/dim   steps",
         "an-experiment…  cosine    0     DDPM          5.43    0.0042         –  800000",

@@ -28,5 +28,23 @@ def test_each_loop_calls_the_network_once_per_nfe(loop: str, sampler: str, nfe: 
     pytest.importorskip("diffusers")
     kind = samplers.tp.OurSampler if loop == "ddpm" else samplers.tp.DiffusersSampler
     chain = kind(samplers.FreeNetwork((2, 3, 8, 8)), 8, 2, samplers.T, False, torch.device("cpu"))
-    chain.seconds(nfe, 2, sampler=sampler)
-    assert samplers.stand_in(chain).calls == 2 * nfe
+    chain.seconds(nfe, 1, sampler=sampler)
+    assert samplers.stand_in(chain).calls == nfe
+
+
+@pytest.mark.parametrize(("sampler", "nfe"), samplers.CHAINS)
+def test_diffusers_loop_visits_our_timesteps_with_the_issues_scheduler(sampler: str, nfe: int) -> None:
+    """The two loops do the same work: diffusers' scheduler of the issue, at the timesteps of ours."""
+    pytest.importorskip("diffusers")
+    from ddpm.spacing import timesteps
+
+    scheduler = samplers.tp.diffusers_scheduler(sampler, samplers.T)
+    expected = {
+        "ddim": ("DDIMScheduler", {}),
+        "dpmsolver++": ("DPMSolverMultistepScheduler", {"solver_order": 2, "algorithm_type": "dpmsolver++"}),
+    }
+    name, settings = expected[sampler]
+    assert type(scheduler).__name__ == name
+    assert {key: scheduler.config[key] for key in settings} == settings
+    scheduler.set_timesteps(nfe)
+    assert scheduler.timesteps.tolist() == timesteps(sampler, "linspace", nfe, samplers.T)

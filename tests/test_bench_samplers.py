@@ -11,6 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import samplers  # noqa: E402
 
+from ddpm.spacing import timesteps  # noqa: E402
+
 
 def test_overhead_is_the_free_chain_over_the_real_one_and_nfe_s_the_steps_a_second() -> None:
     assert samplers.figures(20, 2.0, 0.05) == pytest.approx({"s": 2.0, "nfe_s": 10.0, "overhead": 0.025})
@@ -24,20 +26,19 @@ def test_verdict_judges_the_worst_row_against_five_percent() -> None:
 
 @pytest.mark.parametrize("loop", ["ddpm", "diffusers"])
 @pytest.mark.parametrize(("sampler", "nfe"), samplers.CHAINS)
-def test_each_loop_calls_the_network_once_per_nfe(loop: str, sampler: str, nfe: int) -> None:
-    pytest.importorskip("diffusers")
+def test_each_loop_evaluates_the_network_once_at_each_of_our_timesteps(loop: str, sampler: str, nfe: int) -> None:
+    """The two loops do the same work: NFE calls, at the timesteps of ddpm.spacing (linspace)."""
+    if loop == "diffusers":
+        pytest.importorskip("diffusers")
     kind = samplers.tp.OurSampler if loop == "ddpm" else samplers.tp.DiffusersSampler
     chain = kind(samplers.FreeNetwork((2, 3, 8, 8)), 8, 2, samplers.T, False, torch.device("cpu"))
     chain.seconds(nfe, 1, sampler=sampler)
-    assert samplers.stand_in(chain).calls == nfe
+    assert samplers.stand_in(chain).timesteps == timesteps(sampler, "linspace", nfe, samplers.T)
 
 
-@pytest.mark.parametrize(("sampler", "nfe"), samplers.CHAINS)
-def test_diffusers_loop_visits_our_timesteps_with_the_issues_scheduler(sampler: str, nfe: int) -> None:
-    """The two loops do the same work: diffusers' scheduler of the issue, at the timesteps of ours."""
+@pytest.mark.parametrize("sampler", [sampler for sampler, _ in samplers.CHAINS])
+def test_diffusers_loop_runs_the_issues_scheduler(sampler: str) -> None:
     pytest.importorskip("diffusers")
-    from ddpm.spacing import timesteps
-
     scheduler = samplers.tp.diffusers_scheduler(sampler, samplers.T)
     expected = {
         "ddim": ("DDIMScheduler", {}),
@@ -46,5 +47,4 @@ def test_diffusers_loop_visits_our_timesteps_with_the_issues_scheduler(sampler: 
     name, settings = expected[sampler]
     assert type(scheduler).__name__ == name
     assert {key: scheduler.config[key] for key in settings} == settings
-    scheduler.set_timesteps(nfe)
-    assert scheduler.timesteps.tolist() == timesteps(sampler, "linspace", nfe, samplers.T)
+    assert (scheduler.config["num_train_timesteps"], scheduler.config["beta_schedule"]) == (samplers.T, "linear")

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -41,6 +42,9 @@ from ddpm.schedules import beta_schedule
 from ddpm.state import make_optimizer
 from ddpm.train import training_step
 from ddpm.unet import PRESETS, UNet
+
+if TYPE_CHECKING:  # diffusers is imported where it is used: ours alone needs no diffusers
+    from diffusers import SchedulerMixin
 
 # How a training step runs, by name: what bench/gpu/ measures and its JSON keys say.
 SETTINGS = {
@@ -197,13 +201,14 @@ class OurSampler:
         self.diffusion = GaussianDiffusion(beta_schedule("linear", timesteps)).to(device)
         self.image_size, self.batch, self.bf16, self.device = image_size, batch, bf16, device
 
-    def seconds(self, ddim_steps: int = 0, repeats: int = 1, clip_mode: str | None = None) -> float:
-        """DDPM over all the timesteps, or DDIM in `ddim_steps` of them: the median of `repeats` chains,
-        x_0 kept in range by `clip_mode` (None: sample.clip_mode's default)."""
-        sampler = {"sampler": "ddim", "ddim_steps": ddim_steps} if ddim_steps else {}
-        sampler |= {"clip_mode": clip_mode} if clip_mode else {}
+    def seconds(self, steps: int = 0, repeats: int = 1, clip_mode: str | None = None, sampler: str = "ddim") -> float:
+        """DDPM over all the timesteps, or `sampler` (ddim, dpmsolver++) in `steps` network evaluations
+        at sample.spacing's default: the median of `repeats` chains, x_0 kept in range by `clip_mode`
+        (None: sample.clip_mode's default)."""
+        chosen = {"sampler": sampler, "steps": steps} if steps else {}
+        chosen |= {"clip_mode": clip_mode} if clip_mode else {}
         cfg = SampleConfig(num_samples=self.batch, batch_size=self.batch, precision="bf16" if self.bf16 else "fp32",
-                           **sampler)  # fmt: skip
+                           **chosen)  # fmt: skip
 
         def chain() -> None:
             generate(self.model, self.diffusion, cfg, self.image_size, self.device, progress=False)
@@ -215,30 +220,44 @@ class OurSampler:
         self.seconds(min(WARMUP_DDIM_STEPS, self.diffusion.num_timesteps))
 
 
+def diffusers_scheduler(sampler: str, timesteps: int) -> "SchedulerMixin":
+    """diffusers' scheduler for one of our samplers: DDPMScheduler, DDIMScheduler, or
+    DPMSolverMultistepScheduler(solver_order=2, algorithm_type="dpmsolver++"), the linear schedule, at
+    our default spacing (linspace; DDIM's own default is leading: the same cost, other timesteps)."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    if sampler == "ddpm":
+        return DDPMScheduler(num_train_timesteps=timesteps, beta_schedule="linear")
+    if sampler == "ddim":
+        return DDIMScheduler(num_train_timesteps=timesteps, beta_schedule="linear", timestep_spacing="linspace")
+    return DPMSolverMultistepScheduler(num_train_timesteps=timesteps, beta_schedule="linear", solver_order=2,
+                                       algorithm_type="dpmsolver++", timestep_spacing="linspace")  # fmt: skip
+
+
 class DiffusersSampler:
-    """diffusers' plain loop of its documentation: UNet2DModel, then DDPMScheduler.step (or DDIM's)."""
+    """diffusers' plain loop of its documentation: the network ε(x_t, t) (diffusers' UNet2DModel as
+    EpsOf, or our UNet: the identical network under both loops), then the scheduler's step."""
 
     def __init__(
-        self, unet: nn.Module, image_size: int, batch: int, timesteps: int, bf16: bool, device: torch.device
+        self, network: nn.Module, image_size: int, batch: int, timesteps: int, bf16: bool, device: torch.device
     ) -> None:
-        self.unet = copy.deepcopy(unet).to(device).eval()
+        self.network = copy.deepcopy(network).to(device).eval()
         self.shape = (batch, 3, image_size, image_size)
         self.timesteps, self.bf16, self.device = timesteps, bf16, device
 
-    def seconds(self, ddim_steps: int = 0, repeats: int = 1) -> float:
-        from diffusers import DDIMScheduler, DDPMScheduler
-
-        kind = DDIMScheduler if ddim_steps else DDPMScheduler
-        scheduler = kind(num_train_timesteps=self.timesteps, beta_schedule="linear")
-        scheduler.set_timesteps(ddim_steps or self.timesteps)
+    def seconds(self, steps: int = 0, repeats: int = 1, sampler: str = "ddim") -> float:
+        """DDPMScheduler over all the timesteps, or `sampler`'s scheduler in `steps` network evaluations:
+        the median of `repeats` chains."""
+        scheduler = diffusers_scheduler(sampler if steps else "ddpm", self.timesteps)
 
         @torch.inference_mode()
         def chain() -> None:
             g = torch.Generator(self.device).manual_seed(0)
             x = torch.randn(self.shape, generator=g, device=self.device)
+            scheduler.set_timesteps(steps or self.timesteps)  # also resets DPM-Solver's history of x̂_0
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 for t in scheduler.timesteps:
-                    eps = self.unet(x, t).sample
+                    eps = self.network(x, torch.full(self.shape[:1], int(t), device=self.device))
                     x = scheduler.step(eps, t, x, generator=g).prev_sample
 
         return seconds_per_call(chain, self.device, 0, repeats, 1)
@@ -306,7 +325,7 @@ def main() -> None:
         size, batch, steps = args.image_size, args.sample_batch, args.sample_steps
         samplers = {"ddpm": OurSampler(nets["ddpm"], size, batch, steps, bf16, device)}
         if "diffusers" in nets:
-            samplers["diffusers"] = DiffusersSampler(nets["diffusers"].unet, size, batch, steps, bf16, device)
+            samplers["diffusers"] = DiffusersSampler(nets["diffusers"], size, batch, steps, bf16, device)
         for sampler in samplers.values():
             sampler.warm_up()
         chains = [("DDPM", steps, 0)] + ([("DDIM", args.ddim_steps, args.ddim_steps)] if args.ddim_steps else [])

@@ -51,6 +51,12 @@ def test_dry_run_measures_every_figure_without_mlflow_or_dvc(tmp_path: Path) -> 
     results = (out / "results.md").read_text()
     assert "| task | precision | ddpm | diffusers | ddpm / diffusers |" in results
     assert results.count("(dry run)") == len(data["targets"]) == 5
+    # issue 24: DPM-Solver++ at the dry run's 4 NFE, ours and diffusers' scheduler on our UNet, and how many
+    # times faster ours is, as the figures say
+    ours, theirs = figures["sample.dpmsolverpp.ddpm.s"], figures["sample.dpmsolverpp.diffusers.s"]
+    assert data["meta"]["sizes"]["dpm_steps"] == 4
+    dpm_row = next(line for line in results.splitlines() if "4 DPM-Solver++ steps" in line)
+    assert dpm_row.endswith(f"| fp32 | {ours:.3f} | {theirs:.3f} | {theirs / ours:.2f}× faster |")
     assert "aten::" in (out / "profile.txt").read_text()
     assert (out / "cli-grid.png").stat().st_size > 0
     assert sorted(p.name for p in out.iterdir()) == [

@@ -65,6 +65,7 @@ class Sizes:
     sample_steps: int = 1000  # T of the DDPM chain
     ddim_steps: int = 50
     ddim_repeats: int = 3  # a DDIM chain takes well under a second: the median of three
+    dpm_steps: int = 20  # DPM-Solver++'s NFE, timed ddim_repeats times
     cli_preset: str = "learnopencv"
     cli_size: int = 64
     cli_images: int = 1024  # synthetic flowers prepared: the real images of FID
@@ -82,6 +83,7 @@ GPU = Sizes()
 DRY = replace(
     GPU, preset32="tiny", size32=8, batch32=4, preset64="tiny", size64=8, batch64=2,
     timing=tp.Timing(steps=1, warmup=0, repeats=1), sample_images=2, sample_steps=25, ddim_steps=5, ddim_repeats=1,
+    dpm_steps=4,
     cli_preset="tiny", cli_size=8, cli_images=10, cli_holdout=2, cli_batch=4, cli_min_steps=4, cli_samples=4,
     cli_sample_batch=4,
     quality_samples=4, quality_steps=5,
@@ -170,22 +172,33 @@ def compiled32(ctx: Context) -> None:
 
 
 def sample(ctx: Context) -> None:
-    """diffusers' loop first (eager, nothing to compile), then ours, warmed up on a short DDIM chain."""
+    """diffusers' loops first (eager, nothing to compile), then ours, warmed up on a short DDIM chain.
+    DPM-Solver++ runs before ours' DDPM chain, so that a step stopped at its limit loses the long chain."""
     s = ctx.sizes
     nets = tp.networks(s.preset32, s.size32)
     bf16 = not ctx.dry
     args = (s.size32, s.sample_images, s.sample_steps, bf16, ctx.device)
     samplers: dict[str, tp.OurSampler | tp.DiffusersSampler] = {}
     if "diffusers" in nets:
-        samplers["diffusers"] = tp.DiffusersSampler(nets["diffusers"].unet, *args)
+        samplers["diffusers"] = tp.DiffusersSampler(nets["diffusers"], *args)
+    # issue 24: diffusers' DPM-Solver++ driving our UNet, the network ours drives, so the loops alone differ
+    dpm_diffusers = tp.DiffusersSampler(nets["ddpm"], *args)
+    dpm_diffusers.warm_up()
+    dpm = dpm_diffusers.seconds(s.dpm_steps, s.ddim_repeats, sampler="dpmsolver++")
+    ctx.figures.put({"sample.dpmsolverpp.diffusers.s": dpm})
     samplers["ddpm"] = tp.OurSampler(nets["ddpm"], *args)
     for name, sampler in samplers.items():
         sampler.warm_up()
         ddim = sampler.seconds(s.ddim_steps, s.ddim_repeats)
         ctx.figures.put({f"sample.ddim.{name}.s": ddim})
+        if name == "ddpm":
+            dpm = sampler.seconds(s.dpm_steps, s.ddim_repeats, sampler="dpmsolver++")
+            ctx.figures.put({"sample.dpmsolverpp.ddpm.s": dpm})
         ddpm = sampler.seconds(0)
         ctx.figures.put({f"sample.ddpm.{name}.s": ddpm})
         print(f"sample {name}: DDPM {s.sample_steps} steps {ddpm:.2f} s, DDIM {s.ddim_steps} {ddim:.3f} s", flush=True)
+    print(f"sample: DPM-Solver++ {s.dpm_steps}, our UNet, ours {ctx.figures.get('sample.dpmsolverpp.ddpm.s')} s, "
+          f"diffusers' scheduler {ctx.figures.get('sample.dpmsolverpp.diffusers.s')} s", flush=True)  # fmt: skip
     # issue 28: dynamic thresholding's per-sample quantile, the one clip mode that costs more than a clamp
     dynamic = samplers["ddpm"].seconds(s.ddim_steps, s.ddim_repeats, clip_mode="dynamic")
     ctx.figures.put({"sample.ddim.dynamic.s": dynamic})

@@ -20,6 +20,7 @@ CLI_KEYS = (
     "cli.sample.s", "cli.sample.img_s", "cli.evaluate.s", "cli.evaluate.img_s", "cli.fid", "cli.kid_mean",
     "cli.quality.s", "cli.compare.s",
 )  # fmt: skip
+DPM = "dpmsolverpp"  # DPM-Solver++ in a key (MLflow's keys take no "+")
 STOPPED = {124: "stopped at its time limit", 137: "killed at its time limit"}
 
 
@@ -27,6 +28,7 @@ def expected_keys() -> list[str]:
     """Every figure the proof measures, in the order the report shows them."""
     keys = [f"train32.{s}.{n}.{m}" for s in SETTINGS32 for n in NETS for m in METRICS]
     keys += [f"sample.{chain}.{n}.s" for chain in ("ddpm", "ddim") for n in NETS] + ["sample.ddim.dynamic.s"]
+    keys += [f"sample.{DPM}.{n}.s" for n in NETS]  # issue 24: both loops drive our UNet
     keys += [
         f"train64.{s}.{n}.{m}"
         for s in SETTINGS64
@@ -134,12 +136,16 @@ def table_rows(f: dict[str, float | None], meta: dict) -> list[str]:
 
 
 def sampling_rows(f: dict[str, float | None], sizes: dict, precision: str) -> list[str]:
+    """Ours against diffusers' loop: DDPM and DDIM with diffusers' UNet2DModel there, DPM-Solver++ (issue
+    24) with our UNet in both loops, so that the loops alone differ; and dynamic thresholding's cost."""
     rows = []
-    for chain, steps in (("ddpm", sizes.get("sample_steps")), ("ddim", sizes.get("ddim_steps"))):
+    for chain, steps, name in (("ddpm", sizes.get("sample_steps"), "DDPM"), ("ddim", sizes.get("ddim_steps"), "DDIM"),
+                               (DPM, sizes.get("dpm_steps"), "DPM-Solver++")):  # fmt: skip
         ours, theirs = f[f"sample.{chain}.ddpm.s"], f[f"sample.{chain}.diffusers.s"]
         speedup = ratio(theirs, ours)
         faster = f"{speedup:.2f}× faster" if speedup else ""
-        task = f"sample {sizes.get('sample_images')} images, {steps} {chain.upper()} steps, s"
+        note = " (our UNet in both loops; diffusers': DPMSolverMultistepScheduler, eager)" if chain == DPM else ""
+        task = f"sample {sizes.get('sample_images')} images, {steps} {name} steps, s{note}"
         rows.append(f"| {task} | {precision} | {number(ours, '.3f')} | {number(theirs, '.3f')} | {faster} |")
     dynamic, default = f["sample.ddim.dynamic.s"], f["sample.ddim.ddpm.s"]
     cost = ratio(dynamic, default)

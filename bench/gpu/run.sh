@@ -114,7 +114,7 @@ main() {
         # the targets' steps first (a compile costs about a minute); train64 before cli, whose `ddpm train`
         # then finds the compiled step in the compile cache and sizes its run by the speed train64 measured
         step train32 90 train32
-        step sample 110 sample
+        step sample 120 sample
         step compiled32 180 compiled32
         step train64 100 train64
         step cli 200 cli

@@ -7,8 +7,8 @@ import torch
 
 from ddpm.data import InMemoryImages
 from ddpm.diffusion import GaussianDiffusion, dynamic_threshold
-from ddpm.spacing import timesteps
 from ddpm.schedules import beta_schedule
+from ddpm.spacing import timesteps
 from ddpm.train import draw_batch
 
 

@@ -253,6 +253,79 @@ def test_pinned_full_chains(prediction: str, sampler: str, mode: str) -> None:
     assert x0.abs().mean().item() == pytest.approx(mean, rel=1e-6)
 
 
+# (prediction, spacing, clip mode): (sum, mean) of |x_0| after a DPM-Solver++(2M) chain: cosine, T = 100,
+# 10 steps, x_T from a CPU generator seeded 0, as PINNED_CHAINS. Only x̂_0 enters its step, so there
+# recompute and x0 agree.
+PINNED_DPM_SOLVER_CHAINS = {
+    ("eps", "linspace", "recompute"): (427.5020874903958, 0.5566433430864529),
+    ("eps", "linspace", "x0"): (427.5020874903958, 0.5566433430864529),
+    ("eps", "linspace", "dynamic"): (183.4523275117211, 0.23887021811422018),
+    ("eps", "linspace", "none"): (214508.77026779007, 279.30829461951834),
+    ("x0", "linspace", "recompute"): (186.20845252613526, 0.24245892256007195),
+    ("x0", "linspace", "x0"): (186.20845252613526, 0.24245892256007195),
+    ("x0", "linspace", "dynamic"): (175.02894551963365, 0.227902272812023),
+    ("x0", "linspace", "none"): (187.81568117766687, 0.24455166820008709),
+    ("v", "linspace", "recompute"): (208.5394603573345, 0.2715357556736126),
+    ("v", "linspace", "x0"): (208.5394603573345, 0.2715357556736126),
+    ("v", "linspace", "dynamic"): (175.47899648734705, 0.22848827667623314),
+    ("v", "linspace", "none"): (208.97255730151602, 0.272099683986349),
+    ("eps", "leading", "x0"): (457.1744370940431, 0.595279214966202),
+    ("eps", "trailing", "x0"): (427.9546066585997, 0.557232560753385),
+}
+
+
+@pytest.mark.parametrize(("prediction", "spacing", "mode"), PINNED_DPM_SOLVER_CHAINS)
+def test_pinned_dpm_solver_chains(prediction: str, spacing: str, mode: str) -> None:
+    d = GaussianDiffusion(beta_schedule("cosine", 100), prediction)
+    x_T = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    *_, (_, x0) = d.dpm_solver_sample_loop_progressive(stand_in, x_T, timesteps("dpmsolver++", spacing, 10, 100), mode)
+    total, mean = PINNED_DPM_SOLVER_CHAINS[(prediction, spacing, mode)]
+    assert x0.abs().sum().item() == pytest.approx(total, rel=1e-6)
+    assert x0.abs().mean().item() == pytest.approx(mean, rel=1e-6)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("mode", ["recompute", "none"])
+def test_the_first_dpm_solver_step_is_a_ddim_step_with_eta_0(prediction: str, mode: str) -> None:
+    # DPM-Solver++ to first order is DDIM (Lu et al. 2022, section 4.1) where epŝ is the one of x̂_0:
+    # recompute, or no clipping at all
+    d = GaussianDiffusion(beta_schedule("cosine", 100), prediction)
+    x_T = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    listed = timesteps("dpmsolver++", "trailing", 10, 100)
+    (t, x), *_ = d.dpm_solver_sample_loop_progressive(stand_in, x_T, listed, mode)
+    ddim = d.ddim_step(stand_in, x_T, full(listed[0], 4), full(listed[1], 4), torch.zeros_like(x_T), 0.0, mode)
+    assert t == listed[0] and torch.allclose(x, ddim, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("spacing", ["linspace", "trailing"])
+def test_dpm_solver_steps_are_the_papers_formulas_written_out(prediction: str, spacing: str) -> None:
+    # Lu et al. 2022, Algorithm 2 (DPM-Solver++(2M)), with alpha, sigma, lambda from the betas here:
+    # x_t = sigma_t/sigma_s·x_s − alpha_t·(e^(−h) − 1)·D, h = lambda_t − lambda_s; D = x̂_0(s) at the
+    # first step, x̂_0(s) + (x̂_0(s) − x̂_0(s'))·h/(2h') after it (h' = lambda_s − lambda_s'); the last
+    # step lands on x̂_0 itself. n = 3: the second step is the one second-order step.
+    betas = beta_schedule("cosine", 100)
+    d = GaussianDiffusion(betas, prediction)
+    alphas_cumprod = np.cumprod(1 - betas.numpy())
+    alpha, sigma = np.sqrt(alphas_cumprod), np.sqrt(1 - alphas_cumprod)
+    lam = np.log(alpha / sigma)
+    x_T = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for n in (3, 10):
+        listed = timesteps("dpmsolver++", spacing, n, 100)
+        x, x0_before = x_T, None
+        for i, (t, got) in enumerate(d.dpm_solver_sample_loop_progressive(stand_in, x_T, listed, "recompute")):
+            x0 = d.denoise(stand_in, x, full(t, 4), "recompute")[0]
+            if i == n - 1:
+                expected = x0
+            else:
+                s, t_next = listed[i], listed[i + 1]
+                h = lam[t_next] - lam[s]
+                extrapolated = x0 if i == 0 else x0 + (x0 - x0_before) * h / (2 * (lam[s] - lam[listed[i - 1]]))
+                expected = sigma[t_next] / sigma[s] * x - alpha[t_next] * (np.exp(-h) - 1) * extrapolated
+            assert torch.allclose(got, expected, rtol=0, atol=1e-12), (n, i)
+            x, x0_before = expected, x0
+
+
 def test_the_math_keeps_the_datas_dtype_and_its_tables_in_float64() -> None:
     # the tables are float64 whatever the betas came as; each value is cast to the data's dtype, and a
     # bfloat16 model output (autocast) is taken back to it, so x_t never changes precision mid-chain

@@ -1,10 +1,14 @@
-"""The diffusion math against an independent implementation: diffusers' DDPMScheduler and
-DDIMScheduler (a test dependency, never a runtime one), given the same float64 tables, to 1e-10.
+"""The diffusion math against an independent implementation: diffusers' DDPMScheduler,
+DDIMScheduler and DPMSolverMultistepScheduler (a test dependency, never a runtime one), given the
+same float64 tables, to 1e-10; the timestep spacings against the same schedulers' lists.
 Where the two differ by design, the test says how and checks that difference."""
 
+from unittest import mock
+
+import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.schedules import beta_schedule
@@ -192,3 +196,231 @@ def test_q_sample_and_the_v_target_equal_diffusers(name: str) -> None:
     x0, eps, steps = noise((5, 3, 4, 4), 3).clamp(-1, 1), noise((5, 3, 4, 4), 4), torch.tensor([0, 1, 500, 998, 999])
     assert largest_difference(ours.q_sample(x0, steps, eps), scheduler.add_noise(x0, eps, steps)) < 1e-10
     assert largest_difference(ours.training_target(x0, steps, eps), scheduler.get_velocity(x0, eps, steps)) < 1e-10
+
+
+# --- the timestep spacings (ddpm.spacing) against diffusers' lists ----------------------------------
+
+SCHEDULERS = {"ddim": DDIMScheduler, "dpmsolver++": DPMSolverMultistepScheduler}
+# numpy's, about DPMSolverMultistepScheduler.set_timesteps' own np.array of a tensor, once a call:
+# thousands of warnings recorded cost more than the lists
+numpys_warning = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")
+
+
+def diffusers_timesteps(scheduler: DDIMScheduler | DPMSolverMultistepScheduler, n: int) -> list[int]:
+    scheduler.set_timesteps(n)
+    return scheduler.timesteps.tolist()
+
+
+def by_design(sampler: str, spacing: str, n: int, T: int, theirs: list[int]) -> bool:
+    """The step counts where our list differs from diffusers' on purpose, each checked by its own
+    test_by_design_... below."""
+    return (
+        (sampler, spacing, n) == ("ddim", "linspace", 1)
+        or (sampler == "dpmsolver++" and spacing in ("linspace", "leading") and n == T)
+        or (spacing == "trailing" and len(theirs) == n + 1)
+    )
+
+
+@numpys_warning
+@pytest.mark.parametrize("T", [50, 1000])
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+@pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++"])
+def test_every_spacing_list_equals_diffusers_at_every_step_count(sampler: str, spacing: str, T: int) -> None:
+    scheduler = SCHEDULERS[sampler](T, timestep_spacing=spacing)
+    differ = []
+    for n in range(1, T + 1):
+        theirs = diffusers_timesteps(scheduler, n)
+        if by_design(sampler, spacing, n, T, theirs):
+            differ.append(n)
+        else:
+            assert timesteps(sampler, spacing, n, T) == theirs, n
+    assert (
+        len(differ) == {"linspace": 1, "leading": sampler == "dpmsolver++", "trailing": {50: 2, 1000: 62}[T]}[spacing]
+    )
+
+
+@pytest.mark.parametrize("T", [50, 1000])
+def test_by_design_ddim_linspace_at_one_step_starts_from_T_minus_1(T: int) -> None:
+    # diffusers' one step is at t = 0, which reads pure noise as almost clean data; our chain starts
+    # from x_T, so its one step is at T − 1 (ddpm.spacing)
+    assert diffusers_timesteps(DDIMScheduler(T, timestep_spacing="linspace"), 1) == [0]
+    assert timesteps("ddim", "linspace", 1, T) == [T - 1]
+
+
+@numpys_warning
+@pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++"])
+@pytest.mark.parametrize(("T", "overshooting"), [(50, [29, 31]), (1000, [61, 103, 121, 122, 201])])
+def test_by_design_trailing_takes_n_points_where_diffusers_arange_yields_n_plus_1(
+    sampler: str, T: int, overshooting: list[int]
+) -> None:
+    # np.arange(T, 0, −T/n) in floats leaves T − n·T/n just above 0 at these n, so diffusers lists
+    # n + 1 timesteps, the last −1 (no timestep at all); ours takes the n it asked for
+    scheduler = SCHEDULERS[sampler](T, timestep_spacing="trailing")
+    for n in overshooting:
+        theirs = diffusers_timesteps(scheduler, n)
+        assert len(theirs) == n + 1 and theirs[-1] == -1
+        assert timesteps(sampler, "trailing", n, T) == theirs[:n]
+    overshoots = [n for n in range(1, T + 1) if len(np.arange(T, 0, -T / n)) == n + 1]
+    assert overshoots[: len(overshooting)] == overshooting and len(overshoots) == {50: 2, 1000: 62}[T]
+
+
+@numpys_warning
+@pytest.mark.parametrize("T", [50, 1000])
+@pytest.mark.parametrize("spacing", ["linspace", "leading"])
+def test_by_design_dpm_solver_refuses_a_list_that_rounding_makes_repeat(spacing: str, T: int) -> None:
+    # at n = T, n + 1 points over T − 1 (linspace) or a stride T // (T + 1) = 0 (leading) repeat
+    # timesteps: diffusers would step from t to t (h = 0); ours refuses in one line
+    theirs = diffusers_timesteps(DPMSolverMultistepScheduler(T, timestep_spacing=spacing), T)
+    assert len(theirs) == T and len(set(theirs)) < T
+    with pytest.raises(ValueError, match=f"{spacing} repeats timesteps at {T} steps of T = {T}; take fewer steps"):
+        timesteps("dpmsolver++", spacing, T, T)
+
+
+@pytest.mark.parametrize("T", [50, 100, 1000])
+def test_ddim_quadratic_is_the_ddim_papers_code(T: int) -> None:
+    # Song et al.'s code (runners/diffusion.py, skip_type "quad"), ascending; ours descending
+    for n in range(1, 30):
+        if (n - 1) ** 2 > 0.8 * T:  # the first two points round to 0 alike: ours refuses (test below)
+            break
+        paper = [int(s) for s in np.linspace(0, np.sqrt(T * 0.8), n) ** 2]
+        assert timesteps("ddim", "quadratic", n, T) == paper[::-1], n
+    with pytest.raises(ValueError, match="quadratic repeats timesteps at 30 steps of T = 1000"):
+        timesteps("ddim", "quadratic", 30, 1000)
+
+
+# --- DPM-Solver++(2M) full chains against diffusers' loop ------------------------------------------
+
+# The clip modes as DPMSolverMultistepScheduler spells them: it has no clip_sample, only thresholding,
+# which with sample_max_value = 1 is plain clipping of x̂_0. Only x̂_0 enters a data-prediction step, so
+# recompute and x0 are one chain (ddpm.diffusion.GaussianDiffusion.dpm_solver_sample_loop_progressive).
+DPM_CLIP_MODES = {
+    "x0": {"thresholding": True, "sample_max_value": 1.0},
+    "dynamic": {"thresholding": True, "dynamic_thresholding_ratio": 0.995, "sample_max_value": float("inf")},
+    "none": {"thresholding": False},
+}
+
+
+def dpm_solver(diffusion: GaussianDiffusion, spacing: str, n: int, **options) -> DPMSolverMultistepScheduler:  # noqa: ANN003
+    """diffusers' DPM-Solver++(2M) with n steps, computing in float64 from our tables (its own are float32):
+    its sigmas (σ/α at its timesteps, then 0 for the last step to the data) are recomputed after
+    set_timesteps, which casts them to float32."""
+    scheduler = DPMSolverMultistepScheduler(
+        diffusion.num_timesteps,
+        solver_order=2,
+        algorithm_type="dpmsolver++",
+        timestep_spacing=spacing,
+        prediction_type=PREDICTION_TYPES[diffusion.prediction],
+        **options,
+    )
+    scheduler.alphas_cumprod = diffusion.alphas_cumprod.clone()
+    scheduler.alpha_t, scheduler.sigma_t = (
+        diffusion.sqrt_alphas_cumprod.clone(),
+        diffusion.sqrt_one_minus_alphas_cumprod.clone(),
+    )
+    scheduler.lambda_t = scheduler.alpha_t.log() - scheduler.sigma_t.log()
+    scheduler.set_timesteps(n)
+    alphas_cumprod = diffusion.alphas_cumprod[scheduler.timesteps]
+    scheduler.sigmas = torch.cat([((1 - alphas_cumprod) / alphas_cumprod).sqrt(), alphas_cumprod.new_zeros(1)])
+    return scheduler
+
+
+def diffusers_dpm_chain(
+    scheduler: DPMSolverMultistepScheduler, x_T: torch.Tensor, float64: bool = True
+) -> torch.Tensor:
+    """diffusers' own loop over its own timesteps. Its step() casts the sample with
+    `sample.to(torch.float32)` whatever the tables: with `float64`, torch.float32 is patched to
+    float64 inside step(), so that it computes in float64 throughout."""
+    x = x_T
+    for t in scheduler.timesteps:
+        model_output = stand_in(x, torch.full((len(x),), int(t)))
+        if float64:
+            with mock.patch.object(torch, "float32", F64):
+                x = scheduler.step(model_output, t, x).prev_sample
+        else:
+            x = scheduler.step(model_output, t, x).prev_sample
+    return x
+
+
+@numpys_warning
+@pytest.mark.parametrize("prediction", PREDICTION_TYPES)
+@pytest.mark.parametrize("mode", DPM_CLIP_MODES)
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+def test_full_dpm_solver_chains_equal_diffusers(prediction: str, mode: str, spacing: str) -> None:
+    # T = 100; 1 step (first order, onto x̂_0), 2 (first order twice), 3 (one second-order step) and 10;
+    # diffusers' final step to sigma = 0 is first order (final_sigmas_type "zero"), as ours
+    ours = GaussianDiffusion(beta_schedule("cosine", 100), prediction)
+    for n in (1, 2, 3, 10):
+        x_T, _ = start()
+        *_, (_, x0) = ours.dpm_solver_sample_loop_progressive(
+            stand_in, x_T, timesteps("dpmsolver++", spacing, n, 100), mode
+        )
+        theirs = diffusers_dpm_chain(dpm_solver(ours, spacing, n, **DPM_CLIP_MODES[mode]), start()[0])
+        assert largest_difference(x0, theirs) < 1e-10, n
+
+
+@numpys_warning
+def test_the_float64_patch_hides_nothing_plain_float32_diffusers_agrees_to_1e_4() -> None:
+    # the same chain through diffusers as it ships (float32 sigmas and samples): only float32's rounding apart
+    ours = GaussianDiffusion(beta_schedule("cosine", 100), "v")
+    for mode, options in DPM_CLIP_MODES.items():
+        x_T, _ = start()
+        *_, (_, x0) = ours.dpm_solver_sample_loop_progressive(
+            stand_in, x_T, timesteps("dpmsolver++", "trailing", 10, 100), mode
+        )
+        scheduler = DPMSolverMultistepScheduler(
+            100,
+            solver_order=2,
+            algorithm_type="dpmsolver++",
+            timestep_spacing="trailing",
+            prediction_type="v_prediction",
+            trained_betas=ours.betas.numpy(),
+            **options,
+        )
+        scheduler.set_timesteps(10)
+        theirs = diffusers_dpm_chain(scheduler, start()[0], float64=False)
+        assert theirs.dtype == F64 and 1e-9 < largest_difference(x0, theirs) < 1e-4 * x0.abs().max().item(), mode
+
+
+def test_the_stand_in_makes_every_dpm_solver_mode_act() -> None:
+    # the equalities above would hold vacuously if clipping and thresholding never changed the chain
+    ours = GaussianDiffusion(beta_schedule("cosine", 100))
+    chains = {
+        mode: list(
+            ours.dpm_solver_sample_loop_progressive(
+                stand_in, start()[0], timesteps("dpmsolver++", "trailing", 10, 100), mode
+            )
+        )[-1][1]
+        for mode in DPM_CLIP_MODES
+    }
+    assert largest_difference(chains["x0"], chains["dynamic"]) > 0.1
+    assert (
+        largest_difference(chains["x0"], chains["none"]) > 0.1
+        and largest_difference(chains["dynamic"], chains["none"]) > 0.1
+    )
+
+
+# --- DDIM full chains over diffusers' own lists ----------------------------------------------------
+
+
+@pytest.mark.parametrize("prediction", PREDICTION_TYPES)
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize(("spacing", "step_counts"), [("leading", (1, 7)), ("trailing", (4, 10))])
+def test_full_ddim_chains_over_leading_and_trailing_equal_diffusers(
+    prediction: str, eta: float, spacing: str, step_counts: tuple[int, ...]
+) -> None:
+    # diffusers' step always goes to t − T // n: for leading (any n) and for trailing with n dividing T
+    # that is the next timestep of its list (and the last goes to alphā = 1), so its loop is our loop
+    ours = GaussianDiffusion(beta_schedule("cosine", 100), prediction)
+    for mode, (options, recompute) in CLIP_MODES.items():
+        scheduler = with_our_tables(
+            DDIMScheduler(100, prediction_type=PREDICTION_TYPES[prediction], timestep_spacing=spacing, **options), ours
+        )
+        for n in step_counts:
+            scheduler.set_timesteps(n)
+            x_T, g = start()
+            *_, (_, x0) = ours.ddim_sample_loop_progressive(
+                stand_in, x_T, timesteps("ddim", spacing, n, 100), eta, g, mode
+            )
+            x_T, g = start()
+            theirs = diffusers_chain(scheduler, x_T, g, eta=eta, use_clipped_model_output=recompute)
+            assert largest_difference(x0, theirs) < 1e-10, (mode, n)

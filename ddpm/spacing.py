@@ -6,7 +6,7 @@ sampler's scheduler, and the DDIM paper's quadratic one.
   starts at T − 1 and ends at 0; `leading` takes every (T // n)-th timestep from 0, so it ends at 0
   and never reaches T − 1 (the flaw Lin et al. point out); `trailing` takes every (T / n)-th down from
   T − 1, so it never reaches 0; `quadratic` is Song et al. 2021's choice for CIFAR-10 (Appendix D.2,
-  and their code): ⌊(i·√(0.8·T)/(n − 1))²⌋, i = 0..n−1, from 0 to 0.8·T.
+  and their code): ⌊(i·√(0.8·T)/(n − 1))²⌋, i = 0..n−1, from 0 to 0.8·T, repeats of 0 included.
 - DPM-Solver++ (diffusers' DPMSolverMultistepScheduler): the same rules over n + 1 points, the last
   (t = 0, or 0's place) dropped, because its final step goes to the data itself (σ = 0) rather than
   to a timestep.
@@ -30,13 +30,18 @@ SPACINGS: dict[str, tuple[Spacing, ...]] = {  # the spacings each few-step sampl
 def timesteps(sampler: str, spacing: str, steps: int, num_timesteps: int) -> list[int]:
     """The `steps` timesteps (0-based, descending) at which `sampler` evaluates the network, for a
     model of `num_timesteps` = T. Raises ValueError for a sampler/spacing pair that is not defined, a
-    step count outside 1..T, or a spacing that repeats a timestep at this count (rounding)."""
+    step count outside 1..T, or a spacing other than quadratic that repeats a timestep at this count
+    (rounding)."""
     if spacing not in SPACINGS.get(sampler, ()):
         raise ValueError(f"{sampler} has no {spacing} spacing; it has {', '.join(SPACINGS.get(sampler, ())) or 'none'}")
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"{steps} steps: expected from 1 to the model's T = {num_timesteps}")
     listed = _ddim(spacing, steps, num_timesteps) if sampler == "ddim" else _dpm_solver(spacing, steps, num_timesteps)
-    if len(set(listed)) != steps:
+    # quadratic repeats t = 0 from 30 steps of T = 1000 on (⌊(i·c)²⌋ = 0 for the first few i), as the
+    # DDIM paper's runs at 50 and 100 steps did: a DDIM step from t to t is the identity for η = 0
+    # without clipping, a spent evaluation. Elsewhere a repeat is a step of h = 0 that DPM-Solver++
+    # cannot take, or a count too large for the spacing: refused.
+    if spacing != "quadratic" and len(set(listed)) != steps:
         raise ValueError(f"{spacing} repeats timesteps at {steps} steps of T = {num_timesteps}; take fewer steps")
     return listed
 

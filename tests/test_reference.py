@@ -279,13 +279,20 @@ def test_by_design_dpm_solver_refuses_a_list_that_rounding_makes_repeat(spacing:
 @pytest.mark.parametrize("T", [50, 100, 1000])
 def test_ddim_quadratic_is_the_ddim_papers_code(T: int) -> None:
     # Song et al.'s code (runners/diffusion.py, skip_type "quad"), ascending; ours descending
-    for n in range(1, 30):
-        if (n - 1) ** 2 > 0.8 * T:  # the first two points round to 0 alike: ours refuses (test below)
-            break
+    # at every n, the paper's 50 and 100 steps included, where the first points round to 0 alike: the
+    # list keeps those repeats, as their runs did (a DDIM step from t to t spends an evaluation)
+    for n in [n for n in (*range(1, 30), 50, 100, T) if n <= T]:
         paper = [int(s) for s in np.linspace(0, np.sqrt(T * 0.8), n) ** 2]
         assert timesteps("ddim", "quadratic", n, T) == paper[::-1], n
-    with pytest.raises(ValueError, match="quadratic repeats timesteps at 30 steps of T = 1000"):
-        timesteps("ddim", "quadratic", 30, 1000)
+    assert timesteps("ddim", "quadratic", 50, 1000)[-3:] == [1, 0, 0]
+
+
+def test_a_ddim_step_from_t_to_t_is_the_identity_without_clipping() -> None:
+    # what quadratic's repeated t = 0 costs: nothing but the evaluation (η = 0, x̂_0 as predicted)
+    ours = GaussianDiffusion(beta_schedule("linear", T))
+    x, steps = x_t(), torch.full((4,), 0)
+    again = ours.ddim_step(stand_in, x, steps, steps, torch.zeros_like(x), 0.0, "none")
+    assert largest_difference(again, x) < 1e-12
 
 
 # --- DPM-Solver++(2M) full chains against diffusers' loop ------------------------------------------

@@ -140,7 +140,10 @@ def test_tampered_or_missing_checkpoints_are_refused(trained: Path, tmp_path: Pa
             "sample.spacing .dpmsolver.., .*model.pt.: linspace repeats timesteps "
             "at 50 steps of T = 50; take fewer steps",
         ),
-        ({"sampler": "ddim", "steps": 40, "spacing": "quadratic"}, "quadratic repeats timesteps at 40 steps of T = 50"),
+        (
+            {"sampler": "dpmsolver++", "steps": 50, "spacing": "leading"},
+            "leading repeats timesteps at 50 steps of T = 50",
+        ),
     ],
 )
 def test_steps_a_model_cannot_take_are_a_clear_error(

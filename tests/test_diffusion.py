@@ -8,7 +8,7 @@ import torch
 from ddpm.data import InMemoryImages
 from ddpm.diffusion import GaussianDiffusion, dynamic_threshold
 from ddpm.schedules import beta_schedule
-from ddpm.spacing import timesteps
+from ddpm.spacing import sampling_name, timesteps
 from ddpm.train import draw_batch
 
 
@@ -366,3 +366,22 @@ def test_dynamic_thresholding_is_imagens_against_numpys_percentile() -> None:
         np.testing.assert_allclose(out, np.clip(image, -s, s) / s, rtol=0, atol=1e-15)
     assert got[0].abs().max() == 1 and (got[0].abs() == 1).float().mean() > 0  # the top 0.5 % saturate at ±1
     assert torch.equal(got[1], x0[1].clamp(-1, 1))  # s = 1: plain clipping
+
+
+def test_a_sampler_and_spacing_pair_that_is_not_defined_is_named_with_the_samplers_spacings() -> None:
+    with pytest.raises(ValueError) as refused:
+        timesteps("dpmsolver++", "quadratic", 5, 100)
+    assert str(refused.value) == "dpmsolver++ has no quadratic spacing; it has linspace, leading, trailing"
+    with pytest.raises(ValueError) as refused:
+        timesteps("ddpm", "linspace", 5, 100)  # DDPM takes every timestep: no spacing
+    assert str(refused.value) == "ddpm has no linspace spacing; it has none"
+
+
+def test_a_samplings_name_says_its_chain_steps_and_spacing() -> None:
+    assert sampling_name({"sampler": "ddpm", "steps": 20, "spacing": "trailing"}) == "DDPM"
+    assert sampling_name({"sampler": "ddim", "steps": 50, "spacing": "linspace"}) == "DDIM 50 steps, linspace"
+    assert sampling_name({"sampler": "dpmsolver++", "steps": 20, "spacing": "trailing"}) == (
+        "DPM-Solver++ 20 steps, trailing"
+    )
+    # samples.json from before the spacing was a setting: DDIM's steps were ddim_steps, its spacing linspace
+    assert sampling_name({"sampler": "ddim", "ddim_steps": 10}) == "DDIM 10 steps, linspace"

@@ -88,8 +88,8 @@ def sampling_name(sample: dict) -> str:
     """A sampling's chain in a few words, from its settings (samples.json's `sample`): "DDPM",
     "DDIM 50 steps, linspace", "DPM-Solver++ 20 steps, trailing". Settings recorded before the
     spacing was a setting (`ddim_steps`) were DDIM's linspace."""
-    sampler = sample.get("sampler", "ddpm")
+    sampler = sample["sampler"]
     if sampler == "ddpm":
         return "DDPM"
-    steps = sample.get("steps", sample.get("ddim_steps", "?"))
-    return f"{SAMPLER_NAMES.get(sampler, sampler)} {steps} steps, {sample.get('spacing', 'linspace')}"
+    steps = sample["steps"] if "steps" in sample else sample["ddim_steps"]
+    return f"{SAMPLER_NAMES[sampler]} {steps} steps, {sample.get('spacing', 'linspace')}"

@@ -648,6 +648,25 @@ def test_one_seed_shows_each_sweep_point_with_its_bootstrap_sd_and_n(seeded: Pat
     assert "\n".join(best) in text
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: d | {"spacing": "trailing"},
+        lambda d: {k: v for k, v in d.items() if not k.startswith("dpmsolver")} | {"samplers": ["ddim"]},
+    ],
+)
+def test_compare_refuses_sweeps_of_other_samplers_or_spacings(seeded: Path, tmp_path: Path, change: "callable") -> None:
+    root = tmp_path / "project"
+    shutil.copytree(seeded / "runs", root / "runs")
+    edit_json(root / "runs" / "cosine" / "seed0" / "sweep.json", change)
+    refused = invoke("compare", "--set", "seeds=[0]", "--set", "tracking.enabled=false", cwd=root)
+    assert refused.exit_code == 2 and "Traceback" not in refused.output, refused.output
+    said = (
+        "the schedules were run with different sweeps (sweep.samplers, sweep.steps, sample.spacing, sweep.num_samples)"
+    )
+    assert said in refused.stderr and not (root / "reports").exists()
+
+
 def edit_json(path: Path, change: "callable") -> None:
     path.write_text(json.dumps(change(json.loads(path.read_text()))))
 

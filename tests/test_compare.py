@@ -236,9 +236,11 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
             assert picture.size == size, name
     text = (report / "report.md").read_text()
     header = ("| schedule | seeds | fid_randconv (N = 40) ± sd | fid_randconv_inf [95 %] | kid_randconv_mean ± SE "
-              "| kid_randconv_holdout_mean ± SE | NLL (bits/dim) ± SE | fid_randconv (N = 20) @ 2 steps "
-              "| fid_randconv (N = 20) @ 5 steps | final loss |")  # fmt: skip
+              "| kid_randconv_holdout_mean ± SE | NLL (bits/dim) ± SE | fid_randconv (N = 20) @ DDIM 2 "
+              "| fid_randconv (N = 20) @ DDIM 5 | fid_randconv (N = 20) @ DPM-Solver++ 2 "
+              "| fid_randconv (N = 20) @ DPM-Solver++ 5 | final loss |")  # fmt: skip
     assert header in text  # one seed: each estimate with its bootstrap spread (test_seeds_*: the spread over seeds)
+    assert "\n| NFE | linear | cosine |\n|---:|---|---|\n| 2 | " in text  # the best sampler per schedule and NFE
     assert header in compared.stdout and compared.stdout.count("\n| linear | 0 |") == 2  # the tables, in the terminal
     assert "\n| schedule | seeds | steps | training time | img/s |\n" in text  # the timing, apart
     assert all(f"]({name})" in text for name in sizes)

@@ -124,16 +124,14 @@ def test_samples_drawn_otherwise_are_not_reused(project: Path, key: str, value: 
 @pytest.mark.parametrize(
     ("settings", "said"),
     [
-        (["sample.spacing=quadratic"],  # the config's own check
-         "params.yaml: sample.spacing: quadratic is not defined for dpmsolver++ (sweep.samplers); expected one of: "
-         "linspace, leading, trailing"),
         # T = 25: linspace over 26 points, the last dropped, rounds two of DPM-Solver++'s 25 timesteps together
         (["sweep.steps=[2,25]"],
          f"sweep.steps: DPM-Solver++ at 25 NFE with sample.spacing linspace ({RUN / 'model.pt'}): linspace repeats "
          "timesteps at 25 steps of T = 25; take fewer steps"),
-        (["sweep.samplers=[ddim]", "sample.spacing=quadratic", "sweep.steps=[3,10]"],
-         f"sweep.steps: DDIM at 10 NFE with sample.spacing quadratic ({RUN / 'model.pt'}): quadratic repeats "
-         "timesteps at 10 steps of T = 25; take fewer steps"),
+        # DPM-Solver++'s leading spacing is i·(T // (n + 1)), i = 1..n: at n = 25 of T = 25 every one is t = 0
+        (["sweep.samplers=[dpmsolver++]", "sample.spacing=leading", "sweep.steps=[3,25]"],
+         f"sweep.steps: DPM-Solver++ at 25 NFE with sample.spacing leading ({RUN / 'model.pt'}): leading repeats "
+         "timesteps at 25 steps of T = 25; take fewer steps"),
         (["sweep.steps=[2,26]"], f"sweep.steps: [26] exceed the model's 25 timesteps ({RUN / 'model.pt'})"),
     ],
 )  # fmt: skip

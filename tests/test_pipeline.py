@@ -95,7 +95,7 @@ def test_the_offline_preset_runs_every_stage_and_writes_every_output(project: tu
     assert metrics["nll_images"] == 8 and metrics["nll_bpd"] > 0 and metrics["bootstrap"] == 200
     assert metrics["fid_randconv_ci_low"] < metrics["fid_randconv_ci_high"]
     text = (root / "reports" / "compare" / "report.md").read_text()
-    for shown in ("fid_randconv (N = ", "NLL (bits/dim)", "@ 5 steps", "@ 20 steps",
+    for shown in ("fid_randconv (N = ", "NLL (bits/dim)", "@ DDIM 5", "@ DPM-Solver++ 20", "| NFE | cosine |",
                   "](nll_terms.png)", "](sweep.png)", "on 8 held-out images", "Bootstrap: 200 resamples",
                   "## Which differences are real", "One schedule: nothing to compare."):  # fmt: skip
         assert shown in text, shown

@@ -18,6 +18,8 @@ from ddpm.files import atomic_outputs
 from ddpm.layout import FORWARD_PICTURE, SCHEDULES_PICTURE
 from ddpm.results import RunResult, by_schedule, label, metric_names
 from ddpm.schedules import SCHEDULES, beta_schedule
+from ddpm.spacing import SAMPLER_NAMES
+from ddpm.sweep_report import sweep_point, swept
 
 STRIP_STEPS = 10  # columns of the forward-process strip
 
@@ -109,39 +111,37 @@ def plot_nll_terms(results: list[RunResult], path: Path) -> None:
     _save(fig, path)
 
 
+# each sampler's line style and marker in sweep.png; a schedule's lines share its colour
+SAMPLER_LINES = {"ddim": ("-", "o"), "dpmsolver++": ("--", "s")}
+
+
 def plot_sweep(results: list[RunResult], path: Path) -> None:
-    """FID against the number of sampling steps: a DDIM line per schedule (mean over the seeds) and
-    DDPM at full length as a point, each ± its bootstrap SD where measured (sampling noise only: of a
-    mean over k seeds, √(Σ SD²)/k), titled with the N of samples per point."""
+    """FID against the number of network evaluations (NFE): a line per schedule × sampler (colour: the
+    schedule, line style: the sampler; mean over the seeds) and DDPM at full length as a point, each ±
+    its bootstrap SD where measured (`sweep_point`), titled with the N of samples per point."""
     fig, ax = _pyplot().subplots(figsize=(8, 4.5))
-    swept = {name: runs for name, runs in by_schedule(results).items() if all(r.sweep for r in runs)}
-    if not swept:
+    schedules = swept(results)
+    if not schedules:
         _empty(ax, "no sweep ran (`ddpm sweep`)")
-
-    def point(runs: list[RunResult], sampler: str, steps: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
-        fids = np.mean([[r.sweep[sampler][k] for k in steps] for r in runs], axis=0)
-        if not all(f"{sampler}_sd" in r.sweep for r in runs):
-            return fids, None
-        variances = [[r.sweep[f"{sampler}_sd"][k] ** 2 for k in steps] for r in runs]
-        return fids, np.sqrt(np.sum(variances, axis=0)) / len(runs)
-
-    for name, runs in swept.items():
-        steps = list(runs[0].sweep["ddim"])
-        fids, sd = point(runs, "ddim", steps)
-        line = ax.errorbar([int(k) for k in steps], fids, yerr=sd, marker="o", capsize=3, label=f"{name}, DDIM")
-        full = list(runs[0].sweep["ddpm"])
-        fids, sd = point(runs, "ddpm", full)
+    for i, (name, runs) in enumerate(schedules.items()):
+        for sampler in runs[0].sweep["samplers"]:
+            steps, fids, sd = sweep_point(runs, sampler)
+            style, marker = SAMPLER_LINES[sampler]
+            ax.errorbar([int(k) for k in steps], fids, yerr=sd, marker=marker, linestyle=style, capsize=3,
+                        color=f"C{i}", label=f"{name}, {SAMPLER_NAMES[sampler]}")  # fmt: skip
+        full, fids, sd = sweep_point(runs, "ddpm")
         ax.errorbar([int(full[0])], fids, yerr=sd, marker="*", markersize=12, capsize=3, linestyle="none",
-                    color=line.lines[0].get_color(), label=f"{name}, DDPM ({full[0]} steps)")  # fmt: skip
-    if swept:
-        first = next(iter(swept.values()))[0].sweep
-        metric, counts = first["metric"], sorted({*map(int, first["ddim"]), *map(int, first["ddpm"])})
-        labelled = f"{metric} (N = {first['num_samples']:,})"
-        ax.set(xscale="log", xlabel="sampling steps", ylabel=labelled, title=f"{labelled} against the number of steps")
-        ax.set_xticks(counts, [str(k) for k in counts])  # the step counts swept, not powers of ten
+                    color=f"C{i}", label=f"{name}, DDPM ({full[0]} steps)")  # fmt: skip
+    if schedules:
+        first = next(iter(schedules.values()))[0].sweep
+        counts = sorted({int(k) for s in (*first["samplers"], "ddpm") for k in first[s]})
+        labelled = f"{first['metric']} (N = {first['num_samples']:,})"
+        ax.set(xscale="log", xlabel=f"network evaluations (NFE; {first['spacing']} spacing)", ylabel=labelled,
+               title=f"{labelled} against the number of network evaluations")  # fmt: skip
+        ax.set_xticks(counts, [str(k) for k in counts])  # the counts swept, not powers of ten
         ax.minorticks_off()
         ax.grid(alpha=0.3, which="both")
-        ax.legend()
+        ax.legend(fontsize="small")
     fig.tight_layout()
     _save(fig, path)
 

@@ -26,7 +26,8 @@ from ddpm.plots import (
     plot_sweep,
 )
 from ddpm.results import RunResult, label, metric_names, read_results, sweep_columns, table_rows
-from ddpm.spacing import sampling_name
+from ddpm.spacing import SAMPLER_NAMES, sampling_name
+from ddpm.sweep_report import best_sampler_table, sweep_conditions
 from ddpm.verdicts import ALPHA, ONE_SEED, Verdict, judge, primary_metric
 
 
@@ -42,7 +43,7 @@ def compare(
     """The comparison report in `out_dir`: report.md with the table, what its differences mean, and
     every picture; the table as comparison.csv and .json; scores.csv (FID per schedule); losses.csv;
     schedules.png (alphā, log-SNR); nll_terms.png (bits/dim per timestep); sweep.png (FID against
-    sampling steps); losses.png; quality.png (FID and KID during training); forward.png (the first
+    NFE per schedule × sampler); losses.png; quality.png (FID and KID during training); forward.png (the first
     image of `data`, or a synthetic flower,
     noised by each schedule); samples.png (the first seed's sample grids side by side); nearest.png
     (the first seed's samples closest to a training image, ddpm.memorization). T and the
@@ -145,13 +146,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         (f"{holdout} {spread('± SE')}", holdout, ".4f", holdout.replace("_mean", "_se")),
         (f"NLL (bits/dim) {spread('± SE')}", "nll_bpd", ".3f", "nll_bpd_sem"),
         *[
-            (
-                f"{fid} (N = {rows[0]['sweep_num_samples']:,.0f}) @ {k.removeprefix(f'{fid}_ddim')} steps",
-                k,
-                ".2f",
-                f"{k}_sd",
-            )
-            for k in sweeps
+            (f"{fid} (N = {rows[0]['sweep_num_samples']:,.0f}) @ {SAMPLER_NAMES[sampler]} {nfe}", k, ".2f", f"{k}_sd")
+            for k, sampler, nfe in sweeps
         ],
         ("final loss", "final_loss", ".4f", None),
     ]
@@ -232,10 +228,7 @@ def conditions(results: list[RunResult]) -> str:
                      f"{e['nll_variance']}, x_0 kept in range by {e['nll_clip_mode']}.")  # fmt: skip
         lines += _decoder_floors(results)
     if sweep:
-        spread = f", ± its bootstrap SD over {sweep['bootstrap']} resamples" if "bootstrap" in sweep else ""
-        lines.append(f"Sweep: N = {sweep['num_samples']:,} samples at each step count{spread}, DDIM "
-                     f"(η = {sweep['eta']}) and DDPM at full length ({sweep['variance']} variance), seed "
-                     f"{sweep['seed']}.")  # fmt: skip
+        lines.append(sweep_conditions(sweep))
     return " ".join(lines)
 
 
@@ -335,9 +328,10 @@ def markdown_report(rows: list[dict[str, Any]], verdicts: list[Verdict], primary
             *likelihood_table(rows),
             f"![bits/dim per timestep]({layout.NLL_TERMS_PICTURE})",
             "",
-            "## FID against the number of sampling steps",
+            "## FID against the number of network evaluations, per sampler",
             "",
-            f"![FID against sampling steps]({layout.SWEEP_PICTURE})",
+            *best_sampler_table(results),
+            f"![FID against NFE per sampler]({layout.SWEEP_PICTURE})",
             "",
             f"## Noise schedules (T = {timesteps})",
             "",

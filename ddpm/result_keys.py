@@ -6,6 +6,18 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from ddpm.spacing import SPACINGS
+
+# The few-step samplers a sweep runs, each with a table of scores by NFE in sweep.json under its own name.
+FEW_STEP_SAMPLERS = tuple(SPACINGS)
+
+
+def sampler_key(sampler: str) -> str:
+    """`sampler` as metric names spell it: MLflow refuses "+" in a key, so dpmsolver++ is dpmsolverpp
+    (fid_randconv_dpmsolverpp, fid_dpmsolverpp20)."""
+    return sampler.replace("+", "p")
+
+
 # The kinds of value the results hold: a test of the value, and what it is in words.
 KINDS = {
     "number": (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
@@ -14,7 +26,9 @@ KINDS = {
     "text or null": (lambda v: v is None or isinstance(v, str), "a string or null"),
     "flag": (lambda v: isinstance(v, bool), "true or false"),
     "pairs": (lambda v: isinstance(v, list) and all(_is_pair(p) for p in v), "a list of [sample, training, distance]"),
-}
+    "samplers": (lambda v: isinstance(v, list) and len(v) > 0 and len(set(map(str, v))) == len(v)
+                 and all(s in FEW_STEP_SAMPLERS for s in v), "a list of distinct samplers: ddim, dpmsolver++"),
+}  # fmt: skip
 
 
 def _is_pair(pair: Any) -> bool:
@@ -60,12 +74,22 @@ SCORES_KEYS = {"num_samples": ("integer", True), "num_real": ("integer", True), 
                "holdout_sha256": ("text", False), "checkpoint_sha256": ("text", False),
                "samples_sha256": ("text", False), "nll_terms_sha256": ("text", False),
                "resamples_sha256": ("text", False), "closest_pairs": ("pairs", False)}  # fmt: skip
-SWEEP_KEYS = {"metric": ("text", True), "ddim": ("by steps", True), "ddpm": ("by steps", True),
-              "ddim_sd": ("by steps", False), "ddpm_sd": ("by steps", False), "bootstrap": ("integer", False),
+SWEEP_KEYS = {"metric": ("text", True), "samplers": ("samplers", True), "spacing": ("text", True),
+              "ddpm": ("by steps", True), "ddpm_sd": ("by steps", False), "bootstrap": ("integer", False),
               "ddpm_reused": ("flag", False), "num_samples": ("integer", True), "eta": ("number", True),
               "variance": ("text", True), "seed": ("integer", True), "feature_extractor": ("text", True),
               "checkpoint_sha256": ("text", False), "weights_sha256": ("text or null", False),
               "real_sha256": ("text", False)}  # fmt: skip
+
+
+def sweep_keys(sweep: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """What sweep.json must hold: SWEEP_KEYS, and for each of its `samplers` (where they are a list of
+    samplers) a table of scores by NFE under the sampler's name, with its bootstrap SDs under <name>_sd."""
+    samplers = sweep.get("samplers")
+    listed = samplers if KINDS["samplers"][0](samplers) else []
+    return SWEEP_KEYS | {k: v for s in listed for k, v in ((s, ("by steps", True)), (f"{s}_sd", ("by steps", False)))}
+
+
 LINK_KEYS = {"run_id": ("text or null", True)}
 
 

@@ -20,7 +20,17 @@ from ddpm.errors import UserError
 from ddpm.files import sha256_hex
 from ddpm.layout import GRID, SAMPLES_ARRAY, RunFolder
 from ddpm.origin import read_origin
-from ddpm.result_keys import LINK_KEYS, SCORES_KEYS, SWEEP_KEYS, TRAIN_KEYS, fid_name, scores_keys, value_problem
+from ddpm.result_keys import (
+    FEW_STEP_SAMPLERS,
+    LINK_KEYS,
+    SCORES_KEYS,
+    TRAIN_KEYS,
+    fid_name,
+    sampler_key,
+    scores_keys,
+    sweep_keys,
+    value_problem,
+)
 
 
 @dataclass
@@ -63,7 +73,8 @@ def _read_run(folder: RunFolder, name: str, seed: int) -> RunResult:
             raise UserError(f"{file}: not found; run {run.command(stage)} first")
     train = run.checked(folder.train_metrics, "train", TRAIN_KEYS)
     evaluation = run.checked(folder.eval_metrics, "evaluate", scores_keys(run.mapping(folder.eval_metrics, "evaluate")))
-    sweep = run.checked(folder.sweep, "sweep", SWEEP_KEYS) if folder.sweep.is_file() else None
+    swept = folder.sweep.is_file()
+    sweep = run.checked(folder.sweep, "sweep", sweep_keys(run.mapping(folder.sweep, "sweep"))) if swept else None
     linked = run.checked(folder.mlflow_eval_run, "evaluate", LINK_KEYS) if folder.mlflow_eval_run.is_file() else {}
     losses = run.losses()
     try:  # read before the scores are checked against it: a damaged model.pt was taken for a retrained one
@@ -262,8 +273,9 @@ def _check_comparable(results: list[RunResult]) -> None:
         ("sample counts (sample.num_samples)", [e.get("num_samples") for e in scored]),
         ("real image sets", [(e.get("num_real"), e.get("real_sha256")) for e in scored]),
         ("bootstrap resamples (evaluate.bootstrap)", [(e.get("bootstrap"), e.get("bootstrap_seed")) for e in scored]),
-        ("sweeps (sweep.steps, sweep.num_samples)",
-         [(sorted(s.get("ddim", {}), key=int), s.get("num_samples"), s.get("feature_extractor")) for s in swept]),
+        ("sweeps (sweep.samplers, sweep.steps, sample.spacing, sweep.num_samples)",
+         [(s.get("samplers"), *(sorted(s.get(x, {}), key=int) for x in s.get("samplers", [])), s.get("spacing"),
+           s.get("num_samples"), s.get("feature_extractor")) for s in swept]),
         ("numbers of timesteps T", [r.model["diffusion"]["timesteps"] for r in results]),
         ("image sizes", [r.model["arch"]["image_size"] for r in results]),
     ):  # fmt: skip
@@ -297,10 +309,11 @@ def _run_numbers(r: RunResult) -> dict[str, float]:
     keys += [k.replace("_mean", x) for k in estimates[2:] for x in ("_mean", "_se")]
     keys += [k for k, (kind, _) in SCORES_KEYS.items() if kind == "number"]
     numbers = {k: e[k] for k in keys if k in e}
-    if r.sweep:  # each point, its bootstrap SD as <point>_sd where measured, and the sweep's N
-        for sampler in ("ddim", "ddpm"):
-            numbers |= {f"{fid}_{sampler}{k}": v for k, v in r.sweep[sampler].items()}
-            numbers |= {f"{fid}_{sampler}{k}_sd": v for k, v in r.sweep.get(f"{sampler}_sd", {}).items()}
+    if r.sweep:  # each point as <fid>_<sampler><NFE>, its bootstrap SD as <point>_sd where measured, the sweep's N
+        for sampler in (*r.sweep["samplers"], "ddpm"):
+            point = f"{fid}_{sampler_key(sampler)}"
+            numbers |= {f"{point}{k}": v for k, v in r.sweep[sampler].items()}
+            numbers |= {f"{point}{k}_sd": v for k, v in r.sweep.get(f"{sampler}_sd", {}).items()}
         numbers["sweep_num_samples"] = r.sweep["num_samples"]
     return numbers | {k: float(r.train[k]) for k in ("final_loss", "steps", "train_seconds", "images_per_second")}
 
@@ -331,9 +344,13 @@ def by_schedule(results: list[RunResult]) -> dict[str, list[RunResult]]:
     return grouped
 
 
-def sweep_columns(row: dict[str, Any]) -> list[str]:
-    """The sweep's FIDs the table shows: at 10 and 50 DDIM steps where swept, else the first two counts."""
+def sweep_columns(row: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """The sweep's FIDs the table shows, as (key, sampler, NFE): each few-step sampler's at 10 and 50
+    NFE where swept, else at its first two counts."""
     fid = metric_names(row)[0]
-    swept = [k for k in row if k.startswith(f"{fid}_ddim") and not k.endswith(("_std_seeds", "_sd"))]
-    wanted = [f"{fid}_ddim{k}" for k in (10, 50) if f"{fid}_ddim{k}" in swept]
-    return wanted or swept[:2]
+    columns = []
+    for sampler in FEW_STEP_SAMPLERS:
+        point = f"{fid}_{sampler_key(sampler)}"
+        swept = [int(k.removeprefix(point)) for k in row if k.startswith(point) and k.removeprefix(point).isdigit()]
+        columns += [(f"{point}{k}", sampler, k) for k in ([k for k in (10, 50) if k in swept] or swept[:2])]
+    return columns

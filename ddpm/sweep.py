@@ -1,7 +1,8 @@
-"""The sweep stage (`ddpm sweep`): FID (or its stand-in) against the number of sampling steps, DDIM
-at each of sweep.steps and DDPM at full length, scored as ddpm.evaluate scores, each point with its
-bootstrap SD and labelled with its N (by default the main evaluation's sample count). The DDPM point
-scores the sample stage's samples where they were drawn exactly as it would draw them.
+"""The sweep stage (`ddpm sweep`): FID (or its stand-in) against the number of network evaluations
+(NFE), each of sweep.samplers (DDIM, DPM-Solver++) at each of sweep.steps with sample.spacing, and
+DDPM at full length, scored as ddpm.evaluate scores, each point with its bootstrap SD and labelled with
+its N (by default the main evaluation's sample count). The DDPM point scores the sample stage's samples
+where they were drawn exactly as it would draw them.
 """
 
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from ddpm.layout import RunFolder
 from ddpm.metrics import fid_bootstrap, frechet_distance
 from ddpm.origin import check_samples, read_origin
 from ddpm.sample import generate
+from ddpm.spacing import SAMPLER_NAMES, timesteps
 
 
 def sweep(
@@ -35,14 +37,15 @@ def sweep(
     ready: Callable[[], None] | None = None,
     drawn: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """FID (or its stand-in) of N = `sweep_count` images drawn with DDIM at each of sweep.steps and with
-    DDPM at full length, every other sampler setting sample.*'s, scored as `evaluate` scores, each with
-    its bootstrap standard deviation (evaluate.bootstrap resamples; 0: none); what sweep.json holds.
+    """FID (or its stand-in) of N = `sweep_count` images drawn with each of sweep.samplers at each of
+    sweep.steps and with DDPM at full length, every other sampler setting (spacing included) sample.*'s,
+    scored as `evaluate` scores, each with its bootstrap standard deviation (evaluate.bootstrap
+    resamples; 0: none); what sweep.json holds: a table {NFE: score} per sampler, under its name.
     `drawn`: the sample stage's DDPM samples (`reusable_samples`), scored instead of drawing them again.
     `ready` is called once the inputs are checked, before the work."""
     count = sweep_count(cfg, sample)
     check_sweep(cfg, sample, trained, real_path)
-    timesteps = trained.diffusion.num_timesteps
+    length = trained.diffusion.num_timesteps
     extractor = load_extractor(evaluate_cfg, device)
     if ready:
         ready()
@@ -61,13 +64,15 @@ def sweep(
         resampled = fid_bootstrap(real_f.to(device), fake.to(device), evaluate_cfg.bootstrap)  # as `evaluate` does
         return frechet_distance(real_f, fake), float(resampled.std())
 
-    ddim = {str(k): score("ddim", k) for k in cfg.steps}
-    ddpm = {str(timesteps): score("ddpm", timesteps, drawn)}
-    spread = {"ddim_sd": {k: sd for k, (_, sd) in ddim.items()}, "ddpm_sd": {k: sd for k, (_, sd) in ddpm.items()},
-              "bootstrap": evaluate_cfg.bootstrap} if evaluate_cfg.bootstrap else {}  # fmt: skip
+    # one table per sampler, {NFE: score}, in sweep.samplers' order, then DDPM at T
+    scored = {sampler: {str(k): score(sampler, k) for k in cfg.steps} for sampler in cfg.samplers}
+    scored["ddpm"] = {str(length): score("ddpm", length, drawn)}
+    tables = {sampler: {k: fid for k, (fid, _) in points.items()} for sampler, points in scored.items()}
+    if evaluate_cfg.bootstrap:
+        tables |= {f"{sampler}_sd": {k: sd for k, (_, sd) in points.items()} for sampler, points in scored.items()}
+        tables["bootstrap"] = evaluate_cfg.bootstrap
     return {
-        "metric": f"fid{extractor.suffix}",
-        "ddim": {k: fid for k, (fid, _) in ddim.items()}, "ddpm": {k: fid for k, (fid, _) in ddpm.items()}, **spread,
+        "metric": f"fid{extractor.suffix}", "samplers": list(cfg.samplers), "spacing": sample.spacing, **tables,
         "num_samples": count, "ddpm_reused": drawn is not None,
         "eta": sample.eta, "variance": sample.variance, "seed": sample.seed,
         "num_real": int(real_f.shape[0]), "real_sha256": digest, "feature_extractor": extractor.name,
@@ -104,15 +109,24 @@ def reusable_samples(checkpoint: Path, sample: SampleConfig, count: int) -> np.n
 
 def check_sweep(cfg: SweepConfig, sample: SampleConfig, trained: Trained, real_path: Path) -> None:
     """One line, before any work, for what would end a sweep after its sampling: a count of samples
-    without a covariance, more steps than the model has, real images missing or of another size."""
+    without a covariance, more steps than the model has, a step count that a sampler cannot take with
+    sample.spacing (ddpm.spacing.timesteps: rounding repeats a timestep), real images missing or of
+    another size. (The config refuses a sampler without that spacing.)"""
     count = sweep_count(cfg, sample)
     if count < 2:
         key = "sweep.num_samples" if cfg.num_samples else "sample.num_samples (sweep.num_samples: null)"
         raise UserError(f"{key}: {count} image per step count gives FID no covariance; expected at least 2")
-    timesteps = trained.diffusion.num_timesteps
-    too_many = [k for k in cfg.steps if k > timesteps]
+    length = trained.diffusion.num_timesteps
+    too_many = [k for k in cfg.steps if k > length]
     if too_many:
-        raise UserError(f"sweep.steps: {too_many} exceed the model's {timesteps} timesteps ({trained.path})")
+        raise UserError(f"sweep.steps: {too_many} exceed the model's {length} timesteps ({trained.path})")
+    for sampler in cfg.samplers:
+        for k in cfg.steps:
+            try:
+                timesteps(sampler, sample.spacing, k, length)
+            except ValueError as e:
+                raise UserError(f"sweep.steps: {SAMPLER_NAMES[sampler]} at {k} NFE with sample.spacing "
+                                f"{sample.spacing} ({trained.path}): {e}") from None  # fmt: skip
     real, size = load_images(real_path), trained.image_size
     if real.shape[2:] != (size, size):
         raise UserError(
@@ -145,13 +159,14 @@ def sweep_stage(
 
 
 def sweep_summary(results: dict[str, Any], out: Path) -> str:
-    """What `ddpm sweep` prints: the score at each number of steps, ± its bootstrap SD, and its N."""
+    """What `ddpm sweep` prints: each sampler's score at each NFE, ± its bootstrap SD, and its N."""
 
-    def shown(sampler: str) -> list[str]:
+    def shown(sampler: str) -> str:
         spread = results.get(f"{sampler}_sd", {})
-        return [f"{sampler.upper()} {k}: {v:.4g}" + (f" ± {spread[k]:.2g}" if k in spread else "")
-                for k, v in results[sampler].items()]  # fmt: skip
+        points = [f"{k}: {v:.4g}" + (f" ± {spread[k]:.2g}" if k in spread else "") for k, v in results[sampler].items()]
+        return f"{SAMPLER_NAMES[sampler]} " + ", ".join(points)
 
     reused = " (the sample stage's samples)" if results.get("ddpm_reused") else ""
-    points = ", ".join(shown("ddim") + [point + reused for point in shown("ddpm")])
-    return f"{results['metric']} (N = {results['num_samples']:,}) by sampling steps: {points}: {out}"
+    tables = "; ".join([shown(s) for s in results["samplers"]] + [shown("ddpm") + reused])
+    return (f"{results['metric']} (N = {results['num_samples']:,}, {results['spacing']} spacing) by NFE: {tables}: "
+            f"{out}")  # fmt: skip

@@ -39,6 +39,7 @@ from ddpm.errors import Interrupted, UserError
 from ddpm.files import write_json
 from ddpm.layout import MLFLOW_EVAL_RUN, MLFLOW_RUN, NLL_TERMS, RunFolder, sample_pictures
 from ddpm.outbox import Operations, Outbox, Run, first_line, note, show
+from ddpm.result_keys import sampler_key
 from ddpm.spacing import sampling_name
 from ddpm.store_uri import local_folder, repository_root, sqlite_database, store_creation, tracking_uri
 
@@ -237,8 +238,8 @@ def log_evaluation(
 
 def sweep_run(store: Store, trained: Any, config: Config, results: dict[str, Any], out: Path) -> Run:
     """The child run of one sweep configuration under the model's run: FID against the number of
-    sampling steps as the metric histories `<fid>_ddim` and `<fid>_ddpm`, the step count as MLflow's
-    step (so its chart is the curve), and sweep.json."""
+    network evaluations as a metric history per sampler, `<fid>_ddim`, `<fid>_dpmsolverpp` (MLflow
+    refuses "+") and `<fid>_ddpm`, the NFE as MLflow's step (so its chart is the curve), and sweep.json."""
     schedule = trained.spec["schedule"]
     parent = parent_of(store, trained.path, trained.run_id, schedule)
     sample = config.sample.model_dump(mode="json", exclude={"sampler", "steps", "num_samples"})
@@ -247,9 +248,9 @@ def sweep_run(store: Store, trained: Any, config: Config, results: dict[str, Any
     name = f"{schedule}: sweep of sampling steps, {results['num_samples']} samples, {results['feature_extractor']}"
     run = child_run(store, parent, params, name, "sweep", kind="sweep")
     metric = results["metric"]
-    for sampler in ("ddim", "ddpm"):
+    for sampler in (*results["samplers"], "ddpm"):
         for steps, value in results[sampler].items():
-            run.log_metrics({f"{metric}_{sampler}": value}, int(steps))
+            run.log_metrics({f"{metric}_{sampler_key(sampler)}": value}, int(steps))
     run.log_artifacts([out])
     run.end()
     return run

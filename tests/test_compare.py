@@ -61,27 +61,32 @@ def project(tmp_path_factory: pytest.TempPathFactory, trained: Path, empty_store
 
 
 # What each run's stages write, with numbers chosen here: two schedules, two seeds each. The sweep's
-# FIDs are ddim2, ddim5 and ddpm50 (sweep.json's "ddim" and "ddpm"); train.json's steps are 20 in all.
+# FIDs are ddim2, ddim5, dpm2, dpm5 and ddpm50 (sweep.json's "ddim", "dpmsolver++" and "ddpm"); train.json's
+# steps are 20 in all.
 KNOWN = {
     ("linear", 0): {"fid_randconv": 10.0, "fid_randconv_ci_low": 8.0, "fid_randconv_ci_high": 13.0,
                     "kid_randconv_mean": 0.010, "kid_randconv_se": 0.002, "fid_randconv_sd": 1.0, "nll_bpd": 3.0,
                     "nll_bpd_sem": 0.01,
-                    "nll_prior_bpd": 0.001, "ddim2": 40.0, "ddim5": 20.0, "ddpm50": 15.0, "final_loss": 0.08,
+                    "nll_prior_bpd": 0.001, "ddim2": 40.0, "ddim5": 20.0, "ddpm50": 15.0,
+                    "dpm2": 30.0, "dpm5": 20.5, "final_loss": 0.08,
                     "train_seconds": 10.0, "images_per_second": 16.0},
     ("linear", 1): {"fid_randconv": 14.0, "fid_randconv_ci_low": 11.0, "fid_randconv_ci_high": 18.0,
                     "kid_randconv_mean": 0.014, "kid_randconv_se": 0.004, "fid_randconv_sd": 2.0, "nll_bpd": 3.5,
                     "nll_bpd_sem": 0.03,
-                    "nll_prior_bpd": 0.003, "ddim2": 44.0, "ddim5": 22.0, "ddpm50": 17.0, "final_loss": 0.06,
+                    "nll_prior_bpd": 0.003, "ddim2": 44.0, "ddim5": 22.0, "ddpm50": 17.0,
+                    "dpm2": 34.0, "dpm5": 22.5, "final_loss": 0.06,
                     "train_seconds": 12.0, "images_per_second": 14.0},
     ("cosine", 0): {"fid_randconv": 20.0, "fid_randconv_ci_low": 17.0, "fid_randconv_ci_high": 24.0,
                     "kid_randconv_mean": 0.014, "kid_randconv_se": 0.002, "fid_randconv_sd": 1.5, "nll_bpd": 2.0,
                     "nll_bpd_sem": 0.02,
-                    "nll_prior_bpd": 0.001, "ddim2": 50.0, "ddim5": 30.0, "ddpm50": 25.0, "final_loss": 0.10,
+                    "nll_prior_bpd": 0.001, "ddim2": 50.0, "ddim5": 30.0, "ddpm50": 25.0,
+                    "dpm2": 45.0, "dpm5": 26.0, "final_loss": 0.10,
                     "train_seconds": 11.0, "images_per_second": 15.0},
     ("cosine", 1): {"fid_randconv": 26.0, "fid_randconv_ci_low": 22.0, "fid_randconv_ci_high": 31.0,
                     "kid_randconv_mean": 0.018, "kid_randconv_se": 0.002, "fid_randconv_sd": 2.5, "nll_bpd": 2.5,
                     "nll_bpd_sem": 0.02,
-                    "nll_prior_bpd": 0.001, "ddim2": 60.0, "ddim5": 36.0, "ddpm50": 29.0, "final_loss": 0.12,
+                    "nll_prior_bpd": 0.001, "ddim2": 60.0, "ddim5": 36.0, "ddpm50": 29.0,
+                    "dpm2": 55.0, "dpm5": 30.0, "final_loss": 0.12,
                     "train_seconds": 13.0, "images_per_second": 13.0},
 }  # fmt: skip
 S = 2**0.5  # two seeds: the standard deviation (ddof = 1) of a and b is |a - b| / √2
@@ -93,6 +98,7 @@ MEANS = {
                "fid_randconv_ci_high": (15.5, 5 / S), "nll_bpd": (3.25, 0.5 / S), "nll_bpd_sem": (0.02, 0.02 / S),
                "nll_prior_bpd": (0.002, 0.002 / S), "fid_randconv_ddim2": (42.0, 4 / S),
                "fid_randconv_ddim5": (21.0, 2 / S), "fid_randconv_ddpm50": (16.0, 2 / S),
+               "fid_randconv_dpmsolverpp2": (32.0, 4 / S), "fid_randconv_dpmsolverpp5": (21.5, 2 / S),
                "sweep_num_samples": (20.0, 0.0), "final_loss": (0.07, 0.02 / S), "steps": (20.0, 0.0),
                "train_seconds": (11.0, 2 / S),
                "images_per_second": (15.0, 2 / S)},
@@ -101,13 +107,14 @@ MEANS = {
                "fid_randconv_ci_high": (27.5, 7 / S), "nll_bpd": (2.25, 0.5 / S), "nll_bpd_sem": (0.02, 0.0),
                "nll_prior_bpd": (0.001, 0.0), "fid_randconv_ddim2": (55.0, 10 / S),
                "fid_randconv_ddim5": (33.0, 6 / S), "fid_randconv_ddpm50": (27.0, 4 / S),
+               "fid_randconv_dpmsolverpp2": (50.0, 10 / S), "fid_randconv_dpmsolverpp5": (28.0, 4 / S),
                "sweep_num_samples": (20.0, 0.0), "final_loss": (0.11, 0.02 / S), "steps": (20.0, 0.0),
                "train_seconds": (12.0, 2 / S),
                "images_per_second": (14.0, 2 / S)},
 }  # fmt: skip
-# The sweep's bootstrap SDs (sweep.json's ddim_sd, ddpm_sd) are each run's point / 20: their mean
-# and spread over the seeds are the point's / 20.
-MEANS = {name: known | {f"{k}_sd": (m / 20, s / 20) for k, (m, s) in known.items() if "_dd" in k}
+# The sweep's bootstrap SDs (sweep.json's ddim_sd, dpmsolver++_sd, ddpm_sd) are each run's point / 20: their
+# mean and spread over the seeds are the point's / 20.
+MEANS = {name: known | {f"{k}_sd": (m / 20, s / 20) for k, (m, s) in known.items() if k.startswith("fid_randconv_d")}
          for name, known in MEANS.items()}  # fmt: skip
 
 
@@ -144,8 +151,10 @@ def write_run(folder: Path, model: Path, numbers: dict[str, float], seed: int) -
                   "nll_images": 4, "nll_variance": "fixed_small", "nll_clip_mode": "recompute",
                   "checkpoint_sha256": digest}  # fmt: skip
     (folder / "eval.json").write_text(json.dumps(evaluation))
-    swept = {"metric": "fid_randconv", "ddim": {"2": n["ddim2"], "5": n["ddim5"]}, "ddpm": {"50": n["ddpm50"]},
-             "ddim_sd": {"2": n["ddim2"] / 20, "5": n["ddim5"] / 20}, "ddpm_sd": {"50": n["ddpm50"] / 20},
+    tables = {"ddim": {"2": n["ddim2"], "5": n["ddim5"]}, "dpmsolver++": {"2": n["dpm2"], "5": n["dpm5"]},
+              "ddpm": {"50": n["ddpm50"]}}  # fmt: skip
+    swept = {"metric": "fid_randconv", "samplers": ["ddim", "dpmsolver++"], "spacing": "linspace", **tables,
+             **{f"{s}_sd": {k: v / 20 for k, v in points.items()} for s, points in tables.items()},
              "bootstrap": 50, "ddpm_reused": False, "num_samples": 20, "eta": 0.0, "variance": "fixed_large", "seed": 0,
              **real,
              "checkpoint_sha256": digest}  # fmt: skip
@@ -188,7 +197,8 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
         assert str(Path("runs", schedule, f"seed{seed}", "eval.json")) in evaluated.stdout
         swept = invoke("sweep", *chosen, cwd=project)
         assert swept.exit_code == 0, swept.stderr
-        assert "fid_randconv (N = 20) by sampling steps: DDIM 2: " in swept.stdout  # sweep.num_samples
+        assert "fid_randconv (N = 20, linspace spacing) by NFE: DDIM 2: " in swept.stdout  # sweep.num_samples
+        assert "; DPM-Solver++ 2: " in swept.stdout
     folder = project / "runs" / "linear" / "seed0"
     metrics = json.loads((folder / "eval.json").read_text())
     assert metrics["feature_extractor"] == "randconv" and metrics["num_samples"] == 40
@@ -212,6 +222,7 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
     sweep = json.loads((folder / "sweep.json").read_text())
     assert sweep["checkpoint_sha256"] == model_sha256
     assert sweep["metric"] == "fid_randconv" and list(sweep["ddim"]) == ["2", "5"] and list(sweep["ddpm"]) == ["50"]
+    assert sweep["samplers"] == ["ddim", "dpmsolver++"] and list(sweep["dpmsolver++"]) == ["2", "5"]
 
     compared = invoke("compare", cwd=project)
     assert compared.exit_code == 0, compared.stderr
@@ -225,9 +236,11 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
             assert picture.size == size, name
     text = (report / "report.md").read_text()
     header = ("| schedule | seeds | fid_randconv (N = 40) ± sd | fid_randconv_inf [95 %] | kid_randconv_mean ± SE "
-              "| kid_randconv_holdout_mean ± SE | NLL (bits/dim) ± SE | fid_randconv (N = 20) @ 2 steps "
-              "| fid_randconv (N = 20) @ 5 steps | final loss |")  # fmt: skip
+              "| kid_randconv_holdout_mean ± SE | NLL (bits/dim) ± SE | fid_randconv (N = 20) @ DDIM 2 "
+              "| fid_randconv (N = 20) @ DDIM 5 | fid_randconv (N = 20) @ DPM-Solver++ 2 "
+              "| fid_randconv (N = 20) @ DPM-Solver++ 5 | final loss |")  # fmt: skip
     assert header in text  # one seed: each estimate with its bootstrap spread (test_seeds_*: the spread over seeds)
+    assert "\n| NFE | linear | cosine |\n|---:|---|---|\n| 2 | " in text  # the best sampler per schedule and NFE
     assert header in compared.stdout and compared.stdout.count("\n| linear | 0 |") == 2  # the tables, in the terminal
     assert "\n| schedule | seeds | steps | training time | img/s |\n" in text  # the timing, apart
     assert all(f"]({name})" in text for name in sizes)
@@ -276,6 +289,9 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
     history = client.get_metric_history(mine.info.run_id, "fid_randconv_ddim")
     assert [(m.step, m.value) for m in history] == [(2, pytest.approx(sweep["ddim"]["2"])),
                                                     (5, pytest.approx(sweep["ddim"]["5"]))]  # fmt: skip
+    history = client.get_metric_history(mine.info.run_id, "fid_randconv_dpmsolverpp")  # MLflow refuses "+"
+    assert [(m.step, m.value) for m in history] == [(2, pytest.approx(sweep["dpmsolver++"]["2"])),
+                                                    (5, pytest.approx(sweep["dpmsolver++"]["5"]))]  # fmt: skip
     assert mine.data.params["sweep.steps"] == "[2, 5]"
     compare = next(r for r in found if r.data.tags.get("ddpm.kind") == "compare")
     logged = {a.path for a in client.list_artifacts(compare.info.run_id, "report")}
@@ -503,10 +519,18 @@ def test_seeds_are_averaged_and_their_paired_differences_judge_the_schedules(see
     text = (report / "report.md").read_text()
     header = ("| schedule | seeds | fid_randconv (N = 40) ± sd over seeds | kid_randconv_mean ± sd over seeds "
               "| NLL (bits/dim) ± sd over seeds "
-              "| fid_randconv (N = 20) @ 2 steps | fid_randconv (N = 20) @ 5 steps | final loss |")  # fmt: skip
+              "| fid_randconv (N = 20) @ DDIM 2 | fid_randconv (N = 20) @ DDIM 5 "
+              "| fid_randconv (N = 20) @ DPM-Solver++ 2 | fid_randconv (N = 20) @ DPM-Solver++ 5 "
+              "| final loss |")  # fmt: skip
     assert header in text
+    # the best sampler per schedule at each NFE, from the means over the seeds: linear at 5 NFE, DDIM's 21.00
+    # leads DPM-Solver++'s 21.50 by less than √(0.743² + 0.761²) = 1.06, the SDs of the two means
+    # (√(1.00² + 1.10²)/2 and √(1.025² + 1.125²)/2)
+    best = ["| 2 | DPM-Solver++ 32.00 | DPM-Solver++ 50.00 |", "| 5 | DDIM 21.00 (within noise) | DPM-Solver++ 28.00 |"]
+    assert "\n".join(best) in text
     assert header in compared.stdout and compared.stdout.count("\n| linear | 0 1 |") == 2  # the tables, in the terminal
     assert ("\n| linear | 0 1 | 12.00 ± 2.83 | 0.0120 ± 0.0028 | 3.250 ± 0.354 | 42.00 ± 2.83 | 21.00 ± 1.41 "
+            "| 32.00 ± 2.83 | 21.50 ± 1.41 "
             "| 0.0700 ± 0.0141 |\n") in compared.stdout  # fmt: skip
     assert "\n| linear | 0 1 | 20 | 0 min 11 s | 15 |\n" in compared.stdout  # this machine's timing, apart
     # DVC's plots (test_dvc_plots): the score column named as the metric is; every run's losses in one file
@@ -612,9 +636,37 @@ def test_one_seed_shows_each_sweep_point_with_its_bootstrap_sd_and_n(seeded: Pat
     compared = invoke("compare", "--set", "seeds=[0]", "--set", "tracking.enabled=false", "--out", "r", cwd=root)
     assert compared.exit_code == 0, compared.stderr
     text = (root / "r" / "report.md").read_text()
-    assert "| fid_randconv (N = 20) @ 2 steps | fid_randconv (N = 20) @ 5 steps |" in text
-    assert "| 40.00 ± 2.00 | 20.00 ± 1.00 |" in text and "| 50.00 ± 2.50 | 30.00 ± 1.50 |" in text  # KNOWN's / 20
-    assert "Sweep: N = 20 samples at each step count, ± its bootstrap SD over 50 resamples" in text
+    header = [f"fid_randconv (N = 20) @ {s} {k}" for s in ("DDIM", "DPM-Solver++") for k in (2, 5)]
+    assert "| " + " | ".join(header) + " |" in text
+    assert "| 40.00 ± 2.00 | 20.00 ± 1.00 | 30.00 ± 1.50 | 20.50 ± 1.02 |" in text  # linear: KNOWN's, ± each / 20
+    assert "| 50.00 ± 2.50 | 30.00 ± 1.50 | 45.00 ± 2.25 | 26.00 ± 1.30 |" in text  # cosine
+    assert (
+        "Sweep: N = 20 samples at each number of network evaluations (NFE), ± its bootstrap SD over 50 "
+        "resamples, DDIM (η = 0.0) and DPM-Solver++ with linspace spacing, and DDPM at full length"
+    ) in text
+    # the best sampler at each NFE: DDIM's 20.00 at 5 NFE leads DPM-Solver++'s 20.50 by less than √(1.00² + 1.025²)
+    best = ["| NFE | linear | cosine |", "|---:|---|---|", "| 2 | DPM-Solver++ 30.00 | DPM-Solver++ 45.00 |",
+            "| 5 | DDIM 20.00 (within noise) | DPM-Solver++ 26.00 |"]  # fmt: skip
+    assert "\n".join(best) in text
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: d | {"spacing": "trailing"},
+        lambda d: {k: v for k, v in d.items() if not k.startswith("dpmsolver")} | {"samplers": ["ddim"]},
+    ],
+)
+def test_compare_refuses_sweeps_of_other_samplers_or_spacings(seeded: Path, tmp_path: Path, change: "callable") -> None:
+    root = tmp_path / "project"
+    shutil.copytree(seeded / "runs", root / "runs")
+    edit_json(root / "runs" / "cosine" / "seed0" / "sweep.json", change)
+    refused = invoke("compare", "--set", "seeds=[0]", "--set", "tracking.enabled=false", cwd=root)
+    assert refused.exit_code == 2 and "Traceback" not in refused.output, refused.output
+    said = (
+        "the schedules were run with different sweeps (sweep.samplers, sweep.steps, sample.spacing, sweep.num_samples)"
+    )
+    assert said in refused.stderr and not (root / "reports").exists()
 
 
 def edit_json(path: Path, change: "callable") -> None:
@@ -640,6 +692,12 @@ LINEAR = Path("runs/linear/seed0")
         ),  # fmt: skip
         ("sweep.json", lambda d: d | {"ddim": {"two": 3.0}}, 'ddim has the key "two"; expected whole numbers of steps'),
         ("sweep.json", lambda d: d | {"ddpm": {"50": None}}, 'ddpm["50"] is null; expected a number'),
+        ("sweep.json", lambda d: d | {"dpmsolver++": {"2": "x"}}, 'dpmsolver++["2"] is "x"; expected a number'),
+        (
+            "sweep.json",
+            lambda d: d | {"samplers": ["ddim", "unipc"]},
+            'samplers is ["ddim", "unipc"]; expected a list of distinct samplers: ddim, dpmsolver++',
+        ),
         ("sweep.json", lambda d: None, "expected a mapping"),
         ("mlflow_eval_run.json", lambda d: {"run_id": 5}, "run_id is 5; expected a string or null"),
     ],

@@ -95,7 +95,7 @@ def test_the_offline_preset_runs_every_stage_and_writes_every_output(project: tu
     assert metrics["nll_images"] == 8 and metrics["nll_bpd"] > 0 and metrics["bootstrap"] == 200
     assert metrics["fid_randconv_ci_low"] < metrics["fid_randconv_ci_high"]
     text = (root / "reports" / "compare" / "report.md").read_text()
-    for shown in ("fid_randconv (N = ", "NLL (bits/dim)", "@ 5 steps", "@ 20 steps",
+    for shown in ("fid_randconv (N = ", "NLL (bits/dim)", "@ DDIM 5", "@ DPM-Solver++ 20", "| NFE | cosine |",
                   "](nll_terms.png)", "](sweep.png)", "on 8 held-out images", "Bootstrap: 200 resamples",
                   "## Which differences are real", "One schedule: nothing to compare."):  # fmt: skip
         assert shown in text, shown
@@ -117,7 +117,16 @@ def test_the_offline_preset_runs_every_stage_and_writes_every_output(project: tu
     assert "No file hash info found" not in output and "Running stage 'train@cosine-0'" in output
     shown = json_of("dvc metrics show --json", root)  # the workspace's (its stderr: linear's, not made here)
     numbers = json.dumps(shown)
-    for key in ("fid_randconv", "fid_randconv_ci_low", "nll_bpd", "nll_prior_bpd", "final_loss", '"ddim"', '"ddpm"'):
+    for key in (
+        "fid_randconv",
+        "fid_randconv_ci_low",
+        "nll_bpd",
+        "nll_prior_bpd",
+        "final_loss",
+        '"ddim"',
+        '"dpmsolver++"',
+        '"ddpm"',
+    ):
         assert key in numbers, key
     # `dvc plots show`'s page draws offline: the chart libraries are in the page, not behind a CDN
     sh("dvc plots show", root)
@@ -236,6 +245,10 @@ def test_mlflow_shows_a_model_run_per_schedule_with_one_child_per_sampling_confi
             )[1::2] and {m["step"] for m in history} == {5, 20}
             query = urllib.parse.urlencode({"run_id": sweep["info"]["run_id"], "metric_key": "fid_randconv_ddpm"})
             assert {m["step"] for m in rest(base, f"metrics/get-history?{query}")["metrics"]} == {50}
+            query = urllib.parse.urlencode(
+                {"run_id": sweep["info"]["run_id"], "metric_key": "fid_randconv_dpmsolverpp"}
+            )
+            assert {m["step"] for m in rest(base, f"metrics/get-history?{query}")["metrics"]} == {5, 20}
         by_steps = {}
         for child in children:  # each child's params are the settings its scores were measured with
             params = {p["key"]: p["value"] for p in child["data"]["params"]}
@@ -264,5 +277,6 @@ def test_mlflow_shows_a_model_run_per_schedule_with_one_child_per_sampling_confi
             "fid_randconv.cosine",
             "nll_bpd.cosine",
             "fid_randconv_ddim5.cosine",
+            "fid_randconv_dpmsolverpp5.cosine",  # MLflow refuses "+" in a key
             "fid_randconv_ci_low.cosine",
         } <= logged

@@ -112,3 +112,30 @@ def test_a_model_trained_elsewhere_is_named_after_its_folder(
     with pytest.raises(LookupError):
         ModelTracker(tiny_config(), Path(folder)).start(None)
     assert named == [name]
+
+
+def test_the_sweep_run_logs_a_metric_per_sampler_at_step_nfe(store_uri: str, tmp_path: Path) -> None:
+    """One history per sampler, named without the "+" MLflow refuses, its steps the NFE; the spacing a param."""
+    from ddpm.tracking import sweep_run
+
+    folder = tmp_path / "runs" / "cosine" / "seed0"
+    folder.mkdir(parents=True)
+    (folder / "model.pt").write_bytes(b"weights")
+    (folder / "sweep.json").write_text("{}")
+    results = {"metric": "fid_randconv", "samplers": ["dpmsolver++", "ddim"], "ddim": {"5": 30.0, "10": 20.0},
+               "dpmsolver++": {"5": 25.0, "10": 15.0}, "ddpm": {"50": 12.0}, "num_samples": 8,
+               "feature_extractor": "randconv"}  # fmt: skip
+    config = tiny_config(tracking={"uri": store_uri}, sample={"spacing": "trailing"})
+    trained = SimpleNamespace(spec={"schedule": "cosine"}, path=folder / "model.pt", run_id=None)
+    store = open_store(config.tracking)
+    run = sweep_run(store, trained, config, results, folder / "sweep.json")
+    store.outbox.flush(now=True)
+    client = mlflow.MlflowClient(store_uri)
+    [swept] = client.search_runs([store.experiment_id], "tags.`ddpm.kind` = 'sweep'")
+    assert set(swept.data.metrics) == {"fid_randconv_ddim", "fid_randconv_dpmsolverpp", "fid_randconv_ddpm"}
+    histories = {key: [(m.step, m.value) for m in client.get_metric_history(swept.info.run_id, key)]
+                 for key in swept.data.metrics}  # fmt: skip
+    assert histories == {"fid_randconv_ddim": [(5, 30.0), (10, 20.0)],
+                         "fid_randconv_dpmsolverpp": [(5, 25.0), (10, 15.0)],
+                         "fid_randconv_ddpm": [(50, 12.0)]}  # fmt: skip
+    assert swept.data.params["sample.spacing"] == "trailing" and swept.info.run_id == run.id

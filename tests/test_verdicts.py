@@ -273,21 +273,26 @@ def test_metric_names_follow_the_extractor() -> None:
     )
 
 
-def test_the_sweep_columns_are_10_and_50_steps_else_the_first_two_counts() -> None:
+def test_the_sweep_columns_are_each_samplers_10_and_50_nfe_else_its_first_two_counts() -> None:
     fid = {"fid_randconv": 1.0}
     row_all = fid | {f"fid_randconv_ddim{k}": 1.0 for k in (5, 10, 20, 50)} | {"fid_randconv_ddpm10": 1.0}
-    assert sweep_columns(row_all) == ["fid_randconv_ddim10", "fid_randconv_ddim50"]
+    row_all |= {f"fid_randconv_dpmsolverpp{k}": 1.0 for k in (5, 20, 30)} | {"fid_randconv_dpmsolverpp5_sd": 0.1}
+    assert sweep_columns(row_all) == [("fid_randconv_ddim10", "ddim", 10), ("fid_randconv_ddim50", "ddim", 50),
+                                      ("fid_randconv_dpmsolverpp5", "dpmsolver++", 5),
+                                      ("fid_randconv_dpmsolverpp20", "dpmsolver++", 20)]  # fmt: skip
     only_50 = fid | {"fid_randconv_ddim50_std_seeds": 0.1, "fid_randconv_ddim5": 1.0, "fid_randconv_ddim50": 1.0}
-    assert sweep_columns(only_50) == ["fid_randconv_ddim50"]
+    assert sweep_columns(only_50) == [("fid_randconv_ddim50", "ddim", 50)]
     assert sweep_columns(fid | {"kid_randconv_ddim10": 1.0, "fid_ddim10": 1.0}) == []  # another metric's
 
 
 def run(name: str, seed: int, fid: float, loss: float, swept: bool = True, **evaluation: float) -> RunResult:
-    """One run as read_results returns it, with FID `fid` and its sweep at fid + 1, + 0.5 (DDIM), − 0.5 (DDPM)."""
+    """One run as read_results returns it, with FID `fid` and its sweep at fid + 1, + 0.5 (DDIM), fid + 2
+    (DPM-Solver++, MLflow's dpmsolverpp), − 0.5 (DDPM)."""
     train = {"final_loss": loss, "steps": 100, "train_seconds": 60 + seed, "images_per_second": 2.5}
     scores = {"fid_randconv": fid, "kid_randconv_mean": 0.01 * fid, "kid_randconv_se": 0.001, **evaluation}
     scores |= {"num_samples": 50, "feature_extractor": "randconv", "checkpoint_sha256": "ab"}  # not table numbers
-    sweep = {"ddim": {"10": fid + 1, "50": fid + 0.5}, "ddpm": {"100": fid - 0.5}, "num_samples": 8}
+    sweep = {"samplers": ["ddim", "dpmsolver++"], "ddim": {"10": fid + 1, "50": fid + 0.5},
+             "dpmsolver++": {"10": fid + 2}, "ddpm": {"100": fid - 0.5}, "num_samples": 8}  # fmt: skip
     return RunResult(name, seed, {}, train, scores, sweep if swept else None, None, np.zeros((1, 2)), Path("g"), None)
 
 
@@ -312,12 +317,14 @@ def test_table_rows_are_the_mean_and_the_sample_std_over_seeds() -> None:
     assert linear["nll_bpd"] == 3.5 and linear["nll_bpd_std_seeds"] == 0.5
     assert linear["fid_randconv_ddim10"] == pytest.approx(10 / 3)
     assert linear["fid_randconv_ddpm100"] == pytest.approx(11 / 6)
+    assert linear["fid_randconv_dpmsolverpp10"] == pytest.approx(13 / 3)
     assert linear["final_loss"] == pytest.approx(0.2) and linear["final_loss_std_seeds"] == pytest.approx(0.1)
     assert linear["train_seconds"] == 61.0 and linear["train_seconds_std_seeds"] == 1.0
     # one seed: its own numbers, no spread; nothing it did not measure, and no non-number
     assert cosine == {
         "schedule": "cosine", "seeds": "0", "num_samples": 50, "fid_randconv": 5.0, "kid_randconv_mean": 0.05,
         "kid_randconv_se": 0.001, "fid_randconv_ddim10": 6.0, "fid_randconv_ddim50": 5.5,
+        "fid_randconv_dpmsolverpp10": 7.0,
         "fid_randconv_ddpm100": 4.5, "sweep_num_samples": 8, "final_loss": 0.2, "steps": 100.0, "train_seconds": 60.0,
         "images_per_second": 2.5,
     }  # fmt: skip

@@ -75,6 +75,7 @@ SCORES_KEYS = {"num_samples": ("integer", True), "num_real": ("integer", True), 
                "samples_sha256": ("text", False), "nll_terms_sha256": ("text", False),
                "resamples_sha256": ("text", False), "closest_pairs": ("pairs", False)}  # fmt: skip
 SWEEP_KEYS = {"metric": ("text", True), "samplers": ("samplers", True), "spacing": ("text", True),
+              "clip_mode": ("text", True),
               "ddpm": ("by steps", True), "ddpm_sd": ("by steps", False), "bootstrap": ("integer", False),
               "ddpm_reused": ("flag", False), "num_samples": ("integer", True), "eta": ("number", True),
               "variance": ("text", True), "seed": ("integer", True), "feature_extractor": ("text", True),

@@ -273,9 +273,9 @@ def _check_comparable(results: list[RunResult]) -> None:
         ("sample counts (sample.num_samples)", [e.get("num_samples") for e in scored]),
         ("real image sets", [(e.get("num_real"), e.get("real_sha256")) for e in scored]),
         ("bootstrap resamples (evaluate.bootstrap)", [(e.get("bootstrap"), e.get("bootstrap_seed")) for e in scored]),
-        ("sweeps (sweep.samplers, sweep.steps, sample.spacing, sweep.num_samples)",
+        ("sweeps (sweep.samplers, sweep.steps, sample.spacing, sample.clip_mode, sweep.num_samples)",
          [(s.get("samplers"), *(sorted(s.get(x, {}), key=int) for x in s.get("samplers", [])), s.get("spacing"),
-           s.get("num_samples"), s.get("feature_extractor")) for s in swept]),
+           s.get("clip_mode"), s.get("num_samples"), s.get("feature_extractor")) for s in swept]),
         ("numbers of timesteps T", [r.model["diffusion"]["timesteps"] for r in results]),
         ("image sizes", [r.model["arch"]["image_size"] for r in results]),
     ):  # fmt: skip

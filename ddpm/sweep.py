@@ -73,6 +73,7 @@ def sweep(
         tables["bootstrap"] = evaluate_cfg.bootstrap
     return {
         "metric": f"fid{extractor.suffix}", "samplers": list(cfg.samplers), "spacing": sample.spacing, **tables,
+        "clip_mode": sample.clip_mode,
         "num_samples": count, "ddpm_reused": drawn is not None,
         "eta": sample.eta, "variance": sample.variance, "seed": sample.seed,
         "num_real": int(real_f.shape[0]), "real_sha256": digest, "feature_extractor": extractor.name,

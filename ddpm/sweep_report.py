@@ -88,4 +88,4 @@ def sweep_conditions(sweep: dict) -> str:
                             for s in sweep["samplers"])  # fmt: skip
     return (f"Sweep: N = {sweep['num_samples']:,} samples at each number of network evaluations (NFE){spread}, "
             f"{samplers} with {sweep['spacing']} spacing, and DDPM at full length ({sweep['variance']} variance), "
-            f"seed {sweep['seed']}.")  # fmt: skip
+            f"x_0 kept in [-1, 1] by {sweep['clip_mode']}, seed {sweep['seed']}.")  # fmt: skip

@@ -153,7 +153,8 @@ def write_run(folder: Path, model: Path, numbers: dict[str, float], seed: int) -
     (folder / "eval.json").write_text(json.dumps(evaluation))
     tables = {"ddim": {"2": n["ddim2"], "5": n["ddim5"]}, "dpmsolver++": {"2": n["dpm2"], "5": n["dpm5"]},
               "ddpm": {"50": n["ddpm50"]}}  # fmt: skip
-    swept = {"metric": "fid_randconv", "samplers": ["ddim", "dpmsolver++"], "spacing": "linspace", **tables,
+    swept = {"metric": "fid_randconv", "samplers": ["ddim", "dpmsolver++"], "spacing": "linspace", "clip_mode": "x0",
+             **tables,
              **{f"{s}_sd": {k: v / 20 for k, v in points.items()} for s, points in tables.items()},
              "bootstrap": 50, "ddpm_reused": False, "num_samples": 20, "eta": 0.0, "variance": "fixed_large", "seed": 0,
              **real,
@@ -644,6 +645,7 @@ def test_one_seed_shows_each_sweep_point_with_its_bootstrap_sd_and_n(seeded: Pat
         "Sweep: N = 20 samples at each number of network evaluations (NFE), ± its bootstrap SD over 50 "
         "resamples, DDIM (η = 0.0) and DPM-Solver++ with linspace spacing, and DDPM at full length"
     ) in text
+    assert "x_0 kept in [-1, 1] by x0, seed 0." in text
     # the best sampler at each NFE: DDIM's 20.00 at 5 NFE leads DPM-Solver++'s 20.50 by less than √(1.00² + 1.025²)
     best = ["| NFE | linear | cosine |", "|---:|---|---|", "| 2 | DPM-Solver++ 30.00 | DPM-Solver++ 45.00 |",
             "| 5 | DDIM 20.00 (within noise) | DPM-Solver++ 26.00 |"]  # fmt: skip
@@ -654,6 +656,7 @@ def test_one_seed_shows_each_sweep_point_with_its_bootstrap_sd_and_n(seeded: Pat
     "change",
     [
         lambda d: d | {"spacing": "trailing"},
+        lambda d: d | {"clip_mode": "dynamic"},
         lambda d: {k: v for k, v in d.items() if not k.startswith("dpmsolver")} | {"samplers": ["ddim"]},
     ],
 )
@@ -664,7 +667,8 @@ def test_compare_refuses_sweeps_of_other_samplers_or_spacings(seeded: Path, tmp_
     refused = invoke("compare", "--set", "seeds=[0]", "--set", "tracking.enabled=false", cwd=root)
     assert refused.exit_code == 2 and "Traceback" not in refused.output, refused.output
     said = (
-        "the schedules were run with different sweeps (sweep.samplers, sweep.steps, sample.spacing, sweep.num_samples)"
+        "the schedules were run with different sweeps (sweep.samplers, sweep.steps, sample.spacing, "
+        "sample.clip_mode, sweep.num_samples)"
     )
     assert said in refused.stderr and not (root / "reports").exists()
 

@@ -22,7 +22,7 @@ from ddpm.layout import RunFolder
 from ddpm.metrics import fid_bootstrap, frechet_distance
 from ddpm.origin import check_samples, read_origin
 from ddpm.sample import generate
-from ddpm.spacing import SAMPLER_NAMES, timesteps
+from ddpm.spacing import SAMPLER_NAMES, SPACINGS, timesteps
 
 
 def sweep(
@@ -112,7 +112,7 @@ def check_sweep(cfg: SweepConfig, sample: SampleConfig, trained: Trained, real_p
     """One line, before any work, for what would end a sweep after its sampling: a count of samples
     without a covariance, more steps than the model has, a step count that a sampler cannot take with
     sample.spacing (ddpm.spacing.timesteps: rounding repeats a timestep), real images missing or of
-    another size. (The config refuses a sampler without that spacing.)"""
+    another size, a sampler that has no such spacing."""
     count = sweep_count(cfg, sample)
     if count < 2:
         key = "sweep.num_samples" if cfg.num_samples else "sample.num_samples (sweep.num_samples: null)"
@@ -122,6 +122,11 @@ def check_sweep(cfg: SweepConfig, sample: SampleConfig, trained: Trained, real_p
     if too_many:
         raise UserError(f"sweep.steps: {too_many} exceed the model's {length} timesteps ({trained.path})")
     for sampler in cfg.samplers:
+        if sample.spacing not in SPACINGS[sampler]:
+            having = ",".join(s for s in cfg.samplers if sample.spacing in SPACINGS[s])
+            raise UserError(f"sweep.samplers: {SAMPLER_NAMES[sampler]} has no {sample.spacing} spacing "
+                            f"(sample.spacing); expected one of: {', '.join(SPACINGS[sampler])}, or sweep only "
+                            f"the samplers that have it (--set 'sweep.samplers=[{having}]')")  # fmt: skip
         for k in cfg.steps:
             try:
                 timesteps(sampler, sample.spacing, k, length)

@@ -326,12 +326,6 @@ def test_schedules_is_a_list_of_distinct_known_names(tmp_path: Path) -> None:
             '--set sample.spacing: expected one of linspace, leading, trailing, quadratic, got "trail"',
         ),
         (
-            "sample.spacing",
-            "quadratic",  # DDIM's (the default sample.sampler is ddpm) but not the sweep's DPM-Solver++
-            "--set sample.spacing: quadratic is not defined for dpmsolver++ (sweep.samplers); "
-            "expected one of: linspace, leading, trailing",
-        ),
-        (
             "sweep.samplers",
             ["ddim", "ddim"],
             '--set sweep.samplers: expected a list of distinct samplers: ddim, dpmsolver++, got ["ddim", "ddim"]',
@@ -422,9 +416,12 @@ def test_error_locations_are_read_through_our_fields_not_pydantics_branch_names(
     assert describe_error(error, "params.yaml", [], Config).startswith("params.yaml: train.adam_betas[1]: expected")
 
 
-def test_a_spacing_is_checked_against_every_sampler_that_uses_it(tmp_path: Path) -> None:
-    path = write(tmp_path, "sample:\n  spacing: quadratic\nsweep:\n  samplers: [ddim]\n")
-    assert load_config(path).sample.spacing == "quadratic"  # DDIM's own: the sample stage's DDPM ignores it
+def test_a_spacing_is_checked_against_the_sampler_that_uses_it(tmp_path: Path) -> None:
+    # the sweep's samplers are the sweep stage's to check (tests/test_sweep.py): `ddpm sample --sampler ddim
+    # --spacing quadratic` must load with the default sweep.samplers, which include DPM-Solver++
+    path = write(tmp_path, "sample:\n  spacing: quadratic\n")
+    assert load_config(path, [("--sampler", "sample.sampler", "ddim")]).sample.spacing == "quadratic"
+    assert load_config(path).sample.spacing == "quadratic"  # sample.sampler ddpm takes every timestep
     with pytest.raises(UserError) as error:
         load_config(path, [("--sampler", "sample.sampler", "dpmsolver++")])
     assert str(error.value) == (
@@ -432,9 +429,7 @@ def test_a_spacing_is_checked_against_every_sampler_that_uses_it(tmp_path: Path)
         "expected one of: linspace, leading, trailing"
     )
     with pytest.raises(UserError) as error:
-        load_config(path, [("--set sweep.samplers", "sweep.samplers", ["ddim", "dpmsolver++"])])
-    assert str(error.value).startswith("--set sweep.samplers: sample.spacing: quadratic is not defined for dpmsolver++")
-    only_the_file = write(tmp_path, "sample:\n  spacing: quadratic\n")  # the default sweep.samplers has dpmsolver++
-    with pytest.raises(UserError) as error:
-        load_config(only_the_file)
-    assert str(error.value).startswith(f"{only_the_file}: sample.spacing: quadratic is not defined for dpmsolver++")
+        load_config(
+            None, [("--sampler", "sample.sampler", "dpmsolver++"), ("--spacing", "sample.spacing", "quadratic")]
+        )
+    assert str(error.value).startswith("--sampler, --spacing: sample.spacing: quadratic is not defined for dpmsolver++")

@@ -133,6 +133,10 @@ def test_samples_drawn_otherwise_are_not_reused(project: Path, key: str, value: 
          f"sweep.steps: DPM-Solver++ at 25 NFE with sample.spacing leading ({RUN / 'model.pt'}): leading repeats "
          "timesteps at 25 steps of T = 25; take fewer steps"),
         (["sweep.steps=[2,26]"], f"sweep.steps: [26] exceed the model's 25 timesteps ({RUN / 'model.pt'})"),
+        # quadratic is DDIM's alone: `ddpm sample --spacing quadratic` loads fine, the sweep refuses
+        (["sample.spacing=quadratic"],
+         "sweep.samplers: DPM-Solver++ has no quadratic spacing (sample.spacing); expected one of: linspace, "
+         "leading, trailing, or sweep only the samplers that have it (--set 'sweep.samplers=[ddim]')"),
     ],
 )  # fmt: skip
 def test_a_step_count_a_sampler_cannot_take_is_refused_in_one_line_before_any_work(

@@ -14,6 +14,7 @@ import yaml
 from pydantic import AfterValidator, AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
 
 from ddpm.config_errors import Override, describe_error
+from ddpm.diffusion import MIN_SNR_GAMMA
 from ddpm.errors import UserError
 from ddpm.schedules import SCHEDULES, beta_schedule
 from ddpm.spacing import SPACINGS
@@ -120,6 +121,10 @@ class TrainConfig(Section):
     checkpoint_every: PositiveInt = 5000
     keep_checkpoints: PositiveInt = 3
     max_nonfinite: PositiveInt = 20  # stop after this many non-finite losses in a row
+    # each sample's squared error weighted by Min-SNR-γ (Hang et al. 2023; ddpm.diffusion's
+    # min_snr_weight), which they found to converge about 3.4× faster; none: L_simple, as Ho et al.
+    loss_weighting: Literal["none", "min_snr"] = "none"
+    min_snr_gamma: Annotated[Number, Field(gt=0)] = MIN_SNR_GAMMA  # γ, where SNR_t is capped
     seed: Seed = 0
     log_every: PositiveInt = 100
     sample_every: PositiveInt = 5000  # a grid of EMA samples (DDIM) to MLflow every N steps and at the end

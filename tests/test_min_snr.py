@@ -12,6 +12,7 @@ from conftest import CPU, tiny_config
 from ddpm.config import load_config
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import UserError
+from ddpm.report import loss_weighting
 from ddpm.schedules import beta_schedule
 from ddpm.train import train
 
@@ -113,3 +114,16 @@ def test_a_min_snr_run_trains_records_it_and_refuses_a_resume_without_it(
     assert (saved["loss_weighting"], saved["min_snr_gamma"]) == ("min_snr", 2.0)
     with pytest.raises(UserError, match=r"train.loss_weighting \(min_snr → none\), train.min_snr_gamma \(2.0 → 5.0\)"):
         train(tiny_config(train={"steps": 20}), flowers16, tmp_path, CPU, progress=False)
+
+
+def test_the_reports_conditions_say_how_each_run_weighed_its_loss() -> None:
+    def run(name: str, seed: int, train: dict | None) -> SimpleNamespace:
+        return SimpleNamespace(name=name, seed=seed, model={"config": {"train": train}} if train else {})
+
+    weighted = {"loss_weighting": "min_snr", "min_snr_gamma": 5.0}
+    same = [run("linear", 0, weighted), run("cosine", 0, weighted)]
+    assert loss_weighting(same) == "Training loss: Min-SNR-γ weighted with γ = 5 (Hang et al. 2023), every run."
+    mixed = [run("linear", 1, {"loss_weighting": "none"}), run("cosine", 1, {"lr": 1e-3}), run("imported", 0, None)]
+    plain = "unweighted (L_simple, Ho et al. eq. 14)"
+    expected = f"Training loss: linear seed 1 {plain}; cosine seed 1 {plain}; imported not recorded (imported)."
+    assert loss_weighting(mixed) == expected

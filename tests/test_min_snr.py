@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import CPU, tiny_config
 
+import ddpm.tracking
 from ddpm.config import load_config
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import UserError
@@ -127,3 +128,13 @@ def test_the_reports_conditions_say_how_each_run_weighed_its_loss() -> None:
     plain = "unweighted (L_simple, Ho et al. eq. 14)"
     expected = f"Training loss: linear seed 1 {plain}; cosine seed 1 {plain}; imported not recorded (imported)."
     assert loss_weighting(mixed) == expected
+
+
+def test_the_weighting_is_an_mlflow_param_of_the_run_not_a_tag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    params: dict[str, str] = {}
+    run = SimpleNamespace(id="run-1", log_params=params.update, set_tags=lambda tags: None)
+    monkeypatch.setattr(ddpm.tracking, "open_store", lambda cfg, folder: None)
+    monkeypatch.setattr(ddpm.tracking, "model_run", lambda *args: run)
+    config = tiny_config(train={"loss_weighting": "min_snr", "min_snr_gamma": 2.0})
+    ddpm.tracking.ModelTracker(config, tmp_path).start(None)
+    assert (params["train.loss_weighting"], params["train.min_snr_gamma"]) == ("min_snr", "2.0")

@@ -105,10 +105,18 @@ def test_a_gamma_not_above_zero_is_one_line_naming_the_key() -> None:
 
 
 def test_a_min_snr_run_trains_records_it_and_refuses_a_resume_without_it(
-    flowers16: Path, tmp_path: Path, trained_result
+    flowers16: Path, tmp_path: Path, trained_result, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    real, asked = GaussianDiffusion.training_loss, set()
+
+    def training_loss(self, *args):  # noqa: ANN001, ANN202
+        asked.add(args[4:])  # the weighting and γ the loop passed
+        return real(self, *args)
+
+    monkeypatch.setattr(GaussianDiffusion, "training_loss", training_loss)
     config = tiny_config(train={"steps": 10, "loss_weighting": "min_snr", "min_snr_gamma": 2.0})
     result = train(config, flowers16, tmp_path, CPU, progress=False)
+    assert asked == {("min_snr", 2.0)}
     (step, loss), plain = result.losses[0], dict(trained_result.losses)
     assert step == 10 and math.isfinite(loss) and loss != pytest.approx(plain[10], rel=1e-3)  # same batches
     saved = torch.load(result.checkpoint, weights_only=True)["config"]["train"]

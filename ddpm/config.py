@@ -14,7 +14,6 @@ import yaml
 from pydantic import AfterValidator, AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
 
 from ddpm.config_errors import Override, describe_error
-from ddpm.diffusion import MIN_SNR_GAMMA
 from ddpm.errors import UserError
 from ddpm.schedules import SCHEDULES, beta_schedule
 from ddpm.spacing import SPACINGS
@@ -124,7 +123,7 @@ class TrainConfig(Section):
     # each sample's squared error weighted by Min-SNR-γ (Hang et al. 2023; ddpm.diffusion's
     # min_snr_weight), which they found to converge about 3.4× faster; none: L_simple, as Ho et al.
     loss_weighting: Literal["none", "min_snr"] = "none"
-    min_snr_gamma: Annotated[Number, Field(gt=0)] = MIN_SNR_GAMMA  # γ, where SNR_t is capped
+    min_snr_gamma: Annotated[Number, Field(gt=0)] = 5.0  # γ, where SNR_t is capped: the paper's default
     seed: Seed = 0
     log_every: PositiveInt = 100
     sample_every: PositiveInt = 5000  # a grid of EMA samples (DDIM) to MLflow every N steps and at the end

@@ -10,8 +10,8 @@ import torch
 from conftest import CPU, tiny_config
 
 import ddpm.tracking
-from ddpm.config import load_config
-from ddpm.diffusion import GaussianDiffusion
+from ddpm.config import TrainConfig, load_config
+from ddpm.diffusion import MIN_SNR_GAMMA, GaussianDiffusion
 from ddpm.errors import UserError
 from ddpm.report import loss_weighting
 from ddpm.schedules import beta_schedule
@@ -98,6 +98,7 @@ def test_none_is_torchs_mse_exactly_and_eps_with_a_huge_gamma_gives_it_too() -> 
 
 
 def test_a_gamma_not_above_zero_is_one_line_naming_the_key() -> None:
+    assert TrainConfig().min_snr_gamma == MIN_SNR_GAMMA  # the config's default is the loss's
     for gamma in ("0", "-1"):
         with pytest.raises(UserError) as error:
             load_config(overrides=[("--set", "train.min_snr_gamma", float(gamma))])

@@ -9,11 +9,13 @@ import pytest
 import torch
 from conftest import CPU, tiny_config
 
+import ddpm.results
 import ddpm.tracking
 from ddpm.config import TrainConfig, load_config
 from ddpm.diffusion import MIN_SNR_GAMMA, GaussianDiffusion
 from ddpm.errors import UserError
 from ddpm.report import loss_weighting
+from ddpm.results import check_same_weighting
 from ddpm.schedules import beta_schedule
 from ddpm.train import train
 
@@ -126,12 +128,16 @@ def test_a_min_snr_run_trains_records_it_and_refuses_a_resume_without_it(
         train(tiny_config(train={"steps": 20}), flowers16, tmp_path, CPU, progress=False)
 
 
-def test_the_reports_conditions_say_how_each_run_weighed_its_loss() -> None:
-    def run(name: str, seed: int, train: dict | None) -> SimpleNamespace:
-        return SimpleNamespace(name=name, seed=seed, model={"config": {"train": train}} if train else {})
+def run(name: str, seed: int, train: dict | None) -> SimpleNamespace:
+    """What `compare` reads of a run here: its name, seed and model.pt's config (None: an imported model)."""
+    return SimpleNamespace(name=name, seed=seed, model={"config": {"train": train}} if train else {})
 
-    weighted = {"loss_weighting": "min_snr", "min_snr_gamma": 5.0}
-    same = [run("linear", 0, weighted), run("cosine", 0, weighted)]
+
+WEIGHTED = {"loss_weighting": "min_snr", "min_snr_gamma": 5.0}
+
+
+def test_the_reports_conditions_say_how_each_run_weighed_its_loss() -> None:
+    same = [run("linear", 0, WEIGHTED), run("cosine", 0, WEIGHTED)]
     assert loss_weighting(same) == "Training loss: Min-SNR-γ weighted with γ = 5 (Hang et al. 2023), every run."
     mixed = [run("linear", 1, {"loss_weighting": "none"}), run("cosine", 1, {"lr": 1e-3}), run("imported", 0, None)]
     plain = "unweighted (L_simple, Ho et al. eq. 14)"
@@ -141,9 +147,25 @@ def test_the_reports_conditions_say_how_each_run_weighed_its_loss() -> None:
 
 def test_the_weighting_is_an_mlflow_param_of_the_run_not_a_tag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     params: dict[str, str] = {}
-    run = SimpleNamespace(id="run-1", log_params=params.update, set_tags=lambda tags: None)
+    fake = SimpleNamespace(id="run-1", log_params=params.update, set_tags=lambda tags: None)
     monkeypatch.setattr(ddpm.tracking, "open_store", lambda cfg, folder: None)
-    monkeypatch.setattr(ddpm.tracking, "model_run", lambda *args: run)
+    monkeypatch.setattr(ddpm.tracking, "model_run", lambda *args: fake)
     config = tiny_config(train={"loss_weighting": "min_snr", "min_snr_gamma": 2.0})
     ddpm.tracking.ModelTracker(config, tmp_path).start(None)
     assert (params["train.loss_weighting"], params["train.min_snr_gamma"]) == ("min_snr", "2.0")
+
+
+def test_compare_refuses_schedules_trained_with_different_weightings() -> None:
+    other = {"loss_weighting": "min_snr", "min_snr_gamma": 2}
+    check_same_weighting([run("linear", 0, WEIGHTED), run("cosine", 0, dict(WEIGHTED)), run("imported", 0, None)])
+    check_same_weighting([run("linear", 0, {"lr": 1e-3}), run("cosine", 0, {**other, "loss_weighting": "none"})])
+    with pytest.raises(UserError, match=r"^the schedules were trained with different loss weightings "
+                                        r"\(train.loss_weighting\): linear: min_snr, γ = 5, cosine: min_snr, γ = 2; "
+                                        r"compare like with like$"):  # fmt: skip
+        check_same_weighting([run("linear", 0, WEIGHTED), run("cosine", 0, other)])
+    mixed = [run("linear", 0, {"loss_weighting": "none"}), run("cosine", 1, WEIGHTED)]
+    for r in mixed:  # what the rest of compare's comparability check reads: all alike
+        r.__dict__.update(evaluation={}, sweep=None, drawn=None)
+        r.model |= {"diffusion": {"timesteps": 50}, "arch": {"image_size": 16}}
+    with pytest.raises(UserError, match=r"linear: none, cosine seed 1: min_snr, γ = 5;"):
+        ddpm.results._check_comparable(mixed)  # read_results' check, which compare runs first

@@ -120,6 +120,10 @@ class TrainConfig(Section):
     checkpoint_every: PositiveInt = 5000
     keep_checkpoints: PositiveInt = 3
     max_nonfinite: PositiveInt = 20  # stop after this many non-finite losses in a row
+    # each sample's squared error weighted by Min-SNR-γ (Hang et al. 2023; ddpm.diffusion's
+    # min_snr_weight), which they found to converge about 3.4× faster; none: L_simple, as Ho et al.
+    loss_weighting: Literal["none", "min_snr"] = "none"
+    min_snr_gamma: Annotated[Number, Field(gt=0)] = 5.0  # γ, where SNR_t is capped: the paper's default
     seed: Seed = 0
     log_every: PositiveInt = 100
     sample_every: PositiveInt = 5000  # a grid of EMA samples (DDIM) to MLflow every N steps and at the end

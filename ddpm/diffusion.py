@@ -16,6 +16,9 @@ from torch import nn
 
 Prediction = Literal["eps", "x0", "v"]
 Variance = Literal["fixed_large", "fixed_small"]
+# How training weighs each sample's squared error: not at all (L_simple), or by Min-SNR-γ (Hang et al. 2023)
+LossWeighting = Literal["none", "min_snr"]
+MIN_SNR_GAMMA = 5.0  # Hang et al. 2023's default γ, which they found robust across settings
 # How a sampler keeps the predicted x_0 in the data range [-1, 1] (`denoise`): clip it and recompute eps
 # from the clipped x_0 (improved-diffusion's DDIM), clip it where it enters the mean and keep the model's
 # eps (diffusers' clip_sample), Imagen's dynamic thresholding, or leave it.
@@ -213,12 +216,37 @@ class GaussianDiffusion(nn.Module):
 
     # --- training ------------------------------------------------------------------------------
 
-    def training_loss(self, model: Model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def training_loss(
+        self, model: Model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+        weighting: LossWeighting = "none", min_snr_gamma: float = MIN_SNR_GAMMA,
+    ) -> torch.Tensor:  # fmt: skip
         """L_simple, eq. 14 (Algorithm 1): the mean squared error of the model's prediction at x_t,
-        for the configured target. The caller draws t ~ U{0..T−1} and noise ~ N(0, I)."""
+        for the configured target. The caller draws t ~ U{0..T−1} and noise ~ N(0, I). With
+        `weighting` min_snr, the batch mean of each sample's mean squared error times its
+        `min_snr_weight` instead."""
         x_t = self.q_sample(x0, t, noise)
         prediction = model(x_t, t).float()
-        return nn.functional.mse_loss(prediction, self.training_target(x0, t, noise).float())
+        target = self.training_target(x0, t, noise).float()
+        if weighting == "none":
+            return nn.functional.mse_loss(prediction, target)
+        per_sample = (prediction - target).square().flatten(1).mean(1)  # (B,)
+        return (self.min_snr_weight(t, min_snr_gamma).float() * per_sample).mean()
+
+    def min_snr_weight(self, t: torch.Tensor, gamma: float) -> torch.Tensor:
+        """Min-SNR-γ's loss weight at each of `t` (B,), float64 (Hang et al. 2023, "Efficient Diffusion
+        Training via Min-SNR Weighting Strategy"): the x_0 error's weight min(SNR_t, γ), with
+        SNR_t = alphā_t/(1 − alphā_t), carried over to the target the model predicts: ε's squared error
+        is SNR_t times x_0's, so ε gets min(SNR_t, γ)/SNR_t; v's is (SNR_t + 1) times x_0's, so v gets
+        min(SNR_t, γ)/(SNR_t + 1).
+
+        Where SNR_t = 0 (alphā_t = 0: a zero-terminal-SNR schedule's last step) ε takes its limit 1
+        and x_0 and v take 0, with no division by zero (Min-SNR issue #2)."""
+        alphas_cumprod = self.alphas_cumprod.gather(0, t)
+        snr = alphas_cumprod / (1 - alphas_cumprod)
+        if self.prediction == "eps":
+            return gamma / snr.clamp(min=gamma)  # = min(SNR, γ)/SNR; 1 wherever SNR ≤ γ, SNR = 0 included
+        clipped = snr.clamp(max=gamma)  # min(SNR, γ)
+        return clipped if self.prediction == "x0" else clipped / (snr + 1)
 
     # --- ancestral sampling, Algorithm 2 -------------------------------------------------------
 

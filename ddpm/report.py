@@ -213,6 +213,7 @@ def conditions(results: list[RunResult]) -> str:
     lines = [
         f"Training seeds: {', '.join(map(str, seeds))} (each schedule trained once per seed, the same seeds for "
         "every schedule).",
+        loss_weighting(results),
         f"{e['num_samples']} samples per run against {e['num_real']} real (training) images; features: "
         f"{e['feature_extractor']} ({e['feature_dim']}-d; weights: {e['weights']}; resize: "
         f"{RESIZES.get(e['resize'], e['resize'])}).",
@@ -230,6 +231,20 @@ def conditions(results: list[RunResult]) -> str:
     if sweep:
         lines.append(sweep_conditions(sweep))
     return " ".join(lines)
+
+
+WEIGHTINGS = {"none": "unweighted (L_simple, Ho et al. eq. 14)", "imported": "not recorded (imported)",
+              "min_snr": "Min-SNR-γ weighted with γ = {:g} (Hang et al. 2023)"}  # fmt: skip
+
+
+def loss_weighting(results: list[RunResult]) -> str:
+    """How each run's training loss weighed its samples (model.pt's config; unweighted before the key)."""
+    trains = {label(r): (r.model.get("config") or {}).get("train") or {} for r in results}
+    shown = {k: WEIGHTINGS[t.get("loss_weighting", "none") if t else "imported"].format(t.get("min_snr_gamma"))
+             for k, t in trains.items()}  # fmt: skip
+    same = len(set(shown.values())) == 1
+    listed = f"{next(iter(shown.values()))}, every run" if same else "; ".join(f"{k} {w}" for k, w in shown.items())
+    return f"Training loss: {listed}."
 
 
 def _decoder_floors(results: list[RunResult]) -> list[str]:

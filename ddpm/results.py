@@ -284,6 +284,18 @@ def _check_comparable(results: list[RunResult]) -> None:
             raise UserError(f"the schedules were run with different {what} ({shown}); compare like with like")
     check_comparable([Measured(label(r), RunFiles(RunFolder(Path()), r.name, r.seed).command,
                                r.drawn and r.drawn["sample"], r.evaluation) for r in results])  # fmt: skip
+    check_same_weighting(results)
+
+
+def check_same_weighting(results: list[RunResult]) -> None:
+    """The trained runs' loss weightings (train.loss_weighting, min_snr_gamma in model.pt's config) must
+    agree: a schedule's gap would be the weighting's too. An imported model's is not known: not checked."""
+    trained = {label(r): r.model["config"]["train"] for r in results if r.model.get("config")}
+    shown = {k: "none" if t.get("loss_weighting", "none") == "none" else f"min_snr, γ = {t['min_snr_gamma']:g}"
+             for k, t in trained.items()}  # fmt: skip
+    if len(set(shown.values())) > 1:
+        raise UserError(f"the schedules were trained with different loss weightings (train.loss_weighting): "
+                        f"{', '.join(f'{k}: {v}' for k, v in shown.items())}; compare like with like")  # fmt: skip
 
 
 def label(r: RunResult) -> str:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ddpm.checkpoint import save_checkpoint
 from ddpm.config import Config, TrainConfig
 from ddpm.data import InMemoryImages, training_images
-from ddpm.diffusion import GaussianDiffusion
+from ddpm.diffusion import MIN_SNR_GAMMA, GaussianDiffusion, LossWeighting
 from ddpm.distributed import ONE_PROCESS, Ranks, agree_to_stop, join_process_group, stop_requests
 from ddpm.errors import Interrupted, UserError
 from ddpm.fastpath import FastPath
@@ -143,18 +143,17 @@ def draw_batch(
 
 
 def training_step(
-    forward: nn.Module,
-    diffusion: GaussianDiffusion,
-    optimizer: torch.optim.Optimizer,
-    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    grad_clip: float,
-    fast: FastPath,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of Algorithm 1, with no host sync: returns the loss and `skipped` (1.0 where the
-    loss was not finite on any rank, in which case nothing changed), both on the device."""
+    forward: nn.Module, diffusion: GaussianDiffusion, optimizer: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], grad_clip: float, fast: FastPath,
+    weighting: LossWeighting = "none", min_snr_gamma: float = MIN_SNR_GAMMA,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """One step of Algorithm 1, the loss weighted as `weighting` says, with no host sync: returns the loss
+    and `skipped` (1.0 where the loss was not finite on any rank, in which case nothing changed), both
+    on the device."""
     x0, t, noise = batch
     with fast.autocast(x0.device):
-        loss = diffusion.training_loss(forward, fast.memory_format(x0), t, fast.memory_format(noise))
+        x0, noise = fast.memory_format(x0), fast.memory_format(noise)
+        loss = diffusion.training_loss(forward, x0, t, noise, weighting, min_snr_gamma)
     skipped = (~torch.isfinite(loss.detach())).float()
     if dist.is_initialized():
         dist.all_reduce(skipped, op=dist.ReduceOp.MAX)
@@ -264,7 +263,8 @@ class Loop:
             group["lr"] = cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
         batch = draw_batch(self.dataset, state.diffusion.num_timesteps, cfg.batch_size, state.generator, self.ranks,
                            cfg.hflip)  # fmt: skip
-        loss, skipped = training_step(self.forward, state.diffusion, state.optimizer, batch, cfg.grad_clip, self.fast)
+        loss, skipped = training_step(self.forward, state.diffusion, state.optimizer, batch, cfg.grad_clip, self.fast,
+                                      cfg.loss_weighting, cfg.min_snr_gamma)  # fmt: skip
         if self.ranks.main:
             state.ema.update(state.model, skipped)
         self.tally.add(loss, skipped)

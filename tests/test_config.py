@@ -273,8 +273,8 @@ def test_schedules_is_a_list_of_distinct_known_names(tmp_path: Path) -> None:
             (
                 "--set train.foo: unknown key; expected one of: steps, batch_size, lr, warmup_steps, grad_clip, "
                 "adam_betas, adam_eps, weight_decay, ema_decay, ema_warmup, hflip, checkpoint_every, keep_checkpoints, "
-                "max_nonfinite, seed, log_every, sample_every, eval_every, eval_samples, eval_steps, precision, "
-                "channels_last, compile"
+                "max_nonfinite, loss_weighting, min_snr_gamma, seed, log_every, sample_every, eval_every, "
+                "eval_samples, eval_steps, precision, channels_last, compile"
             ),
         ),
         (
@@ -355,8 +355,8 @@ def test_each_bad_override_gives_its_pinned_line(
             (
                 "params.yaml: train: expected a mapping with keys steps, batch_size, lr, warmup_steps, grad_clip, "
                 "adam_betas, adam_eps, weight_decay, ema_decay, ema_warmup, hflip, checkpoint_every, keep_checkpoints, "
-                "max_nonfinite, seed, log_every, sample_every, eval_every, eval_samples, eval_steps, precision, "
-                "channels_last, compile, got 5"
+                "max_nonfinite, loss_weighting, min_snr_gamma, seed, log_every, sample_every, eval_every, "
+                "eval_samples, eval_steps, precision, channels_last, compile, got 5"
             ),
         ),
         ("train:\n  lr:\n    x: 1\n", 'params.yaml: train.lr: expected a positive number, got {"x": 1}'),

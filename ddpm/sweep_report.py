@@ -86,6 +86,16 @@ def sweep_conditions(sweep: dict) -> str:
     spread = f", ± its bootstrap SD over {sweep['bootstrap']} resamples" if "bootstrap" in sweep else ""
     samplers = " and ".join(SAMPLER_NAMES[s] + (f" (η = {sweep['eta']})" if s == "ddim" else "")
                             for s in sweep["samplers"])  # fmt: skip
-    return (f"Sweep: N = {sweep['num_samples']:,} samples at each number of network evaluations (NFE){spread}, "
+    said = (f"Sweep: N = {sweep['num_samples']:,} samples at each number of network evaluations (NFE){spread}, "
             f"{samplers} with {sweep['spacing']} spacing, and DDPM at full length ({sweep['variance']} variance), "
             f"x_0 kept in [-1, 1] by {sweep['clip_mode']}, seed {sweep['seed']}.")  # fmt: skip
+    if "dpmsolver++" in sweep["samplers"] and sweep["clip_mode"] in CLIPPED:
+        said += CLIPPED_SOLVER
+    return said
+
+
+# DPM-Solver++ steps with x̂_0 alone, so clipping it acts as DDIM's recompute does (measured: README, Samplers)
+CLIPPED = ("x0", "recompute")
+CLIPPED_SOLVER = (" DPM-Solver++ steps with x_0 alone, so clipping it makes the solver act as DDIM with recompute "
+                  "does, which saturates an unconverged model's samples: compare it with "
+                  "sample.clip_mode=dynamic too (README, Samplers).")  # fmt: skip

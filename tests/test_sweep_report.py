@@ -10,7 +10,7 @@ import pytest
 
 from ddpm import plots
 from ddpm.results import RunResult
-from ddpm.sweep_report import best_sampler_table, best_samplers, sweep_point, within_noise
+from ddpm.sweep_report import best_sampler_table, best_samplers, sweep_conditions, sweep_point, within_noise
 
 
 def swept(name: str, seed: int, ddim: dict, dpm: dict, ddpm: float, sd: bool = True) -> RunResult:
@@ -92,3 +92,18 @@ def test_the_sweep_picture_has_a_line_per_schedule_and_sampler_with_its_spread(
     spans = [segment[1, 1] - segment[0, 1] for segment in bars.get_segments()]
     assert spans == pytest.approx([math.sqrt(4.1**2 + 4.3**2), math.sqrt(3.0**2 + 3.4**2)], rel=1e-12)
     assert ax.get_xlabel() == "network evaluations (NFE; trailing spacing)"
+
+
+@pytest.mark.parametrize(
+    ("samplers", "clip_mode", "warned"),
+    [(["ddim", "dpmsolver++"], "x0", True), (["ddim", "dpmsolver++"], "recompute", True),
+     (["ddim", "dpmsolver++"], "dynamic", False), (["ddim", "dpmsolver++"], "none", False), (["ddim"], "x0", False)],
+)  # fmt: skip
+def test_the_sweep_sentence_says_how_clipping_treats_dpm_solver(samplers: list, clip_mode: str, warned: bool) -> None:
+    sweep = {"num_samples": 100, "samplers": samplers, "eta": 0.0, "spacing": "trailing", "variance": "fixed_large",
+             "clip_mode": clip_mode, "seed": 0}  # fmt: skip
+    said = sweep_conditions(sweep)
+    assert said.startswith("Sweep: N = 100 samples at each number of network evaluations (NFE), DDIM (η = 0.0)")
+    kept = f"trailing spacing, and DDPM at full length (fixed_large variance), x_0 kept in [-1, 1] by {clip_mode}, "
+    assert kept in said
+    assert ("compare it with sample.clip_mode=dynamic too" in said) == warned

@@ -18,9 +18,7 @@ from typing import Literal
 
 import numpy as np
 
-Sampler = Literal["ddpm", "ddim", "dpmsolver++"]
 Spacing = Literal["linspace", "leading", "trailing", "quadratic"]
-SAMPLERS: tuple[Sampler, ...] = ("ddpm", "ddim", "dpmsolver++")
 SPACINGS: dict[str, tuple[Spacing, ...]] = {  # the spacings each few-step sampler defines
     "ddim": ("linspace", "leading", "trailing", "quadratic"),
     "dpmsolver++": ("linspace", "leading", "trailing"),

@@ -73,6 +73,7 @@ class ModelCheckpoint:
     data_sha256: str | None = _optional()  # trained: the prepared images'
     run_id: str | None = None  # the MLflow run that trained it; written as None where none did
     imported: dict[str, Any] | None = _optional()  # imported: the folder, files and sha256 of the weights
+    variant: str | None = _optional()  # trained as a variant of params.yaml (ddpm.variants): its name
 
     @classmethod
     def _required(cls) -> list[str]:
@@ -196,6 +197,12 @@ class Trained:
     step: int
     run_id: str | None  # the MLflow run that trained it, where one did
     path: Path
+    variant: str | None = None  # the variant it was trained as, where it was
+
+    @property
+    def name(self) -> str:
+        """What the run is called (its MLflow runs' names): the variant's name, or the schedule's."""
+        return self.variant or self.spec["schedule"]
 
 
 def load_trained(path: Path, device: torch.device) -> Trained:
@@ -207,7 +214,7 @@ def load_trained(path: Path, device: torch.device) -> Trained:
     except (TypeError, KeyError, ValueError, RuntimeError) as e:
         raise UserError(f"{path}: its weights do not fit its own description ({str(e).splitlines()[0]})") from None
     return Trained(model.eval(), diffusion, dict(saved.diffusion), saved.arch["image_size"], int(saved.step),
-                   saved.run_id, path)  # fmt: skip
+                   saved.run_id, path, saved.variant)  # fmt: skip
 
 
 def describe(path: Path) -> dict[str, Any]:

@@ -110,7 +110,7 @@ def _load(config: Path | None, sets: list[str] | None, params: dict[str, str], *
 
 
 def run_folder(cfg: Config) -> layout.RunFolder:  # runs/<schedule>/seed<train.seed>
-    return layout.RunFolder.of(cfg.diffusion.schedule, cfg.train.seed)
+    return layout.RunFolder.of(cfg.run_name, cfg.train.seed)
 
 
 @app.command()

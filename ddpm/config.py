@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import pydantic
 import yaml
 from pydantic import AfterValidator, AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
 
@@ -18,6 +19,7 @@ from ddpm.errors import UserError
 from ddpm.schedules import SCHEDULES, beta_schedule
 from ddpm.spacing import SPACINGS
 from ddpm.unet import PRESETS, check_architecture, preset_architecture
+from ddpm.variants import VARIANTS, RunName, Variant, expand_variant, variant_overrides
 from ddpm.yamlfile import read_params
 
 DEFAULT_CONFIG = Path("params.yaml")
@@ -239,7 +241,7 @@ class TrackingConfig(Section):
     experiment: str = "ddpm-flowers"
 
 
-DISTINCT_SCHEDULES = "a list of distinct schedule names (" + ", ".join(SCHEDULES) + ")"
+DISTINCT_SCHEDULES = f"a list of distinct schedule names ({', '.join(SCHEDULES)}) or names of `variants`"
 DISTINCT_SEEDS = "a list of distinct seeds, integers from 0 to 2^64 - 1"
 
 
@@ -259,10 +261,23 @@ class Config(Section):
     sweep: SweepConfig = SweepConfig()
     compare: CompareConfig = CompareConfig()
     tracking: TrackingConfig = TrackingConfig()
-    # the beta schedules the pipeline trains and compares, one run each
+    # what the pipeline trains and compares, one run folder each: beta schedules, or variants (below)
     schedules: Annotated[
-        list[ScheduleName], AfterValidator(_unique), Field(min_length=1, description=DISTINCT_SCHEDULES)
+        list[RunName], AfterValidator(_unique), Field(min_length=1, description=DISTINCT_SCHEDULES)
     ] = ["linear", "cosine"]
+    # named runs that set model.*, diffusion.* and train.* keys over the rest of the file (ddpm.variants)
+    variants: Annotated[dict[RunName, Variant], Field(description=VARIANTS)] = {
+        name: Variant(diffusion={"schedule": name.split("-")[0]}, train={"loss_weighting": "min_snr"})
+        for name in ("linear-minsnr", "cosine-minsnr")
+    }
+    _variant: str | None = pydantic.PrivateAttr(None)  # the variant this config was resolved for, if any
+
+    @property
+    def run_name(self) -> str:
+        """What the run is called: its folder under runs/ and its MLflow run's name. A variant's name, or
+        the schedule's."""
+        return self._variant or self.diffusion.schedule
+
     # train.seed of each repeat: the pipeline trains every schedule once per seed
     seeds: Annotated[list[Seed], AfterValidator(_unique), Field(min_length=1, description=DISTINCT_SEEDS)] = [0]
 
@@ -273,7 +288,7 @@ class Config(Section):
         return {"image_size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}}
 
 
-TOP_LEVEL_KEYS = {"schedules", "seeds"}  # params outside any section
+TOP_LEVEL_KEYS = {"schedules", "seeds", "variants"}  # params outside any section
 
 
 def parse_value(text: str) -> Any:
@@ -292,6 +307,15 @@ def load_config(path: Path | None = None, overrides: Sequence[Override] = ()) ->
     else:
         path = path or DEFAULT_CONFIG
         raw, label = read_params(path), str(path)
+    overrides, variant = expand_variant(raw, overrides, label)
+    config = _resolve(raw, label, overrides)
+    config._variant = variant
+    _check_variants(config, label, overrides)
+    return config
+
+
+def _resolve(raw: dict[str, Any], label: str, overrides: Sequence[Override]) -> Config:
+    """The config `raw` (params.yaml's contents) with `overrides` applied, validated and checked."""
     made: list[Override] = []  # sections only an override names: an error there is the override's
     for source, key, value in overrides:
         section, dot, name = key.partition(".")
@@ -314,6 +338,24 @@ def load_config(path: Path | None = None, overrides: Sequence[Override] = ()) ->
     return config
 
 
+def _check_variants(config: Config, label: str, overrides: Sequence[Override]) -> None:
+    """Every variant must set keys that exist, to values that validate and combine, over this config; its
+    name must be no schedule's; and `schedules` may name only schedules and variants."""
+    for name, variant in config.variants.items():
+        if name in SCHEDULES:
+            raise UserError(f"{label}: variants.{name}: a schedule's name; expected a name of its own")
+        pairs = variant_overrides(name, variant.model_dump(), label)
+        if any(key == "train.seed" for _, key, _ in pairs):
+            raise UserError(f"{label}: variants.{name}.train.seed: a variant is trained once per seed of `seeds`; "
+                            "expected no train.seed")  # fmt: skip
+        _resolve(config.model_dump(mode="json"), label, pairs)
+    given = [source for source, key, _ in overrides if key in ("schedules", "variants")]
+    for i, name in enumerate(config.schedules):
+        if name not in SCHEDULES and name not in config.variants:
+            where = f"{given[-1]} (schedules[{i}])" if given else f"{label}: schedules[{i}]"
+            raise UserError(f'{where}: expected {DISTINCT_SCHEDULES}, got "{name}"')
+
+
 def _check_combinations(config: Config, label: str, overrides: Sequence[Override]) -> None:
     """The checks that involve more than one key."""
     try:
@@ -323,7 +365,7 @@ def _check_combinations(config: Config, label: str, overrides: Sequence[Override
     if config.data.source == "folder" and not config.data.folder:
         raise UserError(f"{label}: data.folder: expected a folder of images when data.source is folder, got null")
     _check_spacing(config, label, overrides)
-    for name in dict.fromkeys([config.diffusion.schedule, *config.schedules]):
+    for name in dict.fromkeys([config.diffusion.schedule, *(s for s in config.schedules if s in SCHEDULES)]):
         try:
             beta_schedule(name, config.diffusion.timesteps)
         except ValueError as e:

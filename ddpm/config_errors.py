@@ -47,8 +47,21 @@ def _walk(loc: Sequence[int | str], root: type[BaseModel]) -> tuple[list[int | s
                 break
         elif isinstance(part, int):  # an index into a list field
             keys.append(part)
+        elif (mapped := _mapping_types(field.annotation)) is not None:  # a key of a mapping (variants)
+            keys.append(part)
+            in_key = loc[-1] == "[key]"  # pydantic's mark of an error in the key itself
+            field = FieldInfo.from_annotation(mapped[0 if in_key else 1])
+            if in_key:
+                break
         # any other part below a field is pydantic's name for a union's branch, however spelt: no key
     return keys, parent, field
+
+
+def _mapping_types(annotation: Any) -> tuple[Any, Any] | None:
+    """The key and value types of a mapping field whose values are one of our models, else None."""
+    if get_origin(annotation) is dict and _is_section(get_args(annotation)[1]):
+        return get_args(annotation)
+    return None
 
 
 def _is_section(annotation: Any) -> TypeGuard[type[BaseModel]]:
@@ -68,6 +81,8 @@ def _expected(annotation: Any, metadata: Sequence[Any] = ()) -> str:
         return " or ".join(_expected(a, metadata) for a in options) + null
     if origin is Literal:
         return "one of " + ", ".join(str(a) for a in get_args(annotation))
+    if origin is dict:
+        return "a mapping"
     if origin is list:
         return f"a list of {_plural(_expected(get_args(annotation)[0]))}"
     if _is_section(annotation):

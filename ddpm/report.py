@@ -13,6 +13,7 @@ from ddpm import layout
 from ddpm.config import Config
 from ddpm.data import first_image
 from ddpm.files import atomic_outputs, folder_lock
+from ddpm.knobs import knob_sentence, variant_keys
 from ddpm.nearest import closest_images, memorization_section
 from ddpm.plots import (
     checked_names,
@@ -39,6 +40,7 @@ def compare(
     out_dir: Path,
     ready: Callable[[], None] | None = None,
     primary: str = "fid",
+    declared: set[str] = frozenset(),
 ) -> tuple[list[dict[str, Any]], list[Path], dict[str, str]]:
     """The comparison report in `out_dir`: report.md with the table, what its differences mean, and
     every picture; the table as comparison.csv and .json; scores.csv (FID per schedule); losses.csv;
@@ -49,8 +51,8 @@ def compare(
     (the first seed's samples closest to a training image, ddpm.memorization). T and the
     image size are the checkpoints'. Returns the rows, the files and each run's MLflow child run
     (where tracked). `ready` is called once every input is read; `primary` is compare.primary, the
-    pre-declared test."""
-    results = read_results(names, seeds, runs_dir)
+    pre-declared test; `declared`, the knobs that the compared variants set (ddpm.knobs)."""
+    results = read_results(names, seeds, runs_dir, declared)
     image = first_image(data, results[0].model["arch"]["image_size"])  # checked, like every input, before any write
     closest = closest_images([r for r in results if r.seed == seeds[0]], runs_dir, data)
     if ready:
@@ -213,7 +215,7 @@ def conditions(results: list[RunResult]) -> str:
     lines = [
         f"Training seeds: {', '.join(map(str, seeds))} (each schedule trained once per seed, the same seeds for "
         "every schedule).",
-        loss_weighting(results),
+        knob_sentence(results, label),
         f"{e['num_samples']} samples per run against {e['num_real']} real (training) images; features: "
         f"{e['feature_extractor']} ({e['feature_dim']}-d; weights: {e['weights']}; resize: "
         f"{RESIZES.get(e['resize'], e['resize'])}).",
@@ -231,20 +233,6 @@ def conditions(results: list[RunResult]) -> str:
     if sweep:
         lines.append(sweep_conditions(sweep))
     return " ".join(lines)
-
-
-WEIGHTINGS = {"none": "unweighted (L_simple, Ho et al. eq. 14)", "imported": "not recorded (imported)",
-              "min_snr": "Min-SNR-γ weighted with γ = {:g} (Hang et al. 2023)"}  # fmt: skip
-
-
-def loss_weighting(results: list[RunResult]) -> str:
-    """How each run's training loss weighed its samples (model.pt's config; unweighted before the key)."""
-    trains = {label(r): (r.model.get("config") or {}).get("train") or {} for r in results}
-    shown = {k: WEIGHTINGS[t.get("loss_weighting", "none") if t else "imported"].format(t.get("min_snr_gamma"))
-             for k, t in trains.items()}  # fmt: skip
-    same = len(set(shown.values())) == 1
-    listed = f"{next(iter(shown.values()))}, every run" if same else "; ".join(f"{k} {w}" for k, w in shown.items())
-    return f"Training loss: {listed}."
 
 
 def _decoder_floors(results: list[RunResult]) -> list[str]:
@@ -390,10 +378,17 @@ def stage(config: Config, names: list[str], runs_dir: Path, data: Path, out_dir:
     holding its lock, and a `compare` run in MLflow that links the runs compared."""
     from ddpm.tracking import compare_run, session
 
-    checked_names(names)
+    checked_names([name for name in names if name not in config.variants])
     with folder_lock(out_dir), session(config.tracking, None) as tracked:
         rows, files, linked = compare(
-            names, config.seeds, runs_dir, data, out_dir, ready=tracked.open, primary=config.compare.primary
+            names,
+            config.seeds,
+            runs_dir,
+            data,
+            out_dir,
+            ready=tracked.open,
+            primary=config.compare.primary,
+            declared=variant_keys(config.variants, names),
         )
         if tracked.store:
             compare_run(tracked.store, names, rows, files, linked)

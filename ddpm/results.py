@@ -18,6 +18,7 @@ from ddpm.checkpoint import UnreadableCheckpoint, describe
 from ddpm.comparable import Measured, check_comparable
 from ddpm.errors import UserError
 from ddpm.files import sha256_hex
+from ddpm.knobs import check_knobs
 from ddpm.layout import GRID, SAMPLES_ARRAY, RunFolder
 from ddpm.origin import read_origin
 from ddpm.result_keys import (
@@ -54,11 +55,15 @@ class RunResult:
     quality: dict[str, np.ndarray] | None = None  # quality.csv's columns (step, kid{s}, fid{s}), where measured
 
 
-def read_results(names: list[str], seeds: list[int], runs_dir: Path) -> list[RunResult]:
-    """Every schedule's results for every seed; a clear error naming the first file missing and the
-    command that writes it, or the first condition that differs between the runs."""
+def read_results(
+    names: list[str], seeds: list[int], runs_dir: Path, declared: set[str] = frozenset()
+) -> list[RunResult]:
+    """Every schedule's (or variant's) results for every seed; a clear error naming the first file missing and
+    the command that writes it, or the first condition that differs between the runs (a knob may differ
+    where a compared variant sets it: `declared`, ddpm.knobs)."""
     results = [_read_run(RunFolder.of(name, seed, runs_dir), name, seed) for name in names for seed in seeds]
     _check_comparable(results)
+    check_knobs(results, declared, label)
     return results
 
 
@@ -284,18 +289,6 @@ def _check_comparable(results: list[RunResult]) -> None:
             raise UserError(f"the schedules were run with different {what} ({shown}); compare like with like")
     check_comparable([Measured(label(r), RunFiles(RunFolder(Path()), r.name, r.seed).command,
                                r.drawn and r.drawn["sample"], r.evaluation) for r in results])  # fmt: skip
-    check_same_weighting(results)
-
-
-def check_same_weighting(results: list[RunResult]) -> None:
-    """The trained runs' loss weightings (train.loss_weighting, min_snr_gamma in model.pt's config) must
-    agree: a schedule's gap would be the weighting's too. An imported model's is not known: not checked."""
-    trained = {label(r): r.model["config"]["train"] for r in results if r.model.get("config")}
-    shown = {k: "none" if t.get("loss_weighting", "none") == "none" else f"min_snr, γ = {t['min_snr_gamma']:g}"
-             for k, t in trained.items()}  # fmt: skip
-    if len(set(shown.values())) > 1:
-        raise UserError(f"the schedules were trained with different loss weightings (train.loss_weighting): "
-                        f"{', '.join(f'{k}: {v}' for k, v in shown.items())}; compare like with like")  # fmt: skip
 
 
 def label(r: RunResult) -> str:

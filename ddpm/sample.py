@@ -191,6 +191,7 @@ def origin(trained: Trained, cfg: SampleConfig) -> dict:
         "checkpoint": str(trained.path), "checkpoint_sha256": sha256_hex(trained.path),
         "run_dir": str(trained.path.parent), "model_run_id": trained.run_id,
         "step": trained.step, "image_size": trained.image_size, **trained.spec, "sample": cfg.model_dump(mode="json"),
+        **({"variant": trained.variant} if trained.variant else {}),
     }  # fmt: skip
 
 

@@ -142,7 +142,7 @@ class TrainState:
             config=config.model_dump(mode="json"), data_sha256=self.data_sha256, run_id=self.run_id,
             model=self.model.state_dict(), ema=self.ema.model.state_dict(), ema_updates=int(self.ema.updates),
             optimizer=self.optimizer.state_dict(), generator=self.generator.get_state(), rng=rng_state(device),
-            step=self.step, record=asdict(self.record),
+            step=self.step, record=asdict(self.record), variant=config._variant,
         )  # fmt: skip
 
     def finite(self) -> bool:

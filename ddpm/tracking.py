@@ -197,11 +197,12 @@ def evaluation_run(store: Store, origin: dict[str, Any], evaluate: dict[str, Any
     run of the model that drew the samples. `sample` names it after the sampling alone; `evaluate`
     adds the feature extractor, which only then has been used."""
     checkpoint = Path(origin["checkpoint"])
-    parent = parent_of(store, checkpoint, origin["model_run_id"], origin["schedule"])
+    run_name = origin.get("variant", origin["schedule"])
+    parent = parent_of(store, checkpoint, origin["model_run_id"], run_name)
     sample = origin["sample"]
     chain = sampling_name(sample)
     clipping = f", clip {sample['clip_mode']}" if "clip_mode" in sample else ""  # samplings may differ by it alone
-    name = f"{origin['schedule']}: {chain}{clipping}, {sample['num_samples']} samples"
+    name = f"{run_name}: {chain}{clipping}, {sample['num_samples']} samples"
     if stage == "evaluate":
         features = evaluate["feature_extractor"]
         features += f" ({evaluate['resize']} resize)" if features == "inception" else ""  # randconv does not resize
@@ -240,7 +241,7 @@ def sweep_run(store: Store, trained: Any, config: Config, results: dict[str, Any
     """The child run of one sweep configuration under the model's run: FID against the number of
     network evaluations as a metric history per sampler, `<fid>_ddim`, `<fid>_dpmsolverpp` (MLflow
     refuses "+") and `<fid>_ddpm`, the NFE as MLflow's step (so its chart is the curve), and sweep.json."""
-    schedule = trained.spec["schedule"]
+    schedule = trained.name
     parent = parent_of(store, trained.path, trained.run_id, schedule)
     sample = config.sample.model_dump(mode="json", exclude={"sampler", "steps", "num_samples"})
     params = {**flat_params(config.sweep.model_dump(mode="json"), "sweep"), **flat_params(sample, "sample"),
@@ -271,8 +272,9 @@ class ModelTracker:
 
     def start(self, run_id: str | None) -> str:
         self.store = open_store(self.config.tracking, self.run_dir)
-        schedule, seed = self.config.diffusion.schedule, self.config.train.seed
-        tags = {"beta_schedule": schedule, "train_seed": str(seed)}
+        schedule, seed = self.config.run_name, self.config.train.seed
+        tags = {"beta_schedule": self.config.diffusion.schedule, "train_seed": str(seed)}
+        tags |= {"variant": schedule} if self.config._variant else {}
         name = f"{schedule}, seed {seed}"
         if self.run_dir.resolve() != RunFolder.of(schedule, seed).path.resolve():  # --out: not the run of record
             name = f"{name}, {self.run_dir}"

@@ -199,7 +199,7 @@ def train(
         quality.write(state.record)  # the points up to the resumed step, none past it
     loop = Loop(config, device, ranks, state, InMemoryImages(images, device), tracker, folder.checkpoints, newest,
                 quality)  # fmt: skip
-    bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train {config.diffusion.schedule}",
+    bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train {config.run_name}",
                disable=not (progress and ranks.main))  # fmt: skip
 
     with bar, stop_requests() as stop:  # the bar closes (and ends its line) however the loop ends

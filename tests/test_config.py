@@ -153,7 +153,7 @@ def test_schedules_is_a_list_of_distinct_known_names(tmp_path: Path) -> None:
         with pytest.raises(UserError) as error:
             load_config(write(tmp_path, f"schedules: {text}\n"))
         assert str(error.value).startswith(f"{tmp_path / 'params.yaml'}: schedules")
-        assert f"expected a list of distinct schedule names (linear, cosine, quadratic, sigmoid), got {shown}" in str(
+        assert f"expected a list of distinct schedule names (linear, cosine, quadratic, sigmoid) or names of `variants`, got {shown}" in str(
             error.value
         )
     overridden = load_config(write(tmp_path, "train: {}\n"), [("--set schedules", "schedules", ["quadratic"])])
@@ -290,15 +290,15 @@ def test_schedules_is_a_list_of_distinct_known_names(tmp_path: Path) -> None:
             3,
             (
                 "--set trian.steps: unknown key; expected one of: data, model, diffusion, train, sample, evaluate, "
-                "sweep, compare, tracking, schedules, seeds"
+                "sweep, compare, tracking, schedules, variants, seeds"
             ),
         ),
         (
             "schedules",
             "linear",
             (
-                "--set schedules: expected a list of distinct schedule names (linear, cosine, quadratic, sigmoid), got "
-                '"linear"'
+                "--set schedules: expected a list of distinct schedule names (linear, cosine, quadratic, sigmoid) or "
+                'names of `variants`, got "linear"'
             ),
         ),
         (
@@ -306,7 +306,7 @@ def test_schedules_is_a_list_of_distinct_known_names(tmp_path: Path) -> None:
             ["cosin"],
             (
                 "--set schedules (schedules[0]): expected a list of distinct schedule names (linear, cosine, "
-                'quadratic, sigmoid), got "cosin"'
+                'quadratic, sigmoid) or names of `variants`, got "cosin"'
             ),
         ),
         ("seeds", [0, 0], f"--set seeds: expected {SEEDS}, got [0, 0]"),

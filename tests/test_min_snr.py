@@ -14,8 +14,8 @@ import ddpm.tracking
 from ddpm.config import TrainConfig, load_config
 from ddpm.diffusion import MIN_SNR_GAMMA, GaussianDiffusion
 from ddpm.errors import UserError
-from ddpm.report import loss_weighting
-from ddpm.results import check_same_weighting
+from ddpm.knobs import check_knobs, knob_sentence
+from ddpm.results import label
 from ddpm.schedules import beta_schedule
 from ddpm.train import train
 
@@ -138,11 +138,13 @@ WEIGHTED = {"loss_weighting": "min_snr", "min_snr_gamma": 5.0}
 
 def test_the_reports_conditions_say_how_each_run_weighed_its_loss() -> None:
     same = [run("linear", 0, WEIGHTED), run("cosine", 0, WEIGHTED)]
-    assert loss_weighting(same) == "Training loss: Min-SNR-γ weighted with γ = 5 (Hang et al. 2023), every run."
+    assert knob_sentence(same, label) == ("Process and loss: every run predicts ε, fixed variances, loss Min-SNR-γ "
+                                          "weighted, γ = 5 (Hang et al. 2023).")  # fmt: skip
     mixed = [run("linear", 1, {"loss_weighting": "none"}), run("cosine", 1, {"lr": 1e-3}), run("imported", 0, None)]
-    plain = "unweighted (L_simple, Ho et al. eq. 14)"
-    expected = f"Training loss: linear seed 1 {plain}; cosine seed 1 {plain}; imported not recorded (imported)."
-    assert loss_weighting(mixed) == expected
+    plain = "loss unweighted (L_simple, Ho et al. eq. 14)"
+    expected = (f"Process and loss: every run predicts ε, fixed variances; linear seed 1: {plain}; cosine seed 1: "
+                f"{plain}; imported: loss weighting not recorded (imported).")  # fmt: skip
+    assert knob_sentence(mixed, label) == expected
 
 
 def test_the_weighting_is_an_mlflow_param_of_the_run_not_a_tag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,17 +157,19 @@ def test_the_weighting_is_an_mlflow_param_of_the_run_not_a_tag(tmp_path: Path, m
     assert (params["train.loss_weighting"], params["train.min_snr_gamma"]) == ("min_snr", "2.0")
 
 
-def test_compare_refuses_schedules_trained_with_different_weightings() -> None:
+def test_compare_refuses_schedules_trained_with_different_weightings_unless_a_variant_declares_it() -> None:
     other = {"loss_weighting": "min_snr", "min_snr_gamma": 2}
-    check_same_weighting([run("linear", 0, WEIGHTED), run("cosine", 0, dict(WEIGHTED)), run("imported", 0, None)])
-    check_same_weighting([run("linear", 0, {"lr": 1e-3}), run("cosine", 0, {**other, "loss_weighting": "none"})])
-    with pytest.raises(UserError, match=r"^the schedules were trained with different loss weightings "
-                                        r"\(train.loss_weighting\): linear: min_snr, γ = 5, cosine: min_snr, γ = 2; "
-                                        r"compare like with like$"):  # fmt: skip
-        check_same_weighting([run("linear", 0, WEIGHTED), run("cosine", 0, other)])
+    check_knobs([run("linear", 0, WEIGHTED), run("cosine", 0, dict(WEIGHTED)), run("imported", 0, None)], set(), label)
+    check_knobs([run("linear", 0, {"lr": 1e-3}), run("cosine", 0, {**other, "loss_weighting": "none"})], set(), label)
+    pair = [run("linear", 0, WEIGHTED), run("cosine", 0, other)]
+    with pytest.raises(UserError, match=r"^the runs were trained with different train.loss_weighting "
+                                        r"\(linear: min_snr, γ = 5, cosine: min_snr, γ = 2\) and no compared variant "
+                                        r"sets it; compare like with like, or declare"):  # fmt: skip
+        check_knobs(pair, set(), label)
+    check_knobs(pair, {"train.loss_weighting"}, label)  # a variant sets it: the difference is what is compared
     mixed = [run("linear", 0, {"loss_weighting": "none"}), run("cosine", 1, WEIGHTED)]
     for r in mixed:  # what the rest of compare's comparability check reads: all alike
-        r.__dict__.update(evaluation={}, sweep=None, drawn=None)
+        r.__dict__.update(evaluation={}, sweep=None, drawn=None, name=r.name)
         r.model |= {"diffusion": {"timesteps": 50}, "arch": {"image_size": 16}}
-    with pytest.raises(UserError, match=r"linear: none, cosine seed 1: min_snr, γ = 5;"):
-        ddpm.results._check_comparable(mixed)  # read_results' check, which compare runs first
+    with pytest.raises(UserError, match=r"linear: none, cosine seed 1: min_snr, γ = 5\)"):
+        ddpm.results.check_knobs(mixed, set(), label)  # read_results' check, which compare runs first

@@ -1,0 +1,117 @@
+"""Variants (ddpm/variants.py): named runs in params.yaml, resolved by --beta-schedule, run in their own
+folders, checked and stated by compare (ddpm/knobs.py)."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from conftest import invoke, tiny_params
+
+from ddpm.checkpoint import describe
+from ddpm.config import load_config
+from ddpm.errors import UserError
+from ddpm.knobs import check_knobs, knob_sentence, variant_keys
+from ddpm.results import label
+
+VARIANTS = {
+    "cosine-minsnr": {"diffusion": {"schedule": "cosine"}, "train": {"loss_weighting": "min_snr", "min_snr_gamma": 2}},
+    "linear-v": {"diffusion": {"prediction": "v"}},
+}
+
+
+def params(folder: Path, variants: dict = VARIANTS, **sections: dict) -> Path:
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump({**tiny_params(**sections), "variants": variants}))
+    return path
+
+
+def test_a_variant_is_its_keys_over_the_file_under_its_own_name(tmp_path: Path) -> None:
+    path = params(tmp_path, schedules=["linear", "cosine-minsnr"])
+    chosen = load_config(path, [("--beta-schedule", "diffusion.schedule", "cosine-minsnr")])
+    resolved = (chosen.run_name, chosen.diffusion.schedule, chosen.train.loss_weighting)
+    assert resolved == ("cosine-minsnr", "cosine", "min_snr")
+    assert chosen.train.min_snr_gamma == 2 and chosen.diffusion.prediction == "eps"
+    # the command line comes after the variant, whichever order the flags came in
+    last = load_config(path, [("--set train.min_snr_gamma", "train.min_snr_gamma", 7),
+                              ("--beta-schedule", "diffusion.schedule", "cosine-minsnr")])  # fmt: skip
+    assert (last.train.min_snr_gamma, last.train.loss_weighting) == (7, "min_snr")
+    # a variant that leaves the schedule to the file takes the file's; a plain name is as it always was
+    assert load_config(path, [("--beta-schedule", "diffusion.schedule", "linear-v")]).diffusion.schedule == "linear"
+    plain = load_config(path, [("--beta-schedule", "diffusion.schedule", "cosine")])
+    assert (plain.run_name, plain.train.loss_weighting, plain.model_dump() == load_config(path).model_dump()) == (
+        "cosine", "none", False)  # fmt: skip
+    assert load_config(path).run_name == "linear"  # no flag: the file's diffusion.schedule
+    assert variant_keys(chosen.variants, ["linear", "cosine-minsnr"]) == {
+        "diffusion.schedule", "train.loss_weighting", "train.min_snr_gamma"}  # fmt: skip
+    assert variant_keys(chosen.variants, ["linear", "cosine"]) == set()
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        ({"train": {"loss_weightin": "min_snr"}}, "variants.bad.train.loss_weightin: unknown key; expected one of: "
+                                                  "steps, batch_size,"),
+        ({"sample": {"steps": 5}}, "variants.bad.sample: unknown key; expected one of: model, diffusion, train"),
+        ({"train": {"min_snr_gamma": 0}}, "variants.bad.train.min_snr_gamma: expected a positive number, got 0"),
+        ({"diffusion": {"schedule": "cosin"}}, "variants.bad.diffusion.schedule: expected one of linear, cosine, "
+                                               'quadratic, sigmoid, got "cosin"'),
+        ({"train": {"seed": 1}}, "variants.bad.train.seed: a variant is trained once per seed of `seeds`; expected no "
+                                 "train.seed"),
+        ({"train": 3}, "variants.bad.train: expected a mapping, got 3"),
+    ],
+)  # fmt: skip
+def test_each_bad_variant_gives_its_pinned_line(tmp_path: Path, variant: dict, message: str) -> None:
+    path = params(tmp_path, {"bad": variant})
+    with pytest.raises(UserError) as error:
+        load_config(path)  # every command checks every variant, whichever it runs
+    assert str(error.value).startswith(f"{path}: {message}")
+    assert "\n" not in str(error.value)
+
+
+def test_variant_names_and_schedules_entries_are_checked(tmp_path: Path) -> None:
+    named = 'variants.b ad: expected a name of letters, digits, _ . and -, got "b ad"'
+    scheduled = "variants.cosine: a schedule's name; expected a name of its own"
+    for variants, message in (({"b ad": {}}, named), ({"cosine": {}}, scheduled)):
+        with pytest.raises(UserError, match=f"^{tmp_path / 'params.yaml'}: {message}$"):
+            load_config(params(tmp_path, variants))
+    with pytest.raises(UserError, match=r'^--set schedules \(schedules\[1\]\): expected .* or names of `variants`, got '
+                                        r'"cosine-minsnr2"$'):  # fmt: skip
+        load_config(params(tmp_path), [("--set schedules", "schedules", ["linear", "cosine-minsnr2"])])
+
+
+def run(name: str, model: dict) -> SimpleNamespace:
+    return SimpleNamespace(name=name, seed=0, model=model)
+
+
+def test_compare_judges_a_declared_knob_and_refuses_an_undeclared_one() -> None:
+    plain = {"diffusion": {"schedule": "linear", "prediction": "eps"}, "config": {"train": {"loss_weighting": "none"}}}
+    v_ztsnr = {"diffusion": {"schedule": "linear", "prediction": "v", "zero_terminal_snr": True}, "config": None}
+    runs = [run("linear", plain), run("linear-ztsnr-v", v_ztsnr)]
+    with pytest.raises(UserError, match=r"different diffusion.prediction \(linear: eps, linear-ztsnr-v: v\)"):
+        check_knobs(runs, {"diffusion.zero_terminal_snr"}, label)
+    with pytest.raises(UserError, match=r"different diffusion.zero_terminal_snr \(linear: False, linear-ztsnr-v: True"):
+        check_knobs(runs, {"diffusion.prediction"}, label)
+    check_knobs(runs, {"diffusion.prediction", "diffusion.zero_terminal_snr"}, label)
+    assert knob_sentence(runs, label) == (
+        "Process and loss: every run fixed variances; linear: predicts ε, loss unweighted (L_simple, Ho et al. eq. "
+        "14); linear-ztsnr-v: predicts v (Salimans & Ho 2022), zero terminal SNR (Lin et al. 2023), loss weighting "
+        "not recorded (imported).")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_variant_trains_and_samples_in_its_own_folder(tmp_path: Path, flowers16: Path) -> None:
+    params(tmp_path, schedules=["linear", "cosine-minsnr"], tracking={"enabled": False}, train={"steps": 2})
+    trained = invoke("train", "--beta-schedule", "cosine-minsnr", "--data", str(flowers16), "--device", "cpu",
+                     cwd=tmp_path)  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    model = tmp_path / "runs" / "cosine-minsnr" / "seed0" / "model.pt"
+    described = describe(model)
+    assert (described["variant"], described["diffusion"]["schedule"]) == ("cosine-minsnr", "cosine")
+    assert (described["config"]["train"]["loss_weighting"], described["config"]["train"]["min_snr_gamma"]) == (
+        "min_snr", 2)  # fmt: skip
+    drawn = invoke("sample", "--beta-schedule", "cosine-minsnr", "--device", "cpu", cwd=tmp_path)
+    assert drawn.exit_code == 0, drawn.output
+    origin = json.loads((model.parent / "samples" / "samples.json").read_text())
+    assert (origin["variant"], origin["schedule"]) == ("cosine-minsnr", "cosine")

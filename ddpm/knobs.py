@@ -65,6 +65,24 @@ def check_knobs(runs: list[Run], declared: set[str], label: Any) -> None:
                             "`variants`)")  # fmt: skip
 
 
+def check_variants_trained(runs: list[Run], variants: Mapping[str, Any]) -> None:
+    """A one-line error where a variant's run folder holds a model trained otherwise than the variant now
+    says (the variant changed since, or the folder was filled by hand): every key it sets must hold its
+    value in model.pt's config. (`dvc repro` retrains such a run; a bare `ddpm compare` must not judge it.)"""
+    for r in runs:
+        if r.name not in variants or "config" not in r.model:
+            continue
+        spec = variants[r.name] if isinstance(variants[r.name], Mapping) else variants[r.name].model_dump()
+        for section, values in spec.items():
+            trained = r.model["config"].get(section, {})
+            wrong = {key: value for key, value in values.items() if key in trained and trained[key] != value}
+            for key, value in wrong.items():
+                seed = f" --seed {r.seed}" if r.seed else ""
+                raise UserError(f"{r.name} seed {r.seed}: trained with {section}.{key} = {trained[key]}, but "
+                                f"variants.{r.name} sets {value}; retrain it (`ddpm train --beta-schedule {r.name}"
+                                f"{seed} --restart-if-changed`)")  # fmt: skip
+
+
 def _phrases(values: dict[str, Any]) -> list[str]:
     """A run's knobs in words, its weighting last."""
     phrases = [PREDICTIONS[values["diffusion.prediction"]]]

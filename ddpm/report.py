@@ -3,7 +3,7 @@ verdicts and every picture, and the table as comparison.csv and .json.
 """
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from ddpm import layout
 from ddpm.config import Config
 from ddpm.data import first_image
 from ddpm.files import atomic_outputs, folder_lock
-from ddpm.knobs import knob_sentence, variant_keys
+from ddpm.knobs import knob_sentence
 from ddpm.nearest import closest_images, memorization_section
 from ddpm.plots import (
     checked_names,
@@ -40,7 +40,7 @@ def compare(
     out_dir: Path,
     ready: Callable[[], None] | None = None,
     primary: str = "fid",
-    declared: set[str] = frozenset(),
+    variants: Mapping[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], list[Path], dict[str, str]]:
     """The comparison report in `out_dir`: report.md with the table, what its differences mean, and
     every picture; the table as comparison.csv and .json; scores.csv (FID per schedule); losses.csv;
@@ -51,8 +51,8 @@ def compare(
     (the first seed's samples closest to a training image, ddpm.memorization). T and the
     image size are the checkpoints'. Returns the rows, the files and each run's MLflow child run
     (where tracked). `ready` is called once every input is read; `primary` is compare.primary, the
-    pre-declared test; `declared`, the knobs that the compared variants set (ddpm.knobs)."""
-    results = read_results(names, seeds, runs_dir, declared)
+    pre-declared test; `variants`, params.yaml's (ddpm.variants: what the compared runs may differ in)."""
+    results = read_results(names, seeds, runs_dir, variants)
     image = first_image(data, results[0].model["arch"]["image_size"])  # checked, like every input, before any write
     closest = closest_images([r for r in results if r.seed == seeds[0]], runs_dir, data)
     if ready:
@@ -388,7 +388,7 @@ def stage(config: Config, names: list[str], runs_dir: Path, data: Path, out_dir:
             out_dir,
             ready=tracked.open,
             primary=config.compare.primary,
-            declared=variant_keys(config.variants, names),
+            variants=config.variants,
         )
         if tracked.store:
             compare_run(tracked.store, names, rows, files, linked)

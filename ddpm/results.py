@@ -6,7 +6,7 @@ into one table row per schedule, the mean over the seeds.
 import json
 import warnings
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from ddpm.checkpoint import UnreadableCheckpoint, describe
 from ddpm.comparable import Measured, check_comparable
 from ddpm.errors import UserError
 from ddpm.files import sha256_hex
-from ddpm.knobs import check_knobs
+from ddpm.knobs import check_knobs, check_variants_trained, variant_keys
 from ddpm.layout import GRID, SAMPLES_ARRAY, RunFolder
 from ddpm.origin import read_origin
 from ddpm.result_keys import (
@@ -56,14 +56,16 @@ class RunResult:
 
 
 def read_results(
-    names: list[str], seeds: list[int], runs_dir: Path, declared: set[str] = frozenset()
+    names: list[str], seeds: list[int], runs_dir: Path, variants: Mapping[str, Any] | None = None
 ) -> list[RunResult]:
     """Every schedule's (or variant's) results for every seed; a clear error naming the first file missing and
     the command that writes it, or the first condition that differs between the runs (a knob may differ
-    where a compared variant sets it: `declared`, ddpm.knobs)."""
+    where a compared variant of `variants`, params.yaml's, sets it: ddpm.knobs)."""
     results = [_read_run(RunFolder.of(name, seed, runs_dir), name, seed) for name in names for seed in seeds]
     _check_comparable(results)
-    check_knobs(results, declared, label)
+    variants = variants or {}
+    check_variants_trained(results, variants)
+    check_knobs(results, variant_keys(variants, names), label)
     return results
 
 

@@ -126,7 +126,7 @@ def test_the_sweep_run_logs_a_metric_per_sampler_at_step_nfe(store_uri: str, tmp
                "dpmsolver++": {"5": 25.0, "10": 15.0}, "ddpm": {"50": 12.0}, "num_samples": 8,
                "feature_extractor": "randconv"}  # fmt: skip
     config = tiny_config(tracking={"uri": store_uri}, sample={"spacing": "trailing"})
-    trained = SimpleNamespace(spec={"schedule": "cosine"}, path=folder / "model.pt", run_id=None)
+    trained = SimpleNamespace(spec={"schedule": "cosine"}, path=folder / "model.pt", run_id=None, name="cosine")
     store = open_store(config.tracking)
     run = sweep_run(store, trained, config, results, folder / "sweep.json")
     store.outbox.flush(now=True)

@@ -12,7 +12,7 @@ from conftest import invoke, tiny_params
 from ddpm.checkpoint import describe
 from ddpm.config import load_config
 from ddpm.errors import UserError
-from ddpm.knobs import check_knobs, knob_sentence, variant_keys
+from ddpm.knobs import check_knobs, check_variants_trained, knob_sentence, variant_keys
 from ddpm.results import label
 
 VARIANTS = {
@@ -115,3 +115,16 @@ def test_a_variant_trains_and_samples_in_its_own_folder(tmp_path: Path, flowers1
     assert drawn.exit_code == 0, drawn.output
     origin = json.loads((model.parent / "samples" / "samples.json").read_text())
     assert (origin["variant"], origin["schedule"]) == ("cosine-minsnr", "cosine")
+
+
+def test_compare_refuses_a_variants_run_trained_otherwise_than_the_variant_says() -> None:
+    variants = {"cosine-minsnr": {"diffusion": {"schedule": "cosine"}, "train": {"loss_weighting": "min_snr"}}}
+    config = {"diffusion": {"schedule": "cosine"}, "train": {"loss_weighting": "none"}}
+    stale = [run("linear", {"config": config}), run("cosine-minsnr", {"config": config})]
+    with pytest.raises(UserError, match=r"^cosine-minsnr seed 0: trained with train.loss_weighting = none, but "
+                                        r"variants.cosine-minsnr sets min_snr; retrain it \(`ddpm train "
+                                        r"--beta-schedule cosine-minsnr --restart-if-changed`\)$"):  # fmt: skip
+        check_variants_trained(stale, variants)
+    config["train"]["loss_weighting"] = "min_snr"
+    check_variants_trained(stale, variants)  # "linear" is no variant: its settings are the schedule's own
+    check_variants_trained([run("cosine-minsnr", {})], variants)  # imported: nothing recorded to check

@@ -14,10 +14,11 @@ from diffusers.schedulers.scheduling_ddpm import rescale_zero_terminal_snr as di
 
 import ddpm.tracking
 from ddpm.checkpoint import load_trained
-from ddpm.config import load_config
+from ddpm.config import SampleConfig, load_config
 from ddpm.diffusion import CLIP_MODES, GaussianDiffusion
 from ddpm.errors import UserError
 from ddpm.plots import log_snr_curve, process_specs
+from ddpm.sample import chain_timesteps
 from ddpm.schedules import SCHEDULES, beta_schedule, process_betas, rescale_zero_terminal_snr, shift_log_snr
 from ddpm.spacing import timesteps
 from ddpm.train import train
@@ -92,6 +93,17 @@ def test_bad_knobs_are_one_line_naming_the_keys() -> None:
             overrides=[*ztsnr_v, ("--set", "sample.sampler", "ddim"), ("--set", "sample.spacing", spacing)]
         )
         assert config.diffusion.zero_terminal_snr and timesteps("dpmsolver++", spacing, 50, 1000)[0] == 999
+
+    # a zero-terminal-SNR checkpoint sampled with a spacing that skips T − 1: refused at sampling too
+    model = GaussianDiffusion(process_betas("linear", 100, True), "v")
+    for sampler in ("ddim", "dpmsolver++"):
+        with pytest.raises(
+            UserError, match=r"^sample.spacing \(.*, m.pt\): leading never samples t = T − 1, .*trailing$"
+        ):
+            chain_timesteps(SampleConfig(sampler=sampler, spacing="leading", steps=10), model, "m.pt")
+        assert chain_timesteps(SampleConfig(sampler=sampler, spacing="trailing", steps=10), model, "m.pt")[0] == 99
+    plain = GaussianDiffusion(beta_schedule("linear", 100), "v")  # without ZTSNR leading is the user's choice
+    assert chain_timesteps(SampleConfig(sampler="ddim", spacing="leading", steps=10), plain, "m.pt")[0] == 90
 
 
 @pytest.mark.parametrize("prediction", ["x0", "v"])

@@ -70,7 +70,8 @@ def test_imported_weights_compute_diffusers_function(tmp_path: Path, config: dic
     trained = load_trained(tmp_path / "model.pt", CPU)
     assert sum(p.numel() for p in trained.model.parameters()) == sum(p.numel() for p in theirs.parameters())
     assert max_difference(trained.model, theirs, config["sample_size"], torch.float32) <= 1e-5
-    assert made["diffusion"] == {"schedule": "linear", "timesteps": 1000, "prediction": "eps"}
+    assert made["diffusion"] == {"schedule": "linear", "timesteps": 1000, "prediction": "eps",
+                                 "zero_terminal_snr": False, "input_scale": 1.0}  # fmt: skip
     assert made["imported"]["weights"].endswith(".safetensors" if safetensors else ".bin")
     if config is HO_CIFAR10:  # the preset is that model: the paper's 35,746,307 parameters, the same arguments
         assert sum(p.numel() for p in theirs.parameters()) == 35_746_307

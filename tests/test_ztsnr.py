@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import CPU, tiny_config
+from conftest import CPU, invoke, tiny_config
 from diffusers.schedulers.scheduling_ddpm import rescale_zero_terminal_snr as diffusers_rescale
 
+import ddpm.plots
 import ddpm.tracking
 from ddpm.checkpoint import load_trained
 from ddpm.config import SampleConfig, load_config
@@ -163,3 +164,17 @@ def test_a_trained_run_records_the_knobs_and_is_rebuilt_from_them(
     monkeypatch.setattr(ddpm.tracking, "model_run", lambda *args: fake)
     ddpm.tracking.ModelTracker(config, tmp_path).start(None)
     assert (params["diffusion.zero_terminal_snr"], params["diffusion.input_scale"]) == ("true", "0.5")
+
+
+def test_the_schedules_command_draws_each_schedule_with_the_configs_knobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn = []
+    monkeypatch.setattr(ddpm.plots, "schedule_pictures", lambda specs, *args: drawn.append(specs) or ["a", "b"])
+    knobs = ["--set", "diffusion.zero_terminal_snr=true", "--set", "diffusion.prediction=v"]
+    result = invoke("schedules", "linear", "cosine", *knobs, "--set", "diffusion.input_scale=0.5", cwd=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    spec = {"timesteps": 1000, "zero_terminal_snr": True, "input_scale": 0.5}
+    assert drawn == [
+        {f"{name}, zero terminal SNR, b = 0.5": {"schedule": name, **spec} for name in ("linear", "cosine")}
+    ]

@@ -353,10 +353,9 @@ def _check_spacing(config: Config, label: str, overrides: Sequence[Override]) ->
 
 
 def _where(label: str, overrides: Sequence[Override], keys: tuple[str, ...]) -> str:
-    """The flags that set `keys`, else the file, followed by the first key."""
+    """The flags that set any of `keys`, else the file (the message names the keys)."""
     given = [source for source, k, _ in overrides if k in keys]
-    where = ", ".join(dict.fromkeys(given)) if given else label
-    return where + ("" if keys[0] in where else f": {keys[0]}")
+    return ", ".join(dict.fromkeys(given)) if given else label
 
 
 def _check_zero_terminal_snr(config: Config, label: str, overrides: Sequence[Override]) -> None:
@@ -364,8 +363,8 @@ def _check_zero_terminal_snr(config: Config, label: str, overrides: Sequence[Ove
     t = T − 1, the step of pure noise (Lin et al. 2023, section 3.3)."""
     if config.diffusion.prediction == "eps":
         where = _where(label, overrides, ("diffusion.prediction", "diffusion.zero_terminal_snr"))
-        raise UserError(f"{where}: eps cannot be predicted with diffusion.zero_terminal_snr: at t = T x_T holds no "
-                        "signal, so x̂_0 = (x_T − eps)/0 (diffusers PR #3664's black images); "
+        raise UserError(f"{where}: diffusion.prediction eps cannot go with diffusion.zero_terminal_snr: at t = T "
+                        "x_T holds no signal, so x̂_0 = (x_T − eps)/0 (diffusers PR #3664's black images); "
                         "use diffusion.prediction: v")  # fmt: skip
     spacing, steps, T = config.sample.spacing, config.sample.steps, config.diffusion.timesteps
     for sampler in dict.fromkeys([config.sample.sampler, *config.sweep.samplers]):
@@ -373,8 +372,8 @@ def _check_zero_terminal_snr(config: Config, label: str, overrides: Sequence[Ove
             continue
         if timesteps(sampler, spacing, steps, T)[0] != T - 1:
             where = _where(label, overrides, ("sample.spacing", "diffusion.zero_terminal_snr"))
-            raise UserError(f"{where}: {spacing} never samples t = T − 1 with {sampler}, the step of pure noise "
-                            "that diffusion.zero_terminal_snr trains (Lin et al. 2023, section 3.3); "
+            raise UserError(f"{where}: sample.spacing {spacing} never samples t = T − 1 with {sampler}, the step "
+                            "of pure noise that diffusion.zero_terminal_snr trains (Lin et al. 2023, section 3.3); "
                             "use sample.spacing: trailing")  # fmt: skip
 
 

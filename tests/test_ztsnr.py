@@ -77,14 +77,14 @@ def test_bad_knobs_are_one_line_naming_the_keys() -> None:
         load_config(overrides=[("--set", "diffusion.zero_terminal_snr", True)])
     assert "\n" not in str(error.value)
     assert str(error.value).startswith(
-        "--set: diffusion.prediction: eps cannot be predicted with diffusion.zero_terminal_snr"
+        "--set: diffusion.prediction eps cannot go with diffusion.zero_terminal_snr: at t = T x_T"
     )
     assert "x̂_0 = (x_T − eps)/0" in str(error.value) and str(error.value).endswith("use diffusion.prediction: v")
     ztsnr_v = [("--set", "diffusion.zero_terminal_snr", True), ("--set", "diffusion.prediction", "v")]
     for sampler, spacing in (("ddim", "leading"), ("ddim", "quadratic"), ("dpmsolver++", "leading")):
         with pytest.raises(
             UserError,
-            match=rf"^--set: sample.spacing: {spacing} never samples t = T − 1 with {re.escape(sampler)},.*trailing$",
+            match=rf"^--set: sample.spacing {spacing} never samples t = T − 1 with {re.escape(sampler)},.*trailing$",
         ):
             load_config(
                 overrides=[*ztsnr_v, ("--set", "sample.sampler", sampler), ("--set", "sample.spacing", spacing)]

@@ -20,7 +20,7 @@ import torch
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import UserError
 from ddpm.files import atomic_output
-from ddpm.schedules import beta_schedule
+from ddpm.schedules import process_betas
 from ddpm.unet import ARCH_VERSION, UNet
 
 Weights = dict[str, torch.Tensor]  # a state_dict
@@ -134,10 +134,13 @@ def build_model(
     arch: dict[str, Any], diffusion: dict[str, Any], device: torch.device
 ) -> tuple[UNet, GaussianDiffusion]:
     """The UNet `arch` describes (its initial weights drawn from the global generator) and the diffusion
-    process `diffusion` describes ({schedule, timesteps, prediction}), on `device`: what a checkpoint's
-    model is rebuilt from, and what training starts from."""
+    process `diffusion` describes (schedule, timesteps, prediction, zero_terminal_snr, input_scale), on
+    `device`: what a checkpoint's model is rebuilt from, and what training starts from."""
     model = UNet(**arch).to(device)
-    process = GaussianDiffusion(beta_schedule(diffusion["schedule"], diffusion["timesteps"]), diffusion["prediction"])
+    # checkpoints from before zero terminal SNR and the input scale lack their keys: neither was applied
+    betas = process_betas(diffusion["schedule"], diffusion["timesteps"], diffusion.get("zero_terminal_snr", False),
+                          diffusion.get("input_scale", 1.0))  # fmt: skip
+    process = GaussianDiffusion(betas, diffusion["prediction"])
     return model, process.to(device)
 
 

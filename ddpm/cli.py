@@ -337,9 +337,9 @@ def schedules(
 ) -> None:
     """Draw alphā(t), log-SNR(t) and the forward process per schedule."""
     cfg = _load(config, set_, SCHEDULES_PARAMS, timesteps=timesteps)
-    from ddpm.plots import schedule_pictures
+    from ddpm.plots import process_specs, schedule_pictures
 
-    curves, forward = schedule_pictures(names, cfg.diffusion.timesteps, data, cfg.data.image_size, out)
+    curves, forward = schedule_pictures(process_specs(names, dict(cfg.diffusion)), data, cfg.data.image_size, out)
     typer.echo(f"wrote {curves} and {forward}")
 
 

@@ -17,7 +17,7 @@ from pydantic import AfterValidator, AllowInfNan, BaseModel, BeforeValidator, Co
 from ddpm.config_errors import Override, describe_error
 from ddpm.errors import UserError
 from ddpm.schedules import SCHEDULES, beta_schedule
-from ddpm.spacing import SPACINGS
+from ddpm.spacing import SPACINGS, timesteps
 from ddpm.unet import PRESETS, check_architecture, preset_architecture
 from ddpm.variants import VARIANTS, RunName, Variant, expand_variant, variant_overrides
 from ddpm.yamlfile import read_params
@@ -103,6 +103,11 @@ class DiffusionConfig(Section):
     schedule: ScheduleName = "linear"
     timesteps: PositiveInt = 1000
     prediction: Literal["eps", "x0", "v"] = "eps"
+    # √alphā rescaled so that x_T holds no signal (Lin et al. 2023; ddpm.schedules): with v or x0
+    # prediction and a spacing that starts at T − 1
+    zero_terminal_snr: bool = False
+    # b: log-SNR shifted by 2·log b (Chen 2023; ddpm.schedules.shift_log_snr); b < 1 for larger images
+    input_scale: Annotated[Number, Field(gt=0)] = 1.0
 
 
 class TrainConfig(Section):
@@ -365,6 +370,8 @@ def _check_combinations(config: Config, label: str, overrides: Sequence[Override
     if config.data.source == "folder" and not config.data.folder:
         raise UserError(f"{label}: data.folder: expected a folder of images when data.source is folder, got null")
     _check_spacing(config, label, overrides)
+    if config.diffusion.zero_terminal_snr:
+        _check_zero_terminal_snr(config, label, overrides)
     for name in dict.fromkeys([config.diffusion.schedule, *(s for s in config.schedules if s in SCHEDULES)]):
         try:
             beta_schedule(name, config.diffusion.timesteps)
@@ -385,6 +392,31 @@ def _check_spacing(config: Config, label: str, overrides: Sequence[Override]) ->
         where += "" if "sample.spacing" in where else ": sample.spacing"
         raise UserError(f"{where}: {spacing} is not defined for {sampler} (sample.sampler); "
                         f"expected one of: {', '.join(SPACINGS[sampler])}")  # fmt: skip
+
+
+def _where(label: str, overrides: Sequence[Override], keys: tuple[str, ...]) -> str:
+    """The flags that set any of `keys`, else the file (the message names the keys)."""
+    given = [source for source, k, _ in overrides if k in keys]
+    return ", ".join(dict.fromkeys(given)) if given else label
+
+
+def _check_zero_terminal_snr(config: Config, label: str, overrides: Sequence[Override]) -> None:
+    """Zero terminal SNR needs a target defined where x_T holds no signal, and a chain that samples
+    t = T − 1, the step of pure noise (Lin et al. 2023, section 3.3)."""
+    if config.diffusion.prediction == "eps":
+        where = _where(label, overrides, ("diffusion.prediction", "diffusion.zero_terminal_snr"))
+        raise UserError(f"{where}: diffusion.prediction eps cannot go with diffusion.zero_terminal_snr: at t = T "
+                        "x_T holds no signal, so x̂_0 = (x_T − eps)/0 (diffusers PR #3664's black images); "
+                        "use diffusion.prediction: v")  # fmt: skip
+    spacing, steps, T = config.sample.spacing, config.sample.steps, config.diffusion.timesteps
+    for sampler in dict.fromkeys([config.sample.sampler, *config.sweep.samplers]):
+        if sampler == "ddpm" or spacing not in SPACINGS[sampler] or not 1 <= steps <= T:
+            continue
+        if timesteps(sampler, spacing, steps, T)[0] != T - 1:
+            where = _where(label, overrides, ("sample.spacing", "diffusion.zero_terminal_snr"))
+            raise UserError(f"{where}: sample.spacing {spacing} never samples t = T − 1 with {sampler}, the step "
+                            "of pure noise that diffusion.zero_terminal_snr trains (Lin et al. 2023, section 3.3); "
+                            "use sample.spacing: trailing")  # fmt: skip
 
 
 def _arch_subset(config: Config) -> dict[str, Any]:

@@ -200,9 +200,12 @@ def diffusion_process(folder: Path) -> tuple[dict[str, Any], Path]:
         raise UserError(f"{path}: _class_name = {_shown(kind)}; expected a scheduler whose betas come from "
                         f"beta_schedule ({', '.join(SCHEDULERS[:3])}, ...)")  # fmt: skip
     timesteps, name = c.get("num_train_timesteps", 1000), c.get("beta_schedule", "linear")
-    for key, bad in (("trained_betas", lambda v: v is not None), ("rescale_betas_zero_snr", bool)):
-        if bad(c.get(key)):
-            raise UserError(f"{path}: {key} = {_shown(c[key])}; ddpm computes its betas from a named schedule")
+    if c.get("trained_betas") is not None:
+        raise UserError(f"{path}: trained_betas = {_shown(c['trained_betas'])}; ddpm computes its betas from a "
+                        "named schedule")  # fmt: skip
+    zero_terminal_snr = c.get("rescale_betas_zero_snr", False)
+    if not isinstance(zero_terminal_snr, bool):
+        raise UserError(f"{path}: rescale_betas_zero_snr = {_shown(zero_terminal_snr)}; expected true or false")
     if not isinstance(name, str) or name not in SCHEDULES:
         raise UserError(f"{path}: beta_schedule = {_shown(name)}; ddpm imports {', '.join(SCHEDULES)} only")
     if not _count(2, MAX_TIMESTEPS)(timesteps):
@@ -213,9 +216,13 @@ def diffusion_process(folder: Path) -> tuple[dict[str, Any], Path]:
     prediction = c.get("prediction_type", "epsilon")
     if not isinstance(prediction, str) or prediction not in PREDICTIONS:
         raise UserError(f"{path}: prediction_type = {_shown(prediction)}; expected one of {', '.join(PREDICTIONS)}")
+    if zero_terminal_snr and prediction == "epsilon":  # as the config refuses it (ddpm.config)
+        raise UserError(f"{path}: rescale_betas_zero_snr = true with prediction_type = \"epsilon\": at t = T x_T "
+                        "holds no signal, so x̂_0 = (x_T − eps)/0 (diffusers PR #3664's black images)")  # fmt: skip
     schedule = SCHEDULES[name]
     beta_schedule(schedule, timesteps)  # a schedule that cannot be built at this T raises here, not at sampling
-    return {"schedule": schedule, "timesteps": timesteps, "prediction": PREDICTIONS[prediction]}, path
+    diffusion = {"schedule": schedule, "timesteps": timesteps, "prediction": PREDICTIONS[prediction]}
+    return {**diffusion, "zero_terminal_snr": zero_terminal_snr, "input_scale": 1.0}, path
 
 
 def _check_beta_ends(c: dict[str, Any], path: Path, schedule: str, timesteps: int) -> None:

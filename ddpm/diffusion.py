@@ -154,9 +154,10 @@ class GaussianDiffusion(nn.Module):
         )
 
     def predict_eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        """eps = (x_t/√alphā_t − x_0) / √(1/alphā_t − 1), eq. 4 solved for eps."""
-        return (extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / extract(
-            self.sqrt_recipm1_alphas_cumprod, t, x_t
+        """eps = (x_t − √alphā_t·x_0) / √(1 − alphā_t), eq. 4 solved for eps: finite at alphā_t = 0 (zero
+        terminal SNR), where the form through 1/√alphā_t is inf/inf."""
+        return (x_t - extract(self.sqrt_alphas_cumprod, t, x_t) * x0) / extract(
+            self.sqrt_one_minus_alphas_cumprod, t, x_t
         )
 
     def training_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

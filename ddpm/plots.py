@@ -17,7 +17,7 @@ from ddpm.errors import UserError
 from ddpm.files import atomic_outputs
 from ddpm.layout import FORWARD_PICTURE, SCHEDULES_PICTURE
 from ddpm.results import RunResult, by_schedule, label, metric_names
-from ddpm.schedules import SCHEDULES, beta_schedule
+from ddpm.schedules import SCHEDULES, beta_schedule, process_betas
 from ddpm.spacing import SAMPLER_NAMES
 from ddpm.sweep_report import sweep_point, swept
 
@@ -40,49 +40,89 @@ def _save(fig, path: Path) -> None:  # noqa: ANN001
     _pyplot().close(fig)
 
 
+def process_specs(names: list[str] | None, diffusion: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """label → diffusion spec (a checkpoint's `diffusion` form: schedule, timesteps, zero_terminal_snr,
+    input_scale) of each schedule of `names` (default: all, each checked) with the knobs of `diffusion`
+    (config.diffusion's dump); the label names the knobs that are not the default."""
+    knobs = {key: diffusion[key] for key in ("timesteps", "zero_terminal_snr", "input_scale")}
+    suffix = ", zero terminal SNR" if knobs["zero_terminal_snr"] else ""
+    suffix += f", b = {knobs['input_scale']:g}" if knobs["input_scale"] != 1 else ""
+    names = checked_names(names or list(SCHEDULES), knobs["timesteps"])
+    return {f"{name}{suffix}": {"schedule": name, **knobs} for name in names}
+
+
+def _named(names: list[str], timesteps: int) -> dict[str, dict[str, Any]]:
+    """The plain schedules `names` as specs, labelled by name (the comparison report's)."""
+    return process_specs(names, {"timesteps": timesteps, "zero_terminal_snr": False, "input_scale": 1.0})
+
+
+def _betas(spec: dict[str, Any]) -> torch.Tensor:
+    return process_betas(spec["schedule"], spec["timesteps"], spec["zero_terminal_snr"], spec["input_scale"])
+
+
+def log_snr_curve(alphas_cumprod: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(t/T, log-SNR(t) = log(alphā/(1 − alphā))) at the t where it is finite: a zero-terminal-SNR
+    schedule's last point, log 0 = −inf, is left out (the curve falls towards it off the axes)."""
+    t = np.arange(1, len(alphas_cumprod) + 1) / len(alphas_cumprod)
+    kept = alphas_cumprod > 0
+    return t[kept], np.log(alphas_cumprod[kept]) - np.log1p(-alphas_cumprod[kept])
+
+
 def plot_schedules(names: list[str], timesteps: int, path: Path) -> None:
-    """alphā(t) and log-SNR(t) = log(alphā/(1 − alphā)) of each schedule, over t/T, side by side."""
+    """`plot_processes` of the plain schedules `names`."""
+    plot_processes(_named(names, timesteps), path)
+
+
+def plot_processes(processes: dict[str, dict[str, Any]], path: Path) -> None:
+    """alphā(t) and log-SNR(t) (`log_snr_curve`) of each process (label → spec), over t/T, side by side."""
     fig, (left, right) = _pyplot().subplots(1, 2, figsize=(10, 4))
-    t = np.arange(1, timesteps + 1) / timesteps
-    for name in names:
-        alphas_cumprod = torch.cumprod(1 - beta_schedule(name, timesteps), 0).numpy()
-        left.plot(t, alphas_cumprod, label=name)
-        right.plot(t, np.log(alphas_cumprod / (1 - alphas_cumprod)), label=name)
+    for name, spec in processes.items():
+        alphas_cumprod = torch.cumprod(1 - _betas(spec), 0).numpy()
+        left.plot(np.arange(1, len(alphas_cumprod) + 1) / len(alphas_cumprod), alphas_cumprod, label=name)
+        right.plot(*log_snr_curve(alphas_cumprod), label=name)
     left.set(xlabel="t / T", ylabel="alphā(t)", title="signal kept, alphā(t)")
     right.set(xlabel="t / T", ylabel="log SNR(t)", title="log signal-to-noise ratio")
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"beta schedules, T = {timesteps}")
+    fig.suptitle(f"beta schedules, T = {', '.join(sorted({str(s['timesteps']) for s in processes.values()}))}")
     fig.tight_layout()
     _save(fig, path)
 
 
-def noised_strip(names: list[str], timesteps: int, image: np.ndarray, seed: int = 0) -> tuple[np.ndarray, list[int]]:
+def noised_strip(
+    processes: dict[str, dict[str, Any]], image: np.ndarray, seed: int = 0
+) -> tuple[np.ndarray, list[int]]:
     """One image (uint8, (3, H, W)) drawn from q(x_t | x_0) at STRIP_STEPS evenly spaced t from 0 to
-    T − 1, a row per schedule, with the same noise in every row so that only the schedule differs.
-    Returns the uint8 picture (rows·H, STRIP_STEPS·W, 3) and the t of each column."""
+    T − 1, a row per process (label → spec, one T), with the same noise in every row so that only the
+    process differs. Returns the uint8 picture (rows·H, STRIP_STEPS·W, 3) and the t of each column."""
     x0 = to_unit_range(torch.tensor(image))[None].double()
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    timesteps = next(iter(processes.values()))["timesteps"]
     steps = [int(t) for t in np.linspace(0, timesteps - 1, STRIP_STEPS).round()]
     rows = []
-    for name in names:
-        diffusion = GaussianDiffusion(beta_schedule(name, timesteps))
+    for spec in processes.values():
+        diffusion = GaussianDiffusion(_betas(spec))
         x_t = [diffusion.q_sample(x0, torch.tensor([t]), noise)[0] for t in steps]
         rows.append(torch.cat([to_uint8(x) for x in x_t], dim=2))  # (3, H, STRIP_STEPS·W)
     return torch.cat(rows, dim=1).permute(1, 2, 0).numpy(), steps
 
 
 def forward_strip(names: list[str], timesteps: int, image: np.ndarray, path: Path, seed: int = 0) -> None:
-    """`noised_strip` as a labelled picture: schedules down the side, t along the bottom."""
-    strip, steps = noised_strip(names, timesteps, image, seed)
+    """`forward_processes` of the plain schedules `names`."""
+    forward_processes(_named(names, timesteps), image, path, seed)
+
+
+def forward_processes(processes: dict[str, dict[str, Any]], image: np.ndarray, path: Path, seed: int = 0) -> None:
+    """`noised_strip` as a labelled picture: processes down the side, t along the bottom."""
+    strip, steps = noised_strip(processes, image, seed)
     h, w = image.shape[1:]
-    fig, ax = _pyplot().subplots(figsize=(1.1 * STRIP_STEPS + 1.5, 1.1 * len(names) + 1))
+    fig, ax = _pyplot().subplots(figsize=(1.1 * STRIP_STEPS + 1.5, 1.1 * len(processes) + 1))
     ax.imshow(strip, interpolation="nearest")
     ax.set_xticks([(i + 0.5) * w for i in range(STRIP_STEPS)], [f"t={t}" for t in steps])
-    ax.set_yticks([(i + 0.5) * h for i in range(len(names))], names)
+    ax.set_yticks([(i + 0.5) * h for i in range(len(processes))], list(processes))
     ax.tick_params(length=0)
-    ax.set_title(f"forward process q(x_t | x_0), T = {timesteps}, the same noise in every row")
+    ax.set_title(f"forward process q(x_t | x_0), T = {steps[-1] + 1}, the same noise in every row")
     fig.tight_layout()
     _save(fig, path)
 
@@ -215,17 +255,15 @@ def plot_nearest(closest: dict[str, tuple[list[list[int | float]], np.ndarray, n
     _save(fig, path)
 
 
-def schedule_pictures(
-    names: list[str] | None, timesteps: int, data: Path, image_size: int, out_dir: Path
-) -> list[Path]:
-    """`ddpm schedules`: the curves of the schedules `names` (default: all) and the forward process of
-    the first prepared image at `data` (a synthetic flower of `image_size` where there is none) under each."""
-    names = checked_names(names or list(SCHEDULES), timesteps)
+def schedule_pictures(processes: dict[str, dict[str, Any]], data: Path, image_size: int, out_dir: Path) -> list[Path]:
+    """`ddpm schedules`: the curves of the processes (label → spec, `process_specs`) and the forward
+    process of the first prepared image at `data` (a synthetic flower of `image_size` where there is
+    none) under each."""
     image = first_image(data, image_size)
     curves, forward = out_dir / SCHEDULES_PICTURE, out_dir / FORWARD_PICTURE
     with atomic_outputs() as output:
-        plot_schedules(names, timesteps, output(curves))
-        forward_strip(names, timesteps, image, output(forward))
+        plot_processes(processes, output(curves))
+        forward_processes(processes, image, output(forward))
     return [curves, forward]
 
 

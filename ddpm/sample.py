@@ -40,17 +40,23 @@ def chain_length(diffusion: GaussianDiffusion, cfg: SampleConfig) -> int:
     return diffusion.num_timesteps if cfg.sampler == "ddpm" else cfg.steps
 
 
-def chain_timesteps(cfg: SampleConfig, num_timesteps: int, source: str) -> list[int]:
-    """The timesteps at which DDIM or DPM-Solver++ evaluates a model of `num_timesteps` = T
+def chain_timesteps(cfg: SampleConfig, diffusion: GaussianDiffusion, source: str) -> list[int]:
+    """The timesteps at which DDIM or DPM-Solver++ evaluates the model of process `diffusion`
     (`ddpm.spacing.timesteps`); a UserError naming the key and `source` (the model) where they are not
-    defined."""
+    defined, or where a zero-terminal-SNR model's chain would skip t = T − 1 (as ddpm.config refuses)."""
+    num_timesteps = diffusion.num_timesteps
     if cfg.steps > num_timesteps:
         raise UserError(f"sample.steps: expected at most the model's {num_timesteps} timesteps ({source}), "
                         f"got {cfg.steps}")  # fmt: skip
     try:
-        return timesteps(cfg.sampler, cfg.spacing, cfg.steps, num_timesteps)
+        listed = timesteps(cfg.sampler, cfg.spacing, cfg.steps, num_timesteps)
     except ValueError as e:
         raise UserError(f"sample.spacing ({cfg.sampler}, {source}): {e}") from None
+    if diffusion.alphas_cumprod[-1] == 0 and listed[0] != num_timesteps - 1:
+        raise UserError(f"sample.spacing ({cfg.sampler}, {source}): {cfg.spacing} never samples t = T − 1, the "
+                        "step of pure noise this zero-terminal-SNR model was trained on (Lin et al. 2023, "
+                        "section 3.3); use sample.spacing: trailing")  # fmt: skip
+    return listed
 
 
 def _chain(diffusion: GaussianDiffusion, network: Model, noise: torch.Tensor, cfg: SampleConfig,
@@ -58,7 +64,7 @@ def _chain(diffusion: GaussianDiffusion, network: Model, noise: torch.Tensor, cf
     """The configured sampler's chain from x_T = `noise`."""
     if cfg.sampler == "ddpm":
         return diffusion.p_sample_loop_progressive(network, noise, generator, cfg.variance, cfg.clip_mode)
-    listed = chain_timesteps(cfg, diffusion.num_timesteps, "the model")
+    listed = chain_timesteps(cfg, diffusion, "the model")
     if cfg.sampler == "ddim":
         return diffusion.ddim_sample_loop_progressive(network, noise, listed, cfg.eta, generator, cfg.clip_mode)
     return diffusion.dpm_solver_sample_loop_progressive(network, noise, listed, cfg.clip_mode)
@@ -151,7 +157,7 @@ def sample(
     the sampling (the CLI opens MLflow there). Nothing is written if the samples are not finite."""
     trained = load_trained(checkpoint, device)
     if cfg.sampler != "ddpm":
-        chain_timesteps(cfg, trained.diffusion.num_timesteps, str(checkpoint))
+        chain_timesteps(cfg, trained.diffusion, str(checkpoint))
     if ready:
         ready(trained)
     try:

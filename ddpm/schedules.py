@@ -1,4 +1,6 @@
-"""Beta schedules: one pure function each, returning float64 betas of shape (T,).
+"""Beta schedules: one pure function each, returning float64 betas of shape (T,), and the two
+transformations of a schedule that `process_betas` applies on top: zero terminal SNR (Lin et al. 2023)
+and the input scale (Chen 2023).
 
 Every schedule is defined for any number of steps T. Schedules given in terms of
 alphā(t) (cosine, sigmoid) are turned into betas by beta_t = 1 − alphā(t)/alphā(t−1),
@@ -83,3 +85,49 @@ def beta_schedule(name: str, timesteps: int) -> torch.Tensor:
             f"(largest {betas.max().item():.3g}); use more timesteps"
         )
     return betas
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Lin et al. 2023 ("Common Diffusion Noise Schedules and Sample Steps are Flawed"), Algorithm 1:
+    √alphā shifted so that √alphā_T = 0 and scaled so that √alphā_1 is kept,
+
+        √alphā'_t = (√alphā_t − √alphā_T)·√alphā_1/(√alphā_1 − √alphā_T),
+
+    so that x_T holds no signal at all (SNR_T = 0), as the sampler's x_T ~ N(0, I) assumes. float64
+    betas (T,) in, float64 betas out; the last beta is exactly 1 (alphā'_T = 0)."""
+    sqrt_alphas_cumprod = torch.cumprod(1 - betas.to(torch.float64), 0).sqrt()
+    first, last = sqrt_alphas_cumprod[0].clone(), sqrt_alphas_cumprod[-1].clone()
+    sqrt_alphas_cumprod = (sqrt_alphas_cumprod - last) * (first / (first - last))
+    alphas_cumprod = sqrt_alphas_cumprod**2
+    alphas = torch.cat([alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]])
+    return 1 - alphas
+
+
+def shift_log_snr(betas: torch.Tensor, input_scale: float) -> torch.Tensor:
+    """Chen 2023 ("On the importance of noise scheduling for diffusion models") input scaling by b:
+    x_t = √alphā·b·x_0 + √(1 − alphā)·eps, divided by √(b²·alphā + 1 − alphā), its standard deviation
+    for data of unit variance, is the variance-preserving process of
+
+        alphā'_t = b²·alphā_t/(b²·alphā_t + 1 − alphā_t),  i.e.  log-SNR'(t) = log-SNR(t) + 2·log b,
+
+    whose betas this returns, float64: beta'_t = 1 − alphā'_t/alphā'_{t−1} = beta_t/(1 + (b² − 1)·alphā_t),
+    a form without cancellation (1 for beta_t = 1: zero terminal SNR is kept). x_0 stays the data in
+    [-1, 1], so the samplers, the loss and the bound follow from the betas as for any schedule. The
+    normalisation is a fixed one per t, not Chen's per-image empirical standard deviation: that
+    would make q(x_t | x_0) non-Gaussian and the variational bound undefined. b = 1 returns `betas`."""
+    if input_scale == 1:
+        return betas
+    betas = betas.to(torch.float64)
+    return betas / (1 + (input_scale**2 - 1) * torch.cumprod(1 - betas, 0))
+
+
+def process_betas(
+    schedule: str, timesteps: int, zero_terminal_snr: bool = False, input_scale: float = 1.0
+) -> torch.Tensor:
+    """The betas of the diffusion process a config or checkpoint describes: `beta_schedule`, then
+    rescaled to zero terminal SNR (the only way a beta reaches 1) if asked, then shifted by the input
+    scale b. float64, shape (timesteps,)."""
+    betas = beta_schedule(schedule, timesteps)
+    if zero_terminal_snr:
+        betas = rescale_zero_terminal_snr(betas)
+    return shift_log_snr(betas, input_scale)

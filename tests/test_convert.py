@@ -19,6 +19,7 @@ from ddpm.errors import UserError
 from ddpm.unet import preset_architecture
 
 diffusers = pytest.importorskip("diffusers")
+rescale_zero_terminal_snr = pytest.importorskip("diffusers.schedulers.scheduling_ddpm").rescale_zero_terminal_snr
 
 # google/ddpm-cifar10-32's config.json (Ho et al.'s CIFAR-10 model)
 HO_CIFAR10 = {
@@ -69,7 +70,8 @@ def test_imported_weights_compute_diffusers_function(tmp_path: Path, config: dic
     trained = load_trained(tmp_path / "model.pt", CPU)
     assert sum(p.numel() for p in trained.model.parameters()) == sum(p.numel() for p in theirs.parameters())
     assert max_difference(trained.model, theirs, config["sample_size"], torch.float32) <= 1e-5
-    assert made["diffusion"] == {"schedule": "linear", "timesteps": 1000, "prediction": "eps"}
+    assert made["diffusion"] == {"schedule": "linear", "timesteps": 1000, "prediction": "eps",
+                                 "zero_terminal_snr": False, "input_scale": 1.0}  # fmt: skip
     assert made["imported"]["weights"].endswith(".safetensors" if safetensors else ".bin")
     if config is HO_CIFAR10:  # the preset is that model: the paper's 35,746,307 parameters, the same arguments
         assert sum(p.numel() for p in theirs.parameters()) == 35_746_307
@@ -87,15 +89,28 @@ def test_the_unet_runs_in_float64_and_agrees_to_rounding(tmp_path: Path) -> None
 def test_a_pipeline_folder_gives_its_scheduler_and_schedules_map_to_the_same_betas(tmp_path: Path) -> None:
     diffusers_folder(tmp_path / "pipe" / "unet", SMALL)
     (tmp_path / "pipe" / "unet" / "scheduler_config.json").unlink()  # the pipeline keeps it in ../scheduler/
-    for name, ours in (("squaredcos_cap_v2", "cosine"), ("linear", "linear"), ("scaled_linear", "quadratic")):
+    cases = (("squaredcos_cap_v2", "cosine", False), ("linear", "linear", False), ("scaled_linear", "quadratic", False),
+             ("linear", "linear", True))  # fmt: skip
+    for name, ours, zero_terminal_snr in cases:
         scheduler = diffusers.DDPMScheduler(beta_schedule=name, num_train_timesteps=500, beta_start=2e-4,
-                                            beta_end=0.04, prediction_type="v_prediction")  # fmt: skip
+                                            beta_end=0.04, prediction_type="v_prediction",
+                                            rescale_betas_zero_snr=zero_terminal_snr)  # fmt: skip
         scheduler.save_pretrained(tmp_path / "pipe" / "scheduler")
-        out = tmp_path / f"{name}.pt"
+        out = tmp_path / f"{name}{zero_terminal_snr}.pt"
         assert import_diffusers(tmp_path / "pipe" / "unet", out)["diffusion"] == {
-            "schedule": ours, "timesteps": 500, "prediction": "v"}  # fmt: skip
+            "schedule": ours, "timesteps": 500, "prediction": "v", "zero_terminal_snr": zero_terminal_snr,
+            "input_scale": 1.0}  # fmt: skip
         betas = load_trained(out, CPU).diffusion.betas
-        torch.testing.assert_close(betas, scheduler.betas.double(), rtol=1e-6, atol=0)
+        # diffusers rescales its float32 betas, which the rescale's 1/(√alphā_1 − √alphā_T) amplifies: the
+        # reference is its rescale of the plain schedule's betas in float64
+        plain = diffusers.DDPMScheduler(beta_schedule=name, num_train_timesteps=500, beta_start=2e-4, beta_end=0.04)
+        expected = rescale_zero_terminal_snr(plain.betas.double()) if zero_terminal_snr else scheduler.betas.double()
+        torch.testing.assert_close(betas, expected, rtol=1e-6, atol=0)
+    # zero terminal SNR with epsilon: refused, as the config refuses it
+    edit_json(tmp_path / "pipe" / "scheduler" / "scheduler_config.json", prediction_type="epsilon")
+    with pytest.raises(UserError, match=r'scheduler_config.json: rescale_betas_zero_snr = true with prediction_type = '
+                                        r'"epsilon": at t = T x_T holds no signal'):  # fmt: skip
+        import_diffusers(tmp_path / "pipe" / "unet", tmp_path / "eps.pt")
 
 
 def test_the_cli_imports_once_and_sample_uses_the_checkpoint(tmp_path: Path) -> None:

@@ -14,10 +14,10 @@ import pydantic
 import yaml
 from pydantic import AfterValidator, AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
 
+from ddpm.config_checks import check_spacing, check_zero_terminal_snr
 from ddpm.config_errors import Override, describe_error
 from ddpm.errors import UserError
 from ddpm.schedules import SCHEDULES, beta_schedule
-from ddpm.spacing import SPACINGS, timesteps
 from ddpm.unet import PRESETS, check_architecture, preset_architecture
 from ddpm.variants import VARIANTS, RunName, Variant, expand_variant, variant_overrides
 from ddpm.yamlfile import read_params
@@ -369,9 +369,11 @@ def _check_combinations(config: Config, label: str, overrides: Sequence[Override
         raise UserError(f"{label}: model (at data.image_size {config.data.image_size}): {e}") from None
     if config.data.source == "folder" and not config.data.folder:
         raise UserError(f"{label}: data.folder: expected a folder of images when data.source is folder, got null")
-    _check_spacing(config, label, overrides)
+    check_spacing(config.sample.sampler, config.sample.spacing, label, overrides)
     if config.diffusion.zero_terminal_snr:
-        _check_zero_terminal_snr(config, label, overrides)
+        samplers = list(dict.fromkeys([config.sample.sampler, *config.sweep.samplers]))
+        check_zero_terminal_snr(config.diffusion.prediction, samplers, config.sample.spacing, config.sample.steps,
+                                config.diffusion.timesteps, label, overrides)  # fmt: skip
     for name in dict.fromkeys([config.diffusion.schedule, *(s for s in config.schedules if s in SCHEDULES)]):
         try:
             beta_schedule(name, config.diffusion.timesteps)
@@ -379,44 +381,6 @@ def _check_combinations(config: Config, label: str, overrides: Sequence[Override
             given = [s for s, key, _ in overrides if key == "diffusion.timesteps"]
             source = f"{given[-1]} (diffusion.timesteps)" if given else f"{label}: diffusion.timesteps"
             raise UserError(f"{source}: {e}") from None
-
-
-def _check_spacing(config: Config, label: str, overrides: Sequence[Override]) -> None:
-    """sample.spacing must be one that sample.sampler defines (ddpm.spacing.SPACINGS); the error names
-    the flags that set the keys, or the file. (The sweep's samplers are checked by the sweep stage:
-    `ddpm sample --sampler ddim --spacing quadratic` must not fail for the sweep's DPM-Solver++.)"""
-    spacing, sampler = config.sample.spacing, config.sample.sampler
-    if sampler != "ddpm" and spacing not in SPACINGS[sampler]:
-        given = [source for source, k, _ in overrides if k in ("sample.spacing", "sample.sampler")]
-        where = ", ".join(dict.fromkeys(given)) if given else label
-        where += "" if "sample.spacing" in where else ": sample.spacing"
-        raise UserError(f"{where}: {spacing} is not defined for {sampler} (sample.sampler); "
-                        f"expected one of: {', '.join(SPACINGS[sampler])}")  # fmt: skip
-
-
-def _where(label: str, overrides: Sequence[Override], keys: tuple[str, ...]) -> str:
-    """The flags that set any of `keys`, else the file (the message names the keys)."""
-    given = [source for source, k, _ in overrides if k in keys]
-    return ", ".join(dict.fromkeys(given)) if given else label
-
-
-def _check_zero_terminal_snr(config: Config, label: str, overrides: Sequence[Override]) -> None:
-    """Zero terminal SNR needs a target defined where x_T holds no signal, and a chain that samples
-    t = T − 1, the step of pure noise (Lin et al. 2023, section 3.3)."""
-    if config.diffusion.prediction == "eps":
-        where = _where(label, overrides, ("diffusion.prediction", "diffusion.zero_terminal_snr"))
-        raise UserError(f"{where}: diffusion.prediction eps cannot go with diffusion.zero_terminal_snr: at t = T "
-                        "x_T holds no signal, so x̂_0 = (x_T − eps)/0 (diffusers PR #3664's black images); "
-                        "use diffusion.prediction: v")  # fmt: skip
-    spacing, steps, T = config.sample.spacing, config.sample.steps, config.diffusion.timesteps
-    for sampler in dict.fromkeys([config.sample.sampler, *config.sweep.samplers]):
-        if sampler == "ddpm" or spacing not in SPACINGS[sampler] or not 1 <= steps <= T:
-            continue
-        if timesteps(sampler, spacing, steps, T)[0] != T - 1:
-            where = _where(label, overrides, ("sample.spacing", "diffusion.zero_terminal_snr"))
-            raise UserError(f"{where}: sample.spacing {spacing} never samples t = T − 1 with {sampler}, the step "
-                            "of pure noise that diffusion.zero_terminal_snr trains (Lin et al. 2023, section 3.3); "
-                            "use sample.spacing: trailing")  # fmt: skip
 
 
 def _arch_subset(config: Config) -> dict[str, Any]:

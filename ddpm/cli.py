@@ -339,7 +339,7 @@ def schedules(
     cfg = _load(config, set_, SCHEDULES_PARAMS, timesteps=timesteps)
     from ddpm.plots import process_specs, schedule_pictures
 
-    curves, forward = schedule_pictures(process_specs(names, dict(cfg.diffusion)), data, cfg.data.image_size, out)
+    curves, forward = schedule_pictures(process_specs(names, cfg), data, cfg.data.image_size, out)
     typer.echo(f"wrote {curves} and {forward}")
 
 

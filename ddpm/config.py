@@ -283,6 +283,15 @@ class Config(Section):
         the schedule's."""
         return self._variant or self.diffusion.schedule
 
+    def for_run(self, name: str) -> "Config":
+        """This config as `--beta-schedule name` resolves it: the variant's keys applied, or the schedule set."""
+        if name not in self.variants:
+            return self.model_copy(update={"diffusion": self.diffusion.model_copy(update={"schedule": name})})
+        pairs = variant_overrides(name, self.variants[name].model_dump(), "variants")
+        resolved = _resolve(self.model_dump(mode="json"), "variants", pairs)  # checked when loaded: no error
+        resolved._variant = name
+        return resolved
+
     # train.seed of each repeat: the pipeline trains every schedule once per seed
     seeds: Annotated[list[Seed], AfterValidator(_unique), Field(min_length=1, description=DISTINCT_SEEDS)] = [0]
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ddpm.config import Config
 from ddpm.data import first_image, to_uint8, to_unit_range
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import UserError
@@ -40,24 +41,25 @@ def _save(fig, path: Path) -> None:  # noqa: ANN001
     _pyplot().close(fig)
 
 
-def process_specs(names: list[str] | None, diffusion: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def process_specs(names: list[str] | None, config: Config) -> dict[str, dict[str, Any]]:
     """label → diffusion spec (a checkpoint's `diffusion` form: schedule, timesteps, zero_terminal_snr,
-    input_scale) of each schedule of `names` (default: all, each checked) with the knobs of `diffusion`
-    (config.diffusion's dump); the label names the knobs that are not the default."""
-    knobs = {key: diffusion[key] for key in ("timesteps", "zero_terminal_snr", "input_scale")}
-    suffix = ", zero terminal SNR" if knobs["zero_terminal_snr"] else ""
-    suffix += f", b = {knobs['input_scale']:g}" if knobs["input_scale"] != 1 else ""
-    names = checked_names(names or list(SCHEDULES), knobs["timesteps"])
-    return {f"{name}{suffix}": {"schedule": name, **knobs} for name in names}
-
-
-def _named(names: list[str], timesteps: int) -> dict[str, dict[str, Any]]:
-    """The plain schedules `names` as specs, labelled by name (the comparison report's)."""
-    return process_specs(names, {"timesteps": timesteps, "zero_terminal_snr": False, "input_scale": 1.0})
+    input_scale) of each of `names` (default: every schedule), a schedule with the knobs of `config` or a
+    variant with its own (`config.variants`); a schedule's label names the knobs that are not the default."""
+    names = names or list(SCHEDULES)
+    checked_names([name for name in names if name not in config.variants], config.diffusion.timesteps)
+    specs = {}
+    for name in names:
+        spec, plain = config.for_run(name).diffusion.model_dump(), name not in config.variants
+        suffix = ", zero terminal SNR" if spec["zero_terminal_snr"] and plain else ""
+        suffix += f", b = {spec['input_scale']:g}" if spec["input_scale"] != 1 and plain else ""
+        specs[f"{name}{suffix}"] = spec
+    return specs
 
 
 def _betas(spec: dict[str, Any]) -> torch.Tensor:
-    return process_betas(spec["schedule"], spec["timesteps"], spec["zero_terminal_snr"], spec["input_scale"])
+    """The betas of a checkpoint's `diffusion` entry (one older than a knob lacks it: its default)."""
+    return process_betas(spec["schedule"], spec["timesteps"], spec.get("zero_terminal_snr", False),
+                         spec.get("input_scale", 1.0))  # fmt: skip
 
 
 def log_snr_curve(alphas_cumprod: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -66,11 +68,6 @@ def log_snr_curve(alphas_cumprod: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     t = np.arange(1, len(alphas_cumprod) + 1) / len(alphas_cumprod)
     kept = alphas_cumprod > 0
     return t[kept], np.log(alphas_cumprod[kept]) - np.log1p(-alphas_cumprod[kept])
-
-
-def plot_schedules(names: list[str], timesteps: int, path: Path) -> None:
-    """`plot_processes` of the plain schedules `names`."""
-    plot_processes(_named(names, timesteps), path)
 
 
 def plot_processes(processes: dict[str, dict[str, Any]], path: Path) -> None:
@@ -106,11 +103,6 @@ def noised_strip(
         x_t = [diffusion.q_sample(x0, torch.tensor([t]), noise)[0] for t in steps]
         rows.append(torch.cat([to_uint8(x) for x in x_t], dim=2))  # (3, H, STRIP_STEPS·W)
     return torch.cat(rows, dim=1).permute(1, 2, 0).numpy(), steps
-
-
-def forward_strip(names: list[str], timesteps: int, image: np.ndarray, path: Path, seed: int = 0) -> None:
-    """`forward_processes` of the plain schedules `names`."""
-    forward_processes(_named(names, timesteps), image, path, seed)
 
 
 def forward_processes(processes: dict[str, dict[str, Any]], image: np.ndarray, path: Path, seed: int = 0) -> None:

@@ -17,13 +17,13 @@ from ddpm.knobs import knob_sentence
 from ddpm.nearest import closest_images, memorization_section
 from ddpm.plots import (
     checked_names,
-    forward_strip,
+    forward_processes,
     plot_losses,
     plot_nearest,
     plot_nll_terms,
+    plot_processes,
     plot_quality,
     plot_sample_grids,
-    plot_schedules,
     plot_sweep,
 )
 from ddpm.results import RunResult, label, metric_names, read_results, sweep_columns, table_rows
@@ -73,15 +73,15 @@ def _draw_pictures(
 ) -> list[Path]:  # fmt: skip
     """Every picture of the report, each written to `output(path)`; the schedules' at the checkpoints'
     T, `image` (the first real one) noised by each."""
-    timesteps = results[0].model["diffusion"]["timesteps"]
+    processes = {r.name: r.model["diffusion"] for r in results if r.seed == seeds[0]}  # model.pt's own
     files = [out_dir / name for name in PICTURES]
     schedules, nll_terms, sweep, losses, forward, samples, quality = files
-    plot_schedules(names, timesteps, output(schedules))
+    plot_processes(processes, output(schedules))
     plot_nll_terms(results, output(nll_terms))
     plot_sweep(results, output(sweep))
     plot_losses(results, output(losses))
     plot_quality(results, output(quality))
-    forward_strip(names, timesteps, image, output(forward))
+    forward_processes(processes, image, output(forward))
     plot_sample_grids([r for r in results if r.seed == seeds[0]], rows, output(samples))
     return files
 

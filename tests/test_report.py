@@ -4,19 +4,17 @@ import numpy as np
 from conftest import invoke
 from PIL import Image
 
-from ddpm.config import DiffusionConfig
+from ddpm.config import Config
 from ddpm.data import synthetic_flowers
 from ddpm.plots import STRIP_STEPS, noised_strip, process_specs
 from ddpm.report import legend, markdown_table, timing_table, verdicts_section
 from ddpm.results import RunResult
 from ddpm.verdicts import ONE_SEED, judge
 
-DEFAULTS = dict(DiffusionConfig())
-
 
 def test_the_strip_goes_from_the_image_to_noise_and_rows_differ_only_by_schedule() -> None:
     image = synthetic_flowers(1, 16)[0]
-    strip, steps = noised_strip(process_specs(["linear", "cosine"], DEFAULTS), image)
+    strip, steps = noised_strip(process_specs(["linear", "cosine"], Config()), image)
     assert strip.shape == (2 * 16, STRIP_STEPS * 16, 3) and strip.dtype == np.uint8
     assert steps[0] == 0 and steps[-1] == 999
     first = strip[:16, :16].astype(int)  # linear at t = 0: alphā = 1 − 1e-4, almost the image

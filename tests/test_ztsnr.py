@@ -133,18 +133,22 @@ def test_every_sampler_clip_mode_loss_and_the_bound_are_finite_at_zero_terminal_
     assert torch.isfinite(terms.terms).all() and torch.isfinite(terms.total).all()
 
 
+def process(spec: dict) -> torch.Tensor:
+    return process_betas(spec["schedule"], spec["timesteps"], spec["zero_terminal_snr"], spec["input_scale"])
+
+
 def test_the_plotted_log_snr_leaves_out_the_terminal_point_and_shows_the_shift() -> None:
-    knobs = {"timesteps": 100, "zero_terminal_snr": True, "input_scale": 0.5}
+    knobs = {"timesteps": 100, "zero_terminal_snr": True, "input_scale": 0.5, "prediction": "v"}
     (label, spec), (plain_label, plain) = (
-        *process_specs(["cosine"], knobs).items(),
-        *process_specs(["cosine"], {**knobs, "zero_terminal_snr": False, "input_scale": 1.0}).items(),
+        *process_specs(["cosine"], tiny_config(diffusion=knobs)).items(),
+        *process_specs(["cosine"], tiny_config(diffusion={"timesteps": 100})).items(),
     )
     assert (label, plain_label) == ("cosine, zero terminal SNR, b = 0.5", "cosine")
-    t, shifted = log_snr_curve(torch.cumprod(1 - process_betas(**spec), 0).numpy())
+    t, shifted = log_snr_curve(torch.cumprod(1 - process(spec), 0).numpy())
     assert len(t) == 99 and t[-1] == 0.99 and np.isfinite(shifted).all()  # alphā_T = 0: log-SNR −inf, left out
-    _, curve = log_snr_curve(torch.cumprod(1 - process_betas(**{**spec, "input_scale": 1.0}), 0).numpy())
+    _, curve = log_snr_curve(torch.cumprod(1 - process({**spec, "input_scale": 1.0}), 0).numpy())
     np.testing.assert_allclose(shifted - curve[:99], 2 * math.log(0.5), rtol=0, atol=1e-9)
-    t, curve = log_snr_curve(torch.cumprod(1 - process_betas(**plain), 0).numpy())
+    t, curve = log_snr_curve(torch.cumprod(1 - process(plain), 0).numpy())
     assert len(t) == 100
 
 
@@ -174,7 +178,7 @@ def test_the_schedules_command_draws_each_schedule_with_the_configs_knobs(
     knobs = ["--set", "diffusion.zero_terminal_snr=true", "--set", "diffusion.prediction=v"]
     result = invoke("schedules", "linear", "cosine", *knobs, "--set", "diffusion.input_scale=0.5", cwd=tmp_path)
     assert result.exit_code == 0, result.stderr
-    spec = {"timesteps": 1000, "zero_terminal_snr": True, "input_scale": 0.5}
-    assert drawn == [
+    spec = {"timesteps": 1000, "prediction": "v", "zero_terminal_snr": True, "input_scale": 0.5}
+    assert [{label: {k: s[k] for k in ("schedule", *spec)} for label, s in specs.items()} for specs in drawn] == [
         {f"{name}, zero terminal SNR, b = 0.5": {"schedule": name, **spec} for name in ("linear", "cosine")}
     ]

@@ -136,7 +136,11 @@ def build_model(
     process `diffusion` describes ({schedule, timesteps, prediction}), on `device`: what a checkpoint's
     model is rebuilt from, and what training starts from."""
     model = UNet(**arch).to(device)
-    process = GaussianDiffusion(beta_schedule(diffusion["schedule"], diffusion["timesteps"]), diffusion["prediction"])
+    process = GaussianDiffusion(
+        beta_schedule(diffusion["schedule"], diffusion["timesteps"]),
+        diffusion["prediction"],
+        diffusion.get("variance", "fixed"),  # a checkpoint from before learned variances has none: fixed
+    )
     return model, process.to(device)
 
 

@@ -101,6 +101,9 @@ class DiffusionConfig(Section):
     schedule: ScheduleName = "linear"
     timesteps: PositiveInt = 1000
     prediction: Literal["eps", "x0", "v"] = "eps"
+    # fixed: the sampler's sample.variance and the bound's evaluate.nll_variance; learned_range: the UNet
+    # learns it between beta~_t and beta_t, trained by L_hybrid (Nichol & Dhariwal 2021, section 3.1)
+    variance: Literal["fixed", "learned_range"] = "fixed"
 
 
 class TrainConfig(Section):
@@ -270,7 +273,9 @@ class Config(Section):
         """The UNet's keyword arguments, image size included: `UNet(**config.arch())`."""
         size = self.data.image_size
         arch = self.model.architecture(size)
-        return {"image_size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}}
+        arch = {"image_size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}}
+        # only where learned, so that every other model's arch (and its checkpoints') stays as it was
+        return arch | {"learned_variance": True} if self.diffusion.variance == "learned_range" else arch
 
 
 TOP_LEVEL_KEYS = {"schedules", "seeds"}  # params outside any section

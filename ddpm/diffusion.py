@@ -308,8 +308,9 @@ class GaussianDiffusion(nn.Module):
 
         The variance is fixed (section 3.2): sigma_t^2 = beta_t ("fixed_large") or beta~_t ("fixed_small"),
         or, for a model that learned it, `learned_log_variance` (and `variance` is not read). The mean
-        is the posterior mean (eq. 7) at the predicted x_0, which for eps-prediction equals eq. 11; x_0 is kept in the data range as `clip_mode` says first (`denoise`: the mean
-        uses x̂_0 alone, so recompute and x0 give the same step).
+        is the posterior mean (eq. 7) at the predicted x_0, which for eps-prediction equals eq. 11;
+        x_0 is kept in the data range as `clip_mode` says first (`denoise`: the mean uses x̂_0 alone,
+        so recompute and x0 give the same step).
         """
         output, v = self.model_output(model, x_t, t)
         x0, _ = self._denoised(output, x_t, t, clip_mode)

@@ -3,14 +3,23 @@ form, one DDPM step against diffusers' DDPMScheduler(variance_type="learned_rang
 with its stop-gradient, and the bound against an independent float64 (scipy) computation."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import CPU, tiny_config
 from scipy.stats import norm
 
+from ddpm.checkpoint import load_trained
+from ddpm.config import EvaluateConfig, SampleConfig
 from ddpm.diffusion import GaussianDiffusion, normal_kl
+from ddpm.errors import UserError
+from ddpm.evaluate import likelihood
+from ddpm.sample import check_learned_variance, generate
 from ddpm.schedules import beta_schedule
+from ddpm.train import train
+from ddpm.unet import UNet
 
 T = 100
 
@@ -156,3 +165,41 @@ def test_bound_term_with_learned_variance_equals_scipy_float64() -> None:
     mu_q, mu_p = posterior(x0_), posterior((x_t_ - np.sqrt(1 - ab) * eps) / np.sqrt(ab))
     kl = 0.5 * (np.log(var_p / var_q) + var_q / var_p + (mu_q - mu_p) ** 2 / var_p - 1)
     np.testing.assert_allclose(ours, kl.reshape(2, -1).mean(1) / np.log(2), rtol=1e-10)
+
+
+def test_a_learned_range_run_records_it_and_samples_and_bounds_with_it(flowers16: Path, tmp_path: Path) -> None:
+    """Trained for 2 steps (T = 10): the checkpoint says learned_range, DDPM and the bound ignore the
+    fixed variance settings, DDIM reads the target's channels only, and DDIM at eta > 0 is refused."""
+    diffusion = {"variance": "learned_range", "schedule": "cosine", "timesteps": 10}
+    config = tiny_config(train={"steps": 2, "warmup_steps": 1}, diffusion=diffusion)
+    result = train(config, flowers16, tmp_path, CPU, progress=False)
+    assert all(math.isfinite(loss) for _, loss in result.losses)
+    saved = torch.load(result.checkpoint, weights_only=True)
+    assert saved["arch"]["learned_variance"] is True and saved["diffusion"]["variance"] == "learned_range"
+    trained = load_trained(result.checkpoint, CPU)
+    assert trained.model.conv_out.out_channels == 6
+
+    ddpm = SampleConfig(sampler="ddpm", num_samples=2, batch_size=2, precision="fp32", channels_last=False)
+    large, small = (generate(trained.model, trained.diffusion, ddpm.model_copy(update={"variance": v}), 16, CPU,
+                             False)[0] for v in ("fixed_large", "fixed_small"))  # fmt: skip
+    assert torch.equal(large, small)  # the learned variance ran, not sample.variance
+    # DDIM (quality's, and `ddpm sample`'s) on the first three output channels: a UNet cut to them
+    cut = UNet(**{**saved["arch"], "learned_variance": False})
+    cut.load_state_dict({k: v[:3] if k.startswith("conv_out") else v for k, v in saved["ema"].items()})
+    ddim = ddpm.model_copy(update={"sampler": "ddim", "steps": 5})
+    fixed = GaussianDiffusion(beta_schedule("cosine", 10))
+    ours, theirs = (generate(m, d, ddim, 16, CPU, False)[0] for m, d in ((trained.model, trained.diffusion),
+                                                                            (cut.eval(), fixed)))  # fmt: skip
+    assert torch.equal(ours, theirs)
+
+    bounds = [likelihood(EvaluateConfig(nll_images=2, nll_variance=v), ddpm, trained, flowers16, CPU)[0]
+              for v in ("fixed_small", "fixed_large")]  # fmt: skip
+    assert bounds[0]["nll_variance"] == "learned_range" and bounds[0]["nll_bpd"] == bounds[1]["nll_bpd"]
+    assert math.isfinite(bounds[0]["nll_bpd"])
+
+    with pytest.raises(UserError) as said:
+        check_learned_variance(ddim.model_copy(update={"eta": 0.5}), trained.diffusion, "model.pt")
+    assert str(said.value) == ("sample.eta: DDIM at eta 0.5 draws its own variance, not the one the model "
+                               "(model.pt) learned (diffusion.variance learned_range); expected sample.eta 0, or "
+                               "sample.sampler ddpm, which samples with it")  # fmt: skip
+    check_learned_variance(ddim.model_copy(update={"eta": 0.5}), fixed, "model.pt")  # a fixed variance: DDIM's own

@@ -12,12 +12,13 @@ from conftest import CPU, tiny_config
 from scipy.stats import norm
 
 from ddpm.checkpoint import load_trained
-from ddpm.config import EvaluateConfig, SampleConfig
+from ddpm.config import EvaluateConfig, SampleConfig, SweepConfig
 from ddpm.diffusion import GaussianDiffusion, normal_kl
 from ddpm.errors import UserError
 from ddpm.evaluate import likelihood
 from ddpm.sample import check_learned_variance, generate
 from ddpm.schedules import beta_schedule
+from ddpm.sweep import check_sweep
 from ddpm.train import train
 from ddpm.unet import UNet
 
@@ -203,3 +204,5 @@ def test_a_learned_range_run_records_it_and_samples_and_bounds_with_it(flowers16
                                "(model.pt) learned (diffusion.variance learned_range); expected sample.eta 0, or "
                                "sample.sampler ddpm, which samples with it")  # fmt: skip
     check_learned_variance(ddim.model_copy(update={"eta": 0.5}), fixed, "model.pt")  # a fixed variance: DDIM's own
+    with pytest.raises(UserError, match=r"^sample.eta: DDIM at eta 0.5 draws its own variance, not the one"):
+        check_sweep(SweepConfig(steps=[2]), ddim.model_copy(update={"eta": 0.5}), trained, flowers16)

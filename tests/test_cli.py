@@ -69,7 +69,7 @@ def test_train_then_sample(flowers16: Path, tmp_path: Path) -> None:
     checkpoint = tmp_path / "runs" / "cosine" / "seed0" / "model.pt"
     assert "trained 10 steps" in trained.stdout and str(Path("runs/cosine/seed0/model.pt")) in trained.stdout
     saved = torch.load(checkpoint, weights_only=True)
-    assert saved["diffusion"] == {"schedule": "cosine", "timesteps": 50, "prediction": "eps"}
+    assert saved["diffusion"] == {"schedule": "cosine", "timesteps": 50, "prediction": "eps", "variance": "fixed"}
     assert saved["config"]["train"]["batch_size"] == 4 and saved["config"]["model"]["preset"] == "tiny"
 
     sampled = invoke("sample", "--beta-schedule", "cosine", "--num-samples", "3", "--sampler", "ddim", "--steps",

@@ -18,6 +18,7 @@ from ddpm.errors import UserError
 from ddpm.evaluate import likelihood
 from ddpm.sample import check_learned_variance, generate
 from ddpm.schedules import beta_schedule
+from ddpm.state import _differences
 from ddpm.sweep import check_sweep
 from ddpm.train import train
 from ddpm.unet import UNet
@@ -206,3 +207,10 @@ def test_a_learned_range_run_records_it_and_samples_and_bounds_with_it(flowers16
     check_learned_variance(ddim.model_copy(update={"eta": 0.5}), fixed, "model.pt")  # a fixed variance: DDIM's own
     with pytest.raises(UserError, match=r"^sample.eta: DDIM at eta 0.5 draws its own variance, not the one"):
         check_sweep(SweepConfig(steps=[2]), ddim.model_copy(update={"eta": 0.5}), trained, flowers16)
+
+
+def test_a_resume_that_learns_the_variance_names_both_keys() -> None:
+    fixed, learned = tiny_config(), tiny_config(diffusion={"variance": "learned_range"})
+    assert _differences(fixed, learned) == {"model.learned_variance": (None, True),
+                                            "diffusion.variance": ("fixed", "learned_range")}  # fmt: skip
+    assert _differences(learned, fixed) == {"diffusion.variance": ("learned_range", "fixed")}

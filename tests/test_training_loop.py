@@ -67,7 +67,7 @@ def test_checkpoints_describe_their_run_and_only_the_last_k_are_kept(flowers16: 
     state = torch.load(tmp_path / "checkpoints" / names[-1], weights_only=True)  # plain data only
     assert {"model", "ema", "optimizer", "generator", "step", "rng", "config", "record"} <= state.keys()
     assert state["step"] == 30 and state["config"] == config.model_dump(mode="json")
-    assert state["diffusion"] == {"schedule": "linear", "timesteps": 50, "prediction": "eps"}
+    assert state["diffusion"] == {"schedule": "linear", "timesteps": 50, "prediction": "eps", "variance": "fixed"}
     arch = {"image_size": 16, "channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1,
             "attention_resolutions": [8], "dropout": 0.0}  # fmt: skip
     assert state["arch"] == arch

@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm.config import SampleConfig, TrainConfig
-from ddpm.diffusion import GaussianDiffusion
+from ddpm.diffusion import GaussianDiffusion, LossWeighting, ModelVariance
 from ddpm.fastpath import FastPath
 from ddpm.sample import generate
 from ddpm.schedules import beta_schedule
@@ -140,15 +140,19 @@ def train_figures(
     batch: int,
     timing: Timing,
     profile: Path | None = None,
+    variance: ModelVariance = "fixed",
+    weighting: LossWeighting = "none",
 ) -> dict[str, float | None]:
     """img/s, TFLOP/s and peak memory (MiB, None off a GPU) of training `network` on random data;
-    with `profile`, a torch.profiler table of one more step's top kernels written there."""
+    with `profile`, a torch.profiler table of one more step's top kernels written there. `variance`
+    and `weighting` as diffusion.variance and train.loss_weighting (a learned_range `network` has
+    twice the images' channels out)."""
     model = copy.deepcopy(network).to(device).train()
     if fast.channels_last:
         model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if fast.compile else model
     optimizer = make_optimizer(model, TrainConfig(lr=2e-4))
-    diffusion = GaussianDiffusion(beta_schedule("linear", 1000)).to(device)
+    diffusion = GaussianDiffusion(beta_schedule("linear", 1000), variance=variance).to(device)
     g = torch.Generator(device).manual_seed(0)
     shape = (batch, 3, image_size, image_size)
     data = (
@@ -158,10 +162,10 @@ def train_figures(
     )
 
     def step() -> None:
-        training_step(forward, diffusion, optimizer, data, 1.0, fast)
+        training_step(forward, diffusion, optimizer, data, 1.0, fast, weighting)
 
     with FlopCounterMode(display=False) as counter:
-        training_step(model, diffusion, optimizer, data, 1.0, fast)  # eager: what the network costs
+        training_step(model, diffusion, optimizer, data, 1.0, fast, weighting)  # eager: what the network costs
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = seconds_per_call(step, device, timing.warmup, timing.repeats, timing.steps)

@@ -140,7 +140,8 @@ def build_model(
     # checkpoints from before zero terminal SNR and the input scale lack their keys: neither was applied
     betas = process_betas(diffusion["schedule"], diffusion["timesteps"], diffusion.get("zero_terminal_snr", False),
                           diffusion.get("input_scale", 1.0))  # fmt: skip
-    process = GaussianDiffusion(betas, diffusion["prediction"])
+    # one from before learned variances has no variance key: fixed
+    process = GaussianDiffusion(betas, diffusion["prediction"], diffusion.get("variance", "fixed"))
     return model, process.to(device)
 
 

@@ -108,6 +108,9 @@ class DiffusionConfig(Section):
     zero_terminal_snr: bool = False
     # b: log-SNR shifted by 2·log b (Chen 2023; ddpm.schedules.shift_log_snr); b < 1 for larger images
     input_scale: Annotated[Number, Field(gt=0)] = 1.0
+    # fixed: the sampler's sample.variance and the bound's evaluate.nll_variance; learned_range: the UNet
+    # learns it between beta~_t and beta_t, trained by L_hybrid (Nichol & Dhariwal 2021, section 3.1)
+    variance: Literal["fixed", "learned_range"] = "fixed"
 
 
 class TrainConfig(Section):
@@ -299,7 +302,9 @@ class Config(Section):
         """The UNet's keyword arguments, image size included: `UNet(**config.arch())`."""
         size = self.data.image_size
         arch = self.model.architecture(size)
-        return {"image_size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}}
+        arch = {"image_size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}}
+        # only where learned, so that every other model's arch (and its checkpoints') stays as it was
+        return arch | {"learned_variance": True} if self.diffusion.variance == "learned_range" else arch
 
 
 TOP_LEVEL_KEYS = {"schedules", "seeds", "variants"}  # params outside any section

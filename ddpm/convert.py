@@ -45,7 +45,7 @@ UNET_DEFAULTS: dict[str, Any] = {
 # What the ddpm UNet computes: Ho et al.'s timestep embedding (sin first, frequencies over dim/2 − 1),
 # TF "SAME" downsampling (no extra padding), GroupNorm(32, eps 1e-6), single-head attention, RGB.
 UNET_REQUIRED: dict[str, Any] = {
-    "in_channels": 3, "out_channels": 3, "center_input_sample": False, "time_embedding_type": "positional",
+    "in_channels": 3, "center_input_sample": False, "time_embedding_type": "positional",
     "freq_shift": 1, "flip_sin_to_cos": False, "mid_block_type": "UNetMidBlock2D", "mid_block_scale_factor": 1,
     "downsample_padding": 0, "downsample_type": "conv", "upsample_type": "conv", "act_fn": "silu",
     "attention_head_dim": None, "norm_num_groups": GROUPS, "norm_eps": NORM_EPS, "resnet_time_scale_shift": "default",
@@ -55,6 +55,9 @@ UNET_REQUIRED: dict[str, Any] = {
 # diffusers' beta_schedule → ddpm's schedule of the same betas (linear ones checked for their ends)
 SCHEDULES = {"linear": "linear", "scaled_linear": "quadratic", "squaredcos_cap_v2": "cosine"}
 PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+# diffusers' variance_type → ddpm's diffusion.variance; "learned" (an unbounded log-variance) has none
+VARIANCES = {"fixed_small": "fixed", "fixed_small_log": "fixed", "fixed_large": "fixed", "fixed_large_log": "fixed",
+             "learned_range": "learned_range"}  # fmt: skip
 # The schedulers whose betas come from beta_schedule, beta_start and beta_end as DDPMScheduler's do
 # (tests/test_convert.py compares them); others (KarrasVeScheduler, flow matching, ...) have no betas.
 SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "DPMSolverMultistepScheduler",
@@ -80,6 +83,7 @@ def import_diffusers(folder: Path, out: Path) -> dict[str, Any]:
                         f"{' or '.join(WEIGHT_FILES)}){hint}")  # fmt: skip
     arch = unet_architecture(_read_json(config_path), config_path)
     diffusion, scheduler_path = diffusion_process(folder)
+    _check_output_channels(arch, diffusion, config_path, scheduler_path)
     weights_path = weights_file(folder)
     unet_state_dict(weight_shapes(weights_path), arch, weights_path)  # every size, before allocating one
     state = unet_state_dict(read_weights(weights_path), arch, weights_path)
@@ -94,6 +98,17 @@ def import_diffusers(folder: Path, out: Path) -> dict[str, Any]:
                            imported=imported)  # fmt: skip
     save_checkpoint(out, made)
     return made.description()
+
+
+def _check_output_channels(arch: dict[str, Any], diffusion: dict[str, Any], unet: Path, scheduler: Path) -> None:
+    """A model that learned its variance has twice the images' channels out (the variance's v after the
+    target): out_channels 6 goes with variance_type learned_range, 3 with a fixed one."""
+    learned = diffusion["variance"] == "learned_range"
+    if arch.get("learned_variance", False) != learned:
+        out = 6 if arch.get("learned_variance") else 3
+        raise UserError(f"{unet}: out_channels = {out}, but {scheduler}: variance_type = "
+                        f"{'learned_range' if learned else 'a fixed one'}; expected out_channels "
+                        f"{3 + 3 * learned} with it (6: the target and learned_range's v)")  # fmt: skip
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -162,6 +177,10 @@ def unet_architecture(config: dict[str, Any], path: Path) -> dict[str, Any]:
         "attention_resolutions": [size // 2**level for level, kind in enumerate(down) if kind == "AttnDownBlock2D"],
         "dropout": float(c["dropout"]),
     }
+    if c["out_channels"] not in (3, 6):
+        raise refuse("out_channels", "3 (the target) or 6 (the target and learned_range's v)")
+    if c["out_channels"] == 6:
+        arch["learned_variance"] = True
     try:
         check_architecture(size, channels, arch["channel_mult"], arch["attention_resolutions"])
     except ValueError as e:
@@ -219,10 +238,18 @@ def diffusion_process(folder: Path) -> tuple[dict[str, Any], Path]:
     if zero_terminal_snr and prediction == "epsilon":  # as the config refuses it (ddpm.config)
         raise UserError(f"{path}: rescale_betas_zero_snr = true with prediction_type = \"epsilon\": at t = T x_T "
                         "holds no signal, so x̂_0 = (x_T − eps)/0 (diffusers PR #3664's black images)")  # fmt: skip
+    variance = c.get("variance_type") or "fixed_small"  # some schedulers save null: fixed
+    if not isinstance(variance, str) or variance not in VARIANCES:
+        raise UserError(f"{path}: variance_type = {_shown(variance)}; expected one of {', '.join(VARIANCES)}")
     schedule = SCHEDULES[name]
     beta_schedule(schedule, timesteps)  # a schedule that cannot be built at this T raises here, not at sampling
-    diffusion = {"schedule": schedule, "timesteps": timesteps, "prediction": PREDICTIONS[prediction]}
-    return {**diffusion, "zero_terminal_snr": zero_terminal_snr, "input_scale": 1.0}, path
+    process = {"schedule": schedule, "timesteps": timesteps, "prediction": PREDICTIONS[prediction]}
+    return {
+        **process,
+        "zero_terminal_snr": zero_terminal_snr,
+        "input_scale": 1.0,
+        "variance": VARIANCES[variance],
+    }, path
 
 
 def _check_beta_ends(c: dict[str, Any], path: Path, schedule: str, timesteps: int) -> None:

@@ -19,6 +19,10 @@ Variance = Literal["fixed_large", "fixed_small"]
 # How training weighs each sample's squared error: not at all (L_simple), or by Min-SNR-γ (Hang et al. 2023)
 LossWeighting = Literal["none", "min_snr"]
 MIN_SNR_GAMMA = 5.0  # Hang et al. 2023's default γ, which they found robust across settings
+# The reverse variance: fixed (the sampler's `Variance`, the bound's), or learned by the model between
+# beta~_t and beta_t (Nichol & Dhariwal 2021, section 3.1: "learned_range", improved-diffusion's name)
+ModelVariance = Literal["fixed", "learned_range"]
+HYBRID_LAMBDA = 0.001  # Nichol & Dhariwal 2021, section 3.1: L_hybrid = L_simple + λ·L_vlb
 # How a sampler keeps the predicted x_0 in the data range [-1, 1] (`denoise`): clip it and recompute eps
 # from the clipped x_0 (improved-diffusion's DDIM), clip it where it enters the mean and keep the model's
 # eps (diffusers' clip_sample), Imagen's dynamic thresholding, or leave it.
@@ -94,14 +98,19 @@ class NLLTerms(NamedTuple):
 class GaussianDiffusion(nn.Module):
     """The diffusion process defined by `betas` (float64, shape (T,)), for a model predicting `prediction`.
 
-    Timesteps are 0-based: t = 0 is the paper's t = 1, the first noising step.
+    Timesteps are 0-based: t = 0 is the paper's t = 1, the first noising step. With `variance`
+    learned_range the model's output has twice the images' channels: the first half the target, the
+    second v, which sets the reverse variance (`learned_log_variance`).
     """
 
-    def __init__(self, betas: torch.Tensor, prediction: Prediction = "eps") -> None:
+    def __init__(self, betas: torch.Tensor, prediction: Prediction = "eps", variance: ModelVariance = "fixed") -> None:
         super().__init__()
         if prediction not in ("eps", "x0", "v"):
             raise ValueError(f"unknown prediction target {prediction!r}; expected one of: eps, x0, v")
+        if variance not in ("fixed", "learned_range"):
+            raise ValueError(f"unknown variance {variance!r}; expected one of: fixed, learned_range")
         self.prediction = prediction
+        self.variance = variance
         self.num_timesteps = betas.shape[0]
         betas = betas.to(torch.float64)
         alphas_cumprod = torch.cumprod(1 - betas, dim=0)
@@ -205,8 +214,16 @@ class GaussianDiffusion(nn.Module):
         - dynamic: x̂_0 dynamically thresholded (`dynamic_threshold`), epŝ the model's own (diffusers'
           thresholding with Imagen's uncapped s).
         - none: both as the model gives them.
+
+        A learned variance plays no part: only the target's channels are read.
         """
-        output = model(x_t, t).to(x_t.dtype)
+        output, _ = self.model_output(model, x_t, t)
+        return self._denoised(output, x_t, t, clip_mode)
+
+    def _denoised(
+        self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, clip_mode: ClipMode
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`denoise` from the model's target `output` at (x_t, t)."""
         x0, eps = self.predict_x0(output, x_t, t), self.predict_eps(output, x_t, t)
         if clip_mode == "none":
             return x0, eps
@@ -214,6 +231,29 @@ class GaussianDiffusion(nn.Module):
             return dynamic_threshold(x0), eps
         clipped = x0.clamp(-1, 1)
         return clipped, self.predict_eps_from_x0(x_t, t, clipped) if clip_mode == "recompute" else eps
+
+    def model_output(
+        self, model: Model, x_t: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The model at (x_t, t) in x_t's dtype, split: (its target, like x_t; v, like x_t, or None
+        where the variance is fixed)."""
+        return self._split(model(x_t, t).to(x_t.dtype))
+
+    def _split(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, C or 2C, ...) → (the target, the first C channels; v, the last C, or None)."""
+        if self.variance == "fixed":
+            return output, None
+        target, v = output.chunk(2, dim=1)
+        return target, v
+
+    def learned_log_variance(self, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """log sigma_t^2 = v'·log beta_t + (1 − v')·log beta~_t, v' = (v + 1)/2 (Nichol & Dhariwal 2021,
+        eq. 15), in v's dtype: v = −1 gives beta~_t, v = 1 beta_t; v is not bounded (as improved-diffusion).
+        The tables are the bound's clipped ones: at t = 0 both are beta~ of the next step."""
+        frac = (v + 1) / 2
+        return frac * extract(self.log_betas_clipped, t, v) + (1 - frac) * extract(
+            self.posterior_log_variance_clipped, t, v
+        )
 
     # --- training ------------------------------------------------------------------------------
 
@@ -224,14 +264,25 @@ class GaussianDiffusion(nn.Module):
         """L_simple, eq. 14 (Algorithm 1): the mean squared error of the model's prediction at x_t,
         for the configured target. The caller draws t ~ U{0..T−1} and noise ~ N(0, I). With
         `weighting` min_snr, the batch mean of each sample's mean squared error times its
-        `min_snr_weight` instead."""
+        `min_snr_weight` instead.
+
+        With a learned variance, L_hybrid = that + λ·L_vlb (Nichol & Dhariwal 2021, section 3.1), L_vlb
+        estimated by T·L_t (`vb_term`, bits per dimension) at the sampled t, its mean taken from the
+        detached prediction: L_vlb trains the variance only, L_simple the mean."""
         x_t = self.q_sample(x0, t, noise)
-        prediction = model(x_t, t).float()
+        prediction, v = self._split(model(x_t, t).float())
         target = self.training_target(x0, t, noise).float()
         if weighting == "none":
-            return nn.functional.mse_loss(prediction, target)
-        per_sample = (prediction - target).square().flatten(1).mean(1)  # (B,)
-        return (self.min_snr_weight(t, min_snr_gamma).float() * per_sample).mean()
+            loss = nn.functional.mse_loss(prediction, target)
+        else:
+            per_sample = (prediction - target).square().flatten(1).mean(1)  # (B,)
+            loss = (self.min_snr_weight(t, min_snr_gamma).float() * per_sample).mean()
+        if v is None:
+            return loss
+        x_t = x_t.float()
+        mean, _ = self.q_posterior_mean_variance(self.predict_x0(prediction.detach(), x_t, t), x_t, t)
+        vlb = self.vb_term(x0.float(), x_t, t, mean, self.learned_log_variance(v, t))
+        return loss + HYBRID_LAMBDA * self.num_timesteps * vlb.mean()
 
     def min_snr_weight(self, t: torch.Tensor, gamma: float) -> torch.Tensor:
         """Min-SNR-γ's loss weight at each of `t` (B,), float64 (Hang et al. 2023, "Efficient Diffusion
@@ -256,13 +307,17 @@ class GaussianDiffusion(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of p(x_{t-1} | x_t).
 
-        The variance is fixed (section 3.2): sigma_t^2 = beta_t ("fixed_large") or beta~_t ("fixed_small").
-        The mean is the posterior mean (eq. 7) at the predicted x_0, which for eps-prediction
-        equals eq. 11; x_0 is kept in the data range as `clip_mode` says first (`denoise`: the mean
-        uses x̂_0 alone, so recompute and x0 give the same step).
+        The variance is fixed (section 3.2): sigma_t^2 = beta_t ("fixed_large") or beta~_t ("fixed_small"),
+        or, for a model that learned it, `learned_log_variance` (and `variance` is not read). The mean
+        is the posterior mean (eq. 7) at the predicted x_0, which for eps-prediction equals eq. 11;
+        x_0 is kept in the data range as `clip_mode` says first (`denoise`: the mean uses x̂_0 alone,
+        so recompute and x0 give the same step).
         """
-        x0, _ = self.denoise(model, x_t, t, clip_mode)
+        output, v = self.model_output(model, x_t, t)
+        x0, _ = self._denoised(output, x_t, t, clip_mode)
         mean, _ = self.q_posterior_mean_variance(x0, x_t, t)
+        if v is not None:
+            return mean, self.learned_log_variance(v, t).exp()
         table = self.betas if variance == "fixed_large" else self.posterior_variance
         return mean, extract(table, t, x_t)
 
@@ -430,10 +485,25 @@ class GaussianDiffusion(nn.Module):
     ) -> torch.Tensor:
         """One term of eq. 5 per sample, (B,), in bits per dimension and float64: the decoder
         L_0 = −log p(x_0 | x_1) (eq. 13) where t = 0, KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))
-        where t > 0. The model runs at x_t's dtype; the rest is computed in float64."""
-        model_mean, _ = self.p_mean_variance(model, x_t, t, variance, clip_mode)
-        model_mean, x0, x_t = model_mean.double(), x0.double(), x_t.double()
-        model_log_variance = self.p_log_variance(variance, t, x_t)
+        where t > 0. The model runs at x_t's dtype; the rest is computed in float64. A model that
+        learned its variance is judged with it (`variance` is not read)."""
+        output, v = self.model_output(model, x_t, t)
+        x0_hat, _ = self._denoised(output, x_t, t, clip_mode)
+        model_mean, _ = self.q_posterior_mean_variance(x0_hat, x_t, t)
+        x_t = x_t.double()
+        if v is None:
+            model_log_variance = self.p_log_variance(variance, t, x_t)
+        else:
+            model_log_variance = self.learned_log_variance(v.double(), t)
+        return self.vb_term(x0.double(), x_t, t, model_mean.double(), model_log_variance)
+
+    def vb_term(
+        self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, model_mean: torch.Tensor,
+        model_log_variance: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        """L_t of eq. 5 per sample, (B,), in bits per dimension, for p(x_{t-1} | x_t) =
+        N(model_mean, e^model_log_variance) (each like x_t, or broadcasting against it), in x_t's dtype:
+        what the bound sums and what L_hybrid's L_vlb estimates."""
         true_mean, _ = self.q_posterior_mean_variance(x0, x_t, t)
         kl = normal_kl(true_mean, extract(self.posterior_log_variance_clipped, t, x_t), model_mean, model_log_variance)
         decoder_nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_variance)

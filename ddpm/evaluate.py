@@ -151,7 +151,9 @@ def likelihood(
         "nll_prior_bpd": float(bound.prior.double().mean()),
         "nll_decoder_floor_bpd": trained.diffusion.decoder_floor_bpd(cfg.nll_variance),
         "nll_images": len(total),
-        "nll_variance": cfg.nll_variance,
+        # a model that learned its variance is judged with it (its decoder floor is the same: at t = 0
+        # both ends of the learned range are beta~ of the next step)
+        "nll_variance": cfg.nll_variance if trained.diffusion.variance == "fixed" else trained.diffusion.variance,
         "nll_clip_mode": sample.clip_mode,
         "nll_precision": "fp32",
         "holdout_sha256": sha256_hex(holdout_path),

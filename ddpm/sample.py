@@ -59,6 +59,16 @@ def chain_timesteps(cfg: SampleConfig, diffusion: GaussianDiffusion, source: str
     return listed
 
 
+def check_learned_variance(cfg: SampleConfig, diffusion: GaussianDiffusion, source: str) -> None:
+    """A UserError for DDIM at eta > 0 on a model that learned its variance (diffusion.variance
+    learned_range): its sigma_t(eta) (Song et al. eq. 16) would replace the learned one. (At eta 0,
+    DDIM and DPM-Solver++ add no noise and read the model's mean only.)"""
+    if diffusion.variance == "learned_range" and cfg.sampler == "ddim" and cfg.eta > 0:
+        raise UserError(f"sample.eta: DDIM at eta {cfg.eta} draws its own variance, not the one the model "
+                        f"({source}) learned (diffusion.variance learned_range); expected sample.eta 0, or "
+                        "sample.sampler ddpm, which samples with it")  # fmt: skip
+
+
 def _chain(diffusion: GaussianDiffusion, network: Model, noise: torch.Tensor, cfg: SampleConfig,
            generator: torch.Generator) -> Iterator[tuple[int, torch.Tensor]]:  # fmt: skip
     """The configured sampler's chain from x_T = `noise`."""
@@ -156,6 +166,7 @@ def sample(
     the samples and the model's description. `ready` is called once the inputs are checked, before
     the sampling (the CLI opens MLflow there). Nothing is written if the samples are not finite."""
     trained = load_trained(checkpoint, device)
+    check_learned_variance(cfg, trained.diffusion, str(checkpoint))
     if cfg.sampler != "ddpm":
         chain_timesteps(cfg, trained.diffusion, str(checkpoint))
     if ready:

@@ -220,7 +220,8 @@ def _changes(saved: TrainingCheckpoint, config: Config, data_sha256: str) -> lis
 def _differences(before: Config, now: Config) -> dict[str, tuple[Any, Any]]:
     """The settings the weights depend on that differ: the UNet, the process, training (bookkeeping aside)."""
     old, new = _settings(before), _settings(now)
-    return {key: (old[key], new[key]) for key in new if old[key] != new[key]}
+    # .get: model.learned_variance is in the arch only where learned (Config.arch)
+    return {key: (old.get(key), new[key]) for key in new if old.get(key) != new[key]}
 
 
 def _settings(config: Config) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from ddpm.files import folder_lock, sha256_hex, write_json
 from ddpm.layout import RunFolder
 from ddpm.metrics import fid_bootstrap, frechet_distance
 from ddpm.origin import check_samples, read_origin
-from ddpm.sample import generate
+from ddpm.sample import check_learned_variance, generate
 from ddpm.spacing import SAMPLER_NAMES, SPACINGS, timesteps
 
 
@@ -122,6 +122,7 @@ def check_sweep(cfg: SweepConfig, sample: SampleConfig, trained: Trained, real_p
     if too_many:
         raise UserError(f"sweep.steps: {too_many} exceed the model's {length} timesteps ({trained.path})")
     for sampler in cfg.samplers:
+        check_learned_variance(sample.model_copy(update={"sampler": sampler}), trained.diffusion, str(trained.path))
         if sample.spacing not in SPACINGS[sampler]:
             having = ",".join(s for s in cfg.samplers if sample.spacing in SPACINGS[s])
             raise UserError(f"sweep.samplers: {SAMPLER_NAMES[sampler]} has no {sample.spacing} spacing "

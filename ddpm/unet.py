@@ -159,6 +159,7 @@ class UNet(nn.Module):
         attention_resolutions: Sequence[int] = (16,),
         dropout: float = 0.1,
         in_channels: int = 3,
+        learned_variance: bool = False,
     ) -> None:
         super().__init__()
         check_architecture(image_size, channels, channel_mult, attention_resolutions)
@@ -195,7 +196,9 @@ class UNet(nn.Module):
                 res *= 2
 
         self.norm_out = group_norm(ch)
-        self.conv_out = zero_init(nn.Conv2d(ch, in_channels, 3, padding=1))
+        # learned_variance: a second set of channels, v of the reverse variance (Nichol & Dhariwal 2021)
+        out_channels = 2 * in_channels if learned_variance else in_channels
+        self.conv_out = zero_init(nn.Conv2d(ch, out_channels, 3, padding=1))
 
     @classmethod
     def from_preset(cls, name: str, image_size: int, **overrides: Any) -> "UNet":

@@ -75,6 +75,7 @@ def test_train_then_sample(flowers16: Path, tmp_path: Path) -> None:
         "prediction": "eps",
         "zero_terminal_snr": False,
         "input_scale": 1.0,
+        "variance": "fixed",
     }
     assert saved["config"]["train"]["batch_size"] == 4 and saved["config"]["model"]["preset"] == "tiny"
 

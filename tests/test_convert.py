@@ -71,12 +71,23 @@ def test_imported_weights_compute_diffusers_function(tmp_path: Path, config: dic
     assert sum(p.numel() for p in trained.model.parameters()) == sum(p.numel() for p in theirs.parameters())
     assert max_difference(trained.model, theirs, config["sample_size"], torch.float32) <= 1e-5
     assert made["diffusion"] == {"schedule": "linear", "timesteps": 1000, "prediction": "eps",
-                                 "zero_terminal_snr": False, "input_scale": 1.0}  # fmt: skip
+                                 "zero_terminal_snr": False, "input_scale": 1.0, "variance": "fixed"}  # fmt: skip
     assert made["imported"]["weights"].endswith(".safetensors" if safetensors else ".bin")
     if config is HO_CIFAR10:  # the preset is that model: the paper's 35,746,307 parameters, the same arguments
         assert sum(p.numel() for p in theirs.parameters()) == 35_746_307
         preset = {k: list(v) if isinstance(v, tuple) else v for k, v in preset_architecture("ddpm-cifar10", 32).items()}
         assert made["arch"] == {"image_size": 32, **preset}
+
+
+def test_a_learned_range_model_imports_with_its_variance_channels(tmp_path: Path) -> None:
+    """out_channels 6 and variance_type learned_range (Nichol & Dhariwal 2021): the same function, all six
+    channels, and a checkpoint that samples with the learned variance."""
+    theirs = diffusers_folder(tmp_path / "unet", {**SMALL, "out_channels": 6}, variance_type="learned_range")
+    made = import_diffusers(tmp_path / "unet", tmp_path / "model.pt")
+    assert made["arch"]["learned_variance"] is True and made["diffusion"]["variance"] == "learned_range"
+    trained = load_trained(tmp_path / "model.pt", CPU)
+    assert trained.diffusion.variance == "learned_range"
+    assert max_difference(trained.model, theirs, 16, torch.float32) <= 1e-5
 
 
 def test_the_unet_runs_in_float64_and_agrees_to_rounding(tmp_path: Path) -> None:
@@ -99,7 +110,7 @@ def test_a_pipeline_folder_gives_its_scheduler_and_schedules_map_to_the_same_bet
         out = tmp_path / f"{name}{zero_terminal_snr}.pt"
         assert import_diffusers(tmp_path / "pipe" / "unet", out)["diffusion"] == {
             "schedule": ours, "timesteps": 500, "prediction": "v", "zero_terminal_snr": zero_terminal_snr,
-            "input_scale": 1.0}  # fmt: skip
+            "input_scale": 1.0, "variance": "fixed"}  # fmt: skip
         betas = load_trained(out, CPU).diffusion.betas
         # diffusers rescales its float32 betas, which the rescale's 1/(√alphā_1 − √alphā_T) amplifies: the
         # reference is its rescale of the plain schedule's betas in float64
@@ -249,13 +260,20 @@ def tamper(folder: Path, how: str) -> None:
                                                 r"expected floating-point weights$"),
         (lambda f: tamper(f, "integer weight in a .bin"), r"model.bin: tensor 'conv_in.bias' holds int64 values; "
                                                           r"expected floating-point weights$"),
+        (config(out_channels=6), r"config.json: out_channels = 6, but .*scheduler_config.json: variance_type = "
+                                 r"a fixed one; expected out_channels 3 with it \(6: the target and learned_range"),
+        (scheduler(variance_type="learned_range"), r"config.json: out_channels = 3, but .*: variance_type = "
+                                                   r"learned_range; expected out_channels 6 with it"),
+        (scheduler(variance_type="learned"), r'variance_type = "learned"; expected one of fixed_small, fixed_small_l'),
+        (config(out_channels=4), r"out_channels = 4; the ddpm UNet computes 3 \(the target\) or 6 \(the target"),
     ],
     ids=["no config", "norm_eps", "two keys", "default flip", "heads", "up blocks", "unknown key", "class", "schedule",
          "trained betas", "beta ends", "no scheduler", "truncated", "code in a .bin", "numpy in a .bin", "extra tensor",
          "missing tensor", "wrong shape", "scheduler class", "sample_size 2^20", "64 GB of widths", "widths unlike "
          "the weights", "layers", "dropout abc", "dropout NaN", "a list for a string", "a string for a list",
          "schedule list", "prediction list", "beta_start string", "NaN beta", "infinite beta", "T 10^7", "NaN weight",
-         "integer weight", "integer weight in a .bin"],
+         "integer weight", "integer weight in a .bin", "6 channels fixed", "3 channels learned", "learned",
+         "4 channels"],
 )  # fmt: skip
 def test_what_cannot_be_imported_is_one_clear_error_and_nothing_is_written(
     small_folder: Path, tmp_path: Path, damage, message: str, built_on: list[str]

@@ -73,6 +73,7 @@ def test_checkpoints_describe_their_run_and_only_the_last_k_are_kept(flowers16: 
         "prediction": "eps",
         "zero_terminal_snr": False,
         "input_scale": 1.0,
+        "variance": "fixed",
     }
     arch = {"image_size": 16, "channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1,
             "attention_resolutions": [8], "dropout": 0.0}  # fmt: skip

@@ -5,7 +5,8 @@ one JSON file the moment they are measured, so a step stopped by its time limit 
 
 The steps (the letters are issue 15's):
 - train32 (a): bench/throughput.py's training step at 32×32, batch 128, ddpm-cifar10, ours against
-  diffusers' UNet2DModel at the same architecture: fp32, bf16, bf16 + channels_last.
+  diffusers' UNet2DModel at the same architecture: fp32, bf16, bf16 + channels_last; and ours at bf16
+  with learned variances (L_hybrid) and with Min-SNR-γ weighting (issue 25).
 - sample (c): 256 images, 1000 DDPM steps and DDIM-50, bf16: ours as `ddpm sample` runs it
   (compiled, CUDA graphs) against diffusers' plain loop; and ours DDIM-50 with dynamic thresholding
   (sample.clip_mode, issue 28).
@@ -157,6 +158,15 @@ def train32(ctx: Context) -> None:
     nets = tp.networks(s.preset32, s.size32)
     for setting in ("fp32", "bf16", "bf16-cl"):
         train_setting(ctx, "train32", setting, nets, s.size32, s.batch32)
+    # issue 25: what the knobs cost beside plain ε (train32.bf16.ddpm), ours, bf16, the same batch:
+    # L_hybrid with twice the output channels (learned_range), and Min-SNR-γ's weights
+    torch.manual_seed(0)
+    learned = tp.UNet.from_preset(s.preset32, s.size32, learned_variance=True)
+    for name, net, knobs in (("learned_range", learned, {"variance": "learned_range"}),
+                             ("min_snr", nets["ddpm"], {"weighting": "min_snr"})):  # fmt: skip
+        figures = tp.train_figures(net, ctx.fast("bf16"), ctx.device, s.size32, s.batch32, s.timing, **knobs)
+        ctx.figures.put({f"train32.bf16.{name}.{key}": value for key, value in figures.items()})
+        print(f"train32 bf16 {name}: {figures['img_s']:,.1f} img/s", flush=True)
 
 
 def compiled32(ctx: Context) -> None:

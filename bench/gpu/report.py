@@ -14,6 +14,7 @@ NETS = ("ddpm", "diffusers")
 METRICS = ("img_s", "tflop_s", "peak_mib")
 SETTINGS32 = ("fp32", "bf16", "bf16-cl", "bf16-cl-compile")
 SETTINGS64 = ("bf16", "bf16-cl", "bf16-cl-compile")
+KNOBS = {"learned_range": "learned variances (L_hybrid)", "min_snr": "Min-SNR-γ weighting"}  # issue 25, ours only
 STEPS = ("train32", "sample", "compiled32", "train64", "cli")
 CLI_KEYS = (
     "cli.download.s", "cli.prepare.s", "cli.train.s", "cli.train.steps", "cli.train.img_s", "cli.train.wall_img_s",
@@ -27,6 +28,7 @@ STOPPED = {124: "stopped at its time limit", 137: "killed at its time limit"}
 def expected_keys() -> list[str]:
     """Every figure the proof measures, in the order the report shows them."""
     keys = [f"train32.{s}.{n}.{m}" for s in SETTINGS32 for n in NETS for m in METRICS]
+    keys += [f"train32.bf16.{knob}.{m}" for knob in KNOBS for m in METRICS]
     keys += [f"sample.{chain}.{n}.s" for chain in ("ddpm", "ddim") for n in NETS] + ["sample.ddim.dynamic.s"]
     keys += [f"sample.{DPM}.{n}.s" for n in NETS]  # issue 24: both loops drive our UNet
     keys += [
@@ -131,8 +133,21 @@ def table_rows(f: dict[str, float | None], meta: dict) -> list[str]:
                 rows.append(f"| {task}, {described(setting, size, batch, preset)} | {precision(setting)} | "
                             f"{' | '.join(shown)} |")  # fmt: skip
         if prefix == "train32":
+            rows += knob_rows(f, described("bf16", size, batch, preset), precision("bf16"))
             rows += sampling_rows(f, sizes, "bf16" if not dry else "fp32")
     return rows + cli_rows(f, sizes)
+
+
+def knob_rows(f: dict[str, float | None], described: str, precision: str) -> list[str]:
+    """Issue 25: our training step with each knob, its img/s against plain ε's at the same setting."""
+    plain = f.get("train32.bf16.ddpm.img_s")
+    rows = []
+    for knob, name in KNOBS.items():
+        speed = f.get(f"train32.bf16.{knob}.img_s")
+        share = ratio(speed, plain)
+        versus = f"{share:.2f}× plain ε's img/s" if share else ""
+        rows.append(f"| train img/s, {described}, {name} | {precision} | {number(speed, ',.1f')} | | {versus} |")
+    return rows
 
 
 def sampling_rows(f: dict[str, float | None], sizes: dict, precision: str) -> list[str]:

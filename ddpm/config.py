@@ -103,13 +103,11 @@ class DiffusionConfig(Section):
     schedule: ScheduleName = "linear"
     timesteps: PositiveInt = 1000
     prediction: Literal["eps", "x0", "v"] = "eps"
-    # √alphā rescaled so that x_T holds no signal (Lin et al. 2023; ddpm.schedules): with v or x0
-    # prediction and a spacing that starts at T − 1
-    zero_terminal_snr: bool = False
+    zero_terminal_snr: bool = False  # x_T holds no signal (Lin et al. 2023): with v or x0, from t = T − 1
     # b: log-SNR shifted by 2·log b (Chen 2023; ddpm.schedules.shift_log_snr); b < 1 for larger images
     input_scale: Annotated[Number, Field(gt=0)] = 1.0
-    # fixed: the sampler's sample.variance and the bound's evaluate.nll_variance; learned_range: the UNet
-    # learns it between beta~_t and beta_t, trained by L_hybrid (Nichol & Dhariwal 2021, section 3.1)
+    # fixed: sample.variance and evaluate.nll_variance; learned_range: the UNet learns it between beta~_t
+    # and beta_t, trained by L_hybrid (Nichol & Dhariwal 2021, section 3.1)
     variance: Literal["fixed", "learned_range"] = "fixed"
 
 

@@ -12,19 +12,17 @@ or from a .bin file with torch.load(weights_only=True): loading never runs code 
 """
 
 import json
-import math
 import pickle
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ddpm.checkpoint import ModelCheckpoint, save_checkpoint
+from ddpm.convert_scheduler import count_in, diffusion_process, finite, read_json, shown
 from ddpm.errors import UserError
 from ddpm.files import sha256_hex
-from ddpm.schedules import beta_schedule
 from ddpm.unet import ARCH_VERSION, GROUPS, NORM_EPS, Step, UNet, check_architecture
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -52,21 +50,9 @@ UNET_REQUIRED: dict[str, Any] = {
     "add_attention": True, "class_embed_type": None, "num_class_embeds": None,
 }  # fmt: skip
 
-# diffusers' beta_schedule → ddpm's schedule of the same betas (linear ones checked for their ends)
-SCHEDULES = {"linear": "linear", "scaled_linear": "quadratic", "squaredcos_cap_v2": "cosine"}
-PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
-# diffusers' variance_type → ddpm's diffusion.variance; "learned" (an unbounded log-variance) has none
-VARIANCES = {"fixed_small": "fixed", "fixed_small_log": "fixed", "fixed_large": "fixed", "fixed_large_log": "fixed",
-             "learned_range": "learned_range"}  # fmt: skip
-# The schedulers whose betas come from beta_schedule, beta_start and beta_end as DDPMScheduler's do
-# (tests/test_convert.py compares them); others (KarrasVeScheduler, flow matching, ...) have no betas.
-SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "DPMSolverMultistepScheduler",
-              "DPMSolverSinglestepScheduler", "DEISMultistepScheduler", "UniPCMultistepScheduler",
-              "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
-              "LMSDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler")  # fmt: skip
 # Caps on what the weights cannot bound: ddpm sample holds whole images of sample_size² pixels, a
 # UNet of layers_per_block × levels blocks is built to check the shapes, and T sets the schedule's length.
-MAX_IMAGE_SIZE, MAX_LAYERS, MAX_TIMESTEPS = 1024, 16, 100_000
+MAX_IMAGE_SIZE, MAX_LAYERS = 1024, 16
 MAX_WIDTH = 8192  # block_out_channels: Ho et al.'s widest is 512
 FLOATS = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 
@@ -81,7 +67,7 @@ def import_diffusers(folder: Path, out: Path) -> dict[str, Any]:
         hint = f"; pass {folder / 'unet'}, the pipeline's model folder" if (folder / "unet").is_dir() else ""
         raise UserError(f"{folder}: no config.json; expected a diffusers model folder (config.json and "
                         f"{' or '.join(WEIGHT_FILES)}){hint}")  # fmt: skip
-    arch = unet_architecture(_read_json(config_path), config_path)
+    arch = unet_architecture(read_json(config_path), config_path)
     diffusion, scheduler_path = diffusion_process(folder)
     _check_output_channels(arch, diffusion, config_path, scheduler_path)
     weights_path = weights_file(folder)
@@ -111,45 +97,21 @@ def _check_output_channels(arch: dict[str, Any], diffusion: dict[str, Any], unet
                         f"{3 + 3 * learned} with it (6: the target and learned_range's v)")  # fmt: skip
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not readable JSON ({e})") from None
-    if not isinstance(content, dict):
-        raise UserError(f"{path}: expected a JSON object, got {type(content).__name__}")
-    return content
-
-
-def _shown(value: Any) -> str:
-    """`value` as the JSON file has it, cut short for a one-line message."""
-    text = json.dumps(value)
-    return text if len(text) <= 80 else f"{text[:77]}..."
-
-
-def _count(low: int, high: int) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def unet_architecture(config: dict[str, Any], path: Path) -> dict[str, Any]:
     """The ddpm UNet's keyword arguments for a diffusers UNet2DModel config; a UserError naming every
     key whose value sets another function than this UNet's, or else the first value it cannot represent."""
     c = _unet_config(config, path)
 
     def refuse(key: str, expected: str) -> UserError:
-        return UserError(f"{path}: {key} = {_shown(c[key])}; the ddpm UNet computes {expected} only")
+        return UserError(f"{path}: {key} = {shown(c[key])}; the ddpm UNet computes {expected} only")
 
     size = c["sample_size"]
     if isinstance(size, list) and len(size) == 2 and size[0] == size[1]:
         size = size[0]
-    if not _count(1, MAX_IMAGE_SIZE)(size):
+    if not count_in(1, MAX_IMAGE_SIZE)(size):
         raise refuse("sample_size", f"square images (a positive integer of at most {MAX_IMAGE_SIZE})")
     widths = c["block_out_channels"]
-    if not (isinstance(widths, list) and widths and all(_count(1, MAX_WIDTH)(w) for w in widths)) or any(
+    if not (isinstance(widths, list) and widths and all(count_in(1, MAX_WIDTH)(w) for w in widths)) or any(
         w % widths[0] for w in widths
     ):
         raise refuse("block_out_channels", f"positive multiples of the first width, each at most {MAX_WIDTH},")
@@ -165,10 +127,10 @@ def unet_architecture(config: dict[str, Any], path: Path) -> dict[str, Any]:
     mirror = [kind.replace("Down", "Up") for kind in reversed(down)]
     if up != mirror:
         raise refuse("up_block_types", f"the mirror of down_block_types, {json.dumps(mirror)},")
-    if not _count(1, MAX_LAYERS)(c["layers_per_block"]):
+    if not count_in(1, MAX_LAYERS)(c["layers_per_block"]):
         raise refuse("layers_per_block", f"a positive integer of at most {MAX_LAYERS}")
-    if not (_finite(c["dropout"]) and 0 <= c["dropout"] < 1):
-        raise UserError(f"{path}: dropout = {_shown(c['dropout'])}; expected a number from 0 to below 1")
+    if not (finite(c["dropout"]) and 0 <= c["dropout"] < 1):
+        raise UserError(f"{path}: dropout = {shown(c['dropout'])}; expected a number from 0 to below 1")
     arch = {
         "image_size": size,
         "channels": channels,
@@ -192,77 +154,17 @@ def _unet_config(config: dict[str, Any], path: Path) -> dict[str, Any]:
     """`config` over diffusers' defaults, once its class, its keys and the function it computes are
     those of the ddpm UNet."""
     if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
-        raise UserError(f"{path}: _class_name = {_shown(config['_class_name'])}; ddpm imports UNet2DModel only")
+        raise UserError(f"{path}: _class_name = {shown(config['_class_name'])}; ddpm imports UNet2DModel only")
     unknown = sorted(k for k in config if k not in UNET_DEFAULTS and not k.startswith("_"))
     if unknown:
         raise UserError(f"{path}: unknown UNet2DModel key {unknown[0]!r}; this ddpm cannot tell what it changes")
     c = {**UNET_DEFAULTS, **config}
-    wrong = [f"{key} = {_shown(c[key])} (ddpm: {json.dumps(value)})" for key, value in UNET_REQUIRED.items()
+    wrong = [f"{key} = {shown(c[key])} (ddpm: {json.dumps(value)})" for key, value in UNET_REQUIRED.items()
              if c[key] != value]  # fmt: skip
     if wrong:  # every one at once; editing the file would not help, the weights compute that function
         raise UserError(f"{path}: this model computes another function than the ddpm UNet (Ho et al.'s) and "
                         f"cannot be imported: {'; '.join(wrong)}")  # fmt: skip
     return c
-
-
-def diffusion_process(folder: Path) -> tuple[dict[str, Any], Path]:
-    """The checkpoint's `diffusion` entry from the scheduler config beside `folder` or in ../scheduler/,
-    and that file. Only what defines the forward process is read; how to sample is ddpm's sample.*."""
-    candidates = [folder / "scheduler_config.json", folder.parent / "scheduler" / "scheduler_config.json"]
-    path = next((p for p in candidates if p.is_file()), None)
-    if path is None:
-        raise UserError(f"{folder}: no scheduler config ({' or '.join(map(str, candidates))}); "
-                        "it says which beta schedule the model was trained with")  # fmt: skip
-    c = _read_json(path)
-    kind = c.get("_class_name", "DDPMScheduler")
-    if kind not in SCHEDULERS:
-        raise UserError(f"{path}: _class_name = {_shown(kind)}; expected a scheduler whose betas come from "
-                        f"beta_schedule ({', '.join(SCHEDULERS[:3])}, ...)")  # fmt: skip
-    timesteps, name = c.get("num_train_timesteps", 1000), c.get("beta_schedule", "linear")
-    if c.get("trained_betas") is not None:
-        raise UserError(f"{path}: trained_betas = {_shown(c['trained_betas'])}; ddpm computes its betas from a "
-                        "named schedule")  # fmt: skip
-    zero_terminal_snr = c.get("rescale_betas_zero_snr", False)
-    if not isinstance(zero_terminal_snr, bool):
-        raise UserError(f"{path}: rescale_betas_zero_snr = {_shown(zero_terminal_snr)}; expected true or false")
-    if not isinstance(name, str) or name not in SCHEDULES:
-        raise UserError(f"{path}: beta_schedule = {_shown(name)}; ddpm imports {', '.join(SCHEDULES)} only")
-    if not _count(2, MAX_TIMESTEPS)(timesteps):
-        raise UserError(f"{path}: num_train_timesteps = {_shown(timesteps)}; expected an integer from 2 to "
-                        f"{MAX_TIMESTEPS}")  # fmt: skip
-    if name != "squaredcos_cap_v2":
-        _check_beta_ends(c, path, SCHEDULES[name], timesteps)
-    prediction = c.get("prediction_type", "epsilon")
-    if not isinstance(prediction, str) or prediction not in PREDICTIONS:
-        raise UserError(f"{path}: prediction_type = {_shown(prediction)}; expected one of {', '.join(PREDICTIONS)}")
-    if zero_terminal_snr and prediction == "epsilon":  # as the config refuses it (ddpm.config)
-        raise UserError(f"{path}: rescale_betas_zero_snr = true with prediction_type = \"epsilon\": at t = T x_T "
-                        "holds no signal, so x̂_0 = (x_T − eps)/0 (diffusers PR #3664's black images)")  # fmt: skip
-    variance = c.get("variance_type") or "fixed_small"  # some schedulers save null: fixed
-    if not isinstance(variance, str) or variance not in VARIANCES:
-        raise UserError(f"{path}: variance_type = {_shown(variance)}; expected one of {', '.join(VARIANCES)}")
-    schedule = SCHEDULES[name]
-    beta_schedule(schedule, timesteps)  # a schedule that cannot be built at this T raises here, not at sampling
-    process = {"schedule": schedule, "timesteps": timesteps, "prediction": PREDICTIONS[prediction]}
-    return {
-        **process,
-        "zero_terminal_snr": zero_terminal_snr,
-        "input_scale": 1.0,
-        "variance": VARIANCES[variance],
-    }, path
-
-
-def _check_beta_ends(c: dict[str, Any], path: Path, schedule: str, timesteps: int) -> None:
-    """ddpm's linear and quadratic schedules run from 1e-4 to 0.02, scaled by 1000/T: the config's
-    beta_start and beta_end must be those."""
-    ends = (c.get("beta_start", 0.0001), c.get("beta_end", 0.02))
-    for key, value in zip(("beta_start", "beta_end"), ends, strict=True):
-        if not _finite(value):
-            raise UserError(f"{path}: {key} = {_shown(value)}; expected a finite number")
-    expected = (1e-4 * 1000 / timesteps, 0.02 * 1000 / timesteps)
-    if any(abs(a - b) > 1e-9 * b for a, b in zip(ends, expected, strict=True)):
-        raise UserError(f"{path}: beta_start, beta_end = {ends[0]}, {ends[1]}; ddpm's {schedule} schedule "
-                        f"at T = {timesteps} runs from {expected[0]:.6g} to {expected[1]:.6g}")  # fmt: skip
 
 
 def weights_file(folder: Path) -> Path:

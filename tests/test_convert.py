@@ -313,7 +313,7 @@ def built_on(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.mark.slow  # seconds of diffusers importing scipy.stats for its schedulers
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy's, about diffusers' own code
 def test_the_schedulers_imported_have_ddpm_schedulers_betas() -> None:
-    from ddpm.convert import SCHEDULERS
+    from ddpm.convert_scheduler import SCHEDULERS
 
     for name in ("linear", "scaled_linear", "squaredcos_cap_v2"):
         settings = {"beta_schedule": name, "num_train_timesteps": 500, "beta_start": 2e-4, "beta_end": 0.04}

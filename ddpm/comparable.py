@@ -53,7 +53,14 @@ def check_comparable(runs: list[Measured]) -> None:
             _check(f"sample.{key}", runs, values, f"sample.{key}", ("sample", "evaluate"))
     if any("nll_bpd" in r.evaluation for r in runs):
         for key, setting in MEASURED.items():
-            _check(key, runs, [r.evaluation.get(key) for r in runs], setting, ("evaluate",))
+            _check(key, runs, _settings_of(key, [r.evaluation.get(key) for r in runs]), setting, ("evaluate",))
+
+
+def _settings_of(key: str, values: list[Any]) -> list[Any]:
+    """`values` as settings to agree on: a learned variance (nll_variance learned_range) is the model's own,
+    not evaluate.nll_variance's (ddpm.knobs checks diffusion.variance), so it agrees with any setting."""
+    fixed = [v for v in values if v != "learned_range"] if key == "nll_variance" else values
+    return [fixed[0] if v == "learned_range" and fixed else v for v in values]
 
 
 def _check(key: str, runs: list[Measured], values: list[Any], setting: str, stages: tuple[str, ...]) -> None:

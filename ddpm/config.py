@@ -19,7 +19,7 @@ from ddpm.config_errors import Override, describe_error
 from ddpm.errors import UserError
 from ddpm.schedules import SCHEDULES, beta_schedule
 from ddpm.unet import PRESETS, check_architecture, preset_architecture
-from ddpm.variants import VARIANTS, RunName, Variant, expand_variant, variant_overrides
+from ddpm.variants import VARIANTS, RunName, Variant, expand_variant, recipe, variant_overrides
 from ddpm.yamlfile import read_params
 
 DEFAULT_CONFIG = Path("params.yaml")
@@ -272,10 +272,7 @@ class Config(Section):
         list[RunName], AfterValidator(_unique), Field(min_length=1, description=DISTINCT_SCHEDULES)
     ] = ["linear", "cosine"]
     # named runs that set model.*, diffusion.* and train.* keys over the rest of the file (ddpm.variants)
-    variants: Annotated[dict[RunName, Variant], Field(description=VARIANTS)] = {
-        name: Variant(diffusion={"schedule": name.split("-")[0]}, train={"loss_weighting": "min_snr"})
-        for name in ("linear-minsnr", "cosine-minsnr")
-    }
+    variants: Annotated[dict[RunName, Variant], Field(default_factory=recipe, description=VARIANTS)]
     _variant: str | None = pydantic.PrivateAttr(None)  # the variant this config was resolved for, if any
 
     @property
@@ -289,7 +286,7 @@ class Config(Section):
         if name not in self.variants:
             return self.model_copy(update={"diffusion": self.diffusion.model_copy(update={"schedule": name})})
         pairs = variant_overrides(name, self.variants[name].model_dump(), "variants")
-        resolved = _resolve(self.model_dump(mode="json"), "variants", pairs)  # checked when loaded: no error
+        resolved = _resolve(self.model_dump(mode="json"), "variants", pairs, sampling=False)  # checked when loaded
         resolved._variant = name
         return resolved
 
@@ -331,8 +328,9 @@ def load_config(path: Path | None = None, overrides: Sequence[Override] = ()) ->
     return config
 
 
-def _resolve(raw: dict[str, Any], label: str, overrides: Sequence[Override]) -> Config:
-    """The config `raw` (params.yaml's contents) with `overrides` applied, validated and checked."""
+def _resolve(raw: dict[str, Any], label: str, overrides: Sequence[Override], sampling: bool = True) -> Config:
+    """The config `raw` (params.yaml's contents) with `overrides` applied, validated and checked (how it
+    samples too, unless not `sampling`: a variant not being run must not fail a command for another run)."""
     made: list[Override] = []  # sections only an override names: an error there is the override's
     for source, key, value in overrides:
         section, dot, name = key.partition(".")
@@ -351,7 +349,7 @@ def _resolve(raw: dict[str, Any], label: str, overrides: Sequence[Override]) -> 
     except ValidationError as e:
         lines = [describe_error(err, label, [*overrides, *made], Config) for err in e.errors()]
         raise UserError("\n".join(dict.fromkeys(lines))) from None  # a union's branches give the same line
-    _check_combinations(config, label, overrides)
+    _check_combinations(config, label, overrides, sampling)
     return config
 
 
@@ -365,7 +363,7 @@ def _check_variants(config: Config, label: str, overrides: Sequence[Override]) -
         if any(key == "train.seed" for _, key, _ in pairs):
             raise UserError(f"{label}: variants.{name}.train.seed: a variant is trained once per seed of `seeds`; "
                             "expected no train.seed")  # fmt: skip
-        _resolve(config.model_dump(mode="json"), label, pairs)
+        _resolve(config.model_dump(mode="json"), label, pairs, sampling=False)
     given = [source for source, key, _ in overrides if key in ("schedules", "variants")]
     for i, name in enumerate(config.schedules):
         if name not in SCHEDULES and name not in config.variants:
@@ -373,7 +371,7 @@ def _check_variants(config: Config, label: str, overrides: Sequence[Override]) -
             raise UserError(f'{where}: expected {DISTINCT_SCHEDULES}, got "{name}"')
 
 
-def _check_combinations(config: Config, label: str, overrides: Sequence[Override]) -> None:
+def _check_combinations(config: Config, label: str, overrides: Sequence[Override], sampling: bool) -> None:
     """The checks that involve more than one key."""
     try:
         check_architecture(config.data.image_size, **_arch_subset(config))
@@ -383,7 +381,7 @@ def _check_combinations(config: Config, label: str, overrides: Sequence[Override
         raise UserError(f"{label}: data.folder: expected a folder of images when data.source is folder, got null")
     check_spacing(config.sample.sampler, config.sample.spacing, label, overrides)
     if config.diffusion.zero_terminal_snr:
-        samplers = list(dict.fromkeys([config.sample.sampler, *config.sweep.samplers]))
+        samplers = list(dict.fromkeys([config.sample.sampler, *config.sweep.samplers])) if sampling else []
         check_zero_terminal_snr(config.diffusion.prediction, samplers, config.sample.spacing, config.sample.steps,
                                 config.diffusion.timesteps, label, overrides)  # fmt: skip
     for name in dict.fromkeys([config.diffusion.schedule, *(s for s in config.schedules if s in SCHEDULES)]):

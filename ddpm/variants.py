@@ -36,6 +36,16 @@ class Variant(BaseModel):
     train: dict[str, Any] = {}
 
 
+def recipe() -> dict[str, Variant]:
+    """params.yaml's variants: the literature's comparison, each schedule with and without Min-SNR-γ (Hang et
+    al. 2023), and v-prediction with zero terminal SNR (Lin et al. 2023). Defined, not run: `schedules`
+    names the runs."""
+    minsnr = {name: {"diffusion": {"schedule": name.split("-")[0]}, "train": {"loss_weighting": "min_snr"}}
+              for name in ("linear-minsnr", "cosine-minsnr")}  # fmt: skip
+    ztsnr = {"diffusion": {"schedule": "linear", "prediction": "v", "zero_terminal_snr": True}}
+    return {name: Variant(**spec) for name, spec in {**minsnr, "linear-ztsnr-v": ztsnr}.items()}
+
+
 def variant_overrides(name: str, variant: dict[str, Any], label: str) -> list[Override]:
     """The variant's keys as overrides, each named after its place in the file (`label`), e.g.
     ("params.yaml: variants.cosine-minsnr.train.loss_weighting", "train.loss_weighting", "min_snr")."""

@@ -463,6 +463,8 @@ SAMPLE_FIX = (
         (DDPM, "sample.eta", 0.0, 1.0, None),  # DDPM draws no η, DDIM no variance: not refused
         (DDIM, "sample.variance", "fixed_large", "fixed_small", None),
         (DDIM, "sample.compile", "auto", True, None),  # how fast, not what is drawn
+        (DDIM, "nll_variance", "fixed_small", "learned_range", None),  # the model's own (ddpm.knobs checks it)
+        (DDIM, "nll_variance", "learned_range", "fixed_large", None),
     ],
 )  # fmt: skip
 def test_runs_sampled_or_measured_otherwise_are_refused_in_one_line(

@@ -128,3 +128,17 @@ def test_compare_refuses_a_variants_run_trained_otherwise_than_the_variant_says(
     config["train"]["loss_weighting"] = "min_snr"
     check_variants_trained(stale, variants)  # "linear" is no variant: its settings are the schedule's own
     check_variants_trained([run("cosine-minsnr", {})], variants)  # imported: nothing recorded to check
+
+
+def test_a_variants_sampling_is_checked_only_when_it_is_run(tmp_path: Path) -> None:
+    ztsnr = {"linear-ztsnr-v": {"diffusion": {"prediction": "v", "zero_terminal_snr": True}}}
+    path = params(tmp_path, ztsnr)
+    quadratic = [("--sampler", "sample.sampler", "ddim"), ("--spacing", "sample.spacing", "quadratic")]
+    assert load_config(path, quadratic).sample.spacing == "quadratic"  # another run's sampling: not refused
+    with pytest.raises(UserError, match=r"params.yaml: variants.linear-ztsnr-v.diffusion.zero_terminal_snr, --spacing: "
+                                        r"sample.spacing quadratic never samples t = T − 1 with ddim"):  # fmt: skip
+        load_config(path, [*quadratic, ("--beta-schedule", "diffusion.schedule", "linear-ztsnr-v")])
+    eps = {"linear-ztsnr": {"diffusion": {"zero_terminal_snr": True}}}  # what is trained: refused on every command
+    with pytest.raises(UserError, match=r"variants.linear-ztsnr.diffusion.zero_terminal_snr: diffusion.prediction eps "
+                                        r"cannot go with diffusion.zero_terminal_snr"):  # fmt: skip
+        load_config(params(tmp_path, eps))

@@ -5,6 +5,7 @@ timed per DVC stage and in all. Nothing else should run on the machine meanwhile
     python bench/offline_preset.py                # the preset as the README runs it
     python bench/offline_preset.py -S train.steps=100   # extra arguments go to offline.sh
     python bench/offline_preset.py --keep /tmp/preset   # keep the copy (the README's pictures come from it)
+    python bench/offline_preset.py --script pipeline/offline-variants.sh   # the three-variant preset
 
 Each stage's time runs from DVC's "Running stage" line to the next one (the last stage's to the end),
 so it includes the stage command's start-up (importing torch, opening the MLflow store).
@@ -49,14 +50,14 @@ def fresh_copy(folder: Path) -> Path:
     return root
 
 
-def timed_stages(root: Path, extra: list[str]) -> tuple[list[tuple[str, float]], float]:
+def timed_stages(root: Path, script: str, extra: list[str]) -> tuple[list[tuple[str, float]], float]:
     """Run the preset; each stage's seconds and the total."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     start = time.perf_counter()
     marks: list[tuple[str, float]] = []
     with subprocess.Popen(
-        ["bash", "pipeline/offline.sh", *extra], cwd=root, env=env, text=True,
+        ["bash", script, *extra], cwd=root, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     ) as process:  # fmt: skip
         for line in process.stdout:
@@ -64,7 +65,7 @@ def timed_stages(root: Path, extra: list[str]) -> tuple[list[tuple[str, float]],
                 marks.append((line.split("'")[1], time.perf_counter()))
     total = time.perf_counter() - start
     if process.returncode:
-        sys.exit(f"offline.sh failed with status {process.returncode}")
+        sys.exit(f"{script} failed with status {process.returncode}")
     ends = [t for _, t in marks[1:]] + [start + total]
     return [(name, end - t) for (name, t), end in zip(marks, ends, strict=True)], total
 
@@ -72,14 +73,15 @@ def timed_stages(root: Path, extra: list[str]) -> tuple[list[tuple[str, float]],
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", type=Path, help="run in this new folder and keep it, not in a temporary one")
+    parser.add_argument("--script", default="pipeline/offline.sh", help="the preset to time")
     args, extra = parser.parse_known_args()
     with tempfile.TemporaryDirectory(prefix="ddpm-bench-") as folder:
         if args.keep:
             args.keep.mkdir(parents=True)
         root = fresh_copy(args.keep or Path(folder))
-        stages, total = timed_stages(root, extra)
+        stages, total = timed_stages(root, args.script, extra)
     print(f"# {date.today()}, {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
-    print(f"# bash pipeline/offline.sh {' '.join(extra)}".rstrip())
+    print(f"# bash {args.script} {' '.join(extra)}".rstrip())
     print("| stage | seconds |\n|---|---:|")
     for name, seconds in stages:
         print(f"| {name} | {seconds:.1f} |")

@@ -46,6 +46,9 @@ def test_a_variant_is_its_keys_over_the_file_under_its_own_name(tmp_path: Path) 
     assert variant_keys(chosen.variants, ["linear", "cosine-minsnr"]) == {
         "diffusion.schedule", "train.loss_weighting", "train.min_snr_gamma"}  # fmt: skip
     assert variant_keys(chosen.variants, ["linear", "cosine"]) == set()
+    # another γ is another weighting: the knob compare checks is train.loss_weighting, γ included
+    assert variant_keys({"gamma2": {"train": {"min_snr_gamma": 2}}}, ["gamma2"]) == {
+        "train.min_snr_gamma", "train.loss_weighting"}  # fmt: skip
 
 
 @pytest.mark.parametrize(

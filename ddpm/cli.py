@@ -283,7 +283,7 @@ def sweep(
 @user_errors
 def compare(
     names: Annotated[
-        list[str] | None, typer.Argument(help="Schedules [default: the schedules param].", show_default=False)
+        list[str] | None, typer.Argument(help="Schedules, variants [default: the schedules param].", show_default=False)
     ] = None,
     runs: Annotated[Path, typer.Option(help="The runs: <schedule>/seed<k> for each seed in `seeds`.")] = layout.RUNS,
     data: NoisedOption = layout.TRAINING_IMAGES,

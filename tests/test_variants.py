@@ -13,6 +13,7 @@ from ddpm.checkpoint import describe
 from ddpm.config import load_config
 from ddpm.errors import UserError
 from ddpm.knobs import check_knobs, check_variants_trained, knob_sentence, variant_keys
+from ddpm.plots import process_specs
 from ddpm.results import label
 
 VARIANTS = {
@@ -145,3 +146,62 @@ def test_a_variants_sampling_is_checked_only_when_it_is_run(tmp_path: Path) -> N
     with pytest.raises(UserError, match=r"variants.linear-ztsnr.diffusion.zero_terminal_snr: diffusion.prediction eps "
                                         r"cannot go with diffusion.zero_terminal_snr"):  # fmt: skip
         load_config(params(tmp_path, eps))
+
+
+def test_the_knobs_in_words_and_the_keys_of_several_variants() -> None:
+    runs = [run("a", {"diffusion": {"schedule": "cosine", "input_scale": 0.5}, "config": {"train": {}}}),
+            run("b", {"diffusion": {"schedule": "cosine", "prediction": "x0", "variance": "learned_range"},
+                      "config": {"train": {"loss_weighting": "min_snr", "min_snr_gamma": 2.0}}})]  # fmt: skip
+    assert knob_sentence(runs, label) == (
+        "Process and loss: a: predicts ε, input scale b = 0.5 (Chen 2023), fixed variances, loss unweighted "
+        "(L_simple, Ho et al. eq. 14); b: predicts x_0, learned variances (Nichol & Dhariwal 2021), loss Min-SNR-γ "
+        "weighted, γ = 2 (Hang et al. 2023).")  # fmt: skip
+    variants = {"a": {"diffusion": {"input_scale": 0.5}}, "b": {"diffusion": {"variance": "learned_range"}}}
+    assert variant_keys(variants, ["a", "b", "linear"]) == {"diffusion.input_scale", "diffusion.variance"}
+    with pytest.raises(UserError) as refused:
+        check_knobs(runs, {"diffusion.input_scale"}, label)
+    assert str(refused.value) == (
+        "the runs were trained with different diffusion.prediction (a: eps, b: x0) and no compared variant sets it; "
+        "compare like with like, or declare the difference as a variant (params.yaml's `variants`)")  # fmt: skip
+
+
+def test_a_stale_variant_run_of_another_seed_is_named_with_its_retraining(tmp_path: Path) -> None:
+    variants = load_config(params(tmp_path)).variants  # Variant models, as compare passes them
+    config = {"diffusion": {"schedule": "cosine"}, "train": {"loss_weighting": "none", "min_snr_gamma": 2}}
+    stale = SimpleNamespace(name="cosine-minsnr", seed=3, model={"config": config})
+    retrain = r"--beta-schedule cosine-minsnr --seed 3 --restart-if-changed`\)$"
+    with pytest.raises(
+        UserError, match=r"^cosine-minsnr seed 3: trained with train.loss_weighting = none, .*" + retrain
+    ):
+        check_variants_trained([stale], variants)
+
+
+def test_zero_terminal_snr_checks_the_sweeps_samplers_after_a_ddpm_sampler(tmp_path: Path) -> None:
+    knobs = {"prediction": "v", "zero_terminal_snr": True}
+    path = params(tmp_path, {}, diffusion=knobs, sample={"sampler": "ddpm", "spacing": "leading"})
+    with pytest.raises(UserError, match=r"sample.spacing leading never samples t = T − 1 with ddim"):
+        load_config(path)  # DDPM runs every timestep; the sweep's DDIM would skip T − 1
+
+
+def test_ddpm_schedules_draws_a_variants_own_process(tmp_path: Path) -> None:
+    config = load_config(
+        params(tmp_path, {"linear-ztsnr-v": {"diffusion": {"prediction": "v", "zero_terminal_snr": True}}})
+    )
+    specs = process_specs(["cosine", "linear-ztsnr-v"], config)
+    assert list(specs) == ["cosine", "linear-ztsnr-v"]  # a variant is labelled by its name alone
+    assert (specs["cosine"]["schedule"], specs["cosine"]["zero_terminal_snr"]) == ("cosine", False)
+    chosen = specs["linear-ztsnr-v"]
+    assert (chosen["schedule"], chosen["prediction"], chosen["zero_terminal_snr"]) == ("linear", "v", True)
+
+
+def test_the_reports_process_pictures_draw_each_runs_own_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ddpm.report
+
+    drawn = {}
+    for name in ("plot_processes", "forward_processes", "plot_nll_terms", "plot_sweep", "plot_losses", "plot_quality",
+                 "plot_sample_grids"):  # fmt: skip
+        monkeypatch.setattr(ddpm.report, name, lambda *args, name=name: drawn.setdefault(name, args))
+    ztsnr = {"schedule": "linear", "timesteps": 50, "prediction": "v", "zero_terminal_snr": True}
+    results = [run("linear-ztsnr-v", {"diffusion": ztsnr}), SimpleNamespace(name="x", seed=1, model={})]
+    ddpm.report._draw_pictures(["linear-ztsnr-v"], [0], results, [], None, Path("out"), lambda path: path)
+    assert drawn["plot_processes"][0] == drawn["forward_processes"][0] == {"linear-ztsnr-v": ztsnr}  # seed 0's only

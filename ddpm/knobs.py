@@ -104,6 +104,6 @@ def knob_sentence(runs: list[Run], label: Any) -> str:
     phrases = {label(r): _phrases(knobs(r.model)) for r in runs}
     shared = [p for p in next(iter(phrases.values())) if all(p in ps for ps in phrases.values())]
     own = {k: [p for p in ps if p not in shared] for k, ps in phrases.items()}
-    text = f"Process and loss: every run {', '.join(shared)}" if shared else "Process and loss:"
+    text = f"Process and loss, every run: {', '.join(shared)}" if shared else "Process and loss:"
     listed = "; ".join(f"{k}: {', '.join(ps)}" for k, ps in own.items() if ps)
     return f"{text}{'; ' if shared and listed else ' ' if listed else ''}{listed}."

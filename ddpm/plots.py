@@ -23,6 +23,8 @@ from ddpm.spacing import SAMPLER_NAMES
 from ddpm.sweep_report import sweep_point, swept
 
 STRIP_STEPS = 10  # columns of the forward-process strip
+LINE_STYLES = ("-", "--", ":", "-.")  # the processes' curves in turn: two runs of one process (a variant of
+# the loss alone) lie on each other, and a dashed line over a solid one shows both
 
 
 def _pyplot():  # noqa: ANN202
@@ -73,10 +75,15 @@ def log_snr_curve(alphas_cumprod: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def plot_processes(processes: dict[str, dict[str, Any]], path: Path) -> None:
     """alphā(t) and log-SNR(t) (`log_snr_curve`) of each process (label → spec), over t/T, side by side."""
     fig, (left, right) = _pyplot().subplots(1, 2, figsize=(10, 4))
-    for name, spec in processes.items():
+    for i, (name, spec) in enumerate(processes.items()):
         alphas_cumprod = torch.cumprod(1 - _betas(spec), 0).numpy()
-        left.plot(np.arange(1, len(alphas_cumprod) + 1) / len(alphas_cumprod), alphas_cumprod, label=name)
-        right.plot(*log_snr_curve(alphas_cumprod), label=name)
+        style = {"linestyle": LINE_STYLES[i % len(LINE_STYLES)], "label": name}
+        left.plot(np.arange(1, len(alphas_cumprod) + 1) / len(alphas_cumprod), alphas_cumprod, **style)
+        t, log_snr = log_snr_curve(alphas_cumprod)
+        colour = right.plot(t, log_snr, **style)[0].get_color()
+        if len(t) < len(alphas_cumprod):  # zero terminal SNR: an arrow down from the last finite point, to −∞ at T
+            right.annotate("−∞ at T", (t[-1], log_snr[-1]), xytext=(t[-1] - 0.12, log_snr[-1] - 1), color=colour,
+                           arrowprops={"arrowstyle": "<-", "color": colour}, fontsize=8)  # fmt: skip
     left.set(xlabel="t / T", ylabel="alphā(t)", title="signal kept, alphā(t)")
     right.set(xlabel="t / T", ylabel="log SNR(t)", title="log signal-to-noise ratio")
     for ax in (left, right):

@@ -312,7 +312,8 @@ def markdown_report(rows: list[dict[str, Any]], verdicts: list[Verdict], primary
     timesteps = results[0].model["diffusion"]["timesteps"]
     return "\n".join(
         [
-            "# Beta schedules compared",
+            "# Beta schedules compared"
+            + (" (and variants of them)" if any(r.model.get("variant") for r in results) else ""),
             "",
             conditions(results),
             "",

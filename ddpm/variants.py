@@ -17,6 +17,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ddpm.config_errors import Override
+from ddpm.errors import UserError
+from ddpm.schedules import SCHEDULES
 
 RUN_KEY = "diffusion.schedule"  # the key --beta-schedule sets: a schedule's name, or a variant's
 # A run's name is its folder's under runs/ and appears in dvc.yaml's stage names: no spaces, slashes or "@"
@@ -60,12 +62,17 @@ def expand_variant(raw: dict[str, Any], overrides: Sequence[Override], label: st
     """`overrides` with the variant that the last of them to set diffusion.schedule names (if it names one
     of `raw`'s variants) in its place: the variant's keys first, then the other overrides; and the
     variant's name (None where no variant is named). A malformed `variants` is left to validation."""
-    named = [value for _, key, value in overrides if key == RUN_KEY]
-    variants = raw.get("variants")
-    if not named or not isinstance(variants, dict) or not isinstance(named[-1], str):
+    named = [(source, value) for source, key, value in overrides if key == RUN_KEY]
+    variants = raw.get("variants", {name: spec.model_dump() for name, spec in recipe().items()})  # none: the defaults'
+    if not named or not isinstance(variants, dict) or not isinstance(named[-1][1], str):
         return list(overrides), None
-    variant = variants.get(named[-1])
+    source, name = named[-1]
+    if name not in variants and name not in SCHEDULES:
+        where = source if RUN_KEY in source else f"{source} ({RUN_KEY})"
+        raise UserError(f'{where}: expected a schedule ({", ".join(SCHEDULES)}) or a variant '
+                        f'({", ".join(variants) or "none defined"}), got "{name}"')  # fmt: skip
+    variant = variants.get(name)
     if not isinstance(variant, dict) or not all(isinstance(keys, dict) for keys in variant.values()):
         return list(overrides), None
     rest = [override for override in overrides if override[1] != RUN_KEY]
-    return [*variant_overrides(named[-1], variant, label), *rest], named[-1]
+    return [*variant_overrides(name, variant, label), *rest], name

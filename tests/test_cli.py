@@ -141,8 +141,8 @@ def test_a_tracking_store_that_cannot_be_opened_stops_training_before_it_starts(
         ),
         (
             ["--beta-schedule", "cosin"],
-            "ddpm: error: --beta-schedule (diffusion.schedule): expected one of linear, cosine, "
-            'quadratic, sigmoid, got "cosin"',
+            "ddpm: error: --beta-schedule (diffusion.schedule): expected a schedule (linear, cosine, quadratic, "
+            'sigmoid) or a variant (linear-minsnr, cosine-minsnr, linear-ztsnr-v), got "cosin"',
         ),
         (
             ["--set", "train.bach_size=4"],

@@ -246,7 +246,7 @@ def test_evaluate_sweep_then_compare_write_every_file_and_log_to_mlflow(project:
     assert "\n| schedule | seeds | steps | training time | img/s |\n" in text  # the timing, apart
     assert all(f"]({name})" in text for name in sizes)
     assert "Training seeds: 0 (" in text and "on 4 held-out images" in text and "Bootstrap: 50 resamples" in text
-    assert ("Process and loss: every run predicts ε, fixed variances, loss unweighted (L_simple, Ho et al. eq. 14)."
+    assert ("Process and loss, every run: predicts ε, fixed variances, loss unweighted (L_simple, Ho et al. eq. 14)."
             in text)  # fmt: skip
     # one seed: each metric judged on evaluate's resamples.npz, paired, and said to be sampling noise only
     judged = [line.split(" | ")[6] for line in text.splitlines() if line.startswith("| linear − cosine |")]

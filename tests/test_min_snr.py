@@ -138,11 +138,11 @@ WEIGHTED = {"loss_weighting": "min_snr", "min_snr_gamma": 5.0}
 
 def test_the_reports_conditions_say_how_each_run_weighed_its_loss() -> None:
     same = [run("linear", 0, WEIGHTED), run("cosine", 0, WEIGHTED)]
-    assert knob_sentence(same, label) == ("Process and loss: every run predicts ε, fixed variances, loss Min-SNR-γ "
+    assert knob_sentence(same, label) == ("Process and loss, every run: predicts ε, fixed variances, loss Min-SNR-γ "
                                           "weighted, γ = 5 (Hang et al. 2023).")  # fmt: skip
     mixed = [run("linear", 1, {"loss_weighting": "none"}), run("cosine", 1, {"lr": 1e-3}), run("imported", 0, None)]
     plain = "loss unweighted (L_simple, Ho et al. eq. 14)"
-    expected = (f"Process and loss: every run predicts ε, fixed variances; linear seed 1: {plain}; cosine seed 1: "
+    expected = (f"Process and loss, every run: predicts ε, fixed variances; linear seed 1: {plain}; cosine seed 1: "
                 f"{plain}; imported: loss weighting not recorded (imported).")  # fmt: skip
     assert knob_sentence(mixed, label) == expected
 

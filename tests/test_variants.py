@@ -99,7 +99,7 @@ def test_compare_judges_a_declared_knob_and_refuses_an_undeclared_one() -> None:
         check_knobs(runs, {"diffusion.prediction"}, label)
     check_knobs(runs, {"diffusion.prediction", "diffusion.zero_terminal_snr"}, label)
     assert knob_sentence(runs, label) == (
-        "Process and loss: every run fixed variances; linear: predicts ε, loss unweighted (L_simple, Ho et al. eq. "
+        "Process and loss, every run: fixed variances; linear: predicts ε, loss unweighted (L_simple, Ho et al. eq. "
         "14); linear-ztsnr-v: predicts v (Salimans & Ho 2022), zero terminal SNR (Lin et al. 2023), loss weighting "
         "not recorded (imported).")  # fmt: skip
 
@@ -205,3 +205,16 @@ def test_the_reports_process_pictures_draw_each_runs_own_process(monkeypatch: py
     results = [run("linear-ztsnr-v", {"diffusion": ztsnr}), SimpleNamespace(name="x", seed=1, model={})]
     ddpm.report._draw_pictures(["linear-ztsnr-v"], [0], results, [], None, Path("out"), lambda path: path)
     assert drawn["plot_processes"][0] == drawn["forward_processes"][0] == {"linear-ztsnr-v": ztsnr}  # seed 0's only
+
+
+def test_a_name_that_is_neither_says_what_is_allowed_and_the_defaults_variants_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    allowed = r"a schedule \(linear, cosine, quadratic, sigmoid\) or a variant \(cosine-minsnr, linear-v\)"
+    with pytest.raises(UserError, match=rf'^--beta-schedule \(diffusion.schedule\): expected {allowed}, got "cosin"$'):
+        load_config(params(tmp_path), [("--beta-schedule", "diffusion.schedule", "cosin")])
+    monkeypatch.chdir(tmp_path / "..")  # no params.yaml: the built-in defaults, params.yaml's three variants
+    assert (
+        load_config(None, [("--beta-schedule", "diffusion.schedule", "cosine-minsnr")]).train.loss_weighting
+        == "min_snr"
+    )

@@ -5,6 +5,7 @@ The defaults here are the real experiment and equal params.yaml (a test keeps th
 and key path, e.g. `params.yaml: train.batch_size: expected a positive integer, got "abc"`.
 """
 
+import copy
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -322,9 +323,10 @@ def load_config(path: Path | None = None, overrides: Sequence[Override] = ()) ->
         path = path or DEFAULT_CONFIG
         raw, label = read_params(path), str(path)
     overrides, variant = expand_variant(raw, overrides, label)
-    config = _resolve(raw, label, overrides)
-    config._variant = variant
-    _check_variants(config, label, overrides)
+    others = [o for o in overrides if not o[0].startswith(f"{label}: variants.{variant}.")]  # without this run's
+    config = _resolve(copy.deepcopy(raw), label, overrides)
+    config._variant = variant  # the variants are checked over the file and the command line, not over this one
+    _check_variants(_resolve(raw, label, others, sampling=False) if variant else config, label, overrides)
     return config
 
 

@@ -218,3 +218,12 @@ def test_a_name_that_is_neither_says_what_is_allowed_and_the_defaults_variants_r
         load_config(None, [("--beta-schedule", "diffusion.schedule", "cosine-minsnr")]).train.loss_weighting
         == "min_snr"
     )
+
+
+def test_the_other_variants_are_checked_over_the_file_not_over_the_variant_being_run(tmp_path: Path) -> None:
+    variants = {"ztsnr-v": {"diffusion": {"prediction": "v", "zero_terminal_snr": True}},
+                "plain-eps": {"diffusion": {"prediction": "eps"}}}  # fmt: skip
+    path = params(tmp_path, variants)
+    chosen = load_config(path, [("--beta-schedule", "diffusion.schedule", "ztsnr-v")])  # plain-eps over it: ZTSNR + ε
+    assert (chosen.run_name, chosen.diffusion.prediction, chosen.diffusion.zero_terminal_snr) == ("ztsnr-v", "v", True)
+    assert load_config(path, [("--beta-schedule", "diffusion.schedule", "plain-eps")]).diffusion.prediction == "eps"
